@@ -1,0 +1,279 @@
+"""Fused, chunked SEAD / OPD loss over hidden states and lm_head weights.
+
+Never materialises the ``[N, V]`` logits of a batch: rows are projected through both ``lm_head``
+weights a chunk of tokens at a time (full vocabulary per row, so each row's softmax is exact in one
+pass, no online log-sum-exp). Semantics are exactly those of :func:`sead.losses.sead_loss` on the
+projected logits.
+
+Work per call, in units of one ``[N, V] x H`` matmul (N valid tokens, K kept):
+
+- zones off (vanilla OPD, or the annealed mix everywhere): one pass; each chunk is projected once
+  (2 units: student + teacher) and its gradient formed on the spot (2 units: d hidden, d weight).
+- zones on: pass A projects every valid row once (2N) to get ``H_T``, ``H_S``, FKL and RKL; the zones
+  follow; pass B re-projects only the K kept rows and forms their gradient (4K). Skipped rows are never
+  projected in the gradient pass.
+
+The gradient is computed eagerly inside ``forward`` (as Liger's fused linear cross-entropy does):
+``backward`` only scales it by the incoming scalar gradient. Nothing is computed for gradients when
+no input needs one (evaluation).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .divergences import _check_finite, _check_temperature, _check_top_k
+from .loss_output import SeadLossOutput, zone_stats
+from .zones import MASKED, RKL, loss_normalizer, sead_zones, zone_weights
+
+__all__ = ["fused_sead_loss", "auto_chunk_size"]
+
+# Elements per [rows, V] tile: about 16 MB in fp32, small enough to stay cache-friendly on a CPU.
+_TILE_ELEMENTS = 1 << 22
+
+
+def auto_chunk_size(vocab_size: int) -> int:
+    """Rows per chunk so that one ``[rows, V]`` fp32 tile holds about 4M elements."""
+    return max(8, _TILE_ELEMENTS // max(vocab_size, 1))
+
+
+def _logprobs(hidden_nH, weight_VH, bias_V, inv_t):
+    """``log softmax((hidden @ weight.T + bias) / tau)`` for one chunk of rows, ``[n, V]``."""
+    z_nV = hidden_nH @ weight_VH.T
+    if bias_V is not None:
+        z_nV += bias_V
+    if inv_t != 1.0:
+        z_nV *= inv_t
+    return z_nV, F.log_softmax(z_nV, dim=-1)
+
+
+def _entropy(z_nV, logp_nV, top_k):
+    """Entropy in nats of each row; over the row's own top-k logits renormalised when ``top_k``."""
+    if top_k is not None and top_k < z_nV.shape[-1]:
+        logq = F.log_softmax(z_nV.topk(top_k, dim=-1).values, dim=-1)
+        return -(logq.exp() * logq).sum(-1)
+    return -(logp_nV.exp() * logp_nV).sum(-1)
+
+
+class _Heads:
+    """Student and teacher heads cast once to the compute dtype (fp32, or fp64 for fp64 inputs)."""
+
+    def __init__(self, h_s, w_s, b_s, h_t, w_t, b_t, dtype, inv_t):
+        self.h_s, self.h_t = h_s.to(dtype), h_t.to(dtype)
+        self.w_s, self.w_t = w_s.to(dtype), w_t.to(dtype)
+        self.b_s = None if b_s is None else b_s.to(dtype)
+        self.b_t = None if b_t is None else b_t.to(dtype)
+        self.inv_t = inv_t
+
+    def project(self, rows):
+        z_s, logp_s = _logprobs(self.h_s[rows], self.w_s, self.b_s, self.inv_t)
+        z_t, logp_t = _logprobs(self.h_t[rows], self.w_t, self.b_t, self.inv_t)
+        return z_s, logp_s, z_t, logp_t
+
+
+def _divergences(logp_s, logp_t):
+    """Per-row ``(FKL, RKL, p_S, log p_S - log p_T)`` for one chunk."""
+    p_s = logp_s.exp()
+    diff = logp_s - logp_t
+    rkl = (p_s * diff).sum(-1)  # KL(p_S || p_T), under the student
+    fkl = -(logp_t.exp() * diff).sum(-1)  # KL(p_T || p_S), under the teacher
+    return fkl, rkl, p_s, diff
+
+
+def _accumulate_grad(grads, heads, rows, logp_t, p_s, diff, rkl, w_fkl, w_rkl):
+    """Add one chunk's gradient. With ``c`` = per-row scale already divided by the normaliser:
+
+    ``dL/dz_S = w_fkl (p_S - p_T) + w_rkl p_S (log p_S - log p_T - RKL)``, then ``/ tau`` and chain
+    rule through ``z_S = h W^T + b``.
+    """
+    g_nV = p_s * (diff - rkl.unsqueeze(-1))
+    g_nV *= w_rkl.unsqueeze(-1)
+    g_nV += w_fkl.unsqueeze(-1) * (p_s - logp_t.exp())
+    if heads.inv_t != 1.0:
+        g_nV *= heads.inv_t
+    grad_h, grad_w, grad_b = grads
+    if grad_h is not None:
+        grad_h[rows] = g_nV @ heads.w_s
+    if grad_w is not None:
+        grad_w.addmm_(g_nV.T, heads.h_s[rows])
+    if grad_b is not None:
+        grad_b += g_nV.sum(0)
+
+
+class _FusedSeadLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, valid_idx, opts):
+        dtype = torch.float64 if h_s.dtype == torch.float64 else torch.float32
+        dev = h_s.device
+        heads = _Heads(h_s, w_s, b_s, h_t, w_t, b_t, dtype, 1.0 / opts["temperature"])
+        n = valid_idx.numel()
+        chunk = opts["chunk_size"] or auto_chunk_size(w_s.shape[0])
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        want_grad = need_h or need_w or (need_b and b_s is not None)
+        grads = (
+            torch.zeros(h_s.shape, dtype=dtype, device=dev) if need_h else None,
+            torch.zeros(w_s.shape, dtype=dtype, device=dev) if need_w else None,
+            torch.zeros(b_s.shape, dtype=dtype, device=dev) if (need_b and b_s is not None) else None,
+        )
+        h_t_N, h_s_N, fkl_N, rkl_N = (torch.zeros(n, dtype=dtype, device=dev) for _ in range(4))
+        use_zones, alpha = opts["zones"], opts["alpha"]
+
+        # Without zones every row's weights are known up front: one pass, gradient on the spot.
+        if not use_zones:
+            zones_N = torch.full((n,), RKL, dtype=torch.long, device=dev)
+            w_fkl_N, w_rkl_N = zone_weights(zones_N, alpha)
+            scale = 1.0 / float(loss_normalizer(zones_N, opts["normalize"], opts["num_items"]))
+        for start in range(0, n, chunk):
+            sl = slice(start, min(start + chunk, n))
+            rows = valid_idx[sl]
+            z_s, logp_s, z_t, logp_t = heads.project(rows)
+            h_s_N[sl] = _entropy(z_s, logp_s, opts["entropy_top_k"])
+            h_t_N[sl] = _entropy(z_t, logp_t, opts["entropy_top_k"])
+            fkl_N[sl], rkl_N[sl], p_s, diff = _divergences(logp_s, logp_t)
+            if not use_zones and want_grad:
+                w_f, w_r = (w_fkl_N[sl] * scale).to(dtype), (w_rkl_N[sl] * scale).to(dtype)
+                _accumulate_grad(grads, heads, rows, logp_t, p_s, diff, rkl_N[sl], w_f, w_r)
+
+        if use_zones:
+            ones_N = torch.ones(n, dtype=torch.long, device=dev)
+            zones_N = sead_zones(h_t_N, h_s_N, ones_N, opts["teacher_quantile"], opts["skip_fraction"])
+            w_fkl_N, w_rkl_N = zone_weights(zones_N, alpha)
+            scale = 1.0 / float(loss_normalizer(zones_N, opts["normalize"], opts["num_items"]))
+            if want_grad:
+                # Pass B: only kept rows are projected again; skipped rows get no work at all.
+                kept_K = (zones_N > 0).nonzero().squeeze(-1)
+                for start in range(0, kept_K.numel(), chunk):
+                    sel = kept_K[start : start + chunk]
+                    rows = valid_idx[sel]
+                    _, logp_s, _, logp_t = heads.project(rows)
+                    _, rkl, p_s, diff = _divergences(logp_s, logp_t)
+                    w_f, w_r = (w_fkl_N[sel] * scale).to(dtype), (w_rkl_N[sel] * scale).to(dtype)
+                    _accumulate_grad(grads, heads, rows, logp_t, p_s, diff, rkl, w_f, w_r)
+
+        per_token_N = (w_fkl_N * fkl_N.double() + w_rkl_N * rkl_N.double()).to(dtype)
+        loss = per_token_N.double().sum() * scale
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in grads))
+        ctx.has = tuple(g is not None for g in grads)
+        ctx.in_dtypes = (h_s.dtype, w_s.dtype, None if b_s is None else b_s.dtype)
+        outs = (zones_N, per_token_N, h_t_N, h_s_N)
+        ctx.mark_non_differentiable(*outs)
+        return (loss.to(torch.promote_types(h_s.dtype, torch.float32)), *outs)
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        saved = ctx.saved_tensors
+        out = []
+        for g, has, dt in zip(saved, ctx.has, ctx.in_dtypes):
+            out.append((g * grad_loss.to(g.dtype)).to(dt) if has else None)
+        grad_h, grad_w, grad_b = out
+        return grad_h, grad_w, grad_b, None, None, None, None, None
+
+
+def fused_sead_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    alpha: float = 0.0,
+    zones: bool = True,
+    teacher_quantile: float = 0.9,
+    skip_fraction: float = 0.5,
+    entropy_top_k: int | None = None,
+    temperature: float = 1.0,
+    normalize: str = "kept",
+    num_items: float | torch.Tensor | None = None,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> SeadLossOutput:
+    """SEAD loss (or vanilla OPD with ``zones=False, alpha=0``) from hidden states, fused and chunked.
+
+    Equal in value and gradient to ``sead_loss(h_S W_S^T + b_S, h_T W_T^T + b_T, mask, ...)``:
+    ``loss = sum_t [w_fkl(t) KL(p_T || p_S) + w_rkl(t) KL(p_S || p_T)] / normaliser`` with the zone
+    weights of :func:`sead.zones.zone_weights`.
+
+    Args:
+        student_hidden: ``[N, H_S]`` or ``[B, T, H_S]``, the student's last hidden states at the
+            completion positions (before the ``lm_head``).
+        student_weight: ``[V, H_S]`` student ``lm_head`` weight. Gradients flow to the student only.
+        teacher_hidden, teacher_weight: the same for the teacher (its width may differ; V must match).
+        mask: ``[N]`` or ``[B, T]``; nonzero marks positions that count.
+        chunk_size: rows per chunk; ``None`` picks ``auto_chunk_size(V)`` (a ~16 MB fp32 tile).
+        Other arguments: as in :func:`sead.losses.sead_loss`.
+
+    Returns:
+        :class:`SeadLossOutput`; ``per_token`` is detached in this implementation.
+    """
+    _check_temperature(temperature)
+    _check_top_k(entropy_top_k)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    for name, q in (("teacher_quantile", teacher_quantile), ("skip_fraction", skip_fraction)):
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {q}")
+    if normalize not in ("kept", "all"):
+        raise ValueError(f"normalize must be 'kept' or 'all', got {normalize!r}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if student_weight.shape[0] != teacher_weight.shape[0]:
+        raise ValueError(
+            f"student_weight has vocabulary size {student_weight.shape[0]} but teacher_weight has "
+            f"{teacher_weight.shape[0]}: distillation needs one shared vocabulary."
+        )
+    if student_hidden.shape[-1] != student_weight.shape[1]:
+        raise ValueError(
+            f"student_hidden width {student_hidden.shape[-1]} != student_weight width {student_weight.shape[1]}"
+        )
+    if teacher_hidden.shape[-1] != teacher_weight.shape[1]:
+        raise ValueError(
+            f"teacher_hidden width {teacher_hidden.shape[-1]} != teacher_weight width {teacher_weight.shape[1]}"
+        )
+    if student_hidden.shape[:-1] != mask.shape or teacher_hidden.shape[:-1] != mask.shape:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must equal the hidden states' leading shape "
+            f"{tuple(student_hidden.shape[:-1])} (student) and {tuple(teacher_hidden.shape[:-1])} (teacher)"
+        )
+    for name, b, v in (("student_bias", student_bias, student_weight), ("teacher_bias", teacher_bias, teacher_weight)):
+        if b is not None and b.shape != (v.shape[0],):
+            raise ValueError(f"{name} must have shape ({v.shape[0]},), got {tuple(b.shape)}")
+
+    mask_M = mask.reshape(-1)
+    valid_idx = (mask_M != 0).nonzero().squeeze(-1)
+    h_s = student_hidden.reshape(-1, student_hidden.shape[-1])
+    h_t = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach()
+    for name, x in (
+        ("student_hidden", h_s[valid_idx]),
+        ("teacher_hidden", h_t[valid_idx]),
+        ("student_weight", student_weight),
+        ("teacher_weight", teacher_weight),
+    ):
+        _check_finite(name, x.detach())
+
+    opts = {
+        "alpha": float(alpha),
+        "zones": zones,
+        "teacher_quantile": teacher_quantile,
+        "skip_fraction": skip_fraction,
+        "entropy_top_k": entropy_top_k,
+        "temperature": float(temperature),
+        "normalize": normalize,
+        "num_items": num_items,
+        "chunk_size": chunk_size,
+    }
+    t_bias = None if teacher_bias is None else teacher_bias.detach()
+    loss, zones_N, per_token_N, h_t_N, h_s_N = _FusedSeadLoss.apply(
+        h_s, student_weight, student_bias, h_t, teacher_weight.detach(), t_bias, valid_idx, opts
+    )
+
+    def scatter(values_N, fill):
+        full = torch.full(mask_M.shape, fill, dtype=values_N.dtype, device=mask.device)
+        full[valid_idx] = values_N
+        return full.view(mask.shape)
+
+    zones_full = scatter(zones_N, MASKED)
+    per_token = scatter(per_token_N, 0.0)
+    stats = zone_stats(zones_full, scatter(h_t_N, 0.0), scatter(h_s_N, 0.0), per_token)
+    return SeadLossOutput(loss=loss, zones=zones_full, per_token=per_token, stats=stats)

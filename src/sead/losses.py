@@ -1,0 +1,156 @@
+"""Public loss API of sead: divergences, zones, schedules, gates, and the SEAD / OPD / SG-OPD losses.
+
+Everything here is a pure function over tensors. ``sead_loss`` is the readable full-logits
+reference; ``fused_sead_loss`` computes the same thing from hidden states without the ``[N, V]``
+logits. ``sampled_opd_loss`` is the REINFORCE-style "sampled" estimator (METHODS.md 0).
+
+Example::
+
+    import torch
+    from sead.losses import sead_loss
+
+    student_BTV = torch.randn(2, 5, 100, requires_grad=True)
+    teacher_BTV = torch.randn(2, 5, 100)
+    mask_BT = torch.ones(2, 5)
+    out = sead_loss(student_BTV, teacher_BTV, mask_BT, alpha=0.5)  # zones on, annealed mix
+    out.loss.backward()
+    out.stats["frac_skip"]  # 0.5: half of the tokens get no gradient
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .divergences import (
+    check_logits,
+    forward_kl,
+    generalized_jsd,
+    mixed_kl,
+    reverse_kl,
+    sgopd_target_logits,
+    skew_kl,
+    token_entropy,
+    topk_forward_kl,
+    topk_reverse_kl,
+)
+from .fused import auto_chunk_size, fused_sead_loss
+from .gates import sign_gate_lambda, sign_gated_advantage
+from .loss_output import SeadLossOutput, zone_stats
+from .schedules import cosine_anneal, teacher_mix_ratio
+from .zones import FKL, MASKED, RKL, SKIP, loss_normalizer, sead_zones, zone_fractions, zone_weights
+
+__all__ = [
+    "FKL",
+    "MASKED",
+    "RKL",
+    "SKIP",
+    "SeadLossOutput",
+    "auto_chunk_size",
+    "cosine_anneal",
+    "forward_kl",
+    "fused_sead_loss",
+    "generalized_jsd",
+    "mixed_kl",
+    "reverse_kl",
+    "sampled_opd_loss",
+    "sead_loss",
+    "sead_zones",
+    "sgopd_target_logits",
+    "sign_gate_lambda",
+    "sign_gated_advantage",
+    "skew_kl",
+    "teacher_mix_ratio",
+    "token_entropy",
+    "topk_forward_kl",
+    "topk_reverse_kl",
+    "zone_fractions",
+    "zone_weights",
+]
+
+
+def _check_mask(mask: torch.Tensor, expected: torch.Size, name: str = "mask") -> None:
+    if mask.shape != expected:
+        raise ValueError(f"{name} shape {tuple(mask.shape)} must equal the logits' leading shape {tuple(expected)}")
+
+
+def sead_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    alpha: float = 0.0,
+    zones: bool = True,
+    teacher_quantile: float = 0.9,
+    skip_fraction: float = 0.5,
+    entropy_top_k: int | None = None,
+    temperature: float = 1.0,
+    normalize: str = "kept",
+    num_items: float | torch.Tensor | None = None,
+    estimator_top_k: int | None = None,
+) -> SeadLossOutput:
+    """SEAD loss from full logits (the readable reference; the trainer uses the fused path).
+
+    Per valid position ``t``, with zones from :func:`sead_zones` on ``H_T``, ``H_S`` (entropies over
+    each model's top ``entropy_top_k`` logits, or the full vocabulary):
+
+    - FKL zone: ``KL(p_T || p_S)``
+    - RKL zone: ``alpha * KL(p_T || p_S) + (1 - alpha) * KL(p_S || p_T)`` (``alpha`` from :func:`cosine_anneal`)
+    - skip zone: 0
+
+    ``loss = sum_t loss_t / normaliser`` (:func:`sead.zones.loss_normalizer`). With ``zones=False``
+    every valid position is in the RKL zone, so ``zones=False, alpha=0`` is vanilla OPD: the mean
+    reverse KL over valid tokens. ``estimator_top_k`` switches both divergences to their top-k +
+    tail-bucket forms (the "topk" estimator).
+    """
+    check_logits(student_logits, teacher_logits, temperature)
+    _check_mask(mask, student_logits.shape[:-1])
+    with torch.no_grad():
+        h_t = token_entropy(teacher_logits.detach(), entropy_top_k, temperature)
+        h_s = token_entropy(student_logits.detach(), entropy_top_k, temperature)
+    if zones:
+        zone_map = sead_zones(h_t, h_s, mask, teacher_quantile, skip_fraction)
+    else:
+        zone_map = torch.where(mask != 0, RKL, MASKED).long()
+    w_fkl, w_rkl = zone_weights(zone_map, alpha)
+    if estimator_top_k is None:
+        fkl = forward_kl(student_logits, teacher_logits, temperature)
+        rkl = reverse_kl(student_logits, teacher_logits, temperature)
+    else:
+        fkl = topk_forward_kl(student_logits, teacher_logits, estimator_top_k, temperature)
+        rkl = topk_reverse_kl(student_logits, teacher_logits, estimator_top_k, temperature)
+    # masked positions may hold garbage logits; weights are 0 there, use where() to keep NaN-free
+    per_token = w_fkl.to(fkl.dtype) * fkl + w_rkl.to(rkl.dtype) * rkl
+    per_token = torch.where(zone_map > SKIP, per_token, torch.zeros_like(per_token))
+    denom = loss_normalizer(zone_map, normalize, num_items)
+    loss = per_token.sum() / denom.to(per_token.dtype)
+    return SeadLossOutput(loss=loss, zones=zone_map, per_token=per_token, stats=zone_stats(zone_map, h_t, h_s, per_token))
+
+
+def sampled_opd_loss(
+    student_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    num_items: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The "sampled" estimator: ``-sum_t sg(A_t) log pi_S(y_t) / normaliser`` over valid tokens.
+
+    With ``A_t = log pi_T(y_t) - log pi_S(y_t)`` this is the policy-gradient form of reverse KL
+    (Thinking Machines' on-policy distillation; verl's ``use_policy_gradient``); SG-OPD passes its
+    gated advantages (:func:`sign_gated_advantage`). ``student_logp``: ``[B, T]`` log-probabilities of
+    the sampled tokens, differentiable. Normaliser: ``num_items`` or the number of valid tokens.
+    """
+    if advantages.shape != student_logp.shape:
+        raise ValueError(f"advantages shape {tuple(advantages.shape)} != student_logp shape {tuple(student_logp.shape)}")
+    _check_mask(mask, student_logp.shape)
+    if not torch.isfinite(advantages[mask != 0]).all():
+        raise ValueError("advantages contain NaN or inf at valid positions")
+    m = (mask != 0).to(student_logp.dtype)
+    denom = torch.as_tensor(num_items, dtype=student_logp.dtype) if num_items is not None else m.sum().clamp(min=1)
+    return -(advantages.detach() * student_logp * m).sum() / denom
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log softmax(z / tau)[y_t]`` per position: ``[..., V]`` logits and ``[...]`` ids -> ``[...]``."""
+    return F.log_softmax(logits / temperature, dim=-1).gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,110 @@
+"""SEAD token zones (METHODS.md 1a): where the skip / reverse-KL / forward-KL zones are decided."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["SKIP", "RKL", "FKL", "MASKED", "sead_zones", "zone_fractions"]
+
+SKIP, RKL, FKL, MASKED = 0, 1, 2, -1
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def sead_zones(
+    teacher_entropy: torch.Tensor,
+    student_entropy: torch.Tensor,
+    mask: torch.Tensor,
+    teacher_quantile: float = 0.9,
+    skip_fraction: float = 0.5,
+) -> torch.Tensor:
+    """Split valid positions into zones from joint teacher/student entropy.
+
+    With ``N`` valid positions (``mask != 0``):
+
+    - FKL (2): ``H_T >= quantile(H_T[valid], teacher_quantile)``: the teacher is uncertain, several
+      continuations are fine: mass-covering forward KL.
+    - skip (0): among the other valid positions, the ``floor(skip_fraction * N)`` with the lowest
+      ``H_S`` (all of them if fewer remain): both models confident, zero gradient.
+    - RKL (1): the rest: teacher confident, student unsure: mode-seeking reverse KL.
+    - -1 where ``mask == 0``.
+
+    Ties in ``H_S`` are broken by position (stable sort), so the result is deterministic.
+    Returns a LongTensor shaped like ``mask``.
+    """
+    _check_fraction("teacher_quantile", teacher_quantile)
+    _check_fraction("skip_fraction", skip_fraction)
+    if teacher_entropy.shape != mask.shape or student_entropy.shape != mask.shape:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must match teacher_entropy {tuple(teacher_entropy.shape)} "
+            f"and student_entropy {tuple(student_entropy.shape)}"
+        )
+    for name, h in (("teacher_entropy", teacher_entropy), ("student_entropy", student_entropy)):
+        if not torch.isfinite(h[mask != 0]).all():
+            raise ValueError(f"{name} contains NaN or inf at valid positions")
+
+    valid_M = (mask != 0).reshape(-1)
+    zones_M = torch.full(valid_M.shape, MASKED, dtype=torch.long, device=mask.device)
+    n_valid = int(valid_M.sum())
+    if n_valid == 0:
+        return zones_M.view(mask.shape)
+
+    h_t_N = teacher_entropy.reshape(-1)[valid_M].detach().double()
+    h_s_N = student_entropy.reshape(-1)[valid_M].detach().double()
+    threshold = torch.quantile(h_t_N, teacher_quantile)
+    zone_N = torch.full((n_valid,), RKL, dtype=torch.long, device=mask.device)
+    is_fkl_N = h_t_N >= threshold
+    zone_N[is_fkl_N] = FKL
+
+    rest_R = (~is_fkl_N).nonzero().squeeze(-1)
+    n_skip = min(int(skip_fraction * n_valid), rest_R.numel())
+    if n_skip > 0:
+        order_R = torch.sort(h_s_N[rest_R], stable=True).indices
+        zone_N[rest_R[order_R[:n_skip]]] = SKIP
+
+    zones_M[valid_M] = zone_N
+    return zones_M.view(mask.shape)
+
+
+def zone_fractions(zones: torch.Tensor) -> dict[str, float]:
+    """Fractions of valid positions in each zone (0 when there is no valid position)."""
+    n = max(int((zones != MASKED).sum()), 1)
+    return {
+        "skip": float((zones == SKIP).sum()) / n,
+        "rkl": float((zones == RKL).sum()) / n,
+        "fkl": float((zones == FKL).sum()) / n,
+    }
+
+
+def zone_weights(zones: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """How each zone mixes the two directions (METHODS.md 1b composition, *assumed default*).
+
+    Returns per-position weights ``(w_fkl, w_rkl)`` so that the token loss is
+    ``w_fkl * KL(p_T || p_S) + w_rkl * KL(p_S || p_T)``:
+    FKL zone ``(1, 0)``; RKL zone ``(alpha, 1 - alpha)`` (the annealed mix; pure RKL when ``alpha = 0``);
+    skip and masked ``(0, 0)``. Without zones every valid position is in the RKL zone.
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    is_fkl, is_rkl = (zones == FKL), (zones == RKL)
+    w_fkl = is_fkl.double() + alpha * is_rkl.double()
+    w_rkl = (1.0 - alpha) * is_rkl.double()
+    return w_fkl, w_rkl
+
+
+def loss_normalizer(zones: torch.Tensor, normalize: str, num_items: float | torch.Tensor | None) -> torch.Tensor:
+    """Denominator of the loss: ``num_items`` when given (the caller's global token count), otherwise
+    the local count of kept positions (``normalize="kept"``, default, *assumed*) or of all valid
+    positions (``"all"``), at least 1."""
+    if normalize not in ("kept", "all"):
+        raise ValueError(f"normalize must be 'kept' or 'all', got {normalize!r}")
+    if num_items is not None:
+        n = torch.as_tensor(num_items, dtype=torch.float64)
+        if not n > 0:
+            raise ValueError(f"num_items must be > 0, got {float(n)}")
+        return n
+    counted = (zones > SKIP) if normalize == "kept" else (zones != MASKED)
+    return counted.sum().double().clamp(min=1.0)
