@@ -19,7 +19,10 @@ from .errors import SeadError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sead.commands.train", "train a student with a YAML recipe (OPD, SEAD or SG-OPD)"),
     "demo": ("sead.commands.demo", "run the built-in arithmetic demo: every method, same start, same steps"),
-    "difficulty": ("sead.commands.difficulty", "write a `difficulty` column: pass rate of K student rollouts"),
+    "difficulty": (
+        "sead.commands.difficulty",
+        "write a `difficulty` column: pass rate of K student rollouts",
+    ),
     "eval": ("sead.commands.eval", "evaluate a model on math benchmarks (greedy pass@1, avg@k, pass@k)"),
     "grade": ("sead.commands.grade", "grade existing responses (jsonl) without a model"),
     "bench": ("sead.commands.bench", "benchmarks: loss kernels, training step, distillation quality"),

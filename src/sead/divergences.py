@@ -43,7 +43,9 @@ def _check_top_k(top_k: int | None) -> None:
         raise ValueError(f"top_k must be >= 1 (or None for the full vocabulary), got {top_k}")
 
 
-def check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> None:
+def check_logits(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> None:
     """Raise ``ValueError`` unless both logits share a shape (same vocabulary) and are finite."""
     _check_temperature(temperature)
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
@@ -68,14 +70,18 @@ def _log_probs(student_logits, teacher_logits, temperature):
     )
 
 
-def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def forward_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Forward KL, mass-covering: ``KL(p_T || p_S) = sum_v p_T(v) (log p_T(v) - log p_S(v))``."""
     logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature)
     # expectation under the teacher p_T
     return F.kl_div(logp_s, logp_t, reduction="none", log_target=True).sum(-1)
 
 
-def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def reverse_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Reverse KL, mode-seeking (vanilla OPD): ``KL(p_S || p_T) = sum_v p_S(v) (log p_S(v) - log p_T(v))``."""
     logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature)
     # expectation under the student p_S
@@ -153,11 +159,12 @@ def _topk_buckets(student_logits, teacher_logits, top_k, temperature):
     idx = logp_t.topk(k, dim=-1).indices
     head_s, head_t = logp_s.gather(-1, idx), logp_t.gather(-1, idx)
 
+    if k == logp_t.shape[-1]:
+        return head_s, head_t  # the top-k covers the whole vocabulary: no tail bucket
+
     def with_tail(head):
-        # log(1 - sum exp(head)), clamped: the tail mass can round to <= 0 when top-k covers it all
+        # log(1 - sum exp(head)), clamped: the tail mass can round to <= 0
         tail = torch.log1p(-head.exp().sum(-1, keepdim=True).clamp(max=1.0 - 1e-12))
-        if k == logp_t.shape[-1]:
-            tail = torch.full_like(tail, -math.inf)
         return torch.cat([head, tail], dim=-1)
 
     return with_tail(head_s), with_tail(head_t)
@@ -211,6 +218,8 @@ def sgopd_target_logits(
         )
     if isinstance(lam, torch.Tensor):
         if lam.shape != teacher_logits.shape[:-1]:
-            raise ValueError(f"lam must be a float or shaped {tuple(teacher_logits.shape[:-1])}, got {tuple(lam.shape)}")
+            raise ValueError(
+                f"lam must be a float or shaped {tuple(teacher_logits.shape[:-1])}, got {tuple(lam.shape)}"
+            )
         lam = lam.unsqueeze(-1).to(teacher_logits.dtype)
     return lam * teacher_logits + (1 - lam) * ref_logits

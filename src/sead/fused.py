@@ -236,7 +236,10 @@ def fused_sead_loss(
             f"mask shape {tuple(mask.shape)} must equal the hidden states' leading shape "
             f"{tuple(student_hidden.shape[:-1])} (student) and {tuple(teacher_hidden.shape[:-1])} (teacher)"
         )
-    for name, b, v in (("student_bias", student_bias, student_weight), ("teacher_bias", teacher_bias, teacher_weight)):
+    for name, b, v in (
+        ("student_bias", student_bias, student_weight),
+        ("teacher_bias", teacher_bias, teacher_weight),
+    ):
         if b is not None and b.shape != (v.shape[0],):
             raise ValueError(f"{name} must have shape ({v.shape[0]},), got {tuple(b.shape)}")
 

@@ -13,7 +13,9 @@ def _check(teacher_logp, student_logp, correct, lambda_consensus, lambda_conflic
             f"teacher_logp shape {tuple(teacher_logp.shape)} != student_logp shape {tuple(student_logp.shape)}"
         )
     if ref_logp is not None and ref_logp.shape != teacher_logp.shape:
-        raise ValueError(f"ref_logp shape {tuple(ref_logp.shape)} != teacher_logp shape {tuple(teacher_logp.shape)}")
+        raise ValueError(
+            f"ref_logp shape {tuple(ref_logp.shape)} != teacher_logp shape {tuple(teacher_logp.shape)}"
+        )
     if correct.dim() != 1 or correct.shape[0] != teacher_logp.shape[0]:
         raise ValueError(
             f"correct must be a bool tensor [B] with B = {teacher_logp.shape[0]}, got shape {tuple(correct.shape)}"

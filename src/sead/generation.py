@@ -57,10 +57,14 @@ def generate_responses(
     try:
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
-            enc = tokenizer([p for _, p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tokenizer(
+                [p for _, p in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+            )
             enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             ids_BL = model.generate(**enc, **gen_kwargs)
-            completions = tokenizer.batch_decode(ids_BL[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            completions = tokenizer.batch_decode(
+                ids_BL[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
+            )
             for (i, _), text in zip(chunk, completions):
                 out[i].append(text)
             bar.update(len(chunk))

@@ -71,7 +71,9 @@ __all__ = [
 
 def _check_mask(mask: torch.Tensor, expected: torch.Size, name: str = "mask") -> None:
     if mask.shape != expected:
-        raise ValueError(f"{name} shape {tuple(mask.shape)} must equal the logits' leading shape {tuple(expected)}")
+        raise ValueError(
+            f"{name} shape {tuple(mask.shape)} must equal the logits' leading shape {tuple(expected)}"
+        )
 
 
 def sead_loss(
@@ -124,7 +126,9 @@ def sead_loss(
     per_token = torch.where(zone_map > SKIP, per_token, torch.zeros_like(per_token))
     denom = loss_normalizer(zone_map, normalize, num_items)
     loss = per_token.sum() / denom.to(per_token.dtype)
-    return SeadLossOutput(loss=loss, zones=zone_map, per_token=per_token, stats=zone_stats(zone_map, h_t, h_s, per_token))
+    return SeadLossOutput(
+        loss=loss, zones=zone_map, per_token=per_token, stats=zone_stats(zone_map, h_t, h_s, per_token)
+    )
 
 
 def sampled_opd_loss(
@@ -142,12 +146,18 @@ def sampled_opd_loss(
     the sampled tokens, differentiable. Normaliser: ``num_items`` or the number of valid tokens.
     """
     if advantages.shape != student_logp.shape:
-        raise ValueError(f"advantages shape {tuple(advantages.shape)} != student_logp shape {tuple(student_logp.shape)}")
+        raise ValueError(
+            f"advantages shape {tuple(advantages.shape)} != student_logp shape {tuple(student_logp.shape)}"
+        )
     _check_mask(mask, student_logp.shape)
     if not torch.isfinite(advantages[mask != 0]).all():
         raise ValueError("advantages contain NaN or inf at valid positions")
     m = (mask != 0).to(student_logp.dtype)
-    denom = torch.as_tensor(num_items, dtype=student_logp.dtype) if num_items is not None else m.sum().clamp(min=1)
+    denom = (
+        torch.as_tensor(num_items, dtype=student_logp.dtype)
+        if num_items is not None
+        else m.sum().clamp(min=1)
+    )
     return -(advantages.detach() * student_logp * m).sum() / denom
 
 

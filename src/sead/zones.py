@@ -95,7 +95,9 @@ def zone_weights(zones: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch
     return w_fkl, w_rkl
 
 
-def loss_normalizer(zones: torch.Tensor, normalize: str, num_items: float | torch.Tensor | None) -> torch.Tensor:
+def loss_normalizer(
+    zones: torch.Tensor, normalize: str, num_items: float | torch.Tensor | None
+) -> torch.Tensor:
     """Denominator of the loss: ``num_items`` when given (the caller's global token count), otherwise
     the local count of kept positions (``normalize="kept"``, default, *assumed*) or of all valid
     positions (``"all"``), at least 1."""

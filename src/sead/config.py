@@ -1,0 +1,285 @@
+"""``OPDConfig``: TRL's ``DistillationConfig`` plus the knobs of vanilla OPD, SEAD and SG-OPD."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import DistillationConfig
+
+from .errors import SeadError
+
+METHODS = ("opd", "sead", "sgopd")
+ESTIMATORS = ("full", "topk", "sampled")
+
+# Which components each preset switches on (any of them can be overridden one by one).
+PRESETS: dict[str, dict[str, bool]] = {
+    "opd": {
+        "zones": False,
+        "anneal": False,
+        "curriculum": False,
+        "sign_gate": False,
+        "teacher_mixing": False,
+    },
+    "sead": {"zones": True, "anneal": True, "curriculum": True, "sign_gate": False, "teacher_mixing": False},
+    "sgopd": {
+        "zones": False,
+        "anneal": False,
+        "curriculum": False,
+        "sign_gate": True,
+        "teacher_mixing": True,
+    },
+}
+
+# Defaults that METHODS.md marks as assumed (the papers' full texts were not available). docs/methods.md lists them.
+ASSUMED_DEFAULTS = {
+    "entropy_top_k": "64: entropies over each model's top-64 logits, renormalised",
+    "teacher_quantile": "0.9: FKL zone = top 10% teacher entropy",
+    "skip_fraction": "0.5: half of the valid tokens skipped",
+    "zone_scope": "thresholds per local (micro-)batch",
+    "loss_normalization": "'kept': divide by the kept (non-skipped) tokens",
+    "alpha_start": "0.8 (secondary summary)",
+    "alpha_end": "0.0 (secondary summary)",
+    "anneal_in_rkl_zone_only": "True: FKL zone always FKL, RKL zone gets the annealed mix",
+    "competence_threshold": "0.6 pass rate over a running window",
+    "competence_window": "64 recent rollouts",
+    "curriculum_num_buckets": "4 difficulty quantiles",
+    "curriculum_full_open_fraction": "0.8 of training: every prompt open by then",
+    "difficulty_num_rollouts": "8 rollouts per prompt at temperature 0.7",
+    "lambda_consensus": "1.8 (extrapolate)",
+    "lambda_conflict": "0.5 (interpolate)",
+    "teacher_mix_rho0": "0.5",
+    "teacher_mix_phase_fraction": "0.2 of training, linear decay",
+    "teacher_num_generations": "8 (G, secondary sources)",
+}
+
+
+@dataclass
+class OPDConfig(DistillationConfig):
+    r"""
+    Configuration for [`OPDTrainer`]: every field of `trl.DistillationConfig`, plus the fields below.
+    Fields left at `None` take the value of the `method` preset. Defaults marked *assumed* are not
+    fixed by the papers' available texts; see `docs/methods.md`.
+
+    Parameters:
+        > Method and estimator
+
+        method (`str`, *optional*, defaults to `"sead"`):
+            Preset: `"opd"` (vanilla on-policy distillation, reverse KL), `"sead"` (entropy zones + cosine
+            anneal + competence curriculum) or `"sgopd"` (sign gate + phased teacher sampling).
+        estimator (`str`, *optional*, defaults to `"full"`):
+            How the divergence is estimated per token: `"full"` (whole vocabulary), `"topk"` (teacher
+            top-`estimator_top_k` ids plus one tail bucket) or `"sampled"` (REINFORCE on the sampled token with
+            advantage `log pi_T(y_t) - log pi_S(y_t)`; the forward-KL parts of SEAD stay exact).
+        estimator_top_k (`int`, *optional*, defaults to `64`):
+            k of the `"topk"` estimator.
+        use_fused_loss (`bool`, *optional*, defaults to `True`):
+            With the `"full"` estimator and no sign gate, compute the loss from hidden states with
+            `sead.losses.fused_sead_loss` (never materialises `[N, V]` logits). `False` uses full logits.
+        loss_chunk_size (`int`, *optional*):
+            Tokens per chunk of the fused loss; `None` picks about 4M logits per tile.
+
+        > SEAD: entropy zones (METHODS.md 1a)
+
+        zones (`bool`, *optional*):
+            Split tokens into skip / reverse-KL / forward-KL zones by joint teacher-student entropy.
+        teacher_quantile (`float`, *optional*, defaults to `0.9`):
+            Tokens with teacher entropy at or above this quantile form the forward-KL zone (*assumed*).
+        skip_fraction (`float`, *optional*, defaults to `0.5`):
+            Fraction of valid tokens (lowest student entropy outside the FKL zone) that get no gradient (*assumed*).
+        entropy_top_k (`int`, *optional*, defaults to `64`):
+            Entropies are computed over each model's top-k logits renormalised (*assumed*); `None` or `0`: full
+            vocabulary.
+        loss_normalization (`str`, *optional*, defaults to `"kept"`):
+            `"kept"`: divide the loss by the kept (non-skipped) token count (*assumed*); `"all"`: by all valid
+            tokens. In training the count is global: `global valid tokens x (1 - skip_fraction)` for `"kept"`.
+
+        > SEAD: cosine annealing (METHODS.md 1b)
+
+        anneal (`bool`, *optional*):
+            Mix `alpha * FKL + (1 - alpha) * RKL` with `alpha` annealed from `alpha_start` to `alpha_end` by a cosine
+            over the optimizer steps. With zones, only the RKL zone is mixed; the FKL zone stays forward KL.
+        alpha_start (`float`, *optional*, defaults to `0.8`):
+            Forward-KL weight at step 0 (*assumed*).
+        alpha_end (`float`, *optional*, defaults to `0.0`):
+            Forward-KL weight at the last step (*assumed*).
+
+        > SEAD: competence-gated curriculum (METHODS.md 1c)
+
+        curriculum (`bool`, *optional*):
+            Sample only prompts whose difficulty is at most the gate `c(t)`; the gate opens as the rollout pass rate
+            on the open pool exceeds `competence_threshold`.
+        difficulty_column (`str`, *optional*, defaults to `"difficulty"`):
+            Dataset column with each prompt's difficulty in [0, 1] (`1 - pass rate` of the initial student, see
+            `sead difficulty`).
+        competence_threshold (`float`, *optional*, defaults to `0.6`):
+            Pass rate over the running window above which the gate moves to the next difficulty quantile (*assumed*).
+        competence_window (`int`, *optional*, defaults to `64`):
+            Number of recent rollouts in the running pass-rate window (*assumed*).
+        curriculum_num_buckets (`int`, *optional*, defaults to `4`):
+            Number of difficulty quantiles the gate steps through (*assumed*).
+        curriculum_full_open_fraction (`float`, *optional*, defaults to `0.8`):
+            Floor schedule: every prompt is open by this fraction of training, whatever the competence (*assumed*).
+
+        > SG-OPD (METHODS.md 2)
+
+        sign_gate (`bool`, *optional*):
+            Per-token sign-consistency gate: extrapolate where the teacher's direction agrees with the verifier, damp
+            where it conflicts.
+        lambda_consensus (`float`, *optional*, defaults to `1.8`):
+            Gate value on consensus, `> 1` extrapolates (*assumed*).
+        lambda_conflict (`float`, *optional*, defaults to `0.5`):
+            Gate value on conflict, `< 1` interpolates (*assumed*).
+        use_reference_model (`bool`, *optional*, defaults to `True`):
+            Use the frozen initial student as reference (`A = d + (lambda - 1)(log pi_T - log pi_ref)`); `False` saves
+            its memory and uses `A = lambda * d`.
+        teacher_mixing (`bool`, *optional*):
+            Phased teacher sampling: for a fraction `rho` of prompts the teacher samples `teacher_num_generations`
+            rollouts; one the verifier accepts replaces the student's rollout.
+        teacher_mix_rho0 (`float`, *optional*, defaults to `0.5`):
+            Initial fraction `rho` of prompts offered a teacher rollout (*assumed*).
+        teacher_mix_phase_fraction (`float`, *optional*, defaults to `0.2`):
+            Fraction of training over which `rho` decays linearly to 0 (*assumed*).
+        teacher_num_generations (`int`, *optional*, defaults to `8`):
+            Teacher rollouts per selected prompt (G, *assumed*).
+        teacher_temperature (`float`, *optional*, defaults to `1.0`):
+            Sampling temperature of the teacher's rollouts.
+
+        > Verifier
+
+        answer_column (`str`, *optional*, defaults to `"answer"`):
+            Dataset column holding the gold answer for the default verifier (math-verify on `\boxed{}`).
+        correct_threshold (`float`, *optional*, defaults to `0.5`):
+            A rollout is correct when the sum of its rewards is at least this value.
+        grader_timeout (`float`, *optional*, defaults to `5.0`):
+            Seconds allowed per grade; a timeout or an exception marks the rollout incorrect and is counted.
+
+        > Numerical faults
+
+        nonfinite_policy (`str`, *optional*, defaults to `"error"`):
+            On NaN or inf in logits or loss: `"error"` stops training with a clear error; `"skip"` drops the step (no
+            parameter update) and counts it in `nonfinite/skipped_steps`.
+    """
+
+    method: str = field(default="sead", metadata={"help": "Preset: 'opd', 'sead' or 'sgopd'."})
+    estimator: str = field(default="full", metadata={"help": "'full', 'topk' or 'sampled'."})
+    estimator_top_k: int = field(default=64, metadata={"help": "k of the 'topk' estimator."})
+    use_fused_loss: bool = field(default=True, metadata={"help": "Fused chunked loss from hidden states."})
+    loss_chunk_size: int | None = field(
+        default=None, metadata={"help": "Tokens per chunk of the fused loss."}
+    )
+
+    zones: bool | None = field(default=None, metadata={"help": "Entropy zones (skip / RKL / FKL)."})
+    teacher_quantile: float = field(
+        default=0.9, metadata={"help": "Teacher-entropy quantile of the FKL zone."}
+    )
+    skip_fraction: float = field(default=0.5, metadata={"help": "Fraction of valid tokens skipped."})
+    entropy_top_k: int | None = field(
+        default=64, metadata={"help": "Top-k of the zone entropies; 0/None: full."}
+    )
+    loss_normalization: str = field(default="kept", metadata={"help": "'kept' or 'all'."})
+
+    anneal: bool | None = field(default=None, metadata={"help": "Cosine anneal from forward to reverse KL."})
+    alpha_start: float = field(default=0.8, metadata={"help": "Forward-KL weight at step 0."})
+    alpha_end: float = field(default=0.0, metadata={"help": "Forward-KL weight at the last step."})
+
+    curriculum: bool | None = field(default=None, metadata={"help": "Competence-gated curriculum."})
+    difficulty_column: str = field(
+        default="difficulty", metadata={"help": "Column with difficulty in [0, 1]."}
+    )
+    competence_threshold: float = field(
+        default=0.6, metadata={"help": "Pass rate that opens the next bucket."}
+    )
+    competence_window: int = field(default=64, metadata={"help": "Rollouts in the running pass-rate window."})
+    curriculum_num_buckets: int = field(default=4, metadata={"help": "Difficulty quantiles of the gate."})
+    curriculum_full_open_fraction: float = field(
+        default=0.8, metadata={"help": "All prompts open by this fraction."}
+    )
+
+    sign_gate: bool | None = field(default=None, metadata={"help": "SG-OPD per-token sign gate."})
+    lambda_consensus: float = field(default=1.8, metadata={"help": "Gate on consensus."})
+    lambda_conflict: float = field(default=0.5, metadata={"help": "Gate on conflict."})
+    use_reference_model: bool = field(default=True, metadata={"help": "Frozen initial student as reference."})
+    teacher_mixing: bool | None = field(
+        default=None, metadata={"help": "Phased teacher sampling (cold start)."}
+    )
+    teacher_mix_rho0: float = field(default=0.5, metadata={"help": "Initial teacher-mix ratio."})
+    teacher_mix_phase_fraction: float = field(
+        default=0.2, metadata={"help": "Cold-start fraction of training."}
+    )
+    teacher_num_generations: int = field(
+        default=8, metadata={"help": "Teacher rollouts per selected prompt."}
+    )
+    teacher_temperature: float = field(default=1.0, metadata={"help": "Teacher sampling temperature."})
+
+    answer_column: str = field(default="answer", metadata={"help": "Gold-answer column for the verifier."})
+    correct_threshold: float = field(
+        default=0.5, metadata={"help": "Reward sum at which a rollout is correct."}
+    )
+    grader_timeout: float = field(default=5.0, metadata={"help": "Seconds per grade."})
+    nonfinite_policy: str = field(default="error", metadata={"help": "'error' or 'skip'."})
+
+    def __post_init__(self):
+        self.method = str(self.method).lower()
+        if self.method not in METHODS:
+            raise SeadError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}.")
+        if self.estimator not in ESTIMATORS:
+            raise SeadError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {self.estimator!r}.")
+        for name, value in PRESETS[self.method].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.entropy_top_k == 0:
+            self.entropy_top_k = None
+        self._validate()
+        super().__post_init__()
+
+    def _validate(self) -> None:
+        unit = [
+            "teacher_quantile",
+            "skip_fraction",
+            "alpha_start",
+            "alpha_end",
+            "competence_threshold",
+            "curriculum_full_open_fraction",
+            "teacher_mix_rho0",
+            "teacher_mix_phase_fraction",
+        ]
+        for name in unit:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise SeadError(f"{name} must be in [0, 1]; got {value}.")
+        positive = ["lambda_consensus", "lambda_conflict", "teacher_temperature", "grader_timeout"]
+        for name in positive:
+            value = getattr(self, name)
+            if not value > 0:
+                raise SeadError(f"{name} must be > 0; got {value}.")
+        at_least_one = [
+            "estimator_top_k",
+            "competence_window",
+            "curriculum_num_buckets",
+            "teacher_num_generations",
+        ]
+        for name in at_least_one:
+            value = getattr(self, name)
+            if value < 1:
+                raise SeadError(f"{name} must be >= 1; got {value}.")
+        if self.entropy_top_k is not None and self.entropy_top_k < 0:
+            raise SeadError(
+                f"entropy_top_k must be >= 0 (0 or null: full vocabulary); got {self.entropy_top_k}."
+            )
+        if self.loss_chunk_size is not None and self.loss_chunk_size < 1:
+            raise SeadError(f"loss_chunk_size must be >= 1; got {self.loss_chunk_size}.")
+        if self.loss_normalization not in ("kept", "all"):
+            raise SeadError(f"loss_normalization must be 'kept' or 'all'; got {self.loss_normalization!r}.")
+        if self.nonfinite_policy not in ("error", "skip"):
+            raise SeadError(f"nonfinite_policy must be 'error' or 'skip'; got {self.nonfinite_policy!r}.")
+        if self.max_steps is not None and self.max_steps < -1:
+            raise SeadError(
+                f"max_steps must be a positive number of steps (or -1 for epochs); got {self.max_steps}."
+            )
+        if self.num_train_epochs is not None and self.num_train_epochs < 0:
+            raise SeadError(f"num_train_epochs must be >= 0; got {self.num_train_epochs}.")
+
+    @property
+    def components(self) -> dict[str, bool]:
+        """The resolved on/off switches, e.g. for logging the ablation cell of a run."""
+        return {name: bool(getattr(self, name)) for name in PRESETS["opd"]}

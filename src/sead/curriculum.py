@@ -1,0 +1,124 @@
+"""SEAD's competence-gated curriculum (METHODS.md 1c): prompts open from easy to hard.
+
+Difficulty ``d_i = 1 - p_i`` (``p_i``: pass rate of the initial student over K rollouts), in [0, 1].
+The gate ``c(t)`` steps through the difficulty quantiles ``c_k = quantile(d, (k + 1) / B)``,
+``k = 0..B-1``: it starts at ``c_0`` and moves to the next quantile when the verifier pass rate of
+the student's recent rollouts (a window of ``window`` rollouts) exceeds ``threshold`` *(rule
+assumed)*. A floor schedule opens the quantile ``t / (f T)`` at step ``t``, so every prompt is open by
+the fraction ``f`` of training. Only prompts with ``d_i <= c(t)`` are sampled.
+
+Draws are a pure function of ``(seed, step)`` and the gate, so every rank draws the same global
+batch and a resumed run draws exactly what the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["CompetenceCurriculum"]
+
+
+class CompetenceCurriculum:
+    """Gate state plus a sampler that serves only open prompts.
+
+    Args:
+        difficulties: one value in [0, 1] per dataset row.
+        threshold: pass rate over the window that opens the next difficulty quantile.
+        window: number of recent rollouts in the running pass-rate window.
+        num_buckets: number of difficulty quantiles ``B`` the gate steps through.
+        full_open_fraction: fraction ``f`` of training by which every prompt is open.
+        seed: base seed of the draws.
+    """
+
+    def __init__(
+        self,
+        difficulties: Sequence[float] | torch.Tensor,
+        *,
+        threshold: float = 0.6,
+        window: int = 64,
+        num_buckets: int = 4,
+        full_open_fraction: float = 0.8,
+        seed: int = 0,
+        column: str = "difficulty",
+    ):
+        d = torch.as_tensor(difficulties, dtype=torch.float64).reshape(-1)
+        if d.numel() == 0:
+            raise ValueError(f"the curriculum needs at least one prompt; the `{column}` column is empty")
+        bad = (~torch.isfinite(d)) | (d < 0) | (d > 1)
+        if bad.any():
+            first = int(bad.nonzero()[0])
+            raise ValueError(
+                f"column `{column}` must hold difficulties in [0, 1] (1 - pass rate); row {first} has {float(d[first])}. "
+                "Recompute it with `sead difficulty`."
+            )
+        if num_buckets < 1 or window < 1:
+            raise ValueError("num_buckets and window must be >= 1")
+        self.difficulties = d
+        self.threshold = float(threshold)
+        self.window_size = int(window)
+        self.num_buckets = int(num_buckets)
+        self.full_open_fraction = float(full_open_fraction)
+        self.seed = int(seed)
+        self._sorted = torch.sort(d).values
+        self.bucket = 0
+        self.window: deque[bool] = deque(maxlen=self.window_size)
+
+    # ---- the gate -------------------------------------------------------------------------------
+    def _quantile(self, fraction: float) -> float:
+        """Smallest difficulty value such that at least ``fraction`` of the prompts are at or below it."""
+        n = self._sorted.numel()
+        k = min(max(math.ceil(fraction * n) - 1, 0), n - 1)
+        return float(self._sorted[k])
+
+    def gate(self, step: int, total_steps: int) -> float:
+        """``c(t) = max(c_bucket, floor(t))``; prompts with difficulty ``<= c(t)`` are open."""
+        competence_gate = self._quantile((self.bucket + 1) / self.num_buckets)
+        horizon = self.full_open_fraction * total_steps
+        floor_fraction = 1.0 if horizon <= 0 else min(1.0, max(step, 0) / horizon)
+        floor_gate = self._quantile(floor_fraction) if floor_fraction > 0 else -math.inf
+        return max(competence_gate, floor_gate)
+
+    def open_indices(self, step: int, total_steps: int) -> torch.Tensor:
+        """Indices of the open prompts at ``step`` (never empty: the lowest quantile is always open)."""
+        return (self.difficulties <= self.gate(step, total_steps)).nonzero().squeeze(-1)
+
+    def update(self, correct: Sequence[bool]) -> bool:
+        """Add verifier results of the latest rollouts; open the next quantile when the full window's
+        pass rate exceeds the threshold. Returns whether the gate moved."""
+        self.window.extend(bool(c) for c in correct)
+        full = len(self.window) >= self.window_size
+        if full and self.pass_rate > self.threshold and self.bucket < self.num_buckets - 1:
+            self.bucket += 1
+            self.window.clear()
+            return True
+        return False
+
+    @property
+    def pass_rate(self) -> float:
+        return sum(self.window) / len(self.window) if self.window else 0.0
+
+    # ---- the sampler ----------------------------------------------------------------------------
+    def draw(self, step: int, total_steps: int, batch_size: int) -> list[int]:
+        """A global batch of prompt indices, all open at ``step``: without replacement when the open
+        pool is large enough, otherwise every open prompt then repeats."""
+        pool = self.open_indices(step, total_steps)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        if pool.numel() >= batch_size:
+            picks = pool[torch.randperm(pool.numel(), generator=g)[:batch_size]]
+        else:
+            reps = math.ceil(batch_size / pool.numel())
+            order = torch.cat([torch.randperm(pool.numel(), generator=g) for _ in range(reps)])[:batch_size]
+            picks = pool[order]
+        return picks.tolist()
+
+    # ---- checkpointing --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"bucket": self.bucket, "window": list(self.window)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bucket = int(state["bucket"])
+        self.window = deque((bool(x) for x in state["window"]), maxlen=self.window_size)

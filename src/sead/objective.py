@@ -1,0 +1,136 @@
+"""The training objective on full logits: any estimator, with or without zones, anneal and sign gate.
+
+The trainer calls :func:`fused_sead_loss` when it can (full estimator, no sign gate) and this module
+otherwise. Everything is composed from the pure pieces in ``divergences``, ``zones`` and ``gates``.
+
+Per valid token ``t`` with zone weights ``(w_fkl, w_rkl)`` (:func:`sead.zones.zone_weights`)::
+
+    loss_t = w_fkl * KL(p_T || p_S) + w_rkl * R_t
+
+where ``R_t`` is the reverse-KL term of the chosen estimator:
+
+- ``"full"``: ``KL(p_S || p_T)`` over the vocabulary;
+- ``"topk"``: the same over the teacher's top-k ids plus a tail bucket (the FKL term too);
+- ``"sampled"``: ``-sg(A_t) log pi_S(y_t)`` with ``A_t = log pi_T(y_t) - log pi_S(y_t)`` (the forward-KL
+  term stays exact, from the full logits).
+
+With the SG-OPD sign gate, ``lambda_t`` (:func:`sign_gate_lambda`) reshapes the target:
+full/topk use ``p_T <- softmax(lambda_t z_T + (1 - lambda_t) z_ref)`` (``z_ref``: the frozen initial
+student, or the detached current student when there is no reference model); sampled uses
+:func:`sign_gated_advantage`. Zones are always decided on the real teacher's entropy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .divergences import (
+    check_logits,
+    forward_kl,
+    reverse_kl,
+    sgopd_target_logits,
+    token_entropy,
+    topk_forward_kl,
+    topk_reverse_kl,
+)
+from .gates import sign_gate_lambda, sign_gated_advantage
+from .loss_output import SeadLossOutput, zone_stats
+from .zones import MASKED, RKL, SKIP, loss_normalizer, sead_zones, zone_weights
+
+__all__ = ["logits_objective"]
+
+
+def _token_logp(logits_BTV, ids_BT, temperature):
+    return torch.log_softmax(logits_BTV / temperature, dim=-1).gather(-1, ids_BT.unsqueeze(-1)).squeeze(-1)
+
+
+def logits_objective(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    *,
+    estimator: str = "full",
+    estimator_top_k: int = 64,
+    alpha: float = 0.0,
+    zones: bool = False,
+    teacher_quantile: float = 0.9,
+    skip_fraction: float = 0.5,
+    entropy_top_k: int | None = None,
+    temperature: float = 1.0,
+    normalize: str = "kept",
+    num_items: float | torch.Tensor | None = None,
+    sign_gate: bool = False,
+    correct: torch.Tensor | None = None,
+    ref_logits: torch.Tensor | None = None,
+    lambda_consensus: float = 1.8,
+    lambda_conflict: float = 0.5,
+) -> SeadLossOutput:
+    """Loss of one micro-batch from ``[B, T, V]`` logits; see the module docstring for the formula.
+
+    ``completion_ids`` ``[B, T]`` are the sampled tokens (used by the sampled estimator and the gate);
+    ``correct`` ``[B]`` bool is the verifier's verdict per rollout (needed by the sign gate).
+    """
+    if estimator not in ("full", "topk", "sampled"):
+        raise ValueError(f"estimator must be 'full', 'topk' or 'sampled', got {estimator!r}")
+    check_logits(student_logits, teacher_logits, temperature)
+    if mask.shape != student_logits.shape[:-1] or completion_ids.shape != mask.shape:
+        raise ValueError(
+            f"mask {tuple(mask.shape)} and completion_ids {tuple(completion_ids.shape)} must both have the "
+            f"logits' leading shape {tuple(student_logits.shape[:-1])}"
+        )
+    if sign_gate and correct is None:
+        raise ValueError("sign_gate needs `correct`: the verifier's verdict per rollout")
+    valid = mask != 0
+
+    with torch.no_grad():
+        h_t = token_entropy(teacher_logits, entropy_top_k, temperature)
+        h_s = token_entropy(student_logits.detach(), entropy_top_k, temperature)
+        zone_map = sead_zones(h_t, h_s, mask, teacher_quantile, skip_fraction) if zones else None
+    if zone_map is None:
+        zone_map = torch.where(valid, RKL, MASKED).long()
+    w_fkl, w_rkl = (w.to(student_logits.dtype) for w in zone_weights(zone_map, alpha))
+
+    extra: dict[str, float] = {}
+    target = teacher_logits
+    lam = None
+    if sign_gate:
+        with torch.no_grad():
+            t_logp = _token_logp(teacher_logits, completion_ids, temperature)
+            s_logp_sg = _token_logp(student_logits.detach(), completion_ids, temperature)
+            lam = sign_gate_lambda(t_logp, s_logp_sg, correct, lambda_consensus, lambda_conflict)
+            extra["consensus_frac"] = (
+                float((lam[valid] == lambda_consensus).double().mean()) if valid.any() else 0.0
+            )
+        if estimator != "sampled":
+            ref = ref_logits if ref_logits is not None else student_logits.detach()
+            target = sgopd_target_logits(teacher_logits, ref, lam)
+
+    if estimator == "topk":
+        fkl = topk_forward_kl(student_logits, teacher_logits, estimator_top_k, temperature)
+        rkl_term = topk_reverse_kl(student_logits, target, estimator_top_k, temperature)
+    else:
+        fkl = forward_kl(student_logits, teacher_logits, temperature)
+        if estimator == "full":
+            rkl_term = reverse_kl(student_logits, target, temperature)
+        else:
+            s_logp = _token_logp(student_logits, completion_ids, temperature)
+            with torch.no_grad():
+                t_logp = _token_logp(teacher_logits, completion_ids, temperature)
+                if sign_gate:
+                    ref_logp = (
+                        None if ref_logits is None else _token_logp(ref_logits, completion_ids, temperature)
+                    )
+                    adv = sign_gated_advantage(
+                        t_logp, s_logp.detach(), correct, ref_logp, lambda_consensus, lambda_conflict
+                    )
+                else:
+                    adv = t_logp - s_logp.detach()
+            rkl_term = -adv * s_logp
+
+    per_token = w_fkl * fkl + w_rkl * rkl_term
+    per_token = torch.where(zone_map > SKIP, per_token, torch.zeros_like(per_token))
+    loss = per_token.sum() / loss_normalizer(zone_map, normalize, num_items).to(per_token.dtype)
+    stats = zone_stats(zone_map, h_t, h_s, per_token)
+    stats.update(extra)
+    return SeadLossOutput(loss=loss, zones=zone_map, per_token=per_token, stats=stats)
