@@ -157,17 +157,15 @@ def _topk_buckets(student_logits, teacher_logits, top_k, temperature):
     logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature)
     k = min(int(top_k), logp_t.shape[-1])
     idx = logp_t.topk(k, dim=-1).indices
-    head_s, head_t = logp_s.gather(-1, idx), logp_t.gather(-1, idx)
+    in_top = torch.zeros_like(logp_t, dtype=torch.bool).scatter_(-1, idx, True)
+    floor = torch.finfo(logp_t.dtype).min
 
-    if k == logp_t.shape[-1]:
-        return head_s, head_t  # the top-k covers the whole vocabulary: no tail bucket
+    def buckets(logp):
+        # tail = logsumexp over the ids outside the top-k: exact even when the tail mass is tiny
+        tail = torch.logsumexp(logp.masked_fill(in_top, -math.inf), dim=-1, keepdim=True).clamp(min=floor)
+        return torch.cat([logp.gather(-1, idx), tail], dim=-1)
 
-    def with_tail(head):
-        # log(1 - sum exp(head)), clamped: the tail mass can round to <= 0
-        tail = torch.log1p(-head.exp().sum(-1, keepdim=True).clamp(max=1.0 - 1e-12))
-        return torch.cat([head, tail], dim=-1)
-
-    return with_tail(head_s), with_tail(head_t)
+    return buckets(logp_s), buckets(logp_t)
 
 
 def topk_forward_kl(

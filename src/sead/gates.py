@@ -43,7 +43,7 @@ def sign_gate_lambda(
     d_BT = teacher_logp - student_logp
     v_B1 = torch.where(correct.bool(), 1.0, -1.0).to(d_BT.dtype).unsqueeze(-1)
     consensus_BT = d_BT * v_B1 > 0
-    return torch.where(consensus_BT, lambda_consensus, lambda_conflict).to(d_BT.dtype)
+    return torch.full_like(d_BT, lambda_conflict).masked_fill(consensus_BT, lambda_consensus)
 
 
 def sign_gated_advantage(
