@@ -29,31 +29,37 @@ from .zones import MASKED, RKL, loss_normalizer, sead_zones, zone_weights
 
 __all__ = ["fused_sead_loss", "auto_chunk_size"]
 
-# Elements per [rows, V] tile: about 16 MB in fp32, small enough to stay cache-friendly on a CPU.
+# Elements per [rows, V] tile (16 MB in fp32); a chunk holds four such tiles at once.
 _TILE_ELEMENTS = 1 << 22
+# Rows per chunk never drop below this: the lm_head weight is re-read once per chunk, so fewer rows
+# would make the projection memory-bound on a large vocabulary.
+_MIN_ROWS = 128
 
 
 def auto_chunk_size(vocab_size: int) -> int:
-    """Rows per chunk so that one ``[rows, V]`` fp32 tile holds about 4M elements."""
-    return max(8, _TILE_ELEMENTS // max(vocab_size, 1))
+    """Rows per chunk: a ``[rows, V]`` fp32 tile of about 4M elements, and at least 128 rows."""
+    return max(_MIN_ROWS, _TILE_ELEMENTS // max(vocab_size, 1))
 
 
-def _logprobs(hidden_nH, weight_VH, bias_V, inv_t):
-    """``log softmax((hidden @ weight.T + bias) / tau)`` for one chunk of rows, ``[n, V]``."""
+def _rowdot(a_nV: torch.Tensor, b_nV: torch.Tensor) -> torch.Tensor:
+    """``sum_v a[n, v] b[n, v]`` per row, without an ``[n, V]`` temporary."""
+    return torch.bmm(a_nV.unsqueeze(1), b_nV.unsqueeze(2)).view(-1)
+
+
+def _logprobs(hidden_nH, weight_VH, bias_V, inv_t, top_k):
+    """``log softmax((hidden @ weight.T + bias) / tau)`` for one chunk of rows (``[n, V]``, computed in
+    place in the projection's buffer), and the top-k entropy of each row when ``top_k`` is set."""
     z_nV = hidden_nH @ weight_VH.T
     if bias_V is not None:
         z_nV += bias_V
     if inv_t != 1.0:
         z_nV *= inv_t
-    return z_nV, F.log_softmax(z_nV, dim=-1)
-
-
-def _entropy(z_nV, logp_nV, top_k):
-    """Entropy in nats of each row; over the row's own top-k logits renormalised when ``top_k``."""
+    entropy_topk = None
     if top_k is not None and top_k < z_nV.shape[-1]:
-        logq = F.log_softmax(z_nV.topk(top_k, dim=-1).values, dim=-1)
-        return -(logq.exp() * logq).sum(-1)
-    return -(logp_nV.exp() * logp_nV).sum(-1)
+        logq_nK = F.log_softmax(z_nV.topk(top_k, dim=-1).values, dim=-1)
+        entropy_topk = -(logq_nK.exp() * logq_nK).sum(-1)
+    z_nV -= torch.logsumexp(z_nV, dim=-1, keepdim=True)
+    return z_nV, entropy_topk
 
 
 class _Heads:
@@ -66,30 +72,34 @@ class _Heads:
         self.b_t = None if b_t is None else b_t.to(dtype)
         self.inv_t = inv_t
 
-    def project(self, rows):
-        z_s, logp_s = _logprobs(self.h_s[rows], self.w_s, self.b_s, self.inv_t)
-        z_t, logp_t = _logprobs(self.h_t[rows], self.w_t, self.b_t, self.inv_t)
-        return z_s, logp_s, z_t, logp_t
+    def chunk(self, rows, top_k=None, entropies=True):
+        """Per-row statistics of one chunk, and the tiles the gradient needs.
+
+        Returns ``(H_S, H_T, FKL, RKL, diff, p_S, p_T)`` with ``diff = log p_S - log p_T``;
+        ``FKL = KL(p_T || p_S)`` (under the teacher), ``RKL = KL(p_S || p_T)`` (under the student).
+        """
+        logp_s, ent_s = _logprobs(self.h_s[rows], self.w_s, self.b_s, self.inv_t, top_k)
+        logp_t, ent_t = _logprobs(self.h_t[rows], self.w_t, self.b_t, self.inv_t, top_k)
+        p_s, p_t = logp_s.exp(), logp_t.exp()
+        h_s = h_t = None
+        if entropies:
+            h_s = ent_s if ent_s is not None else -_rowdot(p_s, logp_s)
+            h_t = ent_t if ent_t is not None else -_rowdot(p_t, logp_t)
+        diff = logp_s.sub_(logp_t)  # reuses the student's buffer
+        del logp_t
+        rkl = _rowdot(p_s, diff)  # under the student
+        fkl = -_rowdot(p_t, diff)  # under the teacher
+        return h_s, h_t, fkl, rkl, diff, p_s, p_t
 
 
-def _divergences(logp_s, logp_t):
-    """Per-row ``(FKL, RKL, p_S, log p_S - log p_T)`` for one chunk."""
-    p_s = logp_s.exp()
-    diff = logp_s - logp_t
-    rkl = (p_s * diff).sum(-1)  # KL(p_S || p_T), under the student
-    fkl = -(logp_t.exp() * diff).sum(-1)  # KL(p_T || p_S), under the teacher
-    return fkl, rkl, p_s, diff
+def _accumulate_grad(grads, heads, rows, diff, p_s, p_t, rkl, w_fkl, w_rkl):
+    """Add one chunk's gradient (``w_*`` already divided by the normaliser); consumes the tiles:
 
-
-def _accumulate_grad(grads, heads, rows, logp_t, p_s, diff, rkl, w_fkl, w_rkl):
-    """Add one chunk's gradient. With ``c`` = per-row scale already divided by the normaliser:
-
-    ``dL/dz_S = w_fkl (p_S - p_T) + w_rkl p_S (log p_S - log p_T - RKL)``, then ``/ tau`` and chain
+    ``dL/dz_S = w_fkl (p_S - p_T) + w_rkl p_S (log p_S - log p_T - RKL)``, then ``/ tau`` and the chain
     rule through ``z_S = h W^T + b``.
     """
-    g_nV = p_s * (diff - rkl.unsqueeze(-1))
-    g_nV *= w_rkl.unsqueeze(-1)
-    g_nV += w_fkl.unsqueeze(-1) * (p_s - logp_t.exp())
+    g_nV = diff.sub_(rkl.unsqueeze(-1)).mul_(p_s).mul_(w_rkl.unsqueeze(-1))
+    g_nV -= p_t.sub_(p_s).mul_(w_fkl.unsqueeze(-1))
     if heads.inv_t != 1.0:
         g_nV *= heads.inv_t
     grad_h, grad_w, grad_b = grads
@@ -124,16 +134,15 @@ class _FusedSeadLoss(torch.autograd.Function):
             zones_N = torch.full((n,), RKL, dtype=torch.long, device=dev)
             w_fkl_N, w_rkl_N = zone_weights(zones_N, alpha)
             scale = 1.0 / float(loss_normalizer(zones_N, opts["normalize"], opts["num_items"]))
+        top_k = opts["entropy_top_k"]
         for start in range(0, n, chunk):
             sl = slice(start, min(start + chunk, n))
             rows = valid_idx[sl]
-            z_s, logp_s, z_t, logp_t = heads.project(rows)
-            h_s_N[sl] = _entropy(z_s, logp_s, opts["entropy_top_k"])
-            h_t_N[sl] = _entropy(z_t, logp_t, opts["entropy_top_k"])
-            fkl_N[sl], rkl_N[sl], p_s, diff = _divergences(logp_s, logp_t)
+            h_s_N[sl], h_t_N[sl], fkl_N[sl], rkl_N[sl], diff, p_s, p_t = heads.chunk(rows, top_k)
             if not use_zones and want_grad:
                 w_f, w_r = (w_fkl_N[sl] * scale).to(dtype), (w_rkl_N[sl] * scale).to(dtype)
-                _accumulate_grad(grads, heads, rows, logp_t, p_s, diff, rkl_N[sl], w_f, w_r)
+                _accumulate_grad(grads, heads, rows, diff, p_s, p_t, rkl_N[sl], w_f, w_r)
+            del diff, p_s, p_t
 
         if use_zones:
             ones_N = torch.ones(n, dtype=torch.long, device=dev)
@@ -146,10 +155,10 @@ class _FusedSeadLoss(torch.autograd.Function):
                 for start in range(0, kept_K.numel(), chunk):
                     sel = kept_K[start : start + chunk]
                     rows = valid_idx[sel]
-                    _, logp_s, _, logp_t = heads.project(rows)
-                    _, rkl, p_s, diff = _divergences(logp_s, logp_t)
+                    _, _, _, rkl, diff, p_s, p_t = heads.chunk(rows, entropies=False)
                     w_f, w_r = (w_fkl_N[sel] * scale).to(dtype), (w_rkl_N[sel] * scale).to(dtype)
-                    _accumulate_grad(grads, heads, rows, logp_t, p_s, diff, rkl, w_f, w_r)
+                    _accumulate_grad(grads, heads, rows, diff, p_s, p_t, rkl, w_f, w_r)
+                    del diff, p_s, p_t
 
         per_token_N = (w_fkl_N * fkl_N.double() + w_rkl_N * rkl_N.double()).to(dtype)
         loss = per_token_N.double().sum() * scale

@@ -1,0 +1,51 @@
+"""Shared pieces of the benchmarks: machine facts, subprocess runs, medians."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from importlib.metadata import version
+
+
+def machine_facts() -> dict:
+    """What every number is measured on: date, cores, CPU, library versions."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    libs = {name: version(name) for name in ("torch", "transformers", "trl", "accelerate", "sead-opd")}
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        **libs,
+    }
+
+
+def run_worker(args: list[str], timeout: float = 3600, env: dict | None = None) -> dict:
+    """Run ``python -m sead.bench.worker ARGS`` and return the JSON it prints on its last line."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sead.bench.worker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+    lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout)[-2000:]
+        return {"error": f"worker exited {proc.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"}
+    return json.loads(lines[-1])
+
+
+def median(values) -> float:
+    return float(statistics.median(values))

@@ -1,0 +1,185 @@
+"""BENCHMARKS.md from the benchmarks' JSON results: tables, ratios measured in the same run, goals."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ..plots import plot_accuracy_curves
+
+
+def _machine_line(m: dict) -> str:
+    return (
+        f"{m['date']}, {m['cores']} cores ({m['cpu']}), Python {m['python']}, torch {m['torch']}, "
+        f"transformers {m['transformers']}, trl {m['trl']}, accelerate {m['accelerate']}, sead {m['sead-opd']}"
+    )
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+
+def loss_section(res: dict, command: str) -> tuple[str, dict]:
+    rows = [r for r in res["rows"] if "error" not in r]
+    by = {(r["impl"], r["N_requested"], r["V"]): r for r in rows}
+    shapes = sorted({(r["N_requested"], r["V"]) for r in rows}, key=lambda s: (s[1], s[0]))
+    table = []
+    for n, v in shapes:
+        trl = by.get(("trl_chunked", n, v))
+        for impl in ("sead_fused", "opd_fused", "trl_chunked", "naive"):
+            r = by.get((impl, n, v))
+            if r is None:
+                continue
+            ratio_t = f"{r['time_s'] / trl['time_s']:.2f}x" if trl and r["N"] == trl["N"] else "-"
+            ratio_m = f"{r['peak_mb'] / trl['peak_mb']:.2f}x" if trl and r["N"] == trl["N"] and trl["peak_mb"] > 0 else "-"
+            table.append([impl, str(r["N"]), str(v), f"{r['time_s']:.2f}", ratio_t, f"{r['peak_mb']:.0f}", ratio_m])
+    errors = [f"- {r['impl']} N={r['N']} V={r['V']}: {r['error']}" for r in res["rows"] if "error" in r]
+    goals = {}
+    key = (4096, 32768)
+    s, o, t, nv = (by.get((i, *key)) for i in ("sead_fused", "opd_fused", "trl_chunked", "naive"))
+    if s and t:
+        goals["sead_time_vs_trl"] = (s["time_s"] / t["time_s"], 0.4)
+    if s and nv and nv["N"] == s["N"]:
+        goals["sead_mem_vs_naive"] = (s["peak_mb"] / nv["peak_mb"], 0.1)
+    if s and o:
+        goals["sead_time_vs_opd_fused"] = (s["time_s"] / o["time_s"], 0.8)
+    text = [
+        "## 1. Loss kernels (forward + backward)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {_machine_line(res['machine'])}; torch threads {res['threads']}; median of {res['reps']} timed runs after one warm-up, each implementation in its own process; peak = peak RSS minus RSS before the call.",
+        "",
+        "`sead_fused`: zones on (skip 50%, FKL 10%), alpha 0.5, entropies over top-64. `opd_fused`: the same function with zones off (vanilla reverse KL). `trl_chunked`: `trl.trainer.distillation_trainer._chunked_divergence_loss`, beta=1 (its CPU path). `naive`: full `[N, V]` logits, reverse KL. Hidden size 512. Ratios are to TRL in the same run.",
+        "",
+        _table(["impl", "N", "V", "time s", "time / TRL", "peak MB", "peak / TRL"], table),
+        "",
+        *(f"- {n}" for n in sorted(set(res.get("notes", [])))),
+        *errors,
+    ]
+    return "\n".join(text), goals
+
+
+def step_section(res: dict, command: str) -> tuple[str, dict]:
+    rows = [r for r in res["rows"] if "error" not in r]
+    trl = next((r for r in rows if r["trainer"] == "trl"), None)
+    table = []
+    for r in rows:
+        ratio = f"{r['step_time_s'] / trl['step_time_s']:.2f}x" if trl else "-"
+        table.append([r["trainer"], f"{r['step_time_s'] * 1000:.0f}", ratio, f"{r['peak_rss_mb']:.0f}"])
+    goals = {}
+    opd = next((r for r in rows if r["trainer"] == "opd"), None)
+    if opd and trl:
+        goals["opd_step_vs_trl"] = (opd["step_time_s"] / trl["step_time_s"], 1.05)
+    errors = [f"- {r['trainer']}: {r['error']}" for r in res["rows"] if "error" in r]
+    first = rows[0] if rows else {}
+    text = [
+        "## 2. Training step",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {_machine_line(res['machine'])}; torch threads {res['threads']}; each trainer in its own process.",
+        "",
+        f"Tiny random Qwen2 models (student hidden 64 x 2 layers, teacher 160 x 4), {first.get('batch')} prompts per step, "
+        f"{first.get('completion_tokens')} completion tokens (forced with `min_new_tokens`), {first.get('steps')} steps, median step time "
+        "excluding the first two (warm-up). A step includes rollout generation, verifier grading (ours), the teacher forward and the update.",
+        "",
+        _table(["trainer", "step ms", "step / TRL", "peak RSS MB"], table),
+        *errors,
+    ]
+    return "\n".join(text), goals
+
+
+def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
+    summary = res["summary"]
+    start = statistics.mean(res["student_start"].values()) if res["student_start"] else float("nan")
+    opd = summary.get("opd", {}).get("accuracy_mean")
+    table = []
+    for name, s in summary.items():
+        delta = f"{100 * (s['accuracy_mean'] - opd):+.1f}" if opd is not None else "-"
+        auc = "-" if s["auc_mean"] is None else f"{100 * s['auc_mean']:.1f} ± {100 * s['auc_std']:.1f}"
+        table.append([name, f"{100 * s['accuracy_mean']:.1f} ± {100 * s['accuracy_std']:.1f}", delta, auc, f"{s['wall_seconds_median']:.0f}"])
+    curves = {}
+    for name, runs in res["runs"].items():
+        steps = [p[0] for p in runs[0]["curve"]]
+        curves[name] = [(st, statistics.mean(r["curve"][i][1] for r in runs)) for i, st in enumerate(steps)]
+    plot = plot_accuracy_curves(curves, out_dir / "bench_quality_curves.png", title="Held-out accuracy vs step (mean over seeds)")
+    goals = {}
+    if opd is not None:
+        for name, target in (("sead", 0.048), ("sgopd", 0.02)):
+            if name in summary:
+                goals[f"{name}_minus_opd"] = (summary[name]["accuracy_mean"] - opd, target)
+        if "trl" in summary:
+            goals["opd_minus_trl_abs"] = (abs(opd - summary["trl"]["accuracy_mean"]), 0.02)
+    text = [
+        "## 3. Distillation quality on the built-in task",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {_machine_line(res['machine'])}.",
+        "",
+        f"Same prepared student (held-out accuracy at start {100 * start:.1f}%), same {res['steps']} steps of "
+        f"{res['size']['batch']} prompts, {res['seeds']} seed(s) (seed changes the training prompts, sampling and "
+        f"difficulty pre-pass). Accuracy: greedy, {res['size']['num_test']} held-out problems. AUC: mean accuracy over "
+        "training (trapezoid area under the accuracy-vs-step curve / steps), on the curve subset. `trl` is TRL's "
+        "`DistillationTrainer` (beta=1, reverse KL); the rows between are the SEAD factorial ablation (components added to vanilla OPD).",
+        "",
+        _table(["variant", "final acc % (mean ± sd)", "vs opd (points)", "AUC %", "wall s"], table),
+        "",
+        f"![accuracy vs step]({plot.name})",
+    ]
+    return "\n".join(text), goals
+
+
+GOAL_TEXT = {
+    "sead_time_vs_trl": ("fused SEAD loss time / TRL chunked, N=4096 V=32768", "<="),
+    "sead_mem_vs_naive": ("fused SEAD loss peak memory / naive, N=4096 V=32768", "<="),
+    "sead_time_vs_opd_fused": ("fused SEAD loss time / our fused vanilla OPD loss", "<="),
+    "opd_step_vs_trl": ("OPDTrainer step time / TRL DistillationTrainer (vanilla OPD)", "<="),
+    "sead_minus_opd": ("SEAD accuracy - vanilla OPD accuracy", ">="),
+    "sgopd_minus_opd": ("SG-OPD accuracy - vanilla OPD accuracy", ">="),
+    "opd_minus_trl_abs": ("|our opd - TRL| accuracy", "<="),
+}
+
+
+def goals_section(goals: dict[str, tuple[float, float]]) -> str:
+    rows = []
+    for key, (value, target) in goals.items():
+        label, op = GOAL_TEXT[key]
+        ok = value <= target if op == "<=" else value >= target
+        pct = key.endswith(("opd", "trl_abs"))
+        fmt = (lambda x: f"{100 * x:+.1f} pts") if pct else (lambda x: f"{x:.2f}x")
+        rows.append([label, f"{op} {fmt(target)}", fmt(value), _verdict(ok)])
+    return "\n".join(["## Goals", "", _table(["goal", "target", "measured", "verdict"], rows)])
+
+
+def write_report(results: dict[str, dict], commands: dict[str, str], path: Path, analysis: str = "") -> Path:
+    sections, goals = [], {}
+    if "loss" in results:
+        text, g = loss_section(results["loss"], commands["loss"])
+        sections.append(text)
+        goals.update(g)
+    if "step" in results:
+        text, g = step_section(results["step"], commands["step"])
+        sections.append(text)
+        goals.update(g)
+    if "quality" in results:
+        text, g = quality_section(results["quality"], commands["quality"], path.parent)
+        sections.append(text)
+        goals.update(g)
+    head = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`sead bench all`); raw results in `benchmarks/results/*.json`. Every number "
+        "below comes from the run recorded next to it; ratios are measured side by side in that run. This machine "
+        "is noisy (2 shared cores): read medians and ratios, not single timings.",
+        "",
+        goals_section(goals),
+    ]
+    body = "\n\n".join(head + sections + ([analysis] if analysis else []))
+    path.write_text(body + "\n")
+    return path

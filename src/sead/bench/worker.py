@@ -1,0 +1,160 @@
+"""One measurement per process: ``python -m sead.bench.worker loss|step ...`` prints one JSON line.
+
+Peak memory is the process's peak resident set (``ru_maxrss``) minus the resident set just before
+the measured work (after the inputs exist), so it counts what the implementation itself allocates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import torch
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ---- loss kernels ------------------------------------------------------------------------------
+def _loss_fn(impl: str, h_s, w_s, h_t, w_t, mask):
+    if impl == "trl_chunked":
+        from trl.trainer.distillation_trainer import _chunked_divergence_loss
+
+        return lambda: _chunked_divergence_loss(h_s, h_t, w_s, w_t, mask, 1.0)[0]
+    from sead.losses import fused_sead_loss, sead_loss
+
+    if impl == "sead_fused":
+        return lambda: fused_sead_loss(h_s, w_s, h_t, w_t, mask, alpha=0.5, zones=True, entropy_top_k=64).loss
+    if impl == "opd_fused":
+        return lambda: fused_sead_loss(h_s, w_s, h_t, w_t, mask, zones=False).loss
+    if impl == "naive":
+        # vanilla OPD on full logits: reverse KL over the vocabulary, mean over tokens
+        return lambda: sead_loss(h_s @ w_s.T, (h_t @ w_t.T).detach(), mask, zones=False).loss
+    if impl == "sead_naive":
+        return lambda: sead_loss(h_s @ w_s.T, (h_t @ w_t.T).detach(), mask, alpha=0.5, entropy_top_k=64).loss
+    raise SystemExit(f"unknown impl {impl}")
+
+
+def bench_loss(impl: str, n: int, v: int, h: int, reps: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    h_s = torch.randn(n, h, generator=g).requires_grad_()
+    w_s = (torch.randn(v, h, generator=g) * h**-0.5).requires_grad_()
+    h_t = torch.randn(n, h, generator=g)
+    w_t = torch.randn(v, h, generator=g) * h**-0.5 * 1.5
+    mask = torch.ones(n)
+    fn = _loss_fn(impl, h_s, w_s, h_t, w_t, mask)
+    base = _rss_mb()
+    times = []
+    for i in range(reps + 1):  # the first run warms up and is not timed
+        h_s.grad = w_s.grad = None
+        t0 = time.perf_counter()
+        loss = fn()
+        loss.backward()
+        dt = time.perf_counter() - t0
+        if i > 0:
+            times.append(dt)
+        del loss
+    return {
+        "impl": impl,
+        "N": n,
+        "V": v,
+        "H": h,
+        "time_s": sorted(times)[len(times) // 2],
+        "times_s": times,
+        "peak_mb": max(_peak_mb() - base, 0.0),
+    }
+
+
+# ---- training step -----------------------------------------------------------------------------
+def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threads: int, out: str) -> dict:
+    """Median optimizer-step time of one trainer on tiny random models (same models, data, seed for all)."""
+    torch.set_num_threads(threads)
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from sead.config import OPDConfig
+    from sead.tasks.arithmetic import build_tokenizer, make_dataset
+
+    tok = build_tokenizer()
+
+    def model(hidden, layers, seed):
+        torch.manual_seed(seed)
+        cfg = Qwen2Config(
+            vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+            num_key_value_heads=2, intermediate_size=3 * hidden, max_position_embeddings=64,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+        )
+        return Qwen2ForCausalLM(cfg)
+
+    ds = make_dataset(max(256, batch * (steps + 1)), seed=0)
+    ds = ds.add_column("difficulty", [(lv - 1) / 3 for lv in ds["level"]])
+    method = "opd" if trainer_name == "trl" else trainer_name
+    cfg = OPDConfig(
+        output_dir=out, method=method, max_steps=steps, per_device_train_batch_size=batch,
+        max_completion_length=completion, learning_rate=1e-4, logging_steps=1, report_to=[], bf16=False,
+        gradient_checkpointing=False, save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+        competence_window=batch, teacher_num_generations=4, generation_kwargs={"min_new_tokens": completion},
+    )
+    student, teacher = model(64, 2, 0), model(160, 4, 1)
+    if trainer_name == "trl":
+        from trl import DistillationTrainer
+
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=ds, processing_class=tok)
+    else:
+        from sead.trainer import OPDTrainer
+
+        trainer = OPDTrainer(student, teacher, args=cfg, train_dataset=ds, processing_class=tok)
+    base = _rss_mb()
+    trainer.train()
+    step_times = [h["step_time"] for h in trainer.state.log_history if "step_time" in h]
+    timed = step_times[2:] or step_times  # the first steps warm up allocators and caches
+    return {
+        "trainer": trainer_name,
+        "steps": steps,
+        "batch": batch,
+        "completion_tokens": completion,
+        "step_time_s": sorted(timed)[len(timed) // 2],
+        "step_times_s": step_times,
+        "peak_rss_mb": _peak_mb(),
+        "peak_rss_delta_mb": max(_peak_mb() - base, 0.0),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sead.bench.worker")
+    sub = p.add_subparsers(dest="what", required=True)
+    lp = sub.add_parser("loss")
+    lp.add_argument("impl")
+    lp.add_argument("--n", type=int, required=True)
+    lp.add_argument("--v", type=int, required=True)
+    lp.add_argument("--h", type=int, default=512)
+    lp.add_argument("--reps", type=int, default=5)
+    lp.add_argument("--threads", type=int, default=2)
+    sp = sub.add_parser("step")
+    sp.add_argument("trainer")
+    sp.add_argument("--steps", type=int, default=12)
+    sp.add_argument("--batch", type=int, default=16)
+    sp.add_argument("--completion", type=int, default=12)
+    sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--out", default="/tmp/sead-bench-step")
+    a = p.parse_args(argv)
+    if a.what == "loss":
+        res = bench_loss(a.impl, a.n, a.v, a.h, a.reps, a.threads)
+    else:
+        res = bench_step(a.trainer, a.steps, a.batch, a.completion, a.threads, a.out)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""``sead bench loss|step|quality|all [--quick] [--json FILE]``: measure, then regenerate BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import SeadError
+
+RESULTS_DIR = Path("benchmarks/results")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=["loss", "step", "quality", "all"], help="which benchmark")
+    parser.add_argument("--quick", action="store_true", help="small shapes / few runs (minutes)")
+    parser.add_argument("--json", type=Path, default=None, help="write this benchmark's results here too")
+    parser.add_argument("--report", type=Path, default=Path("BENCHMARKS.md"), help="report to regenerate")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where JSON results are kept")
+    parser.add_argument("--seeds", type=int, default=None, help="quality: number of seeds (default 3, quick 1)")
+    parser.add_argument("--steps", type=int, default=None, help="quality: optimizer steps per run")
+    parser.add_argument("--threads", type=int, default=2, help="loss: torch threads")
+    parser.add_argument("--no-report", action="store_true", help="measure only; leave the report alone")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import suite
+    from ..bench.report import write_report
+
+    quick = " --quick" if args.quick else ""
+    todo = ["loss", "step", "quality"] if args.what == "all" else [args.what]
+    if args.json is not None and len(todo) > 1:
+        raise SeadError("--json names one file: use it with a single benchmark (loss, step or quality)")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    for what in todo:
+        if what == "loss":
+            res = suite.bench_loss(quick=args.quick, threads=args.threads)
+        elif what == "step":
+            res = suite.bench_step(quick=args.quick)
+        else:
+            res = suite.bench_quality(quick=args.quick, seeds=args.seeds, steps=args.steps)
+        res["command"] = f"sead bench {what}{quick}"
+        suite.save_json(res, args.results_dir / f"{what}{'_quick' if args.quick else ''}.json")
+        if args.json is not None:
+            suite.save_json(res, args.json)
+        print(f"[sead bench] {what} done")
+    if not args.no_report:
+        results, commands = {}, {}
+        for what in ("loss", "step", "quality"):
+            for suffix in ("", "_quick"):
+                p = args.results_dir / f"{what}{suffix}.json"
+                if p.exists():
+                    results[what] = json.loads(p.read_text())
+                    commands[what] = results[what].get("command", f"sead bench {what}")
+                    break
+        analysis_path = args.results_dir / "analysis.md"
+        analysis = analysis_path.read_text() if analysis_path.exists() else ""
+        write_report(results, commands, args.report, analysis)
+        print(f"[sead bench] wrote {args.report}")
+    return 0

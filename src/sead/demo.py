@@ -1,0 +1,328 @@
+"""The built-in demo: every method trained from the same student, for the same steps, on the
+arithmetic task; held-out accuracy per level, wall time, plots and ``results.json``.
+
+``run_variant`` (one configuration, one seed) is shared with the quality benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from .plots import plot_accuracy_curves, plot_series
+
+__all__ = ["DemoOptions", "SIZES", "demo_config", "run_demo", "run_variant", "prepare_demo"]
+
+# Two sizes of the same pipeline. "quick" finishes in about a minute on 2 cores including model preparation.
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {
+        "num_prompts": 1024,
+        "num_test": 400,
+        "num_curve": 200,
+        "steps": 60,
+        "batch": 32,
+        "lr": 5e-4,
+        "eval_every": 10,
+        "difficulty_rollouts": 4,
+    },
+    "quick": {
+        "num_prompts": 256,
+        "num_test": 150,
+        "num_curve": 90,
+        "steps": 8,
+        "batch": 16,
+        "lr": 5e-4,
+        "eval_every": 4,
+        "difficulty_rollouts": 2,
+    },
+}
+
+DEFAULT_METHODS = ("opd", "sead", "sgopd")
+
+
+@dataclass
+class DemoOptions:
+    quick: bool = False
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    steps: int | None = None
+    seed: int = 0
+    out: Path = Path("runs/demo")
+    cache_dir: str | None = None
+    threads: int = 1
+    progress: bool = True
+    report_to: tuple[str, ...] = ("tensorboard",)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def demo_config(method: str, size: dict[str, Any], out_dir: Path, seed: int, steps: int, **overrides):
+    """The ``OPDConfig`` of one demo run (``recipes/demo.yaml`` holds the same values)."""
+    from .config import OPDConfig
+
+    fields = {
+        "output_dir": str(out_dir),
+        "method": method,
+        "max_steps": steps,
+        "per_device_train_batch_size": size["batch"],
+        "gradient_accumulation_steps": 1,
+        "learning_rate": size["lr"],
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "max_completion_length": 12,
+        "temperature": 1.0,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "use_cpu": True,
+        "seed": seed,
+        "disable_tqdm": True,
+        "competence_window": 2 * size["batch"],
+        "teacher_num_generations": 4,
+        "dataloader_num_workers": 0,
+    }
+    fields.update(overrides)
+    return OPDConfig(**fields)
+
+
+class AccuracyCurve(TrainerCallback):
+    """Greedy held-out accuracy every ``every`` optimizer steps (and at the last step)."""
+
+    def __init__(self, evaluate, every: int):
+        self.evaluate, self.every, self.points = evaluate, every, []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.points.append((state.global_step, self.evaluate(model)["accuracy"]))
+
+
+@dataclass
+class DemoData:
+    prepared: Any
+    train: Any
+    test: Any
+    curve: Any
+
+
+def prepare_demo(
+    size: dict[str, Any], seed: int, quick: bool, cache_dir: str | None, progress: bool
+) -> DemoData:
+    """Models (cached), training prompts with their difficulty (student pass rate), held-out problems."""
+    from .difficulty import estimate_difficulty
+    from .tasks import arithmetic
+
+    prepared = arithmetic.prepare_models(cache_dir=cache_dir, quick=quick, seed=0, progress=progress)
+    train = arithmetic.make_dataset(size["num_prompts"], levels=prepared.levels, seed=seed, split="train")
+    difficulty = estimate_difficulty(
+        prepared.load_student(),
+        prepared.tokenizer,
+        train["prompt"],
+        train["answer"],
+        num_rollouts=size["difficulty_rollouts"],
+        max_new_tokens=arithmetic.MAX_NEW_TOKENS,
+        batch_size=512,
+        prompts_per_chunk=512,
+        progress=progress,
+        seed=seed,
+    )
+    train = train.add_column("difficulty", difficulty)
+    test = arithmetic.make_dataset(
+        size["num_test"], levels=prepared.levels, seed=arithmetic.EVAL_SEED, split="test"
+    )
+    curve = test.select(range(min(size["num_curve"], len(test))))
+    return DemoData(prepared, train, test, curve)
+
+
+def run_variant(
+    name: str,
+    data: DemoData,
+    size: dict[str, Any],
+    out_dir: Path,
+    seed: int,
+    steps: int,
+    overrides: dict[str, Any] | None = None,
+    trainer_cls=None,
+) -> dict[str, Any]:
+    """Train one configuration from the prepared student; return accuracy, curve, logs and wall time."""
+    from .tasks import arithmetic
+
+    overrides = dict(overrides or {})
+    method = overrides.pop("method", name)
+    cfg = demo_config(method, size, out_dir, seed, steps, **overrides)
+
+    def evaluate(model, dataset=data.curve):
+        return arithmetic.evaluate_accuracy(model, data.prepared.tokenizer, dataset, batch_size=512)
+
+    curve = AccuracyCurve(evaluate, size["eval_every"])
+    student, teacher = data.prepared.load_student(), data.prepared.load_teacher()
+    start = time.perf_counter()
+    if trainer_cls is None:
+        from .trainer import OPDTrainer
+
+        trainer = OPDTrainer(
+            student,
+            teacher,
+            args=cfg,
+            train_dataset=data.train,
+            processing_class=data.prepared.tokenizer,
+            callbacks=[curve],
+        )
+    else:
+        trainer = trainer_cls(student, teacher, cfg, data.train, data.prepared.tokenizer, [curve])
+    trainer.train()
+    wall = time.perf_counter() - start
+    final = evaluate(trainer.model, data.test)
+    steps_, accs = zip(*curve.points) if curve.points else ((), ())
+    auc = _normalized_auc([0, *steps_], [None, *accs])
+    return {
+        "accuracy": final["accuracy"],
+        "accuracy_by_level": {str(k): v for k, v in final["accuracy_by_level"].items()},
+        "wall_seconds": wall,
+        "curve": [list(p) for p in curve.points],
+        "auc": auc,
+        "log_history": trainer.state.log_history,
+        "config": {
+            k: getattr(cfg, k)
+            for k in ("method", "estimator", "learning_rate", "max_steps", "per_device_train_batch_size")
+        }
+        | cfg.components,
+    }
+
+
+def _normalized_auc(steps, accs) -> float | None:
+    """Trapezoid area under accuracy-vs-step divided by the step span (a mean accuracy over training).
+    A ``None`` accuracy at step 0 is filled by the caller (``curve_start``)."""
+    pts = [(s, a) for s, a in zip(steps, accs) if a is not None]
+    if len(pts) < 2:
+        return pts[0][1] if pts else None
+    area = sum((s1 - s0) * (a0 + a1) / 2 for (s0, a0), (s1, a1) in zip(pts, pts[1:]))
+    return area / (pts[-1][0] - pts[0][0])
+
+
+def _series(history: list[dict], key: str) -> list[tuple[int, float]]:
+    return [(h["step"], float(h[key])) for h in history if key in h and h[key] is not None and "step" in h]
+
+
+def run_demo(opts: DemoOptions) -> dict[str, Any]:
+    """The whole demo; returns (and writes to ``opts.out``) the results."""
+    from .tasks import arithmetic
+
+    size = dict(SIZES["quick" if opts.quick else "full"])
+    steps = opts.steps or size["steps"]
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, opts.threads))
+    t0 = time.perf_counter()
+    data = prepare_demo(size, opts.seed, opts.quick, opts.cache_dir, opts.progress)
+    tok = data.prepared.tokenizer
+    teacher_eval = arithmetic.evaluate_accuracy(data.prepared.load_teacher(), tok, data.test, batch_size=512)
+    student_eval = arithmetic.evaluate_accuracy(data.prepared.load_student(), tok, data.test, batch_size=512)
+    curve_start = arithmetic.evaluate_accuracy(data.prepared.load_student(), tok, data.curve, batch_size=512)[
+        "accuracy"
+    ]
+    prep_seconds = time.perf_counter() - t0
+
+    results: dict[str, Any] = {
+        "teacher": {"accuracy": teacher_eval["accuracy"], "accuracy_by_level": _str_keys(teacher_eval)},
+        "student_start": {"accuracy": student_eval["accuracy"], "accuracy_by_level": _str_keys(student_eval)},
+        "methods": {},
+        "settings": {"quick": opts.quick, "steps": steps, "seed": opts.seed, **size, "threads": opts.threads},
+        "prep_seconds": prep_seconds,
+    }
+    for method in opts.methods:
+        if opts.progress:
+            print(f"[sead demo] training {method} for {steps} steps ...", flush=True)
+        overrides = {
+            "report_to": list(opts.report_to),
+            "logging_dir": str(out / "tensorboard" / method),
+            **opts.extra,
+        }
+        res = run_variant(method, data, size, out / method, opts.seed, steps, overrides)
+        res["curve"] = [[0, curve_start], *res["curve"]]
+        res["auc"] = _normalized_auc([p[0] for p in res["curve"]], [p[1] for p in res["curve"]])
+        results["methods"][method] = res
+    results["total_seconds"] = time.perf_counter() - t0
+    _write_outputs(results, out)
+    return results
+
+
+def _str_keys(ev: dict) -> dict[str, float]:
+    return {str(k): v for k, v in ev["accuracy_by_level"].items()}
+
+
+def _write_outputs(results: dict[str, Any], out: Path) -> None:
+    methods = results["methods"]
+    plots = {
+        "accuracy": plot_accuracy_curves(
+            {m: [tuple(p) for p in r["curve"]] for m, r in methods.items()},
+            out / "accuracy_vs_step.png",
+            reference={"teacher": results["teacher"]["accuracy"]},
+        )
+    }
+    for m, r in methods.items():
+        h = r["log_history"]
+        zones = {z: _series(h, f"sead/frac_{z}") for z in ("skip", "rkl", "fkl")}
+        alpha = {"alpha": _series(h, "sead/alpha")}
+        if any(zones.values()) or any(alpha.values()):
+            plots[f"zones_{m}"] = plot_series(
+                {f"{z} fraction": v for z, v in zones.items()},
+                out / f"zones_alpha_{m}.png",
+                title=f"{m}: token zones and forward-KL weight alpha",
+                ylabel="fraction of valid tokens",
+                secondary=alpha,
+                secondary_label="alpha",
+            )
+        gate = _series(h, "curriculum/gate")
+        if gate:
+            plots[f"curriculum_{m}"] = plot_series(
+                {
+                    "gate c(t) (max difficulty open)": gate,
+                    "rollout pass rate": _series(h, "rollout/pass_rate"),
+                },
+                out / f"curriculum_{m}.png",
+                title=f"{m}: competence-gated curriculum",
+                ylabel="value in [0, 1]",
+                secondary={"open prompts": _series(h, "curriculum/open_pool")},
+                secondary_label="open prompts",
+            )
+    results["plots"] = {k: str(v) for k, v in plots.items()}
+    slim = {
+        **results,
+        "methods": {m: {k: v for k, v in r.items() if k != "log_history"} for m, r in methods.items()},
+    }
+    (out / "results.json").write_text(json.dumps(slim, indent=2))
+    (out / "log_history.json").write_text(
+        json.dumps({m: r["log_history"] for m, r in methods.items()}, indent=1)
+    )
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Method x accuracy per level, overall, wall time, as a text table."""
+    levels = sorted(results["teacher"]["accuracy_by_level"], key=int)
+    head = ["method", *[f"L{lv}" for lv in levels], "overall", "AUC", "wall s"]
+    rows = []
+
+    def row(name, r, wall=None, auc=None):
+        by = r.get("accuracy_by_level", {})
+        cells = [name, *[f"{100 * by.get(lv, math.nan):.1f}" for lv in levels], f"{100 * r['accuracy']:.1f}"]
+        cells.append("" if auc is None else f"{100 * auc:.1f}")
+        cells.append("" if wall is None else f"{wall:.0f}")
+        rows.append(cells)
+
+    row("teacher", results["teacher"])
+    row("student (start)", results["student_start"])
+    for m, r in results["methods"].items():
+        row(m, r, r["wall_seconds"], r.get("auc"))
+    widths = [max(len(c[i]) for c in [head, *rows]) for i in range(len(head))]
+    fmt = lambda cells: "  ".join(
+        c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )  # noqa: E731
+    lines = [fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)]
+    return "\n".join(lines)

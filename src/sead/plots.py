@@ -1,0 +1,78 @@
+"""PNG plots of a demo or benchmark run (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plot_accuracy_curves", "plot_series"]
+
+
+def plot_accuracy_curves(
+    curves: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | Path,
+    *,
+    title: str = "Held-out accuracy vs training step",
+    reference: Mapping[str, float] | None = None,
+) -> Path:
+    """One line per method: ``curves[method] = [(step, accuracy), ...]``; ``reference`` draws
+    horizontal lines (e.g. the teacher)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, points in curves.items():
+        if points:
+            steps, accs = zip(*points)
+            ax.plot(steps, [100 * a for a in accs], marker="o", ms=3, label=name)
+    for name, value in (reference or {}).items():
+        ax.axhline(100 * value, ls="--", lw=1, color="gray")
+        ax.text(0, 100 * value, f" {name}", va="bottom", color="gray", fontsize=8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_series(
+    series: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | Path,
+    *,
+    title: str,
+    ylabel: str,
+    secondary: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+    secondary_label: str = "",
+) -> Path:
+    """Several named ``(step, value)`` series on one axis, optionally more on a right-hand axis."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, points in series.items():
+        if points:
+            ax.plot(*zip(*points), label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if secondary:
+        ax2 = ax.twinx()
+        for name, points in secondary.items():
+            if points:
+                ax2.plot(*zip(*points), ls="--", color="black", label=name)
+        ax2.set_ylabel(secondary_label)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="best", fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
