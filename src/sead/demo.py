@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .plots import plot_accuracy_curves, plot_series
 
@@ -61,6 +63,12 @@ class DemoOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _max_new_tokens() -> int:
+    from .tasks.arithmetic import MAX_NEW_TOKENS
+
+    return MAX_NEW_TOKENS
+
+
 def demo_config(method: str, size: dict[str, Any], out_dir: Path, seed: int, steps: int, **overrides):
     """The ``OPDConfig`` of one demo run (``recipes/demo.yaml`` holds the same values)."""
     from .config import OPDConfig
@@ -74,7 +82,7 @@ def demo_config(method: str, size: dict[str, Any], out_dir: Path, seed: int, ste
         "learning_rate": size["lr"],
         "lr_scheduler_type": "constant",
         "warmup_steps": 0,
-        "max_completion_length": 12,
+        "max_completion_length": _max_new_tokens(),
         "temperature": 1.0,
         "logging_steps": 1,
         "save_strategy": "no",
@@ -90,6 +98,29 @@ def demo_config(method: str, size: dict[str, Any], out_dir: Path, seed: int, ste
     }
     fields.update(overrides)
     return OPDConfig(**fields)
+
+
+class StepProgress(TrainerCallback):
+    """One compact tqdm bar per run (instead of TRL printing every log dict)."""
+
+    def __init__(self, desc: str, enabled: bool = True):
+        self.desc, self.enabled, self.bar = desc, enabled, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", disable=not self.enabled, leave=False)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs:
+            shown = {k.split("/")[-1]: logs[k] for k in ("loss", "rollout/pass_rate", "curriculum/gate") if k in logs}
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
 
 
 class AccuracyCurve(TrainerCallback):
@@ -149,6 +180,7 @@ def run_variant(
     steps: int,
     overrides: dict[str, Any] | None = None,
     trainer_cls=None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train one configuration from the prepared student; return accuracy, curve, logs and wall time."""
     from .tasks import arithmetic
@@ -176,6 +208,9 @@ def run_variant(
         )
     else:
         trainer = trainer_cls(student, teacher, cfg, data.train, data.prepared.tokenizer, [curve])
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+    trainer.add_callback(StepProgress(f"{name}", enabled=progress))
     trainer.train()
     wall = time.perf_counter() - start
     final = evaluate(trainer.model, data.test)
@@ -239,12 +274,8 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     for method in opts.methods:
         if opts.progress:
             print(f"[sead demo] training {method} for {steps} steps ...", flush=True)
-        overrides = {
-            "report_to": list(opts.report_to),
-            "logging_dir": str(out / "tensorboard" / method),
-            **opts.extra,
-        }
-        res = run_variant(method, data, size, out / method, opts.seed, steps, overrides)
+        overrides = {"report_to": list(opts.report_to), **opts.extra}  # tensorboard files: OUT/METHOD/runs/
+        res = run_variant(method, data, size, out / method, opts.seed, steps, overrides, progress=opts.progress)
         res["curve"] = [[0, curve_start], *res["curve"]]
         res["auc"] = _normalized_auc([p[0] for p in res["curve"]], [p[1] for p in res["curve"]])
         results["methods"][method] = res

@@ -121,6 +121,7 @@ def bench_quality(
                     steps,
                     dict(QUALITY_VARIANTS[name]),
                     trainer_cls=_trl_trainer if name == "trl" else None,
+                    progress=False,
                 )
                 res["curve"] = [[0, curve_start], *res["curve"]]
                 steps_, accs = zip(*res["curve"])
