@@ -144,6 +144,14 @@ class OPDConfig(DistillationConfig):
         teacher_temperature (`float`, *optional*, defaults to `1.0`):
             Sampling temperature of the teacher's rollouts.
 
+        > Prompts
+
+        max_prompt_length (`int`, *optional*):
+            Longest prompt, in tokens, a rollout may start from. Longer prompts are dropped from the training set
+            before the first step (with a warning giving their number); if every prompt is longer, training is refused.
+            `None`: the student's context (`max_position_embeddings`, or the tokenizer's `model_max_length` when
+            smaller) minus `max_completion_length`.
+
         > Verifier
 
         answer_column (`str`, *optional*, defaults to `"answer"`):
@@ -151,13 +159,20 @@ class OPDConfig(DistillationConfig):
         correct_threshold (`float`, *optional*, defaults to `0.5`):
             A rollout is correct when the sum of its rewards is at least this value.
         grader_timeout (`float`, *optional*, defaults to `5.0`):
-            Seconds allowed per grade; a timeout or an exception marks the rollout incorrect and is counted.
+            Seconds allowed per grade; a timeout or an exception marks the rollout incorrect and is counted
+            (`counters/grader_timeouts`, `counters/grader_errors` in the logs). The default verifier bounds each
+            grade in a worker process. A reward function of your own gets `grader_timeout` per rollout for a batch
+            call; a batch call that raises or overruns is retried one rollout at a time, each bounded by
+            `grader_timeout` (by `SIGALRM`, in the main thread: Python code is interrupted, C code is not).
 
         > Numerical faults
 
         nonfinite_policy (`str`, *optional*, defaults to `"error"`):
-            On NaN or inf in logits or loss: `"error"` stops training with a clear error; `"skip"` drops the step (no
-            parameter update) and counts it in `nonfinite/skipped_steps`.
+            On NaN or inf in the hidden states or logits of either model, in the loss or in the gradients, the
+            optimizer step is never applied. `"error"`: training stops with a `NonFiniteError` (on every rank; the
+            `sead` CLI prints it and exits with status 2). `"skip"`: the step is dropped (no parameter or optimizer
+            state update; the step counter and learning-rate schedule advance) and counted in
+            `counters/nonfinite_skipped_steps`.
     """
 
     method: str = field(default="sead", metadata={"help": "Preset: 'opd', 'sead' or 'sgopd'."})
@@ -210,6 +225,10 @@ class OPDConfig(DistillationConfig):
         default=8, metadata={"help": "Teacher rollouts per selected prompt."}
     )
     teacher_temperature: float = field(default=1.0, metadata={"help": "Teacher sampling temperature."})
+
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Longest prompt in tokens; longer ones are dropped. None: context - completion."}
+    )
 
     answer_column: str = field(default="answer", metadata={"help": "Gold-answer column for the verifier."})
     correct_threshold: float = field(
@@ -274,10 +293,24 @@ class OPDConfig(DistillationConfig):
             raise SeadError(f"nonfinite_policy must be 'error' or 'skip'; got {self.nonfinite_policy!r}.")
         if self.max_steps is not None and self.max_steps < -1:
             raise SeadError(
-                f"max_steps must be a positive number of steps (or -1 for epochs); got {self.max_steps}."
+                f"max_steps must be a positive number of steps (or -1: train for num_train_epochs); got {self.max_steps}."
             )
         if self.num_train_epochs is not None and self.num_train_epochs < 0:
             raise SeadError(f"num_train_epochs must be >= 0; got {self.num_train_epochs}.")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length"):
+            value = getattr(self, name, None)
+            if value is not None and value < 1:
+                raise SeadError(f"{name} must be >= 1; got {value}.")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise SeadError(f"max_prompt_length must be >= 1 (or null: derived from the context); got {self.max_prompt_length}.")
+        for name in ("save_steps", "logging_steps", "eval_steps", "warmup_steps", "save_total_limit"):
+            value = getattr(self, name, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise SeadError(f"{name} must be >= 0; got {value}.")
+        if not self.temperature > 0:
+            raise SeadError(f"temperature (of the student's rollouts) must be > 0; got {self.temperature}.")
+        if self.learning_rate < 0:
+            raise SeadError(f"learning_rate must be >= 0; got {self.learning_rate}.")
 
     @property
     def components(self) -> dict[str, bool]:

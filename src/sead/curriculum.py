@@ -45,6 +45,19 @@ class CompetenceCurriculum:
         seed: int = 0,
         column: str = "difficulty",
     ):
+        if not isinstance(difficulties, torch.Tensor):
+            values = list(difficulties)
+            for row, value in enumerate(values):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    try:
+                        value = float(value)
+                    except (TypeError, ValueError):
+                        raise ValueError(
+                            f"column `{column}` must hold difficulties in [0, 1] (1 - pass rate); row {row} has "
+                            f"{value!r}. Recompute it with `sead difficulty`."
+                        ) from None
+                    values[row] = value
+            difficulties = values
         d = torch.as_tensor(difficulties, dtype=torch.float64).reshape(-1)
         if d.numel() == 0:
             raise ValueError(f"the curriculum needs at least one prompt; the `{column}` column is empty")
@@ -120,5 +133,5 @@ class CompetenceCurriculum:
         return {"bucket": self.bucket, "window": list(self.window)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.bucket = int(state["bucket"])
+        self.bucket = min(max(int(state["bucket"]), 0), self.num_buckets - 1)
         self.window = deque((bool(x) for x in state["window"]), maxlen=self.window_size)

@@ -352,8 +352,8 @@ def format_table(results: dict[str, Any]) -> str:
     for m, r in results["methods"].items():
         row(m, r, r["wall_seconds"], r.get("auc"))
     widths = [max(len(c[i]) for c in [head, *rows]) for i in range(len(head))]
-    fmt = lambda cells: "  ".join(
-        c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-    )  # noqa: E731
+    def fmt(cells):
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     lines = [fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)]
     return "\n".join(lines)

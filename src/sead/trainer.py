@@ -18,6 +18,11 @@ import copy
 import json
 import math
 import os
+import re
+import signal
+import threading
+import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +30,7 @@ import torch
 from transformers import GenerationConfig, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DistillationTrainer
-from trl.trainer.utils import pad
+from trl.trainer.utils import RepeatSampler, pad
 
 from .config import OPDConfig
 from .curriculum import CompetenceCurriculum
@@ -51,7 +56,64 @@ def _default_reward(answer_column: str, timeout: float, counter: GradeCounter) -
             raise SeadError(f"the verifier needs the `{answer_column}` column in the training dataset")
         return grade(prompts=prompts, completions=completions, answer=columns[answer_column])
 
+    math_verify._sead_time_bounded = True  # grades in worker processes with their own per-grade timeout
     return math_verify
+
+
+class _RewardTimeout(BaseException):
+    """Raised in the main thread by SIGALRM when a reward function overruns its time bound.
+
+    A ``BaseException`` so that a reward function's own ``except Exception`` does not swallow it."""
+
+
+def _call_time_bounded(func: Callable, seconds: float | None, kwargs: dict) -> Any:
+    """``func(**kwargs)``, interrupted after ``seconds`` with :class:`_RewardTimeout`.
+
+    The bound uses ``SIGALRM`` (a thread cannot be stopped, and running the function in another thread
+    would break graders that use ``signal`` themselves, such as math-verify's own timeouts). So it applies
+    in the main thread of POSIX systems and interrupts Python code, not a call stuck inside C code:
+    graders that can hang in C should run in a subprocess, as ``sead.verify`` does. Elsewhere the call
+    is unbounded.
+    """
+    if (
+        seconds is None
+        or seconds <= 0
+        or not hasattr(signal, "setitimer")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return func(**kwargs)
+    armed = [True]
+
+    def on_alarm(signum, frame):
+        if armed[0]:
+            armed[0] = False
+            raise _RewardTimeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    start, old_delay = time.monotonic(), 0.0
+    try:
+        old_delay, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            return func(**kwargs)
+        finally:
+            armed[0] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        if old_delay > 0:  # someone else's alarm was pending: re-arm what is left of it
+            signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-3))
+
+
+_NONFINITE_MESSAGE = re.compile(r"NaN or inf")
+
+
+def _finite_or_zero(value) -> float:
+    """A reward as a float; ``None`` (not applicable), NaN, inf or a non-number count as 0."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return value if math.isfinite(value) else 0.0
 
 
 def check_dataset(dataset, args: OPDConfig, needs_answer: bool) -> None:
@@ -78,22 +140,93 @@ def check_dataset(dataset, args: OPDConfig, needs_answer: bool) -> None:
         )
 
 
-class _SkipNonFiniteStep(TrainerCallback):
-    """With ``nonfinite_policy="skip"``: drop the whole optimizer step (no update) after a non-finite micro-step."""
+def _vocab_size(model, args: OPDConfig) -> int | None:
+    """The vocabulary size of a model object or of the config at a path / hub id (None if unknown)."""
+    if model is None:
+        return None
+    if isinstance(model, str):
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+        except Exception:  # not loadable here: TRL's own loading reports it
+            return None
+    else:
+        config = getattr(model, "config", None)
+    if config is None:
+        return None
+    size = getattr(config.get_text_config(), "vocab_size", None)
+    return int(size) if size is not None else None
+
+
+def check_vocabularies(model, teacher_model, args: OPDConfig) -> None:
+    """Refuse, before loading weights or training, a teacher whose vocabulary differs from the student's."""
+    student, teacher = _vocab_size(model, args), _vocab_size(teacher_model, args)
+    if student is not None and teacher is not None and student != teacher:
+        raise SeadError(
+            f"the student has a vocabulary of {student} tokens but the teacher has {teacher}: on-policy "
+            "distillation compares next-token distributions over one shared vocabulary. Use a teacher from the "
+            "student's model family (same tokenizer and vocab_size)."
+        )
+
+
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's ``RepeatSampler`` whose shuffle order is a pure function of ``(seed, epoch)``.
+
+    TRL's sampler draws each epoch's permutation from one generator seeded once, so a run resumed in
+    epoch ``e > 0`` (a fresh sampler) would replay epoch 0's order instead of epoch ``e``'s. The
+    Trainer calls ``set_epoch`` before each epoch (also on resume), which reseeds here: an interrupted
+    and resumed run sees exactly the batches of the uninterrupted one.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        if self.shuffle:
+            self.generator = torch.Generator().manual_seed(int(self.seed or 0) * 1_000_003 + self.epoch)
+        return super().__iter__()
+
+
+class _NonFiniteGuard(TrainerCallback):
+    """Never applies a step with non-finite values (METHODS: numerical faults).
+
+    Just before the optimizer step, every rank learns whether any rank saw NaN or inf this step, in the
+    logits or the loss (flagged by ``_compute_loss``) or in the accumulated gradients. If so, the step is
+    dropped on every rank: with ``nonfinite_policy="error"`` training stops with a
+    :class:`~sead.errors.NonFiniteError`; with ``"skip"`` the gradients are discarded (the optimizer skips
+    parameters without a gradient: no update, no change to its moments) and ``nonfinite_skipped_steps``
+    counts it. Deciding at this single point keeps all ranks in step.
+    """
 
     def __init__(self, trainer: OPDTrainer):
         self.trainer = trainer
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         t = self.trainer
-        flag = torch.tensor(float(t._skip_step), device=t.accelerator.device)
+        reason = t._nonfinite_reason
+        if reason is None:
+            grads = [p.grad for p in t.model.parameters() if p.grad is not None]
+            if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+                reason = "the gradients contain NaN or inf"
+        flag = torch.tensor(0.0 if reason is None else 1.0, device=t.accelerator.device)
         if t.accelerator.num_processes > 1:
             flag = t.accelerator.reduce(flag, reduction="sum")
-        if flag.item() > 0:
-            # Optimizers skip parameters whose grad is None: no update, no moment change.
-            t.model.zero_grad(set_to_none=True)
-            t.sead_counters["nonfinite_skipped_steps"] += 1
-        t._skip_step = False
+        t._nonfinite_reason = None
+        if flag.item() == 0:
+            return
+        t.model.zero_grad(set_to_none=True)
+        if t.args.nonfinite_policy == "error":
+            raise NonFiniteError(
+                f"non-finite values at step {state.global_step + 1}: "
+                f"{reason or 'on another process'}. The step was not applied. Lower the learning rate, check "
+                "the teacher and the data, or set `nonfinite_policy: skip` to drop such steps and go on."
+            )
+        t.sead_counters["nonfinite_skipped_steps"] += 1
 
 
 class OPDTrainer(DistillationTrainer):
@@ -141,23 +274,31 @@ class OPDTrainer(DistillationTrainer):
             reward_funcs = []
         self.reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
 
+        check_vocabularies(model, teacher_model, args)
+
         # The frozen initial student (SG-OPD reference), copied before training changes anything.
         ref = None
         if args.sign_gate and args.use_reference_model and not isinstance(model, str):
             ref = copy.deepcopy(model).eval().requires_grad_(False)
 
-        super().__init__(
-            model=model,
-            teacher_model=teacher_model,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            peft_config=peft_config,
-        )
+        try:
+            super().__init__(
+                model=model,
+                teacher_model=teacher_model,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                peft_config=peft_config,
+            )
+        except ValueError as err:
+            if isinstance(err, SeadError) or "vocab_size" not in str(err):
+                raise
+            raise SeadError(" ".join(str(err).split())) from err
         self._check_tokenizer_fits()
+        self._check_prompt_lengths()
         if args.sign_gate and args.use_reference_model:
             if ref is None:
                 ref = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
@@ -167,19 +308,31 @@ class OPDTrainer(DistillationTrainer):
 
         self.curriculum = None
         if args.curriculum:
-            self.curriculum = CompetenceCurriculum(
-                train_dataset[args.difficulty_column],
-                threshold=args.competence_threshold,
-                window=args.competence_window,
-                num_buckets=args.curriculum_num_buckets,
-                full_open_fraction=args.curriculum_full_open_fraction,
-                seed=args.seed,
-                column=args.difficulty_column,
-            )
+            try:
+                self.curriculum = CompetenceCurriculum(
+                    self.train_dataset[args.difficulty_column],
+                    threshold=args.competence_threshold,
+                    window=args.competence_window,
+                    num_buckets=args.curriculum_num_buckets,
+                    full_open_fraction=args.curriculum_full_open_fraction,
+                    seed=args.seed,
+                    column=args.difficulty_column,
+                )
+            except ValueError as err:
+                raise SeadError(str(err)) from err
+            if self.curriculum.open_indices(0, self.total_steps).numel() == 0:
+                raise SeadError(
+                    f"the curriculum opens no prompt at step 0 (gate {self.curriculum.gate(0, self.total_steps):g}, "
+                    f"lowest difficulty {float(self.curriculum.difficulties.min()):g} in column "
+                    f"`{args.difficulty_column}`): training would have nothing to sample. Check the difficulty "
+                    "column (recompute it with `sead difficulty`) or set `curriculum: false`."
+                )
         self.grade_counter = grade_counter
         self.sead_counters = {"nonfinite_skipped_steps": 0, "grader_timeouts": 0, "grader_errors": 0}
-        self._skip_step = False
-        self.add_callback(_SkipNonFiniteStep(self))
+        self._pending_grader_faults = {"grader_timeouts": 0, "grader_errors": 0}
+        self._nonfinite_reason: str | None = None
+        self._warned_reward_faults: set[str] = set()
+        self.add_callback(_NonFiniteGuard(self))
 
     # ---- checks ---------------------------------------------------------------------------------
     def _check_tokenizer_fits(self) -> None:
@@ -189,6 +342,66 @@ class OPDTrainer(DistillationTrainer):
                 f"the tokenizer has {len(self._tokenizer)} tokens but the student's vocab_size is {student_vocab}: "
                 "they do not belong together. Use the student's own tokenizer."
             )
+
+    def prompt_length_limit(self) -> int | None:
+        """Longest prompt (in tokens) a rollout can start from: ``args.max_prompt_length`` when set, else the
+        student's context (``max_position_embeddings``, and the tokenizer's ``model_max_length`` when it is a
+        real limit) minus ``max_completion_length``. ``None``: no known limit."""
+        if self.args.max_prompt_length is not None:
+            return int(self.args.max_prompt_length)
+        contexts = []
+        ctx = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        if isinstance(ctx, int) and ctx > 0:
+            contexts.append(ctx)
+        tok_max = getattr(self._tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and 0 < tok_max < 10**8:
+            contexts.append(tok_max)
+        if not contexts:
+            return None
+        limit = min(contexts) - int(self.max_completion_length or 0)
+        if limit < 1:
+            raise SeadError(
+                f"max_completion_length ({self.max_completion_length}) leaves no room for a prompt in the "
+                f"student's context of {min(contexts)} tokens. Lower max_completion_length."
+            )
+        return limit
+
+    def _check_prompt_lengths(self) -> None:
+        """Drop prompts longer than :meth:`prompt_length_limit` (with a warning); refuse a dataset where every
+        prompt is too long. Map-style datasets only (a stream cannot be checked up front)."""
+        ds = self.train_dataset
+        if ds is None or not hasattr(ds, "__len__") or not hasattr(ds, "select"):
+            return
+        limit = self.prompt_length_limit()
+        if limit is None:
+            return
+        lengths: list[int] = []
+        try:
+            for start in range(0, len(ds), 1024):
+                prompts = ds[start : start + 1024]["prompt"]
+                ids, _, _ = self._tokenize_prompts(list(prompts))
+                lengths.extend(len(x) for x in ids)
+        except Exception as err:  # prompts this check cannot tokenize alone (e.g. images): TRL checks them later
+            warnings.warn(f"sead: prompt lengths not checked ({type(err).__name__}: {err})", stacklevel=2)
+            return
+        keep = [i for i, n in enumerate(lengths) if n <= limit]
+        source = (
+            "max_prompt_length"
+            if self.args.max_prompt_length is not None
+            else "the student's context minus max_completion_length"
+        )
+        if not keep:
+            raise SeadError(
+                f"every prompt of the training dataset is longer than {limit} tokens ({source}); the shortest has "
+                f"{min(lengths)}. Shorten the prompts, raise max_prompt_length, or lower max_completion_length."
+            )
+        if len(keep) < len(ds):
+            warnings.warn(
+                f"sead: dropped {len(ds) - len(keep)} of {len(ds)} training prompts longer than {limit} tokens "
+                f"({source}).",
+                stacklevel=2,
+            )
+            self.train_dataset = ds.select(keep)
 
     # ---- schedule positions -----------------------------------------------------------------------
     @property
@@ -212,6 +425,23 @@ class OPDTrainer(DistillationTrainer):
             self.args.teacher_mix_phase_fraction,
         )
 
+    def _get_train_sampler(self, dataset=None):
+        # Same batches as TRL's sampler, but each epoch's order depends only on (seed, epoch): exact resume.
+        dataset = self.train_dataset if dataset is None else dataset
+        generation_batch_size = (
+            self.args.per_device_train_batch_size
+            * self.accelerator.num_processes
+            * self.args.gradient_accumulation_steps
+        )
+        return EpochSeededRepeatSampler(
+            data_source=dataset,
+            mini_repeat_count=1,
+            batch_size=generation_batch_size,
+            repeat_count=self.args.gradient_accumulation_steps,
+            shuffle=self.shuffle_dataset,
+            seed=self.args.seed,
+        )
+
     # ---- rollouts -------------------------------------------------------------------------------
     def _curriculum_inputs(self, local_batch: int) -> list[dict[str, Any]]:
         """Replace the dataloader's rows by a draw from the open pool (same global draw on every rank)."""
@@ -220,25 +450,64 @@ class OPDTrainer(DistillationTrainer):
         mine = indices[rank * local_batch : (rank + 1) * local_batch]
         return [self.train_dataset[i] for i in mine]
 
+    def _reward_fault(self, func, kind: str, count: int, detail: str) -> None:
+        """Count ``count`` rollouts whose reward failed (``kind``: ``grader_timeouts`` or ``grader_errors``)."""
+        self._pending_grader_faults[kind] += count
+        name = getattr(func, "__name__", repr(func))
+        if (name, kind) not in self._warned_reward_faults:  # once per function and kind; the counters go on
+            self._warned_reward_faults.add((name, kind))
+            warnings.warn(
+                f"sead: reward function {name}: {detail}; the rollout counts as incorrect (counted in "
+                f"counters/{kind}; further such faults are only counted)",
+                stacklevel=2,
+            )
+
+    def _call_reward(self, func, prompts, completions, columns) -> list[float]:
+        """One reward function on a batch, fault-tolerant: a batch call that raises, overruns
+        ``grader_timeout`` per rollout or returns the wrong number of values is retried one rollout at a time;
+        a rollout whose own call still fails gets reward 0 and is counted."""
+        n = len(completions)
+        if getattr(func, "_sead_time_bounded", False):  # the default verifier bounds and counts each grade
+            return list(func(prompts=prompts, completions=completions, **columns))
+        bound = self.args.grader_timeout
+        try:
+            rewards = _call_time_bounded(
+                func, bound * n, {"prompts": prompts, "completions": completions, **columns}
+            )
+            if rewards is not None and len(rewards) == n:
+                return list(rewards)
+        except SeadError:
+            raise
+        except (_RewardTimeout, Exception):
+            pass
+        out: list[float] = []
+        for i in range(n):
+            one = {k: v[i : i + 1] for k, v in columns.items()}
+            try:
+                r = _call_time_bounded(
+                    func, bound, {"prompts": prompts[i : i + 1], "completions": completions[i : i + 1], **one}
+                )
+                if r is None or len(r) != 1:
+                    raise ValueError(f"returned {r!r} for one completion; expected a list of one float")
+                out.append(r[0])
+            except SeadError:
+                raise
+            except _RewardTimeout:
+                self._reward_fault(func, "grader_timeouts", 1, f"timed out after {bound:g} s on a rollout")
+                out.append(0.0)
+            except Exception as err:
+                self._reward_fault(func, "grader_errors", 1, f"raised {err!r} on a rollout")
+                out.append(0.0)
+        return out
+
     def _grade(self, inputs: list[dict[str, Any]], completions: list[str]) -> list[bool]:
         prompts = [x["prompt"] for x in inputs]
         keys = [k for k in inputs[0] if k not in ("prompt", "completion")]
         columns = {k: [x[k] for x in inputs] for k in keys}
         total = [0.0] * len(completions)
         for func in self.reward_funcs:
-            try:
-                rewards = func(prompts=prompts, completions=completions, **columns)
-            except SeadError:
-                raise
-            except Exception as err:  # a broken reward must not kill a long run; it is counted
-                self.sead_counters["grader_errors"] += len(completions)
-                print(
-                    f"[sead] reward function {getattr(func, '__name__', func)} failed: {err!r}; counted as 0"
-                )
-                rewards = [0.0] * len(completions)
-            total = [
-                t + (0.0 if r is None or not math.isfinite(r) else float(r)) for t, r in zip(total, rewards)
-            ]
+            rewards = self._call_reward(func, prompts, completions, columns)
+            total = [t + _finite_or_zero(r) for t, r in zip(total, rewards)]
         return [t >= self.args.correct_threshold for t in total]
 
     def _decode(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
@@ -254,37 +523,46 @@ class OPDTrainer(DistillationTrainer):
             return output
         correct = self._grade(inputs, self._decode(output["completion_ids"], output["completion_mask"]))
         mixed = [False] * len(correct)
+        device = self.accelerator.device
+        multi = self.accelerator.num_processes > 1
         if training and self.args.teacher_mixing:
             output, correct, mixed = self._mix_teacher_rollouts(inputs, output, correct)
-        device = self.accelerator.device
-        correct_t = torch.tensor(correct, dtype=torch.bool, device=device)
-        output["correct"] = correct_t
+            # every rank joins this collective, mixed or not: the global token count may have changed
+            local = output["completion_mask"].sum().reshape(1)
+            output["num_items_in_batch"] = self.accelerator.gather(local).sum() if multi else local.sum()
+        output["correct"] = torch.tensor(correct, dtype=torch.bool, device=device)
         mode = "train" if training else "eval"
-        # student rollouts only, gathered over ranks: the competence signal and the pass-rate metric
-        own = torch.tensor(
-            [c for c, m in zip(correct, mixed) if not m] or [], dtype=torch.float, device=device
-        )
+        # Grader faults of this step, from the default verifier's counter and from user reward functions.
+        grades = self.grade_counter.reset()
+        faults = self._pending_grader_faults
+        timeouts, errors = grades["timeouts"] + faults["grader_timeouts"], grades["errors"] + faults["grader_errors"]
+        self._pending_grader_faults = {"grader_timeouts": 0, "grader_errors": 0}
+        own = [c for c, m in zip(correct, mixed) if not m]  # student rollouts only: competence and pass rate
         counts = torch.tensor(
-            [own.sum().item(), float(own.numel()), float(sum(mixed)), float(len(mixed))], device=device
+            [float(sum(own)), float(len(own)), float(sum(mixed)), float(len(mixed)), timeouts, errors],
+            dtype=torch.float64 if device.type == "cpu" else torch.float32,
+            device=device,
         )
-        counts = (
-            self.accelerator.reduce(counts, reduction="sum") if self.accelerator.num_processes > 1 else counts
-        )
+        if multi:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        self.sead_counters["grader_timeouts"] += int(counts[4].item())
+        self.sead_counters["grader_errors"] += int(counts[5].item())
         if counts[1] > 0:
             self._metrics[mode]["rollout/pass_rate"].append((counts[0] / counts[1]).item())
         if self.args.teacher_mixing:
-            self._metrics[mode]["sgopd/teacher_mixed_frac"].append(
-                (counts[2] / counts[3].clamp(min=1)).item()
-            )
+            self._metrics[mode]["sgopd/teacher_mixed_frac"].append((counts[2] / counts[3].clamp(min=1)).item())
             self._metrics[mode]["sgopd/rho"].append(self.current_rho())
         if training and self.curriculum is not None:
-            own_all = self.accelerator.gather(own) if self.accelerator.num_processes > 1 else own
-            self.curriculum.update([bool(x) for x in own_all.tolist()])
-            self._metrics[mode]["curriculum/gate"].append(
-                self.curriculum.gate(self.state.global_step, self.total_steps)
-            )
+            # verdicts of every rank's student rollouts, in rank order: the same window on every rank
+            flags = torch.tensor(
+                [[float(c), float(m)] for c, m in zip(correct, mixed)], dtype=torch.float32, device=device
+            ).reshape(-1, 2)
+            flags = self.accelerator.gather(flags) if multi else flags
+            self.curriculum.update([bool(c) for c, m in flags.tolist() if not m])
+            step, total = self.state.global_step, self.total_steps
+            self._metrics[mode]["curriculum/gate"].append(self.curriculum.gate(step, total))
             self._metrics[mode]["curriculum/open_pool"].append(
-                float(self.curriculum.open_indices(self.state.global_step, self.total_steps).numel())
+                float(self.curriculum.open_indices(step, total).numel())
             )
             self._metrics[mode]["curriculum/bucket"].append(float(self.curriculum.bucket))
         return output
@@ -342,8 +620,6 @@ class OPDTrainer(DistillationTrainer):
             output["completion_mask"] = pad(
                 [torch.ones_like(c) for c in ids], padding_value=0, padding_side="right"
             ).to(device)
-        # every rank joins this collective, mixed or not: the global token count changed
-        output["num_items_in_batch"] = self.accelerator.gather(output["completion_mask"].sum()).sum()
         return output, correct, mixed
 
     def _trim_at_eos(self, ids: list[int]) -> list[int]:
@@ -368,6 +644,13 @@ class OPDTrainer(DistillationTrainer):
 
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
         args = self.args
+        if inputs["completion_ids"].size(1) == 0:
+            # Every completion of this micro-batch is empty: one masked pad column keeps the shapes valid
+            # (TRL's slicing by `-logits_to_keep` would otherwise keep the whole sequence).
+            inputs = dict(inputs)
+            column = torch.full_like(inputs["prompt_ids"][:, :1], self._tokenizer.pad_token_id)
+            inputs["completion_ids"] = column
+            inputs["completion_mask"] = torch.zeros_like(inputs["prompt_mask"][:, :1])
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         mask_BT = inputs["completion_mask"]
@@ -434,19 +717,12 @@ class OPDTrainer(DistillationTrainer):
                     lambda_conflict=args.lambda_conflict,
                     **common,
                 )
-            if not torch.isfinite(out.loss):
-                raise NonFiniteError(f"the loss is {out.loss.item()} at step {self.state.global_step}")
-        except (NonFiniteError, ValueError) as err:
-            if not ("NaN" in str(err) or "inf" in str(err) or isinstance(err, NonFiniteError)):
+            if not torch.isfinite(out.loss.detach()):
+                raise NonFiniteError(f"the loss is {out.loss.item()}")
+        except ValueError as err:
+            if not (isinstance(err, NonFiniteError) or _NONFINITE_MESSAGE.search(str(err))):
                 raise
-            if args.nonfinite_policy == "error":
-                raise NonFiniteError(
-                    f"non-finite values at step {self.state.global_step}: {err} The step was not applied. "
-                    "Lower the learning rate, check the teacher, or set `nonfinite_policy: skip` to drop such steps."
-                ) from err
-            self._skip_step = True
-            zero = (h_s * 0).sum()
-            return zero, zero.detach(), mask_BT.sum()
+            return self._refuse_nonfinite(str(err), h_s, head_s, mask_BT)
         self._log_loss_stats(out.stats, alpha)
         n_valid = mask_BT.sum()
         return (
@@ -454,6 +730,18 @@ class OPDTrainer(DistillationTrainer):
             torch.tensor(out.stats["mean_h_s"] * out.stats["num_valid"], device=h_s.device),
             n_valid,
         )
+
+    def _refuse_nonfinite(self, reason: str, h_s, head_s, mask_BT):
+        """The micro-step's loss is replaced by an exact zero that still reaches every trainable parameter
+        (DDP expects a gradient for each); :class:`_NonFiniteGuard` then drops the whole optimizer step on
+        every rank, or stops training, per ``nonfinite_policy``."""
+        if not self.model.training and self.args.nonfinite_policy == "error":
+            raise NonFiniteError(f"non-finite values during evaluation at step {self.state.global_step}: {reason}")
+        if self.model.training and self._nonfinite_reason is None:
+            self._nonfinite_reason = reason
+        zero = (h_s * 0).sum() + sum((p * 0).sum() for p in head_s.parameters() if p.requires_grad)
+        zero = torch.nan_to_num(zero, nan=0.0, posinf=0.0, neginf=0.0)
+        return zero, zero.detach(), mask_BT.sum()
 
     @staticmethod
     def _check_finite(h_s, h_t, mask_BT) -> None:
@@ -481,16 +769,18 @@ class OPDTrainer(DistillationTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         if mode == "train":
-            grades = self.grade_counter.reset()
-            self.sead_counters["grader_timeouts"] += grades["timeouts"]
-            self.sead_counters["grader_errors"] += grades["errors"]
             for key, value in self.sead_counters.items():
                 self._metrics[mode][f"counters/{key}"] = [float(value)]
         super().log(logs, start_time)
 
     # ---- checkpoint state -------------------------------------------------------------------------
     def sead_state(self) -> dict[str, Any]:
+        """The method's own state, saved as ``sead_state.json`` in every checkpoint. Everything else a resumed
+        run needs is either saved by the Trainer (weights, optimizer, scheduler, RNG states, step) or a pure
+        function of ``(seed, global_step)`` (curriculum draws, teacher-mix picks, anneal and rho schedules,
+        the dataloader's order per epoch)."""
         return {
+            "global_step": int(self.state.global_step),
             "curriculum": None if self.curriculum is None else self.curriculum.state_dict(),
             "counters": dict(self.sead_counters),
         }
@@ -517,6 +807,16 @@ class OPDTrainer(DistillationTrainer):
                 raise SeadError(f"resume_from_checkpoint: {resume_from_checkpoint} is not a directory")
             path = os.path.join(resume_from_checkpoint, STATE_FILE)
             if os.path.exists(path):
-                with open(path) as f:
-                    self.load_sead_state(json.load(f))
+                try:
+                    with open(path) as f:
+                        state = json.load(f)
+                except (OSError, ValueError) as err:
+                    raise SeadError(f"{path} could not be read ({err}); the checkpoint is damaged.") from err
+                self.load_sead_state(state)
+            elif self.curriculum is not None:
+                warnings.warn(
+                    f"sead: {resume_from_checkpoint} has no {STATE_FILE}: the curriculum restarts from its first "
+                    "bucket (the rest of the training state is restored).",
+                    stacklevel=2,
+                )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)

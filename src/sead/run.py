@@ -1,0 +1,239 @@
+"""From a recipe to a ready ``OPDTrainer``: script arguments, data and model loading.
+
+``sead train --config recipes/X.yaml [--field value ...]`` parses ``ScriptArguments`` and
+``OPDConfig`` with TRL's ``TrlParser`` (YAML values replace defaults, CLI flags override YAML),
+then calls :func:`build_trainer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import OPDConfig
+from .errors import SeadError
+
+__all__ = [
+    "ScriptArguments",
+    "load_train_dataset",
+    "map_dataset_columns",
+    "build_trainer",
+    "builtin_arithmetic",
+]
+
+
+@dataclass
+class ScriptArguments:
+    """What to train on, besides the training configuration.
+
+    Parameters:
+        model_name_or_path (`str`, *optional*):
+            Student: a hub id or a local `save_pretrained` directory.
+        builtin_task (`str`, *optional*):
+            `"arithmetic"`: the built-in task. Prepares (or loads from cache) its teacher and student and builds
+            its dataset, so no model, teacher or dataset is needed.
+        builtin_quick (`bool`, *optional*, defaults to `False`):
+            With `builtin_task`, the smaller, faster variant.
+        builtin_num_prompts (`int`, *optional*, defaults to `1024`):
+            With `builtin_task`, the number of training prompts.
+        cache_dir (`str`, *optional*):
+            Where the built-in task caches its models (default `$SEAD_CACHE_DIR` or `~/.cache/sead`).
+        dataset_name (`str`, *optional*):
+            A hub dataset id, a local `.json`/`.jsonl`/`.parquet`/`.csv` file, or a `save_to_disk` directory.
+        dataset_config (`str`, *optional*):
+            Dataset configuration name (`load_dataset`'s `name`).
+        dataset_train_split (`str`, *optional*, defaults to `"train"`):
+            Split to train on.
+        prompt_column (`str`, *optional*, defaults to `"prompt"`):
+            Column holding the prompts; renamed to `prompt`.
+        difficulty_num_rollouts (`int`, *optional*, defaults to `8`):
+            K of the difficulty pre-pass the built-in task runs when the curriculum is on (*assumed* 8).
+        answer_column_source (`str`, *optional*):
+            Column holding the gold answers when it is not `answer_column` already: copied to `answer_column`
+            (an existing `answer_column` is replaced). A dotted path reads a nested field, e.g.
+            `reward_model.ground_truth` in verl-style datasets such as `BytedTsinghua-SIA/DAPO-Math-17k`.
+        apply_chat_template (`bool`, *optional*, defaults to `False`):
+            Wrap each plain-string prompt as one user message (`[{"role": "user", "content": prompt}]`), so the
+            trainer formats it with the tokenizer's chat template (and `chat_template_kwargs`), as it does for
+            conversational prompts. Use it for chat/instruct/thinking models; `sead difficulty --chat-template`
+            formats the pre-pass prompts the same way.
+    """
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Student model id or path."})
+    builtin_task: str | None = field(default=None, metadata={"help": "'arithmetic' for the built-in task."})
+    builtin_quick: bool = field(default=False, metadata={"help": "Small, fast variant of the built-in task."})
+    builtin_num_prompts: int = field(
+        default=1024, metadata={"help": "Training prompts of the built-in task."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache of the built-in task's models."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub id, local file or directory."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column with the prompts."})
+    difficulty_num_rollouts: int = field(default=8, metadata={"help": "K of the difficulty pre-pass."})
+    answer_column_source: str | None = field(
+        default=None,
+        metadata={"help": "Column (dotted path for nested fields) copied to answer_column, e.g. reward_model.ground_truth."},
+    )
+    apply_chat_template: bool = field(
+        default=False,
+        metadata={"help": "Wrap plain-string prompts as a user message so the chat template is applied."},
+    )
+
+
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_train_dataset(
+    name: str, config: str | None = None, split: str = "train", prompt_column: str = "prompt"
+):
+    """Load a dataset from a local file, a ``save_to_disk`` directory or the hub; rename the prompt column."""
+    import datasets
+
+    path = Path(name)
+    if path.suffix in _FILE_BUILDERS:
+        if not path.is_file():
+            raise SeadError(f"dataset file {name} does not exist. Check `dataset_name`.")
+        if path.stat().st_size == 0:
+            raise SeadError(f"the dataset file {name} is empty: it needs at least one row with a `prompt`.")
+        try:
+            ds = datasets.load_dataset(_FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
+        except Exception as err:
+            detail = " ".join(f"{type(err).__name__}: {err}".split())
+            raise SeadError(f"could not read the dataset file {name} ({detail}). Check its format.") from err
+    elif path.is_dir() and (path / "dataset_info.json").exists():
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split]
+    else:
+        try:
+            ds = datasets.load_dataset(name, config, split=split)
+        except Exception as err:
+            raise SeadError(
+                f"could not load dataset `{name}` (split `{split}`): {err}. Give a local file or directory, "
+                "or check the name and your network."
+            ) from err
+    if prompt_column != "prompt":
+        if prompt_column not in ds.column_names:
+            raise SeadError(
+                f"dataset `{name}` has no column `{prompt_column}` (prompt_column); columns: {ds.column_names}"
+            )
+        if "prompt" in ds.column_names:
+            ds = ds.remove_columns("prompt")
+        ds = ds.rename_column(prompt_column, "prompt")
+    return ds
+
+
+def _nested(row, path: list[str]):
+    value = row
+    for key in path:
+        value = value[key]
+    return value
+
+
+def map_dataset_columns(ds, script: ScriptArguments, cfg: OPDConfig):
+    """Apply ``answer_column_source`` and ``apply_chat_template`` (after :func:`load_train_dataset`)."""
+    if script.answer_column_source and script.answer_column_source != cfg.answer_column:
+        path = script.answer_column_source.split(".")
+        if path[0] not in ds.column_names:
+            raise SeadError(
+                f"answer_column_source `{script.answer_column_source}`: the dataset has no column `{path[0]}`; "
+                f"columns: {ds.column_names}"
+            )
+        try:
+            answers = [str(_nested(row, path[1:])) for row in ds[path[0]]]
+        except (KeyError, TypeError, IndexError) as err:
+            raise SeadError(
+                f"answer_column_source `{script.answer_column_source}`: a row has no such nested field ({err!r})"
+            ) from err
+        if cfg.answer_column in ds.column_names:
+            ds = ds.remove_columns(cfg.answer_column)
+        ds = ds.add_column(cfg.answer_column, answers)
+    if script.apply_chat_template and len(ds) and isinstance(ds[0]["prompt"], str):
+        ds = ds.map(lambda row: {"prompt": [{"role": "user", "content": row["prompt"]}]})
+    return ds
+
+
+def builtin_arithmetic(script: ScriptArguments, cfg: OPDConfig, progress: bool = True):
+    """Teacher, student and training data of the built-in arithmetic task (difficulty column included
+    when the curriculum is on: the initial student's pass rate over K rollouts)."""
+    from .difficulty import estimate_difficulty
+    from .tasks import arithmetic
+
+    prepared = arithmetic.prepare_models(
+        cache_dir=script.cache_dir, quick=script.builtin_quick, seed=0, progress=progress
+    )
+    ds = arithmetic.make_dataset(
+        script.builtin_num_prompts, levels=prepared.levels, seed=cfg.seed, split="train"
+    )
+    if cfg.curriculum and cfg.difficulty_column not in ds.column_names:
+        difficulty = estimate_difficulty(
+            prepared.load_student(),
+            prepared.tokenizer,
+            ds["prompt"],
+            ds[cfg.answer_column],
+            num_rollouts=script.difficulty_num_rollouts,
+            max_new_tokens=arithmetic.MAX_NEW_TOKENS,
+            batch_size=256,
+            prompts_per_chunk=256,
+            progress=progress,
+            seed=cfg.seed,
+        )
+        ds = ds.add_column(cfg.difficulty_column, difficulty)
+    return prepared, ds
+
+
+def build_trainer(script: ScriptArguments, cfg: OPDConfig, callbacks=None, progress: bool = True):
+    """Everything a recipe names, loaded and checked, as an ``OPDTrainer`` ready to ``train()``."""
+    from transformers import AutoTokenizer
+
+    from .trainer import OPDTrainer
+
+    if script.builtin_task is not None:
+        if script.builtin_task != "arithmetic":
+            raise SeadError(f"builtin_task must be 'arithmetic'; got {script.builtin_task!r}")
+        prepared, ds = builtin_arithmetic(script, cfg, progress)
+        student, teacher, tokenizer = prepared.load_student(), prepared.load_teacher(), prepared.tokenizer
+    else:
+        if not script.model_name_or_path:
+            raise SeadError("model_name_or_path (the student) is required unless builtin_task is set.")
+        if not cfg.teacher_model_name_or_path:
+            raise SeadError("teacher_model_name_or_path is required unless builtin_task is set.")
+        if not script.dataset_name:
+            raise SeadError("dataset_name is required unless builtin_task is set.")
+        for role, name in (
+            ("model_name_or_path", script.model_name_or_path),
+            ("teacher_model_name_or_path", cfg.teacher_model_name_or_path),
+        ):
+            if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+                raise SeadError(f"{role}: the directory {name} does not exist.")
+        ds = load_train_dataset(
+            script.dataset_name, script.dataset_config, script.dataset_train_split, script.prompt_column
+        )
+        ds = map_dataset_columns(ds, script, cfg)
+        tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path, padding_side="left")
+        check_teacher_tokenizer(cfg.teacher_model_name_or_path, tokenizer)
+        student, teacher = script.model_name_or_path, cfg.teacher_model_name_or_path
+    return OPDTrainer(
+        student, teacher, args=cfg, train_dataset=ds, processing_class=tokenizer, callbacks=callbacks
+    )
+
+
+def check_teacher_tokenizer(teacher_path: str, student_tokenizer) -> None:
+    """Refuse a teacher whose tokenizer maps text to different ids than the student's."""
+    from transformers import AutoTokenizer
+
+    try:
+        teacher_tok = AutoTokenizer.from_pretrained(teacher_path)
+    except Exception:
+        return  # no tokenizer shipped with the teacher: the vocabulary-size check in the trainer still runs
+    probe = "The answer is \\boxed{42}. 0123456789 +-*/=()"
+    if (
+        teacher_tok(probe, add_special_tokens=False)["input_ids"]
+        != student_tokenizer(probe, add_special_tokens=False)["input_ids"]
+    ):
+        raise SeadError(
+            f"the teacher at {teacher_path} tokenizes text differently from the student: on-policy distillation "
+            "compares next-token distributions over one shared vocabulary. Use a teacher from the same model family "
+            "(same tokenizer)."
+        )
