@@ -25,23 +25,23 @@ __all__ = ["DemoOptions", "SIZES", "demo_config", "run_demo", "run_variant", "pr
 # Two sizes of the same pipeline. "quick" finishes in about a minute on 2 cores including model preparation.
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
-        "num_prompts": 1024,
+        "num_prompts": 2048,
         "num_test": 400,
-        "num_curve": 200,
-        "steps": 60,
-        "batch": 32,
+        "num_curve": 150,
+        "steps": 150,
+        "batch": 64,
         "lr": 5e-4,
-        "eval_every": 10,
+        "eval_every": 25,
         "difficulty_rollouts": 4,
     },
     "quick": {
-        "num_prompts": 256,
+        "num_prompts": 512,
         "num_test": 150,
         "num_curve": 90,
-        "steps": 8,
-        "batch": 16,
+        "steps": 40,
+        "batch": 64,
         "lr": 5e-4,
-        "eval_every": 4,
+        "eval_every": 20,
         "difficulty_rollouts": 2,
     },
 }

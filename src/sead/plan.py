@@ -1,0 +1,699 @@
+"""Memory planner: per-GPU memory of a recipe under DDP, DeepSpeed ZeRO-2 / ZeRO-3 and FSDP2.
+
+``sead plan --config recipes/X.yaml`` (see :mod:`sead.commands.plan`) reads a recipe, looks up the
+student's and teacher's architecture (a table of public config facts for the recipes' models, a
+``config.json`` given on the command line, a local checkpoint directory, or the built-in demo
+task's model specs: nothing is downloaded) and adds up, per GPU:
+
+- **static**: student weights, gradients and AdamW state (sharded as each strategy shards them), the
+  frozen teacher, the frozen reference model (SG-OPD with ``use_reference_model``), a runtime overhead;
+- **rollout phase** (no gradients alive): the KV cache of HF ``generate`` for the local generation
+  batch (or the vLLM colocate reservation), and SG-OPD's teacher rollouts;
+- **training phase**: activations of one micro-batch (with or without activation checkpointing), the
+  teacher's forward, and the loss's working set (fused chunked loss: ``chunk x V`` tiles; otherwise
+  full ``[B*T, V]`` logits).
+
+The peak is the larger phase. Everything here is an estimate from first principles (the
+coefficients are listed in :data:`ASSUMPTIONS`); it was checked by hand, not against a GPU run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SeadError
+
+__all__ = [
+    "ModelFacts",
+    "KNOWN_MODELS",
+    "STRATEGIES",
+    "ACCELERATE_CONFIGS",
+    "ASSUMPTIONS",
+    "facts_from_config",
+    "lookup_model",
+    "PlanInputs",
+    "plan_memory",
+    "plan_recipe",
+    "format_plan",
+]
+
+GiB = 1024**3
+STRATEGIES = ("ddp", "zero2", "fsdp2", "zero3")  # order of preference: simplest first
+ACCELERATE_CONFIGS = {
+    "ddp": "recipes/accelerate/ddp.yaml",
+    "zero2": "recipes/accelerate/deepspeed_zero2.yaml",
+    "zero3": "recipes/accelerate/deepspeed_zero3.yaml",
+    "fsdp2": "recipes/accelerate/fsdp2.yaml",
+}
+STRATEGY_NAMES = {"ddp": "DDP", "zero2": "ZeRO-2", "zero3": "ZeRO-3", "fsdp2": "FSDP2"}
+
+#: Coefficients of the estimate (documented in docs/scaling.md).
+ASSUMPTIONS = {
+    "runtime_overhead_gib": 2.0,  # CUDA context, NCCL buffers, allocator slack not counted elsewhere
+    "usable_fraction": 0.92,  # a plan fits when its peak is at most this fraction of the GPU's memory
+    "activation_elems_per_token_per_layer": "4*H + 2*q_dim + 2*kv_dim + 4*I (attention and gated-MLP tensors kept for backward; flash/SDPA attention, no T^2 scores)",
+    "checkpointed_activations": "one H-vector per token per layer, plus one layer recomputed in backward",
+    "naive_loss_tiles": 6,  # [B*T_c, V] fp32 tensors alive at once on the full-logits path (+1 with a reference model)
+    "fused_loss_tiles": 4,  # [chunk, V] fp32 tiles per chunk (sead.fused)
+    "gathered_layers": 2,  # ZeRO-3 / FSDP2: unsharded layers alive at once (current + prefetch)
+}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """The public architecture facts the estimate needs (decoder-only, gated MLP)."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_embeddings: bool
+    dtype_bytes: int = 2  # checkpoint dtype (what `dtype: auto` loads)
+    sliding_window: int | None = None
+    num_sliding_layers: int = 0
+    qkv_bias: bool = False
+    qk_norm_params: int = 0  # per layer: Qwen3 2 x head_dim, OLMo-2/3 q_dim + kv_dim
+    source: str = ""
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def layer_params(self) -> int:
+        """One decoder layer: q, k, v, o projections (+ q/k/v biases, QK-norms), gate/up/down MLP, two norms."""
+        h = self.hidden_size
+        attn = h * self.q_dim + 2 * h * self.kv_dim + self.q_dim * h
+        if self.qkv_bias:
+            attn += self.q_dim + 2 * self.kv_dim
+        return attn + self.qk_norm_params + 3 * h * self.intermediate_size + 2 * h
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def num_params(self) -> int:
+        """Layers + input embedding + output head (unless tied) + final norm."""
+        heads = 1 if self.tie_embeddings else 2
+        return self.num_layers * self.layer_params + heads * self.embedding_params + self.hidden_size
+
+    @property
+    def activation_elems_per_token(self) -> int:
+        """Activation elements one layer keeps per token for its backward (see ASSUMPTIONS)."""
+        h = self.hidden_size
+        return 4 * h + 2 * self.q_dim + 2 * self.kv_dim + 4 * self.intermediate_size
+
+    def kv_cache_bytes(self, seq_len: int, num_seqs: int, dtype_bytes: int = 2) -> int:
+        """KV cache of ``num_seqs`` sequences of ``seq_len`` tokens (sliding-window layers keep the window)."""
+        full = self.num_layers - self.num_sliding_layers
+        window = min(seq_len, self.sliding_window or seq_len)
+        positions = full * seq_len + self.num_sliding_layers * window
+        return 2 * self.kv_dim * dtype_bytes * positions * num_seqs
+
+
+def _facts(name, h, layers, heads, kv, head_dim, inter, vocab, tie, **kw) -> ModelFacts:
+    return ModelFacts(name, h, layers, heads, kv, head_dim, inter, vocab, tie, **kw)
+
+
+# Public config.json facts of the recipes' models (not downloaded here: copied from the model cards /
+# config files; OLMo-3's layer_types: 3 of every 4 layers use a 4096-token sliding window).
+_OLMO3_7B = _facts(
+    "OLMo-3 7B", 4096, 32, 32, 32, 128, 11008, 100278, False,
+    sliding_window=4096, num_sliding_layers=24, qk_norm_params=4096 + 4096,
+    source="public config (allenai/Olmo-3-1025-7B family)",
+)  # fmt: skip
+_OLMO3_32B = _facts(
+    "OLMo-3 32B", 5120, 64, 40, 8, 128, 27648, 100278, False,
+    sliding_window=4096, num_sliding_layers=48, qk_norm_params=5120 + 1024,
+    source="public config (allenai/Olmo-3-1125-32B family)",
+)  # fmt: skip
+_QWEN3_1_7B = _facts(
+    "Qwen3-1.7B", 2048, 28, 16, 8, 128, 6144, 151936, True, qk_norm_params=2 * 128,
+    source="public config (Qwen/Qwen3-1.7B)",
+)  # fmt: skip
+_QWEN3_8B = _facts(
+    "Qwen3-8B", 4096, 36, 32, 8, 128, 12288, 151936, False, qk_norm_params=2 * 128,
+    source="public config (Qwen/Qwen3-8B)",
+)  # fmt: skip
+
+#: hub-id patterns (case-insensitive, matched against the whole id) -> facts.
+KNOWN_MODELS: dict[str, ModelFacts] = {
+    r"allenai/olmo-3(\.1)?-(1025-)?7b(-(think|instruct|rl-zero)[-a-z0-9]*)?": _OLMO3_7B,
+    r"allenai/olmo-3(\.1)?-(1125-)?32b(-(think|instruct)[-a-z0-9]*)?": _OLMO3_32B,
+    r"qwen/qwen3-1\.7b(-base)?": _QWEN3_1_7B,
+    r"qwen/qwen3-8b(-base)?": _QWEN3_8B,
+}
+
+_DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def _dtype_bytes(value, default: int) -> int:
+    if value is None:
+        return default
+    name = str(value).replace("torch.", "")
+    return _DTYPE_BYTES.get(name, default)
+
+
+def facts_from_config(config: dict[str, Any], name: str = "model", source: str = "config.json") -> ModelFacts:
+    """:class:`ModelFacts` from a Hugging Face ``config.json`` dict (``text_config`` of multimodal configs)."""
+    cfg = config.get("text_config") or config
+    try:
+        h = int(cfg["hidden_size"])
+        layers = int(cfg["num_hidden_layers"])
+        heads = int(cfg["num_attention_heads"])
+        inter = int(cfg["intermediate_size"])
+        vocab = int(cfg["vocab_size"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise SeadError(
+            f"{source}: not a decoder config this planner understands (missing or bad {err}); it needs "
+            "hidden_size, num_hidden_layers, num_attention_heads, intermediate_size and vocab_size."
+        ) from None
+    kv = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or h // heads)
+    tie = bool(config.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False)))
+    layer_types = cfg.get("layer_types") or []
+    sliding = cfg.get("sliding_window")
+    n_sliding = sum(1 for t in layer_types if t == "sliding_attention") if sliding else 0
+    model_type = str(cfg.get("model_type", ""))
+    bias = cfg.get("attention_bias")
+    qkv_bias = model_type == "qwen2" if bias is None else bool(bias)
+    qk_norm = {"qwen3": 2 * head_dim, "olmo2": heads * head_dim + kv * head_dim, "olmo3": heads * head_dim + kv * head_dim}
+    dtype = _dtype_bytes(cfg.get("dtype") or cfg.get("torch_dtype") or config.get("torch_dtype"), 4)
+    return ModelFacts(
+        name, h, layers, heads, kv, head_dim, inter, vocab, tie,
+        dtype_bytes=dtype, sliding_window=int(sliding) if n_sliding else None, num_sliding_layers=n_sliding,
+        qkv_bias=qkv_bias, qk_norm_params=qk_norm.get(model_type, 0), source=source,
+    )  # fmt: skip
+
+
+def _read_config_file(path: str | Path, name: str) -> ModelFacts:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise SeadError(f"{path}: no such config.json")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SeadError(f"{path}: could not read it as JSON ({err})") from err
+    return facts_from_config(config, name=name, source=str(path))
+
+
+def lookup_model(name: str | None, config_path: str | None = None, role: str = "model") -> ModelFacts:
+    """Facts for ``name``: from ``config_path`` when given, else a local checkpoint's config.json, else
+    the table of known models. Nothing is downloaded."""
+    if config_path:
+        return _read_config_file(config_path, name or role)
+    if not name:
+        raise SeadError(f"the recipe names no {role}; give --{role}-config config.json")
+    local = Path(name).expanduser()
+    if (local / "config.json").is_file():
+        return _read_config_file(local, name)
+    for pattern, facts in KNOWN_MODELS.items():
+        if re.fullmatch(pattern, name.strip(), flags=re.IGNORECASE):
+            return facts
+    raise SeadError(
+        f"{role} `{name}` is not in the planner's table of known architectures ({', '.join(sorted({f.name for f in KNOWN_MODELS.values()}))}) "
+        f"and is not a local directory with a config.json. Give its config.json with --{role}-config "
+        "(download it with `huggingface-cli download NAME config.json`)."
+    )
+
+
+def builtin_facts(task: str, quick: bool) -> tuple[ModelFacts, ModelFacts]:
+    """(student, teacher) facts of the built-in task, from its model specs (nothing is trained)."""
+    if task != "arithmetic":
+        raise SeadError(f"builtin_task must be 'arithmetic'; got {task!r}")
+    from .tasks import arithmetic
+
+    tokenizer = arithmetic.build_tokenizer()
+    teacher_recipe, student_recipe = arithmetic.recipes(quick)
+    out = []
+    for role, recipe in (("student", student_recipe), ("teacher", teacher_recipe)):
+        config = recipe.model.to_config(len(tokenizer), tokenizer).to_dict()
+        config["dtype"] = "float32"
+        out.append(facts_from_config(config, name=f"arithmetic {role}", source="built-in task spec"))
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# The estimate
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PlanInputs:
+    """Everything the estimate depends on (read from a recipe by :func:`plan_recipe`)."""
+
+    student: ModelFacts
+    teacher: ModelFacts
+    gpus: int = 8
+    gpu_memory_gib: float = 80.0
+    per_device_batch: int = 1
+    grad_accum: int = 1
+    prompt_tokens: int = 512
+    completion_tokens: int = 512
+    mixed_precision: bool = True  # bf16 or fp16
+    student_load_bytes: int = 4  # model_init_kwargs dtype (TRL's default: float32)
+    teacher_load_bytes: int = 4  # teacher_model_init_kwargs dtype (transformers' default: float32)
+    activation_checkpointing: bool = True
+    fused_loss: bool = True
+    loss_chunk_size: int | None = None
+    reference_model: bool = False
+    teacher_mixing: bool = False
+    teacher_mix_rho0: float = 0.5
+    teacher_num_generations: int = 8
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_sleep_mode: bool = False
+    vllm_tensor_parallel_size: int = 1
+    ds3_gather_for_generation: bool = True
+    optimizer_8bit: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seq_len(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def local_generation_batch(self) -> int:
+        """Prompts each GPU generates for at once (TRL's generation batch: micro-batch x accumulation)."""
+        return self.per_device_batch * self.grad_accum
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.per_device_batch * self.grad_accum * self.gpus
+
+
+def _student_bytes_per_param(strategy: str, inp: PlanInputs) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer) bytes per student parameter before sharding."""
+    deepspeed = strategy in ("zero2", "zero3")
+    moments = 2 if inp.optimizer_8bit else None
+    if deepspeed:
+        if inp.mixed_precision:  # bf16 module + fp32 master copy and fp32 Adam moments in the optimizer
+            return 2, 2, 4 + (moments or 8)
+        return 4, 4, moments or 8
+    w = inp.student_load_bytes  # DDP / FSDP2 train the parameters in their loaded dtype (autocast for bf16)
+    return w, w, moments or 2 * w
+
+
+def _shards(strategy: str, n: int) -> dict[str, int]:
+    """Divisor of each static component per strategy (1: replicated on every GPU)."""
+    return {
+        "ddp": {"weights": 1, "grads": 1, "optim": 1, "teacher": 1, "reference": 1},
+        "zero2": {"weights": 1, "grads": n, "optim": n, "teacher": 1, "reference": 1},
+        "zero3": {"weights": n, "grads": n, "optim": n, "teacher": n, "reference": 1},
+        "fsdp2": {"weights": n, "grads": n, "optim": n, "teacher": n, "reference": n},
+    }[strategy]
+
+
+def _chunk_rows(vocab: int, chunk_size: int | None) -> int:
+    from .fused import auto_chunk_size
+
+    return chunk_size or auto_chunk_size(vocab)
+
+
+def plan_memory(inp: PlanInputs) -> dict[str, Any]:
+    """Per-GPU bytes of every component for each strategy, the peaks, and the recommendation."""
+    s, t = inp.student, inp.teacher
+    n = max(int(inp.gpus), 1)
+    act_bytes = 2 if inp.mixed_precision else 4
+    B, T, Tc = inp.per_device_batch, inp.seq_len, inp.completion_tokens
+    tokens, loss_rows = B * T, B * Tc
+    G = inp.local_generation_batch
+    notes = list(inp.notes)
+
+    # ---- training-phase working set (independent of the strategy) --------------------------------
+    per_layer_s = tokens * s.activation_elems_per_token * act_bytes
+    if inp.activation_checkpointing:
+        activations = s.num_layers * tokens * s.hidden_size * act_bytes + per_layer_s
+    else:
+        activations = s.num_layers * per_layer_s
+    teacher_forward = tokens * t.activation_elems_per_token * 2 + loss_rows * t.hidden_size * 2
+    reference_forward = (tokens * s.activation_elems_per_token * 2) if inp.reference_model else 0
+    V = s.vocab_size
+    if inp.fused_loss:
+        chunk = _chunk_rows(V, inp.loss_chunk_size)
+        loss = (
+            ASSUMPTIONS["fused_loss_tiles"] * min(chunk, loss_rows) * V * 4  # [chunk, V] fp32 tiles
+            + V * (s.hidden_size + t.hidden_size) * 4  # both heads cast to fp32
+            + V * s.hidden_size * 4  # fp32 gradient of the student head
+            + loss_rows * (2 * s.hidden_size + t.hidden_size) * 4  # fp32 hidden states and their gradient
+        )
+        loss_kind = f"fused, {min(chunk, loss_rows)} x {V} tiles"
+    else:
+        tiles = ASSUMPTIONS["naive_loss_tiles"] + (1 if inp.reference_model else 0)
+        loss = tiles * loss_rows * V * 4
+        loss_kind = f"full logits, {tiles} x [{loss_rows}, {V}] fp32"
+    train_ws = activations + max(teacher_forward, reference_forward, loss)
+
+    # ---- rollout-phase working set ------------------------------------------------------------------
+    student_kv = s.kv_cache_bytes(T, G, 2 if inp.mixed_precision else 4)
+    if inp.teacher_mixing:
+        picked = math.ceil(inp.teacher_mix_rho0 * G)
+        teacher_seqs = picked * inp.teacher_num_generations
+        teacher_kv = t.kv_cache_bytes(T, teacher_seqs, 2 if inp.mixed_precision else 4)
+    else:
+        teacher_seqs, teacher_kv = 0, 0
+    vllm_reserved = 0
+    if inp.use_vllm and inp.vllm_mode == "colocate":
+        vllm_reserved = int(inp.vllm_gpu_memory_utilization * inp.gpu_memory_gib * GiB)
+        student_gen = 0
+    elif inp.use_vllm:  # server mode: generation runs on other GPUs
+        student_gen = 0
+    else:
+        student_gen = student_kv + G * V * 4
+
+    if inp.use_vllm and inp.vllm_mode == "colocate":
+        per_seq = s.kv_cache_bytes(T, 1, 2)
+        room = vllm_reserved - s.num_params * 2 // max(inp.vllm_tensor_parallel_size, 1)
+        at_once = int(room // per_seq) if per_seq else 0
+        if at_once < 1:
+            notes.append(
+                f"vLLM colocate: {inp.vllm_gpu_memory_utilization:g} x {inp.gpu_memory_gib:g} GiB leaves "
+                f"{max(room, 0) / GiB:.1f} GiB after the student's bf16 weights, less than one {T}-token sequence's "
+                f"KV cache ({per_seq / GiB:.1f} GiB): vLLM will refuse to start. Raise vllm_gpu_memory_utilization "
+                "or vllm_tensor_parallel_size, or lower vllm_max_model_length."
+            )
+        else:
+            notes.append(
+                f"vLLM colocate: {room / GiB:.1f} GiB of KV cache after the student's weights holds {min(at_once, G)} "
+                f"of the {G} local rollouts at full length ({per_seq / GiB:.2f} GiB each) at once."
+            )
+    overhead = int(ASSUMPTIONS["runtime_overhead_gib"] * GiB)
+    usable = ASSUMPTIONS["usable_fraction"] * inp.gpu_memory_gib * GiB
+    results: dict[str, Any] = {}
+    for strategy in STRATEGIES:
+        div = _shards(strategy, n)
+        wb, gb, ob = _student_bytes_per_param(strategy, inp)
+        P = s.num_params
+        weights = P * wb // div["weights"]
+        grads = P * gb // div["grads"]
+        optim = P * ob // div["optim"]
+        teacher = t.num_params * inp.teacher_load_bytes // div["teacher"]
+        reference = (P * wb // div["reference"]) if inp.reference_model else 0
+        gather = 0
+        if strategy in ("zero3", "fsdp2"):
+            gather = ASSUMPTIONS["gathered_layers"] * max(s.layer_params * wb, t.layer_params * inp.teacher_load_bytes)
+        gen_extra = 0
+        if strategy == "zero3" and not inp.use_vllm and inp.ds3_gather_for_generation:
+            gen_extra = P * wb  # TRL gathers the whole student for HF generate under ZeRO-3
+        rollout_ws = max(student_gen + gen_extra, teacher_kv)  # student and teacher rollouts run one after the other
+        vllm_in_train = 0 if inp.vllm_sleep_mode else vllm_reserved
+        static = weights + optim + teacher + reference + overhead + gather
+        rollout_phase = static + vllm_reserved + rollout_ws
+        train_phase = static + grads + vllm_in_train + train_ws
+        peak = max(rollout_phase, train_phase)
+        results[strategy] = {
+            "components": {
+                "student weights": weights,
+                "student gradients": grads,
+                "optimizer (AdamW)": optim,
+                "teacher weights": teacher,
+                "reference weights": reference,
+                "sharding gather buffers": gather,
+                "runtime overhead": overhead,
+                "vLLM colocate reservation": vllm_reserved,
+                "rollout KV cache (HF generate)": student_gen,
+                "ZeRO-3 student gathered for generate": gen_extra,
+                "teacher rollouts KV cache": teacher_kv,
+                "activations (student)": activations,
+                "teacher forward": teacher_forward,
+                "reference forward": reference_forward,
+                "loss working set": loss,
+            },
+            "bytes_per_param": {"weights": wb, "grads": gb, "optim": ob},
+            "rollout_phase": rollout_phase,
+            "train_phase": train_phase,
+            "peak": peak,
+            "fits": peak <= usable,
+        }
+    fitting = [k for k in STRATEGIES if results[k]["fits"]]
+    recommended = fitting[0] if fitting else None
+    return {
+        "inputs": {
+            "gpus": n,
+            "gpu_memory_gib": inp.gpu_memory_gib,
+            "usable_gib": usable / GiB,
+            "per_device_train_batch_size": B,
+            "gradient_accumulation_steps": inp.grad_accum,
+            "prompts_per_step": inp.prompts_per_step,
+            "local_generation_batch": G,
+            "prompt_tokens": inp.prompt_tokens,
+            "completion_tokens": Tc,
+            "mixed_precision": inp.mixed_precision,
+            "activation_checkpointing": inp.activation_checkpointing,
+            "loss": loss_kind,
+            "use_vllm": inp.use_vllm,
+            "vllm_mode": inp.vllm_mode if inp.use_vllm else None,
+            "teacher_rollout_sequences": teacher_seqs,
+        },
+        "models": {
+            "student": {**asdict(s), "num_params": s.num_params},
+            "teacher": {**asdict(t), "num_params": t.num_params},
+        },
+        "strategies": results,
+        "fits": fitting,
+        "recommended": recommended,
+        "accelerate_config": ACCELERATE_CONFIGS.get(recommended) if recommended else None,
+        "advice": _advice(inp, results, recommended),
+        "notes": notes,
+        "assumptions": ASSUMPTIONS,
+    }
+
+
+def _advice(inp: PlanInputs, results: dict[str, Any], recommended: str | None) -> list[str]:
+    out = []
+    if recommended is None:
+        best = min(STRATEGIES, key=lambda k: results[k]["peak"])
+        comps = results[best]["components"]
+        biggest = sorted(comps.items(), key=lambda kv: -kv[1])[:3]
+        out.append(
+            f"nothing fits; the smallest peak is {STRATEGY_NAMES[best]} at {results[best]['peak'] / GiB:.1f} GiB, "
+            f"dominated by {', '.join(f'{k} ({v / GiB:.1f} GiB)' for k, v in biggest)}."
+        )
+        names = dict(biggest)
+        if names.get("teacher rollouts KV cache"):
+            out.append(
+                "SG-OPD's cold-start teacher rollouts (HF generate) need fewer sequences per GPU: lower "
+                "teacher_num_generations or per_device_train_batch_size x gradient_accumulation_steps (more GPUs)."
+            )
+        if names.get("rollout KV cache (HF generate)"):
+            out.append("student rollouts: use vLLM (use_vllm: true, vllm_mode: server or colocate).")
+        if names.get("activations (student)") and not inp.activation_checkpointing:
+            out.append("turn on activation_checkpointing.")
+        if names.get("loss working set") and not inp.fused_loss:
+            out.append(
+                "the full-logits loss path materialises [B*T, V] logits: lower per_device_train_batch_size "
+                "(raise gradient_accumulation_steps to keep the batch), or use the fused loss (estimator: full, "
+                "no sign gate)."
+            )
+        if names.get("teacher weights"):
+            out.append("shard the teacher (ZeRO-3 / FSDP2) or use more / larger GPUs (--gpus, --gpu-memory).")
+        if inp.reference_model:
+            out.append("SG-OPD: use_reference_model: false drops the reference copy (A = lambda * d).")
+    if inp.use_vllm and inp.vllm_mode == "server":
+        out.append(
+            f"vLLM server mode: start `trl vllm-serve --model <student>` on GPUs of its own; it holds the student "
+            f"({inp.student.num_params * 2 / GiB:.1f} GiB in bf16, / tensor parallel size) plus its KV cache. "
+            "This plan counts only the training GPUs."
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# From a recipe
+# ----------------------------------------------------------------------------------------------
+
+
+def _init_dtype_bytes(kwargs: Any, auto_bytes: int, default: int) -> int:
+    if isinstance(kwargs, str):
+        try:
+            kwargs = json.loads(kwargs)
+        except json.JSONDecodeError:
+            kwargs = {}
+    dtype = (kwargs or {}).get("dtype", (kwargs or {}).get("torch_dtype"))
+    if dtype == "auto":
+        return auto_bytes
+    return _dtype_bytes(dtype, default)
+
+
+def plan_recipe(
+    script,
+    cfg,
+    *,
+    gpus: int = 8,
+    gpu_memory_gib: float = 80.0,
+    model_config: str | None = None,
+    teacher_config: str | None = None,
+    prompt_tokens: int | None = None,
+) -> dict[str, Any]:
+    """:func:`plan_memory` for a parsed recipe (``ScriptArguments``, ``OPDConfig``)."""
+    notes: list[str] = []
+    if script.builtin_task and not (model_config or teacher_config):
+        student, teacher = builtin_facts(script.builtin_task, bool(script.builtin_quick))
+        default_prompt = 32
+    else:
+        student = lookup_model(script.model_name_or_path, model_config, role="model")
+        teacher = lookup_model(cfg.teacher_model_name_or_path, teacher_config, role="teacher")
+        default_prompt = 512
+    if student.vocab_size != teacher.vocab_size:
+        notes.append(
+            f"student vocab {student.vocab_size} != teacher vocab {teacher.vocab_size}: the trainer refuses this pair."
+        )
+    if prompt_tokens is None:
+        prompt_tokens = cfg.max_prompt_length or default_prompt
+        notes.append(
+            f"prompt length: {prompt_tokens} tokens ({'max_prompt_length' if cfg.max_prompt_length else 'assumed; set --prompt-tokens'})."
+        )
+    mixed = bool(cfg.bf16 or cfg.fp16)
+    student_bytes = _init_dtype_bytes(cfg.model_init_kwargs, student.dtype_bytes, 4)
+    if script.builtin_task:
+        student_bytes = 4
+    teacher_bytes = _init_dtype_bytes(cfg.teacher_model_init_kwargs, teacher.dtype_bytes, 4)
+    if teacher_bytes == 4 and mixed and not script.builtin_task:
+        notes.append(
+            "the teacher loads in float32 (no dtype in teacher_model_init_kwargs): set teacher_model_init_kwargs: "
+            "{dtype: bfloat16} to halve it."
+        )
+    if mixed and student_bytes == 2:
+        notes.append(
+            "the student loads in bf16: under DDP/FSDP2 it trains in pure bf16 (bf16 AdamW moments, no fp32 master "
+            "weights); DeepSpeed keeps fp32 master weights."
+        )
+    ckpt = getattr(cfg, "activation_checkpointing", None)
+    if ckpt is None:
+        ckpt = cfg.gradient_checkpointing
+    fused = cfg.estimator == "full" and not cfg.sign_gate and cfg.use_fused_loss
+    inp = PlanInputs(
+        student=student,
+        teacher=teacher,
+        gpus=gpus,
+        gpu_memory_gib=gpu_memory_gib,
+        per_device_batch=cfg.per_device_train_batch_size,
+        grad_accum=cfg.gradient_accumulation_steps,
+        prompt_tokens=int(prompt_tokens),
+        completion_tokens=int(cfg.max_completion_length),
+        mixed_precision=mixed,
+        student_load_bytes=student_bytes,
+        teacher_load_bytes=teacher_bytes,
+        activation_checkpointing=bool(ckpt),
+        fused_loss=fused,
+        loss_chunk_size=cfg.loss_chunk_size,
+        reference_model=bool(cfg.sign_gate and cfg.use_reference_model),
+        teacher_mixing=bool(cfg.teacher_mixing),
+        teacher_mix_rho0=cfg.teacher_mix_rho0,
+        teacher_num_generations=cfg.teacher_num_generations,
+        use_vllm=bool(cfg.use_vllm),
+        vllm_mode=cfg.vllm_mode,
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_sleep_mode=bool(cfg.vllm_enable_sleep_mode),
+        vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+        ds3_gather_for_generation=bool(cfg.ds3_gather_for_generation),
+        optimizer_8bit="8bit" in str(getattr(cfg.optim, "value", cfg.optim)),
+        notes=notes,
+    )
+    out = plan_memory(inp)
+    out["recipe"] = {
+        "student": script.model_name_or_path or f"builtin:{script.builtin_task}",
+        "teacher": cfg.teacher_model_name_or_path or f"builtin:{script.builtin_task}",
+        "method": cfg.method,
+    }
+    return out
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The plan as a plain-text table (GiB per GPU)."""
+    inp, models = plan["inputs"], plan["models"]
+    lines = []
+    rec = plan.get("recipe", {})
+    lines.append(
+        f"method {rec.get('method', '?')}: student {rec.get('student', models['student']['name'])} "
+        f"({_params(models['student']['num_params'])} params), teacher {rec.get('teacher', models['teacher']['name'])} "
+        f"({_params(models['teacher']['num_params'])} params)"
+    )
+    rollouts = "HF generate"
+    if inp["use_vllm"]:
+        rollouts = f"vLLM {inp['vllm_mode']}"
+    lines.append(
+        f"{inp['gpus']} GPU(s) x {inp['gpu_memory_gib']:g} GiB (plan fits under {inp['usable_gib']:.1f} GiB); "
+        f"{inp['prompts_per_step']} prompts/step = {inp['per_device_train_batch_size']} per device x "
+        f"{inp['gradient_accumulation_steps']} accumulation x {inp['gpus']} GPUs; sequences {inp['prompt_tokens']} + "
+        f"{inp['completion_tokens']} tokens; {'bf16/fp16 mixed' if inp['mixed_precision'] else 'fp32'}; "
+        f"activation checkpointing {'on' if inp['activation_checkpointing'] else 'off'}; loss: {inp['loss']}; "
+        f"rollouts: {rollouts}"
+    )
+    lines.append("")
+    largest = max(
+        v for k in STRATEGIES for name, v in plan["strategies"][k]["components"].items() if name != "runtime overhead"
+    )
+    unit, scale = ("GiB", GiB) if largest >= GiB / 10 else ("MiB", 1024**2)
+
+    def _gib(x: float) -> str:
+        return f"{x / scale:.1f}"
+
+    header = [f"per GPU, {unit}"] + [STRATEGY_NAMES[k] for k in STRATEGIES]
+    comps = list(plan["strategies"][STRATEGIES[0]]["components"])
+    rows = []
+    for comp in comps:
+        values = [plan["strategies"][k]["components"][comp] for k in STRATEGIES]
+        if not any(values):
+            continue
+        rows.append([comp] + [_gib(v) for v in values])
+    rows.append(["rollout phase"] + [_gib(plan["strategies"][k]["rollout_phase"]) for k in STRATEGIES])
+    rows.append(["training phase"] + [_gib(plan["strategies"][k]["train_phase"]) for k in STRATEGIES])
+    rows.append(["PEAK"] + [_gib(plan["strategies"][k]["peak"]) for k in STRATEGIES])
+    rows.append(["fits"] + ["yes" if plan["strategies"][k]["fits"] else "no" for k in STRATEGIES])
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    sep_at = len(rows) - 4
+
+    def fmt(row):
+        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row))
+
+    lines.append(fmt(header))
+    lines.append("-" * len(fmt(header)))
+    for i, row in enumerate(rows):
+        if i == sep_at:
+            lines.append("-" * len(fmt(header)))
+        lines.append(fmt(row))
+    lines.append("")
+    if plan["recommended"]:
+        r = plan["recommended"]
+        recipe_path = rec.get("config", "<recipe>")
+        if inp["gpus"] == 1 and r == "ddp":
+            lines.append(f"recommended: one GPU, no sharding  ->  sead train --config {recipe_path}")
+        else:
+            lines.append(
+                f"recommended: {STRATEGY_NAMES[r]}  ->  accelerate launch --config_file {plan['accelerate_config']} "
+                f"--num_processes {inp['gpus']} -m sead.cli train --config {recipe_path}"
+            )
+        if r in ("zero3", "fsdp2"):
+            lines.append(
+                "  caution: ZeRO-3 / FSDP2 were not run with sead's loss (see docs/scaling.md, 'Sharded lm_head')."
+            )
+    else:
+        lines.append("recommended: none of DDP / ZeRO-2 / FSDP2 / ZeRO-3 fits.")
+    for item in plan["advice"]:
+        lines.append(f"  - {item}")
+    for note in plan["notes"]:
+        lines.append(f"note: {note}")
+    lines.append("Estimates from public architecture facts; not measured on a GPU (docs/scaling.md).")
+    return "\n".join(lines)

@@ -1,0 +1,234 @@
+"""`sead plan`: parameter counts, the memory arithmetic written out by hand, and the CLI on every recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sead.cli import main
+from sead.plan import (
+    KNOWN_MODELS,
+    PlanInputs,
+    facts_from_config,
+    lookup_model,
+    plan_memory,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+GiB = 1024**3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# --------------------------------------------------------------------------- parameter counts
+def test_known_model_parameter_counts_by_hand():
+    # Qwen3-8B: H=4096, 36 layers, 32 heads, 8 KV heads, head_dim 128, I=12288, V=151936, untied.
+    attn = 4096 * 4096 + 2 * 4096 * 1024 + 4096 * 4096  # q, k, v, o = 41,943,040
+    layer = attn + 2 * 128 + 3 * 4096 * 12288 + 2 * 4096  # + q/k norms, MLP, two RMSNorms = 192,946,432
+    assert layer == 192_946_432
+    total = 36 * layer + 2 * 151936 * 4096 + 4096  # + embedding and lm_head, final norm
+    assert total == 8_190_735_360
+    assert lookup_model("Qwen/Qwen3-8B").num_params == total
+
+    # Qwen3-1.7B: H=2048, 28 layers, 16 heads, 8 KV heads, head_dim 128, I=6144, tied embeddings.
+    layer = (2048 * 2048 + 2 * 2048 * 1024 + 2048 * 2048) + 2 * 128 + 3 * 2048 * 6144 + 2 * 2048
+    assert lookup_model("Qwen/Qwen3-1.7B").num_params == 28 * layer + 151936 * 2048 + 2048 == 1_720_574_976
+
+    # OLMo-3 7B: H=4096, 32 layers, 32 heads = 32 KV heads, I=11008, V=100278, untied, QK-norm over q and k.
+    layer = 4 * 4096 * 4096 + (4096 + 4096) + 3 * 4096 * 11008 + 2 * 4096
+    assert lookup_model("allenai/Olmo-3-7B-Think-SFT").num_params == 32 * layer + 2 * 100278 * 4096 + 4096
+    # OLMo-3 32B: H=5120, 64 layers, 40 heads, 8 KV heads, I=27648.
+    layer = 2 * 5120 * 5120 + 2 * 5120 * 1024 + (5120 + 1024) + 3 * 5120 * 27648 + 2 * 5120
+    assert lookup_model("allenai/Olmo-3-32B-Think").num_params == 64 * layer + 2 * 100278 * 5120 + 5120
+
+
+def test_lookup_matches_hub_ids_used_by_the_recipes():
+    for name in (
+        "allenai/Olmo-3-1025-7B",
+        "allenai/Olmo-3-7B-Think-SFT",
+        "allenai/Olmo-3-7B-Instruct",
+        "allenai/Olmo-3-1125-32B",
+        "allenai/Olmo-3-32B-Think",
+        "Qwen/Qwen3-1.7B",
+        "qwen/qwen3-8b",
+    ):
+        assert lookup_model(name).vocab_size in (100278, 151936)
+    assert len(KNOWN_MODELS) == 4
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "olmo3"])
+def test_config_facts_count_exactly_the_parameters_of_a_real_model(family):
+    """The formula against `sum(p.numel())` of tiny models of each family (biases, QK-norms, tying)."""
+    import transformers
+
+    kw = dict(
+        vocab_size=50, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=48,
+    )  # fmt: skip
+    if family == "qwen2":
+        config = transformers.Qwen2Config(**kw)
+        model = transformers.Qwen2ForCausalLM(config)
+    elif family == "qwen3":
+        config = transformers.Qwen3Config(head_dim=16, tie_word_embeddings=True, **kw)
+        model = transformers.Qwen3ForCausalLM(config)
+    else:
+        config = transformers.Olmo3Config(sliding_window=8, eos_token_id=1, pad_token_id=0, **kw)
+        model = transformers.Olmo3ForCausalLM(config)
+    facts = facts_from_config(config.to_dict())
+    assert facts.num_params == sum(p.numel() for p in model.parameters())
+    if family == "olmo3":
+        assert (facts.num_sliding_layers, facts.sliding_window) == (3, 8)
+
+
+def test_kv_cache_counts_sliding_window_layers_at_their_window():
+    facts = lookup_model("allenai/Olmo-3-7B-Think-SFT")  # 8 full-attention layers, 24 with a 4096 window
+    per_position = 2 * 32 * 128 * 2  # K and V, 32 KV heads x 128, bf16
+    assert facts.kv_cache_bytes(10_000, 3) == per_position * (8 * 10_000 + 24 * 4096) * 3
+    assert facts.kv_cache_bytes(1000, 1) == per_position * 32 * 1000
+
+
+# --------------------------------------------------------------------------- the estimate, by hand
+def test_plan_memory_matches_hand_computation():
+    """Qwen3-1.7B <- Qwen3-8B, 4 GPUs, 2 x 2048-token sequences per micro-batch, full-logits loss."""
+    s, t = lookup_model("Qwen/Qwen3-1.7B"), lookup_model("Qwen/Qwen3-8B")
+    inp = PlanInputs(
+        student=s, teacher=t, gpus=4, gpu_memory_gib=80, per_device_batch=2, grad_accum=4,
+        prompt_tokens=512, completion_tokens=1536, mixed_precision=True, student_load_bytes=4,
+        teacher_load_bytes=2, activation_checkpointing=True, fused_loss=False,
+    )  # fmt: skip
+    plan = plan_memory(inp)
+    P, Pt = 1_720_574_976, 8_190_735_360
+    overhead = 2 * GiB
+
+    # activations, checkpointed: one H-vector per token per layer + one layer recomputed
+    tokens = 2 * 2048
+    a_s = 4 * 2048 + 2 * 2048 + 2 * 1024 + 4 * 6144  # = 38,912 elements per token per layer
+    activations = 28 * tokens * 2048 * 2 + tokens * a_s * 2
+    assert activations == 788_529_152
+    # teacher forward (no grad): one layer's tensors + its last hidden states for the completion tokens
+    a_t = 4 * 4096 + 2 * 4096 + 2 * 1024 + 4 * 12288  # = 75,776
+    teacher_forward = tokens * a_t * 2 + 2 * 1536 * 4096 * 2
+    # full-logits loss: 6 fp32 [B*T_c, V] tensors
+    loss = 6 * (2 * 1536) * 151936 * 4
+    assert loss == 11_201_937_408
+    train_ws = activations + max(teacher_forward, loss)
+    # HF-generate rollouts: KV cache of the 8 local sequences (28 full layers, 8 KV heads x 128, bf16) + last logits
+    kv = 2 * 1024 * 2 * (28 * 2048) * 8 + 8 * 151936 * 4
+
+    ddp = plan["strategies"]["ddp"]
+    # DDP, fp32-loaded student under autocast: weights 4 + grads 4 + AdamW 8 bytes/param; bf16 teacher 2
+    assert ddp["components"]["student weights"] == P * 4
+    assert ddp["components"]["optimizer (AdamW)"] == P * 8
+    assert ddp["components"]["teacher weights"] == Pt * 2
+    assert ddp["train_phase"] == P * 16 + Pt * 2 + overhead + train_ws == 58_048_620_544
+    assert ddp["rollout_phase"] == P * 12 + Pt * 2 + overhead + kv
+    assert ddp["peak"] == 58_048_620_544  # 54.06 GiB: fits 0.92 x 80 GiB
+    assert ddp["fits"]
+
+    z2 = plan["strategies"]["zero2"]
+    # ZeRO-2, bf16: bf16 weights whole (2), bf16 grads / 4, fp32 master + 2 moments (12) / 4; teacher whole
+    assert z2["train_phase"] == P * 2 + P * 2 // 4 + P * 12 // 4 + Pt * 2 + overhead + train_ws
+
+    z3 = plan["strategies"]["zero3"]
+    gather = 2 * max(s.layer_params * 2, t.layer_params * 2)  # two unsharded layers
+    static = P * 2 // 4 + P * 12 // 4 + Pt * 2 // 4 + overhead + gather
+    assert z3["train_phase"] == static + P * 2 // 4 + train_ws
+    assert z3["rollout_phase"] == static + kv + P * 2  # HF generate gathers the whole student under ZeRO-3
+    assert plan["recommended"] == "ddp" and plan["fits"] == ["ddp", "zero2", "fsdp2", "zero3"]
+    assert plan["inputs"]["prompts_per_step"] == 2 * 4 * 4
+
+
+def test_fused_loss_working_set_and_reference_and_teacher_rollouts():
+    s, t = lookup_model("Qwen/Qwen3-1.7B"), lookup_model("Qwen/Qwen3-8B")
+    base = dict(student=s, teacher=t, gpus=2, per_device_batch=1, grad_accum=6, prompt_tokens=100,
+                completion_tokens=900, teacher_load_bytes=2)  # fmt: skip
+    fused = plan_memory(PlanInputs(**base, fused_loss=True, loss_chunk_size=256))
+    V = 151936
+    expected = 4 * 256 * V * 4 + V * (2048 + 4096) * 4 + V * 2048 * 4 + 900 * (2 * 2048 + 4096) * 4
+    assert fused["strategies"]["ddp"]["components"]["loss working set"] == expected
+
+    sg = plan_memory(PlanInputs(**base, fused_loss=False, reference_model=True, teacher_mixing=True,
+                                teacher_mix_rho0=0.5, teacher_num_generations=8))  # fmt: skip
+    comps = sg["strategies"]["ddp"]["components"]
+    assert comps["reference weights"] == s.num_params * 4
+    assert comps["loss working set"] == 7 * 900 * V * 4  # + the reference logits
+    # ceil(0.5 x 6 local prompts) = 3 picked, x G=8 teacher sequences of 1000 tokens
+    assert comps["teacher rollouts KV cache"] == t.kv_cache_bytes(1000, 24, 2)
+    assert sg["inputs"]["teacher_rollout_sequences"] == 24
+    assert sg["strategies"]["fsdp2"]["components"]["reference weights"] == s.num_params * 4 // 2
+
+
+def test_vllm_colocate_reserves_memory_and_server_mode_does_not():
+    s, t = lookup_model("allenai/Olmo-3-7B-Think-SFT"), lookup_model("allenai/Olmo-3-32B-Think")
+    base = dict(student=s, teacher=t, gpus=8, per_device_batch=1, grad_accum=12, prompt_tokens=1024,
+                completion_tokens=16384, teacher_load_bytes=2)  # fmt: skip
+    co = plan_memory(PlanInputs(**base, use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.45))
+    assert co["strategies"]["fsdp2"]["components"]["vLLM colocate reservation"] == int(0.45 * 80 * GiB)
+    assert co["strategies"]["fsdp2"]["components"]["rollout KV cache (HF generate)"] == 0
+    assert any("vLLM colocate" in n for n in co["notes"])
+    server = plan_memory(PlanInputs(**base, use_vllm=True, vllm_mode="server"))
+    assert server["strategies"]["fsdp2"]["components"]["vLLM colocate reservation"] == 0
+    assert any("trl vllm-serve" in a for a in server["advice"])
+    hf = plan_memory(PlanInputs(**base))
+    assert hf["strategies"]["fsdp2"]["components"]["rollout KV cache (HF generate)"] == s.kv_cache_bytes(
+        17408, 12, 2
+    ) + 12 * 100278 * 4
+
+
+# --------------------------------------------------------------------------- the CLI
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_sead_plan_runs_on_every_recipe(recipe, capsys):
+    assert main(["plan", "--config", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "PEAK" in out and "DDP" in out and "FSDP2" in out
+
+
+def test_sead_plan_json_and_overrides(capsys):
+    recipe = REPO / "recipes" / "olmo3-7b-32b-sead.yaml"
+    assert main(["plan", "--config", str(recipe), "--gpus", "8", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["inputs"]["prompts_per_step"] == 96
+    assert plan["inputs"]["completion_tokens"] == 16384
+    assert plan["recommended"] in ("fsdp2", "zero3")  # the 32B teacher must be sharded on 80 GiB GPUs
+    assert not plan["strategies"]["ddp"]["fits"]
+    assert main(["plan", "--config", str(recipe), "--json", "--gpus", "16", "--gradient_accumulation_steps", "6"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["inputs"]["prompts_per_step"] == 96 and plan["inputs"]["local_generation_batch"] == 6
+
+
+def test_sead_plan_unknown_model_needs_its_config(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model_name_or_path: someone/unknown-3b\nteacher_model_name_or_path: Qwen/Qwen3-8B\n"
+        "dataset_name: x.jsonl\noutput_dir: runs/x\nbf16: true\n"
+    )
+    assert main(["plan", "--config", str(recipe)]) == 2
+    assert "--model-config" in capsys.readouterr().err
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model_type": "qwen3", "hidden_size": 2560, "num_hidden_layers": 36, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 9728, "vocab_size": 151936,
+        "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+    }))  # fmt: skip
+    assert main(["plan", "--config", str(recipe), "--model-config", str(config), "--json", "--gpus", "2"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["models"]["student"]["num_params"] == 36 * (
+        2560 * 4096 + 2 * 2560 * 1024 + 4096 * 2560 + 256 + 3 * 2560 * 9728 + 2 * 2560
+    ) + 151936 * 2560 + 2560  # Qwen3-4B: 4.02B
+    assert any("teacher loads in float32" in n for n in plan["notes"])
+
+
+def test_sead_plan_check_flag_fails_when_nothing_fits(capsys):
+    recipe = REPO / "recipes" / "olmo3-7b-32b-sead.yaml"
+    assert main(["plan", "--config", str(recipe), "--gpus", "1", "--check"]) == 1
+    assert "none of" in capsys.readouterr().out
