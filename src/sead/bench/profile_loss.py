@@ -1,0 +1,39 @@
+"""Where the fused losses spend their time: ``python -m sead.bench.profile_loss [N V H]``.
+
+Runs ``torch.profiler`` over one forward+backward of the fused vanilla OPD loss and the fused SEAD loss
+(after one warm-up each) and prints total time, matmul time and the top operators.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from sead.losses import fused_sead_loss
+
+MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")
+
+
+def main(argv: list[str]) -> None:
+    n, v, h = (int(x) for x in (argv or ["1024", "32768", "512"]))
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    h_s = torch.randn(n, h, generator=g).requires_grad_()
+    w_s = (torch.randn(v, h, generator=g) * h**-0.5).requires_grad_()
+    h_t, w_t, mask = torch.randn(n, h, generator=g), torch.randn(v, h, generator=g) * h**-0.5 * 1.5, torch.ones(n)
+    for name, kw in (("opd_fused", {"zones": False}), ("sead_fused", {"zones": True, "alpha": 0.5, "entropy_top_k": 64})):
+        fused_sead_loss(h_s, w_s, h_t, w_t, mask, **kw).loss.backward()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fused_sead_loss(h_s, w_s, h_t, w_t, mask, **kw).loss.backward()
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        mm = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
+        top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]
+        tops = ", ".join(f"{e.key} {e.self_cpu_time_total / 1e6:.2f} s x{e.count}" for e in top)
+        print(f"{name}: total {total / 1e6:.2f} s, matmul {mm / 1e6:.2f} s ({100 * mm / total:.0f}%); top: {tops}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
