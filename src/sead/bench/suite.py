@@ -21,9 +21,11 @@ LOSS_SHAPES_QUICK = [(1024, 32768)]
 NAIVE_MAX_ELEMENTS = 4096 * 32768
 
 
-def bench_loss(quick: bool = False, reps: int | None = None, threads: int = 2, progress: bool = True) -> dict[str, Any]:
+def bench_loss(
+    quick: bool = False, reps: int | None = None, threads: int = 2, progress: bool = True, shapes=None
+) -> dict[str, Any]:
     """Forward+backward median time and peak memory of each loss implementation, side by side."""
-    shapes = LOSS_SHAPES_QUICK if quick else LOSS_SHAPES_FULL
+    shapes = shapes or (LOSS_SHAPES_QUICK if quick else LOSS_SHAPES_FULL)
     reps = reps or (3 if quick else 5)
     rows, notes = [], []
     jobs = [(impl, n, v) for n, v in shapes for impl in LOSS_IMPLS]

@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=None, help="quality: number of seeds (default 3, quick 1)")
     parser.add_argument("--steps", type=int, default=None, help="quality: optimizer steps per run")
     parser.add_argument("--threads", type=int, default=2, help="loss: torch threads")
+    parser.add_argument("--shapes", default=None, help="loss: NxV list, e.g. 4096x32768,1024x131072 (default: by size)")
     parser.add_argument("--no-report", action="store_true", help="measure only; leave the report alone")
 
 
@@ -34,12 +35,18 @@ def run(args: argparse.Namespace) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     for what in todo:
         if what == "loss":
-            res = suite.bench_loss(quick=args.quick, threads=args.threads)
+            shapes = None
+            if args.shapes:
+                try:
+                    shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
+                except ValueError as err:
+                    raise SeadError(f"--shapes must look like 4096x32768,1024x131072; got {args.shapes!r}") from err
+            res = suite.bench_loss(quick=args.quick, threads=args.threads, shapes=shapes)
         elif what == "step":
             res = suite.bench_step(quick=args.quick)
         else:
             res = suite.bench_quality(quick=args.quick, seeds=args.seeds, steps=args.steps)
-        res["command"] = f"sead bench {what}{quick}"
+        res["command"] = f"sead bench {what}{quick}" + (f" --shapes {args.shapes}" if what == "loss" and args.shapes else "")
         suite.save_json(res, args.results_dir / f"{what}{'_quick' if args.quick else ''}.json")
         if args.json is not None:
             suite.save_json(res, args.json)
