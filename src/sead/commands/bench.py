@@ -12,7 +12,7 @@ RESULTS_DIR = Path("benchmarks/results")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["loss", "step", "quality", "all"], help="which benchmark")
+    parser.add_argument("what", choices=["loss", "step", "quality", "all", "report"], help="which benchmark (report: only rebuild the report)")
     parser.add_argument("--quick", action="store_true", help="small shapes / few runs (minutes)")
     parser.add_argument("--json", type=Path, default=None, help="write this benchmark's results here too")
     parser.add_argument("--report", type=Path, default=Path("BENCHMARKS.md"), help="report to regenerate")
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.report import write_report
 
     quick = " --quick" if args.quick else ""
-    todo = ["loss", "step", "quality"] if args.what == "all" else [args.what]
+    todo = {"all": ["loss", "step", "quality"], "report": []}.get(args.what, [args.what])
     if args.json is not None and len(todo) > 1:
         raise SeadError("--json names one file: use it with a single benchmark (loss, step or quality)")
     args.results_dir.mkdir(parents=True, exist_ok=True)
