@@ -333,9 +333,15 @@ def test_a_directory_without_metrics_is_not_a_cache_hit(tokenizer, tmp_path):
 
 
 @pytest.mark.slow
-def test_prepare_models_quick_end_to_end(tmp_path, monkeypatch):
-    prepared = A.prepare_models(cache_dir=tmp_path, quick=True, progress=False)
-    assert not prepared.cached
+def test_prepare_models_quick_end_to_end(monkeypatch):
+    # The session's shared cache (tests/conftest.py: a fresh one per run unless SEAD_CACHE_DIR is
+    # set), so the demo test reuses these models instead of training its own.
+    cache = A.default_cache_dir()
+    entries = [cache / f"arithmetic-{r.role}-{r.cache_key(0)}" for r in A.recipes(quick=True)]
+    existed = all(e.exists() for e in entries)
+    prepared = A.prepare_models(quick=True, progress=False)
+    assert prepared.cached == existed
+    assert [prepared.teacher_dir, prepared.student_dir] == entries
     assert prepared.levels == A.QUICK_LEVELS
     assert prepared.teacher_accuracy > prepared.student_accuracy
     assert prepared.teacher_accuracy >= 0.7
@@ -349,13 +355,13 @@ def test_prepare_models_quick_end_to_end(tmp_path, monkeypatch):
         json.loads((prepared.teacher_dir / A.METRICS_FILE).read_text())["accuracy"]
         == prepared.teacher_accuracy
     )
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in cache.iterdir() if p.name.startswith(".tmp-arithmetic")]
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cache hit must not train")
 
     monkeypatch.setattr(A, "train_sft", no_training)
-    again = A.prepare_models(cache_dir=tmp_path, quick=True, progress=False)
+    again = A.prepare_models(cache_dir=cache, quick=True, progress=False)
     assert again.cached
     assert again.teacher_dir == prepared.teacher_dir and again.student_dir == prepared.student_dir
     assert again.teacher_accuracy == prepared.teacher_accuracy
