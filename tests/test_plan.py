@@ -168,6 +168,23 @@ def test_fused_loss_working_set_and_reference_and_teacher_rollouts():
     assert sg["strategies"]["fsdp2"]["components"]["reference weights"] == s.num_params * 4 // 2
 
 
+def test_teacher_vllm_engine_replaces_the_hf_teacher_kv_cache_and_is_held_all_run():
+    s, t = lookup_model("Qwen/Qwen3-1.7B"), lookup_model("Qwen/Qwen3-8B")
+    base = dict(student=s, teacher=t, gpus=2, per_device_batch=1, grad_accum=6, prompt_tokens=100,
+                completion_tokens=900, teacher_load_bytes=2, teacher_mixing=True)  # fmt: skip
+    hf = plan_memory(PlanInputs(**base))
+    eng = plan_memory(PlanInputs(**base, teacher_vllm=True, teacher_vllm_gpu_memory_utilization=0.3))
+    c_hf, c = hf["strategies"]["ddp"]["components"], eng["strategies"]["ddp"]["components"]
+    assert c["teacher rollouts KV cache"] == 0 and c["teacher vLLM engine"] == int(0.3 * 80 * GiB)
+    assert c_hf["teacher vLLM engine"] == 0
+    # held during the update too (the HF teacher's KV cache is not)
+    assert eng["strategies"]["ddp"]["train_phase"] - hf["strategies"]["ddp"]["train_phase"] == int(0.3 * 80 * GiB)
+    # 8B teacher: 16.4 GB of bf16 weights; 0.15 x 80 GiB = 12 GiB cannot hold them
+    small = plan_memory(PlanInputs(**base, teacher_vllm=True, teacher_vllm_gpu_memory_utilization=0.15))
+    assert any("teacher vLLM engine" in n and "refuse to start" in n for n in small["notes"])
+    assert not any("teacher vLLM engine" in n for n in eng["notes"])
+
+
 def test_vllm_colocate_reserves_memory_and_server_mode_does_not():
     s, t = lookup_model("allenai/Olmo-3-7B-Think-SFT"), lookup_model("allenai/Olmo-3-32B-Think")
     base = dict(student=s, teacher=t, gpus=8, per_device_batch=1, grad_accum=12, prompt_tokens=1024,

@@ -143,6 +143,15 @@ class OPDConfig(DistillationConfig):
             Teacher rollouts per selected prompt (G, *assumed*).
         teacher_temperature (`float`, *optional*, defaults to `1.0`):
             Sampling temperature of the teacher's rollouts.
+        teacher_generation_backend (`str`, *optional*, defaults to `"auto"`):
+            Engine of the teacher's rollouts: `"vllm"` (a `vllm.LLM` for the frozen teacher, built once in each
+            training process, one GPU each, like TRL's colocate mode at tensor-parallel size 1; needs vLLM and a
+            GPU), `"hf"` (the teacher's `generate`), or `"auto"`: vLLM when it is installed and CUDA is available, HF
+            otherwise. The teacher is frozen, so its engine never needs a weight sync; it needs room for the teacher's
+            whole bf16 weights on every GPU (`sead plan` counts it). Not run on a GPU here: see docs/scaling.md.
+        teacher_vllm_gpu_memory_utilization (`float`, *optional*, defaults to `0.3`):
+            Fraction of each GPU the teacher's vLLM engine may take (next to the trainer, and next to the student's
+            vLLM engine in colocate mode).
 
         > Prompts
 
@@ -156,6 +165,10 @@ class OPDConfig(DistillationConfig):
 
         answer_column (`str`, *optional*, defaults to `"answer"`):
             Dataset column holding the gold answer for the default verifier (math-verify on `\boxed{}`).
+        log_pass_rate (`bool`, *optional*, defaults to `True`):
+            Grade every student rollout with the verifier to log `rollout/pass_rate`, also when no component needs the
+            verdicts (vanilla OPD, SEAD without curriculum). `False` skips that grading (it costs the grader's time each
+            step: about 7% of a step in `sead bench step --quick`); components that need verdicts grade regardless.
         correct_threshold (`float`, *optional*, defaults to `0.5`):
             A rollout is correct when the sum of its rewards is at least this value.
         grader_timeout (`float`, *optional*, defaults to `5.0`):
@@ -225,12 +238,19 @@ class OPDConfig(DistillationConfig):
         default=8, metadata={"help": "Teacher rollouts per selected prompt."}
     )
     teacher_temperature: float = field(default=1.0, metadata={"help": "Teacher sampling temperature."})
+    teacher_generation_backend: str = field(
+        default="auto", metadata={"help": "Teacher rollouts: 'auto', 'vllm' or 'hf'."}
+    )
+    teacher_vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "GPU fraction of the teacher's vLLM engine."}
+    )
 
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Longest prompt in tokens; longer ones are dropped. None: context - completion."}
     )
 
     answer_column: str = field(default="answer", metadata={"help": "Gold-answer column for the verifier."})
+    log_pass_rate: bool = field(default=True, metadata={"help": "Grade rollouts to log the pass rate."})
     correct_threshold: float = field(
         default=0.5, metadata={"help": "Reward sum at which a rollout is correct."}
     )
@@ -289,6 +309,15 @@ class OPDConfig(DistillationConfig):
             raise SeadError(f"loss_chunk_size must be >= 1; got {self.loss_chunk_size}.")
         if self.loss_normalization not in ("kept", "all"):
             raise SeadError(f"loss_normalization must be 'kept' or 'all'; got {self.loss_normalization!r}.")
+        if self.teacher_generation_backend not in ("auto", "vllm", "hf"):
+            raise SeadError(
+                f"teacher_generation_backend must be 'auto', 'vllm' or 'hf'; got {self.teacher_generation_backend!r}."
+            )
+        if not 0.0 < self.teacher_vllm_gpu_memory_utilization <= 1.0:
+            raise SeadError(
+                "teacher_vllm_gpu_memory_utilization must be in (0, 1]; "
+                f"got {self.teacher_vllm_gpu_memory_utilization}."
+            )
         if self.nonfinite_policy not in ("error", "skip"):
             raise SeadError(f"nonfinite_policy must be 'error' or 'skip'; got {self.nonfinite_policy!r}.")
         if self.max_steps is not None and self.max_steps < -1:

@@ -276,6 +276,8 @@ class PlanInputs:
     teacher_mixing: bool = False
     teacher_mix_rho0: float = 0.5
     teacher_num_generations: int = 8
+    teacher_vllm: bool = False  # SG-OPD teacher rollouts through a vLLM engine in each training process
+    teacher_vllm_gpu_memory_utilization: float = 0.3
     use_vllm: bool = False
     vllm_mode: str = "colocate"
     vllm_gpu_memory_utilization: float = 0.3
@@ -369,6 +371,20 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
         teacher_kv = t.kv_cache_bytes(T, teacher_seqs, 2 if inp.mixed_precision else 4)
     else:
         teacher_seqs, teacher_kv = 0, 0
+    # A vLLM engine for the frozen teacher holds its share of the GPU all run long (no sleep mode, no sync).
+    teacher_vllm = 0
+    if inp.teacher_mixing and inp.teacher_vllm:
+        teacher_vllm = int(inp.teacher_vllm_gpu_memory_utilization * inp.gpu_memory_gib * GiB)
+        teacher_kv = 0
+        room = teacher_vllm - t.num_params * 2
+        per_seq = t.kv_cache_bytes(T, 1, 2)
+        if room < per_seq:
+            notes.append(
+                f"teacher vLLM engine: {inp.teacher_vllm_gpu_memory_utilization:g} x {inp.gpu_memory_gib:g} GiB leaves "
+                f"{max(room, 0) / GiB:.1f} GiB after the teacher's bf16 weights, less than one {T}-token sequence's "
+                f"KV cache ({per_seq / GiB:.1f} GiB): vLLM will refuse to start. Raise "
+                "teacher_vllm_gpu_memory_utilization, or set teacher_generation_backend: hf."
+            )
     vllm_reserved = 0
     if inp.use_vllm and inp.vllm_mode == "colocate":
         vllm_reserved = int(inp.vllm_gpu_memory_utilization * inp.gpu_memory_gib * GiB)
@@ -415,8 +431,8 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
         rollout_ws = max(student_gen + gen_extra, teacher_kv)  # student and teacher rollouts run one after the other
         vllm_in_train = 0 if inp.vllm_sleep_mode else vllm_reserved
         static = weights + optim + teacher + reference + overhead + gather
-        rollout_phase = static + vllm_reserved + rollout_ws
-        train_phase = static + grads + vllm_in_train + train_ws
+        rollout_phase = static + vllm_reserved + teacher_vllm + rollout_ws
+        train_phase = static + grads + vllm_in_train + teacher_vllm + train_ws
         peak = max(rollout_phase, train_phase)
         results[strategy] = {
             "components": {
@@ -431,6 +447,7 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
                 "rollout KV cache (HF generate)": student_gen,
                 "ZeRO-3 student gathered for generate": gen_extra,
                 "teacher rollouts KV cache": teacher_kv,
+                "teacher vLLM engine": teacher_vllm,
                 "activations (student)": activations,
                 "teacher forward": teacher_forward,
                 "reference forward": reference_forward,
@@ -598,6 +615,10 @@ def plan_recipe(
         teacher_mixing=bool(cfg.teacher_mixing),
         teacher_mix_rho0=cfg.teacher_mix_rho0,
         teacher_num_generations=cfg.teacher_num_generations,
+        # "auto" takes vLLM on a GPU machine where it is installed: a recipe that uses vLLM for the student has it
+        teacher_vllm=cfg.teacher_generation_backend == "vllm"
+        or (cfg.teacher_generation_backend == "auto" and bool(cfg.use_vllm)),
+        teacher_vllm_gpu_memory_utilization=cfg.teacher_vllm_gpu_memory_utilization,
         use_vllm=bool(cfg.use_vllm),
         vllm_mode=cfg.vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,

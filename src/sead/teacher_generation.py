@@ -6,9 +6,9 @@ whole cold-start phase. :func:`generate_with_vllm_or_hf` takes prompt token ids 
 them) and returns completion token ids, ``num_samples`` per prompt in prompt-major order (the order of
 ``prompt_ids.repeat_interleave(num_samples, 0)``), each cut after its first EOS token.
 
-Not wired into ``OPDTrainer._mix_teacher_rollouts`` yet (which calls ``teacher.generate``): there,
-``candidates`` would become ``generate_with_vllm_or_hf(teacher, prompt_id_lists, llm=self.teacher_llm,
-...)``. Without an engine and without vLLM the HF path below is the trainer's current behaviour.
+``OPDTrainer`` builds the engine once (``teacher_generation_backend``: ``"auto"`` takes vLLM when it is
+installed and CUDA is available, see :func:`use_vllm_for_teacher`) and calls
+:func:`generate_with_vllm_or_hf` from ``_mix_teacher_rollouts``; without an engine the HF path runs.
 """
 
 from __future__ import annotations
@@ -18,13 +18,30 @@ from typing import Any
 
 import torch
 
-__all__ = ["generate_with_vllm_or_hf", "make_teacher_llm", "vllm_available"]
+__all__ = ["generate_with_vllm_or_hf", "make_teacher_llm", "use_vllm_for_teacher", "vllm_available"]
 
 
 def vllm_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
+
+
+def use_vllm_for_teacher(backend: str, *, installed: bool | None = None, cuda: bool | None = None) -> bool:
+    """Whether the teacher's rollouts go through vLLM: ``"vllm"`` always (an ``ImportError`` with advice when it
+    is missing), ``"hf"`` never, ``"auto"`` when vLLM is installed and CUDA is available."""
+    from .errors import SeadError
+
+    if backend not in ("auto", "vllm", "hf"):
+        raise SeadError(f"teacher_generation_backend must be 'auto', 'vllm' or 'hf'; got {backend!r}.")
+    installed = vllm_available() if installed is None else installed
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if backend == "vllm" and not installed:
+        raise SeadError(
+            "teacher_generation_backend='vllm' but vLLM is not installed: `pip install vllm` (GPU machines), "
+            "or set `teacher_generation_backend: hf`."
+        )
+    return backend == "vllm" or (backend == "auto" and installed and cuda)
 
 
 def make_teacher_llm(

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, TrainerCallback
+import torch.nn.functional as F
+from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DistillationTrainer
 from trl.trainer.utils import RepeatSampler, pad
@@ -38,6 +39,7 @@ from .errors import NonFiniteError, SeadError
 from .fused import fused_sead_loss
 from .objective import logits_objective
 from .schedules import cosine_anneal, teacher_mix_ratio
+from .teacher_generation import generate_with_vllm_or_hf, make_teacher_llm, use_vllm_for_teacher
 from .verify import GradeCounter, make_math_reward
 
 __all__ = ["OPDTrainer"]
@@ -45,6 +47,19 @@ __all__ = ["OPDTrainer"]
 STATE_FILE = "sead_state.json"
 
 RewardFunc = Callable[..., list[float]]
+
+
+def _full_tensor(param: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """An lm_head parameter as a plain tensor. Under FSDP2 it is a sharded ``DTensor``: ``full_tensor()`` gathers it
+    once per loss call (its backward reduce-scatters the gradient), not once per chunk, and the cast to the hidden
+    states' dtype happens once too (as TRL's chunked loss does). Anything else is returned as it is."""
+    if param is None:
+        return None
+    dtensor = getattr(getattr(torch.distributed, "tensor", None), "DTensor", None)
+    if dtensor is not None and isinstance(param, dtensor):
+        param = param.full_tensor()
+        return param.to(dtype) if dtype is not None else param
+    return param
 
 
 def _default_reward(answer_column: str, timeout: float, counter: GradeCounter) -> RewardFunc:
@@ -267,7 +282,7 @@ class OPDTrainer(DistillationTrainer):
         columns = getattr(train_dataset, "column_names", None) or []
         user_rewards = reward_funcs is not None
         grade_counter = GradeCounter()
-        if not user_rewards and (needs_verdict or args.answer_column in columns):
+        if not user_rewards and (needs_verdict or (args.log_pass_rate and args.answer_column in columns)):
             reward_funcs = [_default_reward(args.answer_column, args.grader_timeout, grade_counter)]
         check_dataset(train_dataset, args, needs_answer=needs_verdict and not user_rewards)
         if reward_funcs is None:
@@ -275,6 +290,11 @@ class OPDTrainer(DistillationTrainer):
         self.reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
 
         check_vocabularies(model, teacher_model, args)
+        teacher_source = (
+            teacher_model
+            if isinstance(teacher_model, str)
+            else getattr(getattr(teacher_model, "config", None), "_name_or_path", None)
+        )
 
         # The frozen initial student (SG-OPD reference), copied before training changes anything.
         ref = None
@@ -327,12 +347,32 @@ class OPDTrainer(DistillationTrainer):
                     f"`{args.difficulty_column}`): training would have nothing to sample. Check the difficulty "
                     "column (recompute it with `sead difficulty`) or set `curriculum: false`."
                 )
+        self.teacher_llm = self._make_teacher_engine(teacher_source) if args.teacher_mixing else None
         self.grade_counter = grade_counter
         self.sead_counters = {"nonfinite_skipped_steps": 0, "grader_timeouts": 0, "grader_errors": 0}
         self._pending_grader_faults = {"grader_timeouts": 0, "grader_errors": 0}
         self._nonfinite_reason: str | None = None
         self._warned_reward_faults: set[str] = set()
         self.add_callback(_NonFiniteGuard(self))
+
+    def _make_teacher_engine(self, source: str | None):
+        """A vLLM engine for the frozen teacher's SG-OPD rollouts, or ``None`` (HF ``generate``)."""
+        if not use_vllm_for_teacher(self.args.teacher_generation_backend):
+            return None
+        if not source:
+            raise SeadError(
+                "teacher_generation_backend='vllm' needs the teacher's hub id or local path to build its engine: "
+                "pass `teacher_model` as a string (or a model loaded with `from_pretrained`), or set "
+                "`teacher_generation_backend: hf`."
+            )
+        return make_teacher_llm(
+            source,
+            gpu_memory_utilization=self.args.teacher_vllm_gpu_memory_utilization,
+            # several training processes: each holds an engine of its own, launched by them (as TRL's colocate mode)
+            distributed_executor_backend="external_launcher" if self.accelerator.num_processes > 1 else None,
+            max_model_len=self.prompt_length_limit() and self.prompt_length_limit() + self.max_completion_length,
+            seed=self.args.seed + self.accelerator.process_index,
+        )
 
     # ---- checks ---------------------------------------------------------------------------------
     def _check_tokenizer_fits(self) -> None:
@@ -584,21 +624,20 @@ class OPDTrainer(DistillationTrainer):
         G = self.args.teacher_num_generations
         prompt_ids, prompt_mask = output["prompt_ids"][picks], output["prompt_mask"][picks]
         teacher = self.accelerator.unwrap_model(self.teacher_model)
-        gen = GenerationConfig(
+        candidates = generate_with_vllm_or_hf(
+            teacher,
+            prompt_ids,
+            prompt_mask=prompt_mask,
+            num_samples=G,
             max_new_tokens=self.max_completion_length,
-            do_sample=True,
-            temperature=self.args.teacher_temperature,
-            top_k=0,
-            top_p=1.0,
             pad_token_id=self._tokenizer.pad_token_id,
-            eos_token_id=self.eos_token_ids,
-        )
-        seqs = teacher.generate(
-            input_ids=prompt_ids.repeat_interleave(G, 0),
-            attention_mask=prompt_mask.repeat_interleave(G, 0),
-            generation_config=gen,
-        )[:, prompt_ids.shape[1] :]
-        candidates = [self._trim_at_eos(row) for row in seqs.tolist()]
+            eos_token_ids=self.eos_token_ids,
+            temperature=self.args.teacher_temperature,
+            llm=self.teacher_llm,
+            # vLLM draws from its own generator: seed it from (seed, step, rank) so a resumed run draws the same;
+            # the HF path draws from torch's global stream, which the checkpoint restores.
+            seed=None if self.teacher_llm is None else self.args.seed * 7919 + self.state.global_step * 131 + self.accelerator.process_index,
+        )  # fmt: skip
         texts = self.processing_class.batch_decode(candidates, skip_special_tokens=True)
         rows = [inputs[i] for i in picks for _ in range(G)]
         verdicts = self._grade(rows, texts)
@@ -621,16 +660,6 @@ class OPDTrainer(DistillationTrainer):
                 [torch.ones_like(c) for c in ids], padding_value=0, padding_side="right"
             ).to(device)
         return output, correct, mixed
-
-    def _trim_at_eos(self, ids: list[int]) -> list[int]:
-        for pos, tok in enumerate(ids):
-            if tok in self.eos_token_ids:
-                return ids[: pos + 1]
-        return (
-            [t for t in ids if t != self._tokenizer.pad_token_id]
-            if self._tokenizer.pad_token_id not in self.eos_token_ids
-            else ids
-        )
 
     # ---- loss -----------------------------------------------------------------------------------
     def _loss_num_items(self, num_items_in_batch):
@@ -669,6 +698,8 @@ class OPDTrainer(DistillationTrainer):
                 logits_to_keep,
             )
         head_s, head_t = unwrapped_student.get_output_embeddings(), unwrapped_teacher.get_output_embeddings()
+        w_s, b_s = _full_tensor(head_s.weight, h_s.dtype), _full_tensor(head_s.bias)
+        w_t, b_t = _full_tensor(head_t.weight, h_t.dtype), _full_tensor(head_t.bias)
         alpha = self.current_alpha()
         common = {
             "alpha": alpha,
@@ -685,12 +716,12 @@ class OPDTrainer(DistillationTrainer):
             if args.estimator == "full" and not args.sign_gate and args.use_fused_loss:
                 out = fused_sead_loss(
                     h_s,
-                    head_s.weight,
-                    h_t.to(head_t.weight.device),
-                    head_t.weight,
+                    w_s,
+                    h_t.to(w_t.device),
+                    w_t,
                     mask_BT,
-                    student_bias=head_s.bias,
-                    teacher_bias=head_t.bias,
+                    student_bias=b_s,
+                    teacher_bias=b_t,
                     chunk_size=args.loss_chunk_size,
                     **common,
                 )
@@ -702,10 +733,12 @@ class OPDTrainer(DistillationTrainer):
                         h_ref = self._get_last_hidden_state(
                             unwrapped_ref, input_ids, attention_mask, logits_to_keep
                         )
-                        ref_logits = unwrapped_ref.get_output_embeddings()(h_ref).float()
+                        head_r = unwrapped_ref.get_output_embeddings()
+                        w_r, b_r = _full_tensor(head_r.weight, h_ref.dtype), _full_tensor(head_r.bias)
+                        ref_logits = F.linear(h_ref, w_r, b_r).float()
                 out = logits_objective(
-                    head_s(h_s).float(),
-                    head_t(h_t).float(),
+                    F.linear(h_s, w_s, b_s).float(),
+                    F.linear(h_t.to(w_t.device), w_t, b_t).float(),
                     mask_BT,
                     inputs["completion_ids"],
                     estimator=args.estimator,
