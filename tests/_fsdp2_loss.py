@@ -21,11 +21,11 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import tiny_model  # noqa: E402
 from trl.models.utils import _ForwardRedirection  # noqa: E402
 
+from _tiny import tiny_model  # noqa: E402
 from sead.fused import fused_sead_loss  # noqa: E402
-from sead.trainer import _full_tensor  # noqa: E402
+from sead.trainer import _full_tensor, _project  # noqa: E402
 
 
 def loss_of(student, teacher, ids_BT, mask_BT, redirect=None):
@@ -40,7 +40,8 @@ def loss_of(student, teacher, ids_BT, mask_BT, redirect=None):
         sharded = isinstance(head_t.weight, DTensor)
         w_s, w_t = _full_tensor(head_s.weight, h_s.dtype), _full_tensor(head_t.weight, h_t.dtype)
         out = fused_sead_loss(h_s, w_s, h_t, w_t, mask_BT, alpha=0.5, entropy_top_k=None, skip_fraction=0.5)
-        return out.loss, sharded
+        teacher_logits = _project(head_t, h_t)  # the logits path (top-k / sampled estimators, sign gate)
+        return out.loss, sharded, teacher_logits
 
     with torch.no_grad():
         h_t = redirect(teacher, teacher, teacher_hidden) if redirect else teacher_hidden()
@@ -58,18 +59,20 @@ def main(out_dir: str) -> None:
     mask_BT = torch.ones(3, 12, dtype=torch.long)
     mask_BT[1, 8:] = 0
 
-    ref_loss, _ = loss_of(reference, teacher, ids_BT, mask_BT)
+    ref_loss, _, ref_teacher_logits = loss_of(reference, teacher, ids_BT, mask_BT)
     ref_loss.backward()
 
     for model in (student, teacher):
         for layer in model.model.layers:
             fully_shard(layer)
         fully_shard(model, reshard_after_forward=True)
-    loss, teacher_head_was_sharded = loss_of(student, teacher, ids_BT, mask_BT, redirect=_ForwardRedirection())
+    loss, teacher_head_was_sharded, teacher_logits = loss_of(
+        student, teacher, ids_BT, mask_BT, redirect=_ForwardRedirection()
+    )
     loss.backward()
 
     max_diff = 0.0
-    for (name, p), (_, p_ref) in zip(student.named_parameters(), reference.named_parameters()):
+    for p, p_ref in zip(student.parameters(), reference.parameters()):
         grad = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
         max_diff = max(max_diff, float((grad - p_ref.grad).abs().max()))
     result = {
@@ -78,6 +81,7 @@ def main(out_dir: str) -> None:
         "loss": loss.item(),
         "reference_loss": ref_loss.item(),
         "max_grad_diff": max_diff,
+        "max_teacher_logits_diff": float((teacher_logits - ref_teacher_logits).abs().max()),
         "teacher_head_was_sharded": teacher_head_was_sharded,
         "student_head_is_dtensor_at_rest": isinstance(student.get_output_embeddings().weight, DTensor),
     }

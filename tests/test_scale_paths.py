@@ -211,3 +211,4 @@ def test_fused_loss_under_real_fsdp2_sharding_on_two_cpu_processes(tmp_path):
         assert r["teacher_head_was_sharded"] and r["student_head_is_dtensor_at_rest"]
         assert r["loss"] == pytest.approx(r["reference_loss"], rel=1e-6)
         assert r["max_grad_diff"] < 1e-6
+        assert r["max_teacher_logits_diff"] < 1e-6

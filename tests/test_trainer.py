@@ -78,7 +78,8 @@ def test_opd_full_estimator_equals_trl_distillation_loss(tmp_path):
 
 def test_logits_path_equals_fused_path(tmp_path):
     ds = tiny_dataset(8)
-    fused = OPDTrainer(tiny_model(0), tiny_model(1), args=_cfg(tmp_path, method="sead", curriculum=False), train_dataset=ds, processing_class=tokenizer())
+    cfg = _cfg(tmp_path, method="sead", curriculum=False, zone_precision="exact")
+    fused = OPDTrainer(tiny_model(0), tiny_model(1), args=cfg, train_dataset=ds, processing_class=tokenizer())
     plain = OPDTrainer(
         tiny_model(0), tiny_model(1), args=_cfg(tmp_path, method="sead", curriculum=False, use_fused_loss=False),
         train_dataset=ds, processing_class=tokenizer(),
@@ -87,6 +88,28 @@ def test_logits_path_equals_fused_path(tmp_path):
     a = fused._compute_loss(fused.model, batch, batch["num_items_in_batch"].float())[0]
     b = plain._compute_loss(plain.model, batch, batch["num_items_in_batch"].float())[0]
     assert torch.allclose(a, b, rtol=1e-5), (a, b)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "exact"])
+def test_the_fused_loss_gets_the_configured_zone_precision(tmp_path, monkeypatch, precision):
+    import sead.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.fused_sead_loss
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["zone_precision"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "fused_sead_loss", spy)
+    cfg = _cfg(tmp_path, method="sead", curriculum=False, zone_precision=precision)
+    tr = OPDTrainer(tiny_model(0), tiny_model(1), args=cfg, train_dataset=tiny_dataset(8), processing_class=tokenizer())
+    batch = _batch(tr)
+    loss = tr._compute_loss(tr.model, batch, batch["num_items_in_batch"].float())[0]
+    assert seen == [precision] and torch.isfinite(loss)
+    assert OPDConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False).zone_precision == "bf16"  # the default
+    with pytest.raises(Exception, match="zone_precision"):
+        _cfg(tmp_path, zone_precision="fp8")
 
 
 def test_zones_change_the_loss_as_specified_on_known_entropies():

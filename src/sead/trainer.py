@@ -55,11 +55,23 @@ def _full_tensor(param: torch.Tensor | None, dtype: torch.dtype | None = None) -
     states' dtype happens once too (as TRL's chunked loss does). Anything else is returned as it is."""
     if param is None:
         return None
-    dtensor = getattr(getattr(torch.distributed, "tensor", None), "DTensor", None)
-    if dtensor is not None and isinstance(param, dtensor):
+    if _is_dtensor(param):
         param = param.full_tensor()
         return param.to(dtype) if dtype is not None else param
     return param
+
+
+def _is_dtensor(x) -> bool:
+    dtensor = getattr(getattr(torch.distributed, "tensor", None), "DTensor", None)
+    return dtensor is not None and isinstance(x, dtensor)
+
+
+def _project(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``head(hidden)``: through the module (its hooks and adapters run), except when its weight is a sharded FSDP2
+    ``DTensor`` outside the owner's forward: then with the gathered weight (:func:`_full_tensor`)."""
+    if not _is_dtensor(head.weight):
+        return head(hidden.to(head.weight.device))
+    return F.linear(hidden, _full_tensor(head.weight, hidden.dtype), _full_tensor(head.bias))
 
 
 def _default_reward(answer_column: str, timeout: float, counter: GradeCounter) -> RewardFunc:
@@ -723,6 +735,7 @@ class OPDTrainer(DistillationTrainer):
                     student_bias=b_s,
                     teacher_bias=b_t,
                     chunk_size=args.loss_chunk_size,
+                    zone_precision=args.zone_precision,
                     **common,
                 )
             else:
@@ -733,12 +746,10 @@ class OPDTrainer(DistillationTrainer):
                         h_ref = self._get_last_hidden_state(
                             unwrapped_ref, input_ids, attention_mask, logits_to_keep
                         )
-                        head_r = unwrapped_ref.get_output_embeddings()
-                        w_r, b_r = _full_tensor(head_r.weight, h_ref.dtype), _full_tensor(head_r.bias)
-                        ref_logits = F.linear(h_ref, w_r, b_r).float()
+                        ref_logits = _project(unwrapped_ref.get_output_embeddings(), h_ref).float()
                 out = logits_objective(
-                    F.linear(h_s, w_s, b_s).float(),
-                    F.linear(h_t.to(w_t.device), w_t, b_t).float(),
+                    _project(head_s, h_s).float(),
+                    _project(head_t, h_t).float(),
                     mask_BT,
                     inputs["completion_ids"],
                     estimator=args.estimator,

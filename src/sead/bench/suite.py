@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .common import machine_facts, median, run_worker
 
-LOSS_IMPLS = ("sead_fused", "opd_fused", "trl_chunked", "naive")
+LOSS_IMPLS = ("sead_fused", "sead_fused_bf16zones", "opd_fused", "trl_chunked", "naive")
 # Shapes of the loss benchmark (hidden 512). The naive path needs several [N, V] fp32 tensors:
 # at N=4096, V=131072 that is ~2 GB each, so it is measured at N=1024 there (said in the report).
 LOSS_SHAPES_FULL = [(1024, 32768), (4096, 32768), (1024, 131072), (4096, 131072)]
@@ -41,7 +41,9 @@ def bench_loss(
     return {"benchmark": "loss", "machine": machine_facts(), "reps": reps, "threads": threads, "rows": rows, "notes": notes}
 
 
-STEP_TRAINERS = ("trl", "opd", "sead", "sgopd")
+# "opd_nograde": vanilla OPD with log_pass_rate=False, i.e. without the verifier grading that only feeds the
+# rollout/pass_rate log: the same work per step as TRL's trainer.
+STEP_TRAINERS = ("trl", "opd", "opd_nograde", "sead", "sgopd")
 
 
 def bench_step(quick: bool = False, threads: int = 1, progress: bool = True) -> dict[str, Any]:

@@ -33,8 +33,12 @@ def _loss_fn(impl: str, h_s, w_s, h_t, w_t, mask):
         return lambda: _chunked_divergence_loss(h_s, h_t, w_s, w_t, mask, 1.0)[0]
     from sead.losses import fused_sead_loss, sead_loss
 
-    if impl == "sead_fused":
-        return lambda: fused_sead_loss(h_s, w_s, h_t, w_t, mask, alpha=0.5, zones=True, entropy_top_k=64).loss
+    if impl in ("sead_fused", "sead_fused_bf16zones"):
+        # the same SEAD loss; "_bf16zones" ranks tokens (pass A) from bf16 projections
+        zp = "bf16" if impl == "sead_fused_bf16zones" else "exact"
+        return lambda: fused_sead_loss(
+            h_s, w_s, h_t, w_t, mask, alpha=0.5, zones=True, entropy_top_k=64, zone_precision=zp
+        ).loss
     if impl == "opd_fused":
         return lambda: fused_sead_loss(h_s, w_s, h_t, w_t, mask, zones=False).loss
     if impl == "naive":
@@ -98,12 +102,13 @@ def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threa
 
     ds = make_dataset(max(256, batch * (steps + 1)), seed=0)
     ds = ds.add_column("difficulty", [(lv - 1) / 3 for lv in ds["level"]])
-    method = "opd" if trainer_name == "trl" else trainer_name
+    method = {"trl": "opd", "opd_nograde": "opd"}.get(trainer_name, trainer_name)
     cfg = OPDConfig(
         output_dir=out, method=method, max_steps=steps, per_device_train_batch_size=batch,
         max_completion_length=completion, learning_rate=1e-4, logging_steps=1, report_to=[], bf16=False,
         gradient_checkpointing=False, save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
         competence_window=batch, teacher_num_generations=4, generation_kwargs={"min_new_tokens": completion},
+        log_pass_rate=trainer_name != "opd_nograde",  # "opd_nograde": the same work as TRL's step (no grading)
     )
     student, teacher = model(64, 2, 0), model(160, 4, 1)
     if trainer_name == "trl":
