@@ -42,9 +42,13 @@ def _kl_from_logp(logp, logq):
     return math.fsum(math.exp(a) * (a - b) for a, b in zip(logp, logq))
 
 
-def _entropy(row, top_k, tau):
+def _entropy(row, top_k, tau, support_row=None):
+    """Entropy of softmax(row / tau), restricted to the ids of the top_k largest entries of
+    ``support_row`` (default: of ``row`` itself) and renormalised."""
     if top_k is not None:
-        row = sorted(row, reverse=True)[: min(top_k, len(row))]
+        ref = row if support_row is None else support_row
+        ids = sorted(range(len(ref)), key=lambda j: -ref[j])[: min(top_k, len(ref))]
+        row = [row[j] for j in ids]
     return -math.fsum(math.exp(lp) * lp for lp in _log_softmax(row, tau))
 
 
@@ -76,7 +80,8 @@ def _zones(ht, hs, valid, q, s):
 
 
 def ref_sead_loss(student_logits, teacher_logits, mask, *, alpha=0.0, zones=True, teacher_quantile=0.9,
-                  skip_fraction=0.5, entropy_top_k=None, temperature=1.0, normalize="kept", num_items=None):
+                  skip_fraction=0.5, entropy_top_k=None, temperature=1.0, normalize="kept", num_items=None,
+                  entropy_support="teacher"):
     """Loop reference: returns (loss, zones list, per-token list, denominator) over flattened positions."""
     V = student_logits.shape[-1]
     S = student_logits.detach().double().reshape(-1, V).tolist()
@@ -84,7 +89,10 @@ def ref_sead_loss(student_logits, teacher_logits, mask, *, alpha=0.0, zones=True
     valid = [bool(m) for m in mask.reshape(-1).tolist()]
     tau = temperature
     ht = [_entropy(r, entropy_top_k, tau) for r in T]
-    hs = [_entropy(r, entropy_top_k, tau) for r in S]
+    if entropy_support == "teacher":  # the student's entropy over the teacher's top-k ids
+        hs = [_entropy(r, entropy_top_k, tau, support_row=t) for r, t in zip(S, T)]
+    else:  # over its own top-k
+        hs = [_entropy(r, entropy_top_k, tau) for r in S]
     if zones:
         z = _zones(ht, hs, valid, teacher_quantile, skip_fraction)
     else:
@@ -162,6 +170,7 @@ SEAD_CASES = [
     dict(zones=False),
     dict(zones=False, alpha=0.3),
     dict(teacher_quantile=0.7, skip_fraction=0.3, entropy_top_k=3),
+    dict(teacher_quantile=0.7, skip_fraction=0.3, entropy_top_k=3, entropy_support="own"),
     dict(alpha=0.5, normalize="all", temperature=0.7),
     dict(alpha=0.2, num_items=7, temperature=1.5, entropy_top_k=2),
     dict(zones=False, normalize="all", num_items=3),
@@ -297,6 +306,7 @@ FUSED_CASES = [
     dict(lead=(2, 7), chunk_size=64, kw=dict(zones=False, alpha=0.3), bias=True),
     dict(lead=(3, 5), chunk_size=7, kw=dict(entropy_top_k=3, alpha=0.3, temperature=1.6), bias=True),
     dict(lead=(3, 5), chunk_size=2, kw=dict(entropy_top_k=2, teacher_quantile=0.5, skip_fraction=0.2)),
+    dict(lead=(3, 5), chunk_size=4, kw=dict(entropy_top_k=3, alpha=0.3, entropy_support="own"), bias=True),
     dict(lead=(13,), chunk_size=6, kw=dict(normalize="all", alpha=0.3)),
     dict(lead=(13,), chunk_size=13, kw=dict(num_items=20, alpha=1.0, entropy_top_k=4), bias=True),
     dict(lead=(4, 4), chunk_size=3, kw=dict(teacher_quantile=0.0, temperature=2.0)),
@@ -422,11 +432,12 @@ def test_fused_float32_close_to_float64_reference():
     q=st.sampled_from([0.0, 0.5, 0.9, 1.0]),
     sf=st.sampled_from([0.0, 0.3, 0.5, 1.0]),
     p_mask=st.sampled_from([0.0, 0.5, 1.0]),
+    support=st.sampled_from(["teacher", "own"]),
 )
 def test_fused_fuzz_against_naive(seed, lead, Hs, Ht, V, chunk, zones, alpha, etk, bias, tau, normalize, num_items,
-                                  q, sf, p_mask):
+                                  q, sf, p_mask, support):
     kw = dict(zones=zones, alpha=alpha, entropy_top_k=etk, temperature=tau, normalize=normalize,
-              num_items=num_items, teacher_quantile=q, skip_fraction=sf)
+              num_items=num_items, teacher_quantile=q, skip_fraction=sf, entropy_support=support)
     fused, naive, stud, naive_in, s_logits, t_logits, mask = _run_fused_and_naive(
         seed, lead, chunk, kw, bias, Hs, Ht, V, p_mask)
     assert torch.equal(fused.zones, naive.zones)

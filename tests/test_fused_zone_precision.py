@@ -231,3 +231,42 @@ def test_bad_zone_precision_raises(bad):
     hs, ws, _, ht, wt, _, mask = _problem(1, 8, v=16, h=4)
     with pytest.raises(ValueError, match="zone_precision"):
         fused_sead_loss(hs, ws, ht, wt, mask, zone_precision=bad)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_follows_the_hardware(monkeypatch, native):
+    # "auto" is exactly "bf16" where bf16 matmuls are native and exactly "exact" elsewhere
+    import sead.fused as fused_module
+
+    monkeypatch.setattr(fused_module, "fast_bf16_matmul", lambda device: native)
+    problem = _problem(5, 256)
+    auto, g_auto = _run("auto", *problem, alpha=0.3)
+    chosen, g_chosen = _run("bf16" if native else "exact", *problem, alpha=0.3)
+    assert torch.equal(auto.zones, chosen.zones)
+    assert auto.stats["mean_h_s"] == chosen.stats["mean_h_s"]
+    for a, b in zip(g_auto, g_chosen):
+        assert a is None and b is None or torch.equal(a, b)
+
+
+def test_fast_bf16_matmul_reads_the_cpu_flags(monkeypatch):
+    from sead.fused import fast_bf16_matmul
+
+    for avx512_bf16, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert fast_bf16_matmul("cpu") is expected
+    assert fast_bf16_matmul("meta") is False
+
+
+def test_bf16_with_teacher_support_ranks_from_the_bf16_teacher():
+    # over the teacher's top-k only the teacher is projected in bf16 (the student's k logits per row
+    # are gathered in the compute dtype): H_T moves a little; the loss is exact given the zones
+    problem = _problem(6, 256)
+    exact, _ = _run("exact", *problem, alpha=0.3, entropy_top_k=16, entropy_support="teacher")
+    approx, _ = _run("bf16", *problem, alpha=0.3, entropy_top_k=16, entropy_support="teacher")
+    assert approx.stats["mean_h_t"] != exact.stats["mean_h_t"]
+    assert approx.stats["mean_h_t"] == pytest.approx(exact.stats["mean_h_t"], rel=1e-2)
+    assert float((approx.zones == exact.zones).double().mean()) >= 0.95
+    same_ids = torch.equal(approx.zones, exact.zones)
+    if same_ids:
+        _close(approx.loss.detach(), exact.loss.detach(), 1e-6)

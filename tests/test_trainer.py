@@ -90,26 +90,29 @@ def test_logits_path_equals_fused_path(tmp_path):
     assert torch.allclose(a, b, rtol=1e-5), (a, b)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "exact"])
-def test_the_fused_loss_gets_the_configured_zone_precision(tmp_path, monkeypatch, precision):
+@pytest.mark.parametrize("precision,support", [("bf16", "own"), ("exact", "teacher"), ("auto", "teacher")])
+def test_the_fused_loss_gets_the_configured_zone_settings(tmp_path, monkeypatch, precision, support):
     import sead.trainer as trainer_module
 
     seen = []
     real = trainer_module.fused_sead_loss
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["zone_precision"])
+        seen.append((kwargs["zone_precision"], kwargs["entropy_support"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "fused_sead_loss", spy)
-    cfg = _cfg(tmp_path, method="sead", curriculum=False, zone_precision=precision)
+    cfg = _cfg(tmp_path, method="sead", curriculum=False, zone_precision=precision, entropy_support=support)
     tr = OPDTrainer(tiny_model(0), tiny_model(1), args=cfg, train_dataset=tiny_dataset(8), processing_class=tokenizer())
     batch = _batch(tr)
     loss = tr._compute_loss(tr.model, batch, batch["num_items_in_batch"].float())[0]
-    assert seen == [precision] and torch.isfinite(loss)
-    assert OPDConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False).zone_precision == "bf16"  # the default
+    assert seen == [(precision, support)] and torch.isfinite(loss)
+    defaults = OPDConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False)
+    assert (defaults.zone_precision, defaults.entropy_support) == ("auto", "teacher")
     with pytest.raises(Exception, match="zone_precision"):
         _cfg(tmp_path, zone_precision="fp8")
+    with pytest.raises(Exception, match="entropy_support"):
+        _cfg(tmp_path, entropy_support="student")
 
 
 def test_zones_change_the_loss_as_specified_on_known_entropies():

@@ -32,7 +32,8 @@ PRESETS: dict[str, dict[str, bool]] = {
 
 # Defaults that METHODS.md marks as assumed (the papers' full texts were not available). docs/methods.md lists them.
 ASSUMED_DEFAULTS = {
-    "entropy_top_k": "64: entropies over each model's top-64 logits, renormalised",
+    "entropy_top_k": "64: zone entropies over the top-64 ids, renormalised",
+    "entropy_support": "'teacher': both entropies over the teacher's top-k ids (METHODS.md wording)",
     "teacher_quantile": "0.9: FKL zone = top 10% teacher entropy",
     "skip_fraction": "0.5: half of the valid tokens skipped",
     "zone_scope": "thresholds per local (micro-)batch",
@@ -77,12 +78,14 @@ class OPDConfig(DistillationConfig):
             `sead.losses.fused_sead_loss` (never materialises `[N, V]` logits). `False` uses full logits.
         loss_chunk_size (`int`, *optional*):
             Tokens per chunk of the fused loss; `None` picks about 4M logits per tile.
-        zone_precision (`str`, *optional*, defaults to `"bf16"`):
+        zone_precision (`str`, *optional*, defaults to `"auto"`):
             Precision of the fused loss's zone-deciding pass (zones on, training): `"bf16"` projects it with bfloat16
-            copies of the hidden states and lm_head weights (about a third of the cost of fp32 on CPUs with bf16
-            matmul units and on GPUs), `"exact"` in fp32. The loss value and the gradient of the kept tokens are
-            computed in fp32 either way; with `"bf16"` a token whose entropy sits at a zone boundary may land in the
-            neighbouring zone (99.2-100% of tokens agree with `"exact"` in our tests). Our default, not the papers'.
+            copies of the hidden states and lm_head weights (about a third of the cost of fp32 on GPUs and on CPUs with
+            AVX512-BF16 / AMX; on other CPUs torch emulates bf16 and it is 2.5x *slower* than fp32), `"exact"` in
+            fp32, `"auto"` picks `"bf16"` only where bf16 matmuls are native. The loss value and the gradient of the
+            kept tokens are computed in fp32 either way; with `"bf16"` a token whose entropy sits at a zone boundary
+            may land in the neighbouring zone (99.2-100% of tokens agree with `"exact"` in our tests). Our default,
+            not the papers'.
 
         > SEAD: entropy zones (METHODS.md 1a)
 
@@ -93,8 +96,12 @@ class OPDConfig(DistillationConfig):
         skip_fraction (`float`, *optional*, defaults to `0.5`):
             Fraction of valid tokens (lowest student entropy outside the FKL zone) that get no gradient (*assumed*).
         entropy_top_k (`int`, *optional*, defaults to `64`):
-            Entropies are computed over each model's top-k logits renormalised (*assumed*); `None` or `0`: full
-            vocabulary.
+            Zone entropies are computed over k ids renormalised (*assumed*); `None` or `0`: full vocabulary.
+        entropy_support (`str`, *optional*, defaults to `"teacher"`):
+            Which k ids (*assumed*, from METHODS.md's "computed over the teacher's top-k renormalised"): `"teacher"`:
+            `H_T` over the teacher's top-k logits and `H_S` over the student's logits at those same ids (the fused
+            loss then never projects the student over the vocabulary to decide zones: SEAD's loss costs about 0.75x
+            vanilla OPD's); `"own"`: each model over its own top-k.
         loss_normalization (`str`, *optional*, defaults to `"kept"`):
             `"kept"`: divide the loss by the kept (non-skipped) token count (*assumed*); `"all"`: by all valid
             tokens. In training the count is global: `global valid tokens x (1 - skip_fraction)` for `"kept"`.
@@ -202,7 +209,7 @@ class OPDConfig(DistillationConfig):
         default=None, metadata={"help": "Tokens per chunk of the fused loss."}
     )
     zone_precision: str = field(
-        default="bf16", metadata={"help": "Zone-deciding pass of the fused loss: 'bf16' or 'exact'."}
+        default="auto", metadata={"help": "Zone-deciding pass of the fused loss: 'auto', 'bf16' or 'exact'."}
     )
 
     zones: bool | None = field(default=None, metadata={"help": "Entropy zones (skip / RKL / FKL)."})
@@ -212,6 +219,9 @@ class OPDConfig(DistillationConfig):
     skip_fraction: float = field(default=0.5, metadata={"help": "Fraction of valid tokens skipped."})
     entropy_top_k: int | None = field(
         default=64, metadata={"help": "Top-k of the zone entropies; 0/None: full."}
+    )
+    entropy_support: str = field(
+        default="teacher", metadata={"help": "Ids of the zone entropies: the 'teacher''s top-k or each model's 'own'."}
     )
     loss_normalization: str = field(default="kept", metadata={"help": "'kept' or 'all'."})
 
@@ -316,8 +326,13 @@ class OPDConfig(DistillationConfig):
             )
         if self.loss_chunk_size is not None and self.loss_chunk_size < 1:
             raise SeadError(f"loss_chunk_size must be >= 1; got {self.loss_chunk_size}.")
-        if self.zone_precision not in ("bf16", "exact"):
-            raise SeadError(f"zone_precision must be 'bf16' or 'exact'; got {self.zone_precision!r}.")
+        if self.zone_precision not in ("auto", "bf16", "exact"):
+            raise SeadError(f"zone_precision must be 'auto', 'bf16' or 'exact'; got {self.zone_precision!r}.")
+        if self.entropy_support not in ("teacher", "own"):
+            raise SeadError(
+                f"entropy_support must be 'teacher' (the teacher's top-k ids) or 'own' (each model's top-k); "
+                f"got {self.entropy_support!r}."
+            )
         if self.loss_normalization not in ("kept", "all"):
             raise SeadError(f"loss_normalization must be 'kept' or 'all'; got {self.loss_normalization!r}.")
         if self.teacher_generation_backend not in ("auto", "vllm", "hf"):

@@ -23,6 +23,7 @@ __all__ = [
     "topk_forward_kl",
     "topk_reverse_kl",
     "token_entropy",
+    "zone_entropies",
     "sgopd_target_logits",
 ]
 
@@ -185,20 +186,56 @@ def topk_reverse_kl(
     return F.kl_div(q_t, q_s, reduction="none", log_target=True).sum(-1)  # under the student buckets
 
 
-def token_entropy(logits: torch.Tensor, top_k: int | None = None, temperature: float = 1.0) -> torch.Tensor:
+def token_entropy(
+    logits: torch.Tensor,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    support_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Entropy in nats, ``H = -sum_v p(v) log p(v)`` with ``p = softmax(z / temperature)``.
 
-    With ``top_k``, the entropy of the distribution over the k largest logits, renormalised
-    (``softmax`` over those k only). No gradient is needed for zone decisions; callers detach.
+    With ``top_k``, the entropy of ``p`` restricted to k ids and renormalised (``softmax`` over those
+    k logits only): the ids of the k largest ``support_logits`` when given (SEAD's student entropy over
+    the teacher's top-k), else the k largest ``logits`` themselves. No gradient is needed for zone
+    decisions; callers detach.
     """
     _check_temperature(temperature)
     _check_top_k(top_k)
     _check_finite("logits", logits)
     z = logits / temperature
     if top_k is not None and top_k < z.shape[-1]:
-        z = z.topk(top_k, dim=-1).values
+        if support_logits is None:
+            z = z.topk(top_k, dim=-1).values
+        else:
+            if support_logits.shape != logits.shape:
+                raise ValueError(
+                    f"support_logits shape {tuple(support_logits.shape)} != logits shape {tuple(logits.shape)}"
+                )
+            z = z.gather(-1, support_logits.topk(top_k, dim=-1).indices)
     logp = F.log_softmax(z, dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def zone_entropies(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    support: str = "teacher",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(H_T, H_S)`` for SEAD's zones (METHODS.md 1a), detached.
+
+    ``H_T`` is the teacher's entropy over its top-k logits renormalised; ``H_S`` is the student's over
+    the same ids (``support="teacher"``, the default: "computed over the teacher's top-k") or over its
+    own top-k (``support="own"``). ``top_k=None``: both over the full vocabulary.
+    """
+    if support not in ("teacher", "own"):
+        raise ValueError(f"entropy_support must be 'teacher' or 'own', got {support!r}")
+    with torch.no_grad():
+        t, s = teacher_logits.detach(), student_logits.detach()
+        h_t = token_entropy(t, top_k, temperature)
+        h_s = token_entropy(s, top_k, temperature, support_logits=t if support == "teacher" else None)
+    return h_t, h_s
 
 
 def sgopd_target_logits(

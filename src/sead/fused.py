@@ -10,17 +10,23 @@ Work per call, in units of one ``[N, V] x H`` matmul (N valid tokens, K kept):
 
 - zones off (vanilla OPD, or the annealed mix everywhere): one pass; each chunk is projected once
   (2 units: student + teacher) and its gradient formed on the spot (2 units: d hidden, d weight).
-- zones on, gradient wanted: pass A projects every valid row once (2N) and keeps only ``H_T`` and
-  ``H_S`` (the top-k entropy needs no softmax over the vocabulary); the zones follow; pass B re-projects
-  only the K kept rows for their FKL, RKL and gradient (4K). Skipped rows weigh 0 and are never
-  projected again. With the default 50% skip (K = N/2) that is 2N + 4K = 4N, the same matmul count as
-  vanilla OPD.
+- zones on, gradient wanted: pass A computes every valid row's ``H_T`` and ``H_S`` and nothing else;
+  the zones follow; pass B re-projects only the K kept rows for their FKL, RKL and gradient (4K).
+  Skipped rows weigh 0 and are never projected again. What pass A costs depends on the entropies'
+  support (``entropy_support``):
+
+  - ``"teacher"`` (default; METHODS.md: "computed over the teacher's top-k renormalised"): the teacher
+    is projected (N units) for its top-k ids, and the student needs only its k logits at those ids
+    per row (``N k H`` multiply-adds, ~1/500 of a unit at k = 64, V = 32768). With the default 50%
+    skip (K = N/2): N + 4K = **3N, 0.75x vanilla OPD's 4N**.
+  - ``"own"`` (each model's own top-k) or the full vocabulary: both heads are projected (2N):
+    2N + 4K = 4N, the same matmul count as vanilla OPD.
 - ``zone_precision="bf16"``: pass A only *ranks* tokens (the loss value and gradient of the kept rows
-  come from pass B), so its two projections run on bfloat16 copies of the hidden states and weights.
-  A bf16 matmul costs about a quarter to a third of an fp32 one on CPUs with bf16 matmul units
-  (AVX512-BF16 / AMX) and on GPU tensor cores, so the call costs about ``2N/3.5 + 4K`` fp32 units
-  (~2.6N at K = N/2, ~0.65x vanilla OPD's 4N) plus the elementwise work on the tiles. (On a CPU
-  without bf16 matmul units the bf16 projection is emulated and can be slower than fp32.)
+  come from pass B), so its vocabulary projections run on bfloat16 copies of the hidden states and
+  weights. A bf16 matmul costs about a quarter to a third of an fp32 one on CPUs with bf16 matmul
+  units (AVX512-BF16 / AMX) and on GPU tensor cores (~2.3N in total with the teacher support). On a
+  CPU without them torch emulates bf16 and it is *slower* than fp32 (2.5x measured on an AVX2-only
+  CPU); ``"auto"`` picks bf16 only where :func:`fast_bf16_matmul` says it is native.
 - zones on, no gradient (evaluation): one exact pass (2N) gives every row's entropies, FKL and RKL.
 
 The gradient is computed eagerly inside ``forward`` (as Liger's fused linear cross-entropy does):
@@ -39,7 +45,7 @@ from .divergences import _check_finite, _check_temperature, _check_top_k
 from .loss_output import SeadLossOutput, zone_stats
 from .zones import MASKED, RKL, loss_normalizer, sead_zones, zone_weights
 
-__all__ = ["fused_sead_loss", "auto_chunk_size", "ZONE_PRECISIONS"]
+__all__ = ["fused_sead_loss", "auto_chunk_size", "fast_bf16_matmul", "ZONE_PRECISIONS"]
 
 # How pass A projects when it only decides zones (see ``fused_sead_loss``'s ``zone_precision``).
 ZONE_PRECISIONS = {"exact": None, "bf16": torch.bfloat16}
@@ -49,6 +55,19 @@ _TILE_ELEMENTS = 1 << 22
 # Rows per chunk never drop below this: the lm_head weight is re-read once per chunk, so fewer rows
 # would make the projection memory-bound on a large vocabulary.
 _MIN_ROWS = 128
+
+
+def fast_bf16_matmul(device: torch.device | str) -> bool:
+    """Whether bfloat16 matmuls run on native units on ``device``: a CUDA GPU with bf16 support, or a
+    CPU with AVX512-BF16 or AMX. Elsewhere torch emulates them, slower than fp32 (measured 2.5x on an
+    AVX2-only CPU: BENCHMARKS.md)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return any(bool(check()) for check in checks if check is not None)
+    return False
 
 
 def auto_chunk_size(vocab_size: int) -> int:
@@ -80,6 +99,29 @@ def _topk_entropy(z_nV, top_k):
         return None
     logq_nK = F.log_softmax(z_nV.topk(top_k, dim=-1).values, dim=-1)
     return -(logq_nK.exp() * logq_nK).sum(-1)
+
+
+def _entropy_of(z_nK):
+    """``H = -sum_k q log q`` with ``q = softmax(z)`` over the last dimension (already restricted)."""
+    logq_nK = F.log_softmax(z_nK, dim=-1)
+    return -(logq_nK.exp() * logq_nK).sum(-1)
+
+
+def _gathered_logits(hidden_nH, weight_VH, bias_V, idx_nK, inv_t, dtype):
+    """``z[n, j] = (hidden[n] . weight[idx[n, j]] + bias[idx[n, j]]) / tau``: k logits per row without the
+    ``[n, V]`` projection (``n k H`` multiply-adds instead of ``n V H``). The gathered ``[m, k, H]``
+    weight rows are bounded to about one tile per step."""
+    n, k = idx_nK.shape
+    z_nK = torch.empty((n, k), dtype=dtype, device=hidden_nH.device)
+    step = max(1, _TILE_ELEMENTS // max(k * weight_VH.shape[1], 1))
+    for i in range(0, n, step):
+        w_mKH = weight_VH[idx_nK[i : i + step]]
+        z_nK[i : i + step] = torch.bmm(w_mKH, hidden_nH[i : i + step].unsqueeze(-1)).squeeze(-1).to(dtype)
+    if bias_V is not None:
+        z_nK += bias_V[idx_nK]
+    if inv_t != 1.0:
+        z_nK *= inv_t
+    return z_nK
 
 
 def _logprobs(hidden_nH, weight_VH, bias_V, inv_t, top_k, dtype):
@@ -114,31 +156,49 @@ class _Heads:
         self.dtype = dtype
         self.inv_t = inv_t
 
-    def projected_in(self, proj_dtype):
+    def projected_in(self, proj_dtype, student=True):
         """These heads with hidden states and weights cast once (per call) to ``proj_dtype`` for the
-        projections; the ``[n, V]`` products, the biases and all statistics stay in the compute dtype.
-        ``proj_dtype=None`` returns ``self``."""
+        projections (the teacher's only with ``student=False``); the ``[n, V]`` products, the biases
+        and all statistics stay in the compute dtype. ``proj_dtype=None`` returns ``self``."""
         if proj_dtype is None or proj_dtype == self.dtype:
             return self
         low = copy.copy(self)
-        low.h_s, low.w_s, low.h_t, low.w_t = (x.to(proj_dtype) for x in (self.h_s, self.w_s, self.h_t, self.w_t))
+        low.h_t, low.w_t = self.h_t.to(proj_dtype), self.w_t.to(proj_dtype)
+        if student:
+            low.h_s, low.w_s = self.h_s.to(proj_dtype), self.w_s.to(proj_dtype)
         return low
 
-    def entropies(self, rows, top_k=None):
-        """``(H_S, H_T)`` of one chunk: all the zone decision needs (no log-probabilities kept)."""
+    def entropies(self, rows, top_k=None, support="teacher"):
+        """``(H_S, H_T)`` of one chunk: all the zone decision needs (no log-probabilities kept).
+
+        With ``top_k`` and ``support="teacher"`` the student's entropy is over the teacher's top-k ids,
+        so only those k student logits per row are computed (:func:`_gathered_logits`): the student
+        is never projected over the vocabulary in this pass."""
+        if top_k is not None and support == "teacher" and top_k < self.w_t.shape[0]:
+            z_t = _scaled_logits(self.h_t[rows], self.w_t, self.b_t, self.inv_t, self.dtype)
+            top_t = z_t.topk(top_k, dim=-1)
+            del z_t
+            z_s = _gathered_logits(self.h_s[rows], self.w_s, self.b_s, top_t.indices, self.inv_t, self.dtype)
+            return _entropy_of(z_s), _entropy_of(top_t.values)
         return (
             _entropy(self.h_s[rows], self.w_s, self.b_s, self.inv_t, top_k, self.dtype),
             _entropy(self.h_t[rows], self.w_t, self.b_t, self.inv_t, top_k, self.dtype),
         )
 
-    def chunk(self, rows, top_k=None, entropies=True):
+    def chunk(self, rows, top_k=None, entropies=True, support="teacher"):
         """Per-row statistics of one chunk, and the tiles the gradient needs.
 
         Returns ``(H_S, H_T, FKL, RKL, diff, p_S, p_T)`` with ``diff = log p_S - log p_T``;
         ``FKL = KL(p_T || p_S)`` (under the teacher), ``RKL = KL(p_S || p_T)`` (under the student).
         """
-        logp_s, ent_s = _logprobs(self.h_s[rows], self.w_s, self.b_s, self.inv_t, top_k, self.dtype)
-        logp_t, ent_t = _logprobs(self.h_t[rows], self.w_t, self.b_t, self.inv_t, top_k, self.dtype)
+        on_teacher = top_k is not None and support == "teacher" and top_k < self.w_t.shape[0]
+        own_k = None if on_teacher else top_k
+        logp_s, ent_s = _logprobs(self.h_s[rows], self.w_s, self.b_s, self.inv_t, own_k, self.dtype)
+        logp_t, ent_t = _logprobs(self.h_t[rows], self.w_t, self.b_t, self.inv_t, own_k, self.dtype)
+        if entropies and on_teacher:
+            # both over the teacher's top-k ids (log-probabilities renormalise like logits)
+            idx_nK = logp_t.topk(top_k, dim=-1).indices
+            ent_s, ent_t = _entropy_of(logp_s.gather(-1, idx_nK)), _entropy_of(logp_t.gather(-1, idx_nK))
         p_s, p_t = logp_s.exp(), logp_t.exp()
         h_s = h_t = None
         if entropies:
@@ -199,21 +259,23 @@ class _FusedSeadLoss(torch.autograd.Function):
             zones_N = torch.full((n,), RKL, dtype=torch.long, device=dev)
             w_fkl_N, w_rkl_N = zone_weights(zones_N, alpha)
             scale = 1.0 / float(loss_normalizer(zones_N, opts["normalize"], opts["num_items"]))
-        top_k = opts["entropy_top_k"]
+        top_k, support = opts["entropy_top_k"], opts["entropy_support"]
         if use_zones and want_grad:
             # Pass A only ranks tokens (pass B follows): entropies only, projected in ``zone_precision``.
             # The kept rows' FKL / RKL come from pass B; the skipped rows' weigh 0 and are never needed.
-            heads_a = heads.projected_in(ZONE_PRECISIONS[opts["zone_precision"]])
+            # Over the teacher's top-k the student needs k logits per row, not a projection.
+            student_projected = top_k is None or support == "own"
+            heads_a = heads.projected_in(ZONE_PRECISIONS[opts["zone_precision"]], student=student_projected)
             for start in range(0, n, chunk):
                 sl = slice(start, min(start + chunk, n))
-                h_s_N[sl], h_t_N[sl] = heads_a.entropies(valid_idx[sl], top_k)
+                h_s_N[sl], h_t_N[sl] = heads_a.entropies(valid_idx[sl], top_k, support)
             del heads_a  # frees the low-precision copies, if any, before pass B
         else:
             # One exact pass: every row's statistics, and (zones off) its gradient on the spot.
             for start in range(0, n, chunk):
                 sl = slice(start, min(start + chunk, n))
                 rows = valid_idx[sl]
-                h_s_N[sl], h_t_N[sl], fkl_N[sl], rkl_N[sl], diff, p_s, p_t = heads.chunk(rows, top_k)
+                h_s_N[sl], h_t_N[sl], fkl_N[sl], rkl_N[sl], diff, p_s, p_t = heads.chunk(rows, top_k, support=support)
                 if want_grad:
                     w_f, w_r = (w_fkl_N[sl] * scale).to(dtype), (w_rkl_N[sl] * scale).to(dtype)
                     _accumulate_grad(grads, heads, rows, diff, p_s, p_t, rkl_N[sl], w_f, w_r)
@@ -277,6 +339,7 @@ def fused_sead_loss(
     teacher_bias: torch.Tensor | None = None,
     chunk_size: int | None = None,
     zone_precision: str = "exact",
+    entropy_support: str = "teacher",
 ) -> SeadLossOutput:
     """SEAD loss (or vanilla OPD with ``zones=False, alpha=0``) from hidden states, fused and chunked.
 
@@ -291,8 +354,13 @@ def fused_sead_loss(
         teacher_hidden, teacher_weight: the same for the teacher (its width may differ; V must match).
         mask: ``[N]`` or ``[B, T]``; nonzero marks positions that count.
         chunk_size: rows per chunk; ``None`` picks ``auto_chunk_size(V)`` (a ~16 MB fp32 tile).
+        entropy_support: ids the zone entropies are taken over when ``entropy_top_k`` is set:
+            ``"teacher"`` (default): ``H_T`` over the teacher's top-k logits renormalised and ``H_S``
+            over the student's logits at the same ids; ``"own"``: each model over its own top-k.
+            The teacher support makes pass A skip the student's vocabulary projection (see above).
         zone_precision: how the zone-deciding pass A projects when zones are on and a gradient is
-            wanted. ``"exact"`` (default): in the compute dtype (fp32, fp64 for fp64 inputs), so the
+            wanted. ``"auto"``: ``"bf16"`` where :func:`fast_bf16_matmul` says bf16 matmuls are
+            native on the weights' device, ``"exact"`` elsewhere. ``"exact"`` (default): in the compute dtype (fp32, fp64 for fp64 inputs), so the
             zones are exactly those of ``sead_loss``. ``"bf16"``: ``H_T``, ``H_S`` come from
             ``log_softmax((bf16(h) @ bf16(W)^T -> compute dtype + b) / tau)``: hidden states and
             weights are cast to bfloat16 once per call, the ``[n, V]`` product is upcast before the
@@ -321,8 +389,12 @@ def fused_sead_loss(
             raise ValueError(f"{name} must be in [0, 1], got {q}")
     if normalize not in ("kept", "all"):
         raise ValueError(f"normalize must be 'kept' or 'all', got {normalize!r}")
-    if not isinstance(zone_precision, str) or zone_precision not in ZONE_PRECISIONS:
-        raise ValueError(f"zone_precision must be one of {sorted(ZONE_PRECISIONS)}, got {zone_precision!r}")
+    if not isinstance(zone_precision, str) or zone_precision not in (*ZONE_PRECISIONS, "auto"):
+        raise ValueError(f"zone_precision must be one of {[*sorted(ZONE_PRECISIONS), 'auto']}, got {zone_precision!r}")
+    if zone_precision == "auto":
+        zone_precision = "bf16" if fast_bf16_matmul(student_weight.device) else "exact"
+    if entropy_support not in ("teacher", "own"):
+        raise ValueError(f"entropy_support must be 'teacher' or 'own', got {entropy_support!r}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if student_weight.shape[0] != teacher_weight.shape[0]:
@@ -373,6 +445,7 @@ def fused_sead_loss(
         "num_items": num_items,
         "chunk_size": chunk_size,
         "zone_precision": zone_precision,
+        "entropy_support": entropy_support,
         "grad_enabled": torch.is_grad_enabled(),
     }
     t_bias = None if teacher_bias is None else teacher_bias.detach()

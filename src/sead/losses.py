@@ -33,6 +33,7 @@ from .divergences import (
     token_entropy,
     topk_forward_kl,
     topk_reverse_kl,
+    zone_entropies,
 )
 from .fused import auto_chunk_size, fused_sead_loss
 from .gates import sign_gate_lambda, sign_gated_advantage
@@ -64,6 +65,7 @@ __all__ = [
     "token_entropy",
     "topk_forward_kl",
     "topk_reverse_kl",
+    "zone_entropies",
     "zone_fractions",
     "zone_weights",
 ]
@@ -90,11 +92,13 @@ def sead_loss(
     normalize: str = "kept",
     num_items: float | torch.Tensor | None = None,
     estimator_top_k: int | None = None,
+    entropy_support: str = "teacher",
 ) -> SeadLossOutput:
     """SEAD loss from full logits (the readable reference; the trainer uses the fused path).
 
     Per valid position ``t``, with zones from :func:`sead_zones` on ``H_T``, ``H_S`` (entropies over
-    each model's top ``entropy_top_k`` logits, or the full vocabulary):
+    the teacher's top ``entropy_top_k`` ids renormalised, or each model's own top-k with
+    ``entropy_support="own"``, or the full vocabulary; :func:`zone_entropies`):
 
     - FKL zone: ``KL(p_T || p_S)``
     - RKL zone: ``alpha * KL(p_T || p_S) + (1 - alpha) * KL(p_S || p_T)`` (``alpha`` from :func:`cosine_anneal`)
@@ -107,9 +111,7 @@ def sead_loss(
     """
     check_logits(student_logits, teacher_logits, temperature)
     _check_mask(mask, student_logits.shape[:-1])
-    with torch.no_grad():
-        h_t = token_entropy(teacher_logits.detach(), entropy_top_k, temperature)
-        h_s = token_entropy(student_logits.detach(), entropy_top_k, temperature)
+    h_t, h_s = zone_entropies(student_logits, teacher_logits, entropy_top_k, temperature, entropy_support)
     if zones:
         zone_map = sead_zones(h_t, h_s, mask, teacher_quantile, skip_fraction)
     else:

@@ -29,9 +29,9 @@ from .divergences import (
     forward_kl,
     reverse_kl,
     sgopd_target_logits,
-    token_entropy,
     topk_forward_kl,
     topk_reverse_kl,
+    zone_entropies,
 )
 from .gates import sign_gate_lambda, sign_gated_advantage
 from .loss_output import SeadLossOutput, zone_stats
@@ -57,6 +57,7 @@ def logits_objective(
     teacher_quantile: float = 0.9,
     skip_fraction: float = 0.5,
     entropy_top_k: int | None = None,
+    entropy_support: str = "teacher",
     temperature: float = 1.0,
     normalize: str = "kept",
     num_items: float | torch.Tensor | None = None,
@@ -83,9 +84,8 @@ def logits_objective(
         raise ValueError("sign_gate needs `correct`: the verifier's verdict per rollout")
     valid = mask != 0
 
+    h_t, h_s = zone_entropies(student_logits, teacher_logits, entropy_top_k, temperature, entropy_support)
     with torch.no_grad():
-        h_t = token_entropy(teacher_logits, entropy_top_k, temperature)
-        h_s = token_entropy(student_logits.detach(), entropy_top_k, temperature)
         zone_map = sead_zones(h_t, h_s, mask, teacher_quantile, skip_fraction) if zones else None
     if zone_map is None:
         zone_map = torch.where(valid, RKL, MASKED).long()

@@ -719,6 +719,7 @@ class OPDTrainer(DistillationTrainer):
             "teacher_quantile": args.teacher_quantile,
             "skip_fraction": args.skip_fraction,
             "entropy_top_k": args.entropy_top_k,
+            "entropy_support": args.entropy_support,
             "temperature": self.temperature,
             "normalize": args.loss_normalization,
             "num_items": self._loss_num_items(num_items_in_batch),

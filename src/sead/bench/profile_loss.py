@@ -1,7 +1,7 @@
 """Where the fused losses spend their time: ``python -m sead.bench.profile_loss [N V H]``.
 
 Runs ``torch.profiler`` over one forward+backward of the fused vanilla OPD loss and the fused SEAD loss
-(after one warm-up each) and prints total time, matmul time and the top operators.
+(zone entropies over the teacher's top-k or each model's own; zone pass in fp32 or bf16; after one warm-up each) and prints total time, matmul time and the top operators.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from sead.losses import fused_sead_loss
 
-MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")
+MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")  # fp32 and bf16 alike
 
 
 def main(argv: list[str]) -> None:
@@ -23,7 +23,14 @@ def main(argv: list[str]) -> None:
     h_s = torch.randn(n, h, generator=g).requires_grad_()
     w_s = (torch.randn(v, h, generator=g) * h**-0.5).requires_grad_()
     h_t, w_t, mask = torch.randn(n, h, generator=g), torch.randn(v, h, generator=g) * h**-0.5 * 1.5, torch.ones(n)
-    for name, kw in (("opd_fused", {"zones": False}), ("sead_fused", {"zones": True, "alpha": 0.5, "entropy_top_k": 64})):
+    sead = {"zones": True, "alpha": 0.5, "entropy_top_k": 64}
+    variants = (
+        ("opd_fused", {"zones": False}),
+        ("sead_fused", sead | {"zone_precision": "exact"}),
+        ("sead_fused_ownsupport", sead | {"zone_precision": "exact", "entropy_support": "own"}),
+        ("sead_fused_bf16zones", sead | {"zone_precision": "bf16"}),
+    )
+    for name, kw in variants:
         fused_sead_loss(h_s, w_s, h_t, w_t, mask, **kw).loss.backward()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             fused_sead_loss(h_s, w_s, h_t, w_t, mask, **kw).loss.backward()

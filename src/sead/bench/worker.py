@@ -14,6 +14,8 @@ import time
 
 import torch
 
+from sead.fused import fast_bf16_matmul
+
 
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
@@ -26,6 +28,15 @@ def _peak_mb() -> float:
 
 
 # ---- loss kernels ------------------------------------------------------------------------------
+# Fused SEAD loss rows: "sead_fused" runs the trainer's defaults (zone pass precision "auto": bf16 only
+# where bf16 matmuls are native; entropies over the teacher's top-k); the others change one setting.
+SEAD_FUSED_VARIANTS = {
+    "sead_fused": {},
+    "sead_fused_bf16zones": {"zone_precision": "bf16"},
+    "sead_fused_ownsupport": {"entropy_support": "own"},
+}
+
+
 def _loss_fn(impl: str, h_s, w_s, h_t, w_t, mask):
     if impl == "trl_chunked":
         from trl.trainer.distillation_trainer import _chunked_divergence_loss
@@ -33,12 +44,10 @@ def _loss_fn(impl: str, h_s, w_s, h_t, w_t, mask):
         return lambda: _chunked_divergence_loss(h_s, h_t, w_s, w_t, mask, 1.0)[0]
     from sead.losses import fused_sead_loss, sead_loss
 
-    if impl in ("sead_fused", "sead_fused_bf16zones"):
-        # the same SEAD loss; "_bf16zones" ranks tokens (pass A) from bf16 projections
-        zp = "bf16" if impl == "sead_fused_bf16zones" else "exact"
-        return lambda: fused_sead_loss(
-            h_s, w_s, h_t, w_t, mask, alpha=0.5, zones=True, entropy_top_k=64, zone_precision=zp
-        ).loss
+    if impl in SEAD_FUSED_VARIANTS:
+        # the same SEAD loss with the trainer's defaults ("sead_fused"), or one setting changed
+        kw = {"zone_precision": "auto", "entropy_support": "teacher"} | SEAD_FUSED_VARIANTS[impl]
+        return lambda: fused_sead_loss(h_s, w_s, h_t, w_t, mask, alpha=0.5, zones=True, entropy_top_k=64, **kw).loss
     if impl == "opd_fused":
         return lambda: fused_sead_loss(h_s, w_s, h_t, w_t, mask, zones=False).loss
     if impl == "naive":
@@ -77,6 +86,7 @@ def bench_loss(impl: str, n: int, v: int, h: int, reps: int, threads: int) -> di
         "time_s": sorted(times)[len(times) // 2],
         "times_s": times,
         "peak_mb": max(_peak_mb() - base, 0.0),
+        "bf16_matmul_native": fast_bf16_matmul("cpu"),
     }
 
 

@@ -1,0 +1,109 @@
+"""BENCHMARKS.md generation from JSON results (hand-computed ratios and verdicts), and the quality
+profile's draw shares (hand-computed)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from sead.bench.profile_quality import draw_shares
+from sead.bench.report import write_report
+
+MACHINE = {
+    "date": "2026-12-01 00:00 UTC", "cores": 2, "cpu": "test", "python": "3.11", "torch": "2.13.0",
+    "transformers": "5", "trl": "1.16.0", "accelerate": "1", "sead-opd": "0.1.0",
+}
+
+
+def _loss_row(impl, n, v, t, mb, n_req=None):
+    return {"impl": impl, "N": n, "N_requested": n_req or n, "V": v, "time_s": t, "peak_mb": mb}
+
+
+def _results():
+    loss = {
+        "machine": MACHINE, "threads": 2, "reps": 5, "notes": ["naive shrunk"],
+        "rows": [
+            _loss_row("sead_fused", 4096, 32768, 6.0, 300.0),
+            _loss_row("sead_fused_bf16zones", 4096, 32768, 3.0, 320.0),
+            _loss_row("sead_fused_ownsupport", 4096, 32768, 5.5, 330.0),
+            _loss_row("opd_fused", 4096, 32768, 5.0, 310.0),
+            _loss_row("trl_chunked", 4096, 32768, 12.0, 6000.0),
+            _loss_row("naive", 4096, 32768, 10.0, 4000.0),
+        ],
+    }
+    step = {
+        "machine": MACHINE, "threads": 1,
+        "rows": [
+            {"trainer": "trl", "step_time_s": 0.050, "peak_rss_mb": 400.0, "batch": 16, "completion_tokens": 12, "steps": 14},
+            {"trainer": "opd", "step_time_s": 0.055, "peak_rss_mb": 410.0},
+            {"trainer": "opd_nograde", "step_time_s": 0.051, "peak_rss_mb": 410.0},
+        ],
+    }
+
+    def run(acc, levels):
+        return {"accuracy": acc, "accuracy_by_level": levels, "curve": [[0, 0.4], [10, acc]]}
+
+    quality = {
+        "machine": MACHINE, "steps": 10, "seeds": 2, "size": {"batch": 8, "num_test": 40},
+        "student_start": {"0": 0.4, "1": 0.4},
+        "summary": {
+            "trl": {"accuracy_mean": 0.50, "accuracy_std": 0.01, "auc_mean": 0.45, "auc_std": 0.0, "wall_seconds_median": 3},
+            "opd": {"accuracy_mean": 0.51, "accuracy_std": 0.01, "auc_mean": 0.45, "auc_std": 0.0, "wall_seconds_median": 3},
+            "sead": {"accuracy_mean": 0.57, "accuracy_std": 0.02, "auc_mean": 0.48, "auc_std": 0.0, "wall_seconds_median": 3},
+            "sgopd": {"accuracy_mean": 0.52, "accuracy_std": 0.02, "auc_mean": None, "auc_std": 0.0, "wall_seconds_median": 3},
+        },
+        "runs": {
+            "trl": [run(0.5, {"1": 1.0, "2": 0.0}), run(0.5, {"1": 0.8, "2": 0.2})],
+            "opd": [run(0.51, {"1": 1.0, "2": 0.1})] * 2,
+            "sead": [run(0.57, {"1": 1.0, "2": 0.3})] * 2,
+            "sgopd": [run(0.52, {"1": 1.0, "2": 0.1})] * 2,
+        },
+    }
+    return {"loss": loss, "step": step, "quality": quality}
+
+
+def _goal(text: str, label: str) -> tuple[str, str]:
+    row = next(line for line in text.splitlines() if line.startswith(f"| {label}"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    return cells[2], cells[3]
+
+
+def test_report_ratios_and_verdicts_are_hand_computed(tmp_path):
+    cmds = {"loss": "sead bench loss", "step": "sead bench step", "quality": "sead bench quality"}
+    path = write_report(_results(), cmds, tmp_path / "BENCHMARKS.md", analysis="## Analysis\n\nhand text")
+    text = path.read_text()
+    # the goals are on "sead_fused" (the trainer's defaults):
+    # 6 / 12 = 0.50 > 0.4: missed; 300 / 4000 = 0.075 <= 0.1: met; 6 / 5 = 1.2 > 0.8: missed
+    assert _goal(text, "fused SEAD loss time / TRL") == ("0.50x", "**missed**")
+    assert _goal(text, "fused SEAD loss peak memory") == ("0.07x", "met")
+    assert _goal(text, "fused SEAD loss time / our fused") == ("1.20x", "**missed**")
+    # one-setting variants: rows with their ratios to TRL (3 / 12, 5.5 / 12) and to opd_fused (3 / 5, 5.5 / 5)
+    assert "| sead_fused_bf16zones | 4096 | 32768 | 3.00 | 0.25x | 0.60x | 320 | 0.05x |" in text
+    assert "| sead_fused_ownsupport | 4096 | 32768 | 5.50 | 0.46x | 1.10x | 330 | 0.06x |" in text
+    # 55 / 50 = 1.10 missed; 51 / 50 = 1.02 met
+    assert _goal(text, "OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, default") == ("1.10x", "**missed**")
+    assert _goal(text, "OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, log_pass_rate") == ("1.02x", "met")
+    # 57 - 51 = +6.0 met (>= 4.8); 52 - 51 = +1.0 missed (>= 2); |51 - 50| = 1.0 met
+    assert _goal(text, "SEAD accuracy") == ("+6.0 pts", "met")
+    assert _goal(text, "SG-OPD accuracy") == ("+1.0 pts", "**missed**")
+    assert _goal(text, "abs(our opd - TRL)") == ("+1.0 pts", "met")
+    # loss table: time / TRL and peak / TRL of the naive row: 10 / 12, 4000 / 6000
+    assert "| naive | 4096 | 32768 | 10.00 | 0.83x | 2.00x | 4000 | 0.67x |" in text
+    # quality: trl's per-level accuracy is the mean over its seeds: (100 + 80) / 2, (0 + 20) / 2
+    assert re.search(r"\| trl \| 50\.0 ± 1\.0 \| -1\.0 \| 45\.0 ± 0\.0 \| 90/10 \| 3 \|", text)
+    assert "| sgopd | 52.0 ± 2.0 | +1.0 | - |" in text
+    assert (tmp_path / "bench_quality_curves.png").stat().st_size > 0
+    assert text.rstrip().endswith("hand text")
+    assert text.count("Machine: 2026-12-01 00:00 UTC, 2 cores") == 3
+
+
+def test_draw_shares_by_hand():
+    d = [0.0, 0.0, 0.5, 1.0]
+    # no curriculum: the dataset's own shares
+    assert draw_shares(d, None) == pytest.approx({0.0: 0.5, 0.5: 0.25, 1.0: 0.25})
+    # step 1 opens d = 0 only (all draws from it); step 2 opens everything: the mean of the two
+    assert draw_shares(d, [0.0, 1.0]) == pytest.approx({0.0: 0.75, 0.5: 0.125, 1.0: 0.125})
+    # a gate between values opens those below it
+    assert draw_shares(d, [0.6]) == pytest.approx({0.0: 2 / 3, 0.5: 1 / 3, 1.0: 0.0})
+    assert sum(draw_shares(d, [0.0, 0.5, 0.7, 1.0]).values()) == pytest.approx(1.0)
