@@ -107,3 +107,90 @@ def test_draw_shares_by_hand():
     # a gate between values opens those below it
     assert draw_shares(d, [0.6]) == pytest.approx({0.0: 2 / 3, 0.5: 1 / 3, 1.0: 0.0})
     assert sum(draw_shares(d, [0.0, 0.5, 0.7, 1.0]).values()) == pytest.approx(1.0)
+
+
+def test_machine_line_names_the_simd_level_when_recorded():
+    from sead.bench.report import _machine_line
+
+    assert "(test)," in _machine_line(MACHINE)  # older results without it still render
+    line = _machine_line(MACHINE | {"cpu_capability": "AVX2", "bf16_matmul_native": False})
+    assert "2 cores (test, AVX2, bf16 matmul emulated)" in line
+    line = _machine_line(MACHINE | {"cpu_capability": "AVX512", "bf16_matmul_native": True})
+    assert "(test, AVX512, bf16 matmul native)" in line
+
+
+def test_loss_bench_measures_each_shape_once_and_extras_at_the_goal_shape(monkeypatch):
+    import sead.bench.suite as suite
+
+    calls = []
+
+    def fake_worker(args):
+        impl, n, v = args[1], int(args[3]), int(args[5])
+        calls.append((impl, n, v))
+        return {"impl": impl, "time_s": 1.0, "peak_mb": 1.0}
+
+    monkeypatch.setattr(suite, "run_worker", fake_worker)
+    monkeypatch.setattr(suite, "machine_facts", lambda: MACHINE)
+    res = suite.bench_loss(progress=False)
+    assert len(calls) == len(set(calls))  # nothing measured twice
+    # naive at V=131072 is shrunk to N=1024 for both requested N, measured once, reported for both
+    assert calls.count(("naive", 1024, 131072)) == 1
+    naive_rows = [r for r in res["rows"] if r["impl"] == "naive" and r["V"] == 131072]
+    assert [(r["N"], r["N_requested"]) for r in naive_rows] == [(1024, 1024), (1024, 4096)]
+    extras = {(n, v) for impl, n, v in calls if impl in suite.LOSS_EXTRA_IMPLS}
+    assert extras == {suite.LOSS_GOAL_SHAPE}
+    # every main implementation at every shape
+    for n, v in suite.LOSS_SHAPES_FULL:
+        for impl in ("sead_fused", "opd_fused", "trl_chunked"):
+            assert (impl, n, v) in calls
+
+
+def test_step_bench_runs_round_robin_and_takes_the_median_of_rounds(monkeypatch):
+    import sead.bench.suite as suite
+
+    calls = []
+    times = iter([0.10, 0.20, 0.30, 0.40, 0.50, 0.11, 0.21, 0.31, 0.41, 0.51, 0.90, 0.22, 0.32, 0.42, 0.52])
+
+    def fake_worker(args, env=None):
+        calls.append(args[1])
+        return {"trainer": args[1], "step_time_s": next(times), "peak_rss_mb": float(len(calls))}
+
+    monkeypatch.setattr(suite, "run_worker", fake_worker)
+    monkeypatch.setattr(suite, "machine_facts", lambda: MACHINE)
+    monkeypatch.setattr(suite, "STEP_ROUNDS", 3)
+    res = suite.bench_step(progress=False)
+    names = list(suite.STEP_TRAINERS)
+    # three rounds, each a rotation of the trainer list
+    assert calls == names + names[1:] + names[:1] + names[2:] + names[:2]
+    rows = {r["trainer"]: r for r in res["rows"]}
+    # the first trainer ran 1st in round 0, last in round 1, 4th in round 2: 0.10, 0.51, 0.42 -> 0.42
+    assert rows[names[0]]["round_step_times_s"] == [0.10, 0.51, 0.42]
+    assert rows[names[0]]["step_time_s"] == 0.42
+    assert rows[names[0]]["peak_rss_mb"] == 14.0  # the largest of its rounds (calls 1, 10, 14)
+    assert all(r["rounds"] == 3 for r in rows.values())
+
+
+@pytest.mark.parametrize("long_run_s,calls_expected,warmup_timed", [(1e9, 4, False), (0.0, 3, True)])
+def test_loss_worker_times_reps_runs_after_a_warmup_unless_it_is_long(monkeypatch, long_run_s, calls_expected,
+                                                                      warmup_timed):
+    import torch
+
+    import sead.bench.worker as worker
+
+    calls = []
+
+    def fake_loss_fn(impl, h_s, w_s, h_t, w_t, mask):
+        def run():
+            calls.append(1)
+            return (h_s * 0).sum() + (w_s * 0).sum()
+        return run
+
+    monkeypatch.setattr(worker, "_loss_fn", fake_loss_fn)
+    monkeypatch.setattr(worker, "LONG_RUN_S", long_run_s)
+    threads = torch.get_num_threads()
+    try:
+        res = worker.bench_loss("sead_fused", 8, 16, 4, reps=3, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == calls_expected  # reps timed runs, plus the warm-up unless it was timed
+    assert len(res["times_s"]) == 3 and res["warmup_timed"] is warmup_timed

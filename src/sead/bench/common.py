@@ -21,10 +21,17 @@ def machine_facts() -> dict:
     except OSError:
         pass
     libs = {name: version(name) for name in ("torch", "transformers", "trl", "accelerate", "sead-opd")}
+    import torch
+
+    from ..fused import fast_bf16_matmul
+
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cores": os.cpu_count(),
         "cpu": cpu,
+        # the SIMD level torch dispatches to, and whether bf16 matmuls are native: both change the loss timings
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_matmul_native": fast_bf16_matmul("cpu"),
         "python": platform.python_version(),
         **libs,
     }

@@ -9,8 +9,11 @@ from ..plots import plot_accuracy_curves
 
 
 def _machine_line(m: dict) -> str:
+    simd = ""
+    if "cpu_capability" in m:
+        simd = f", {m['cpu_capability']}, bf16 matmul {'native' if m.get('bf16_matmul_native') else 'emulated'}"
     return (
-        f"{m['date']}, {m['cores']} cores ({m['cpu']}), Python {m['python']}, torch {m['torch']}, "
+        f"{m['date']}, {m['cores']} cores ({m['cpu']}{simd}), Python {m['python']}, torch {m['torch']}, "
         f"transformers {m['transformers']}, trl {m['trl']}, accelerate {m['accelerate']}, sead {m['sead-opd']}"
     )
 
@@ -62,9 +65,9 @@ def loss_section(res: dict, command: str) -> tuple[str, dict]:
         "## 1. Loss kernels (forward + backward)",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {_machine_line(res['machine'])}; torch threads {res['threads']}; median of {res['reps']} timed runs after one warm-up, each implementation in its own process; peak = peak RSS minus RSS before the call.",
+        f"Machine: {_machine_line(res['machine'])}; torch threads {res['threads']}; median of {res['reps']} timed runs after one warm-up (a warm-up over 20 s counts as the first timed run), each implementation in its own process; peak = peak RSS minus RSS before the call.",
         "",
-        f"`sead_fused`: the trainer's defaults: zones on (skip 50%, FKL 10%), alpha 0.5, zone entropies over the teacher's top-64 ids (`entropy_support: teacher`), zone pass precision `auto` ({auto}). One setting changed, at V=32768 only: `sead_fused_bf16zones`: `zone_precision: bf16` (the zone pass projects in bfloat16; loss and gradient exact given its zones); `sead_fused_ownsupport`: `entropy_support: own` (each model's own top-64, so the zone pass projects the student too). `opd_fused`: the same function with zones off (vanilla reverse KL). `trl_chunked`: `trl.trainer.distillation_trainer._chunked_divergence_loss`, beta=1 (its CPU path). `naive`: full `[N, V]` logits, reverse KL. Hidden size 512. Ratios are to TRL's and to our fused OPD loss's time in the same run.",
+        f"`sead_fused`: the trainer's defaults: zones on (skip 50%, FKL 10%), alpha 0.5, zone entropies over the teacher's top-64 ids (`entropy_support: teacher`), zone pass precision `auto` ({auto}). One setting changed, at the goal shape only: `sead_fused_bf16zones`: `zone_precision: bf16` (the zone pass projects in bfloat16; loss and gradient exact given its zones); `sead_fused_ownsupport`: `entropy_support: own` (each model's own top-64, so the zone pass projects the student too). `opd_fused`: the same function with zones off (vanilla reverse KL). `trl_chunked`: `trl.trainer.distillation_trainer._chunked_divergence_loss`, beta=1 (its CPU path). `naive`: full `[N, V]` logits, reverse KL. Hidden size 512. Ratios are to TRL's and to our fused OPD loss's time in the same run.",
         "",
         _table(["impl", "N", "V", "time s", "time / TRL", "time / opd_fused", "peak MB", "peak / TRL"], table),
         "",
@@ -98,7 +101,8 @@ def step_section(res: dict, command: str) -> tuple[str, dict]:
         "",
         f"Tiny random Qwen2 models (student hidden 64 x 2 layers, teacher 160 x 4), {first.get('batch')} prompts per step, "
         f"{first.get('completion_tokens')} completion tokens (forced with `min_new_tokens`), {first.get('steps')} steps, median step time "
-        "excluding the first two (warm-up). A step includes rollout generation, the teacher forward and the update; ours also "
+        f"excluding the first two (warm-up); {first.get('rounds', 1)} round(s), each trainer once per round in a rotated order, "
+        "median of the round medians. A step includes rollout generation, the teacher forward and the update; ours also "
         "grades every rollout with the verifier to log `rollout/pass_rate` (`log_pass_rate: true`, the default), except "
         "`opd_nograde` (`log_pass_rate: false`), which does the same work as TRL's step.",
         "",

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from .common import machine_facts, median, run_worker
 
 LOSS_IMPLS = ("sead_fused", "sead_fused_bf16zones", "sead_fused_ownsupport", "opd_fused", "trl_chunked", "naive")
-# One-setting variants of the fused SEAD loss, measured only at V=32768 (the goal shape's vocabulary).
+# One-setting variants of the fused SEAD loss, measured only at the goal shape (in --quick at its one shape).
+LOSS_GOAL_SHAPE = (4096, 32768)
 LOSS_EXTRA_IMPLS = ("sead_fused_bf16zones", "sead_fused_ownsupport")
 # Shapes of the loss benchmark (hidden 512). The naive path needs several [N, V] fp32 tensors:
 # at N=4096, V=131072 that is ~2 GB each, so it is measured at N=1024 there (said in the report).
@@ -30,16 +31,19 @@ def bench_loss(
     shapes = shapes or (LOSS_SHAPES_QUICK if quick else LOSS_SHAPES_FULL)
     reps = reps or (3 if quick else 5)
     rows, notes = [], []
-    jobs = [(impl, n, v) for n, v in shapes for impl in LOSS_IMPLS if v == 32768 or impl not in LOSS_EXTRA_IMPLS]
+    goal = shapes[0] if quick else LOSS_GOAL_SHAPE
+    jobs = [(impl, n, v) for n, v in shapes for impl in LOSS_IMPLS if (n, v) == goal or impl not in LOSS_EXTRA_IMPLS]
+    measured: dict[tuple[str, int, int], dict] = {}
     for impl, n, v in tqdm(jobs, desc="bench loss", disable=not progress):
         n_run = n
         if impl == "naive" and n * v > NAIVE_MAX_ELEMENTS:
             n_run = NAIVE_MAX_ELEMENTS // v
             notes.append(f"naive at V={v}: measured at N={n_run} instead of N={n} (its [N, V] logits would not fit)")
-        res = run_worker(["loss", impl, "--n", str(n_run), "--v", str(v), "--reps", str(reps), "--threads", str(threads)])
-        res.setdefault("impl", impl)
-        res.update({"N": n_run, "V": v, "N_requested": n})
-        rows.append(res)
+        if (impl, n_run, v) not in measured:  # a shrunk naive shape may repeat one already measured
+            res = run_worker(["loss", impl, "--n", str(n_run), "--v", str(v), "--reps", str(reps), "--threads", str(threads)])
+            res.setdefault("impl", impl)
+            measured[(impl, n_run, v)] = res
+        rows.append({**measured[(impl, n_run, v)], "N": n_run, "V": v, "N_requested": n})
     return {"benchmark": "loss", "machine": machine_facts(), "reps": reps, "threads": threads, "rows": rows, "notes": notes}
 
 
@@ -48,18 +52,43 @@ def bench_loss(
 STEP_TRAINERS = ("trl", "opd", "opd_nograde", "sead", "sgopd")
 
 
+STEP_ROUNDS = 3
+
+
+def _merge_rounds(name: str, runs: list[dict]) -> dict:
+    """One row per trainer from its rounds: median of the round medians, the largest peak RSS."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[-1]
+    return {
+        **ok[0],
+        "trainer": name,
+        "step_time_s": median([r["step_time_s"] for r in ok]),
+        "round_step_times_s": [r["step_time_s"] for r in ok],
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in ok),
+        "rounds": len(ok),
+    }
+
+
 def bench_step(quick: bool = False, threads: int = 1, progress: bool = True) -> dict[str, Any]:
     """Median optimizer-step time and peak RSS of OPDTrainer vs TRL's DistillationTrainer, same models and batch."""
     steps = 6 if quick else 14
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in tqdm(STEP_TRAINERS, desc="bench step", disable=not progress):
-            res = run_worker(
-                ["step", name, "--steps", str(steps), "--threads", str(threads), "--out", str(Path(tmp) / name)],
-                env={"OMP_NUM_THREADS": str(threads)},
-            )
-            res.setdefault("trainer", name)
-            rows.append(res)
+    rounds = 1 if quick else STEP_ROUNDS
+    # Round-robin: every round runs each trainer once, in a rotated order, so a noisy stretch of the
+    # machine hits all trainers alike; a trainer's step time is the median of its rounds' medians.
+    by_name: dict[str, list[dict]] = {name: [] for name in STEP_TRAINERS}
+    order = list(STEP_TRAINERS)
+    with tempfile.TemporaryDirectory() as tmp, tqdm(total=rounds * len(order), desc="bench step", disable=not progress) as bar:
+        for r in range(rounds):
+            for name in order[r % len(order) :] + order[: r % len(order)]:
+                res = run_worker(
+                    ["step", name, "--steps", str(steps), "--threads", str(threads), "--out", str(Path(tmp) / f"{name}-{r}")],
+                    env={"OMP_NUM_THREADS": str(threads)},
+                )
+                res.setdefault("trainer", name)
+                by_name[name].append(res)
+                bar.update(1)
+    rows = [_merge_rounds(name, runs) for name, runs in by_name.items()]
     return {"benchmark": "step", "machine": machine_facts(), "threads": threads, "rows": rows}
 
 
