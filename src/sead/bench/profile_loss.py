@@ -1,12 +1,16 @@
-"""Where the fused losses spend their time: ``python -m sead.bench.profile_loss [N V H]``.
+"""Where the fused losses spend their time: ``python -m sead.bench.profile_loss [N V H [ROUNDS]]``.
 
 Runs ``torch.profiler`` over one forward+backward of the fused vanilla OPD loss and the fused SEAD loss
-(zone entropies over the teacher's top-k or each model's own; zone pass in fp32 or bf16; after one warm-up each) and prints total time, matmul time and the top operators.
+(zone entropies over the teacher's top-k or each model's own; zone pass in fp32 or bf16; after one
+warm-up each) and prints total time, matmul time and the top operators; then times the variants
+alternating in one process for ROUNDS rounds (default 5) and prints each one's median and its ratio to vanilla OPD's.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -17,7 +21,7 @@ MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")  # fp32 and b
 
 
 def main(argv: list[str]) -> None:
-    n, v, h = (int(x) for x in (argv or ["1024", "32768", "512"]))
+    n, v, h, rounds = ([int(x) for x in argv] + [1024, 32768, 512, 5][len(argv) :])[:4]
     torch.set_num_threads(2)
     g = torch.Generator().manual_seed(0)
     h_s = torch.randn(n, h, generator=g).requires_grad_()
@@ -40,6 +44,18 @@ def main(argv: list[str]) -> None:
         top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]
         tops = ", ".join(f"{e.key} {e.self_cpu_time_total / 1e6:.2f} s x{e.count}" for e in top)
         print(f"{name}: total {total / 1e6:.2f} s, matmul {mm / 1e6:.2f} s ({100 * mm / total:.0f}%); top: {tops}")
+    # Paired timing without the profiler: the variants alternate in one process, so a slow stretch of a
+    # shared machine hits them alike; ratios are to opd_fused.
+    times: dict[str, list[float]] = {name: [] for name, _ in variants}
+    for _ in range(rounds):
+        for name, kw in variants:
+            t0 = time.perf_counter()
+            fused_sead_loss(h_s, w_s, h_t, w_t, mask, **kw).loss.backward()
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["opd_fused"])
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"paired, {rounds} rounds: {name}: median {med:.2f} s, {med / base:.2f}x opd_fused")
 
 
 if __name__ == "__main__":
