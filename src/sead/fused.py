@@ -92,19 +92,18 @@ def _scaled_logits(hidden_nH, weight_VH, bias_V, inv_t, dtype):
     return z_nV
 
 
+def _entropy_of(z_nK):
+    """``H = -sum_k q log q`` with ``q = softmax(z)`` over the last dimension (already restricted)."""
+    logq_nK = F.log_softmax(z_nK, dim=-1)
+    return -(logq_nK.exp() * logq_nK).sum(-1)
+
+
 def _topk_entropy(z_nV, top_k):
     """``H = -sum_k q log q`` with ``q = softmax`` over each row's ``top_k`` largest logits; ``None``
     when ``top_k`` is unset or covers the vocabulary (the full entropy is then wanted)."""
     if top_k is None or top_k >= z_nV.shape[-1]:
         return None
-    logq_nK = F.log_softmax(z_nV.topk(top_k, dim=-1).values, dim=-1)
-    return -(logq_nK.exp() * logq_nK).sum(-1)
-
-
-def _entropy_of(z_nK):
-    """``H = -sum_k q log q`` with ``q = softmax(z)`` over the last dimension (already restricted)."""
-    logq_nK = F.log_softmax(z_nK, dim=-1)
-    return -(logq_nK.exp() * logq_nK).sum(-1)
+    return _entropy_of(z_nV.topk(top_k, dim=-1).values)
 
 
 def _gathered_logits(hidden_nH, weight_VH, bias_V, idx_nK, inv_t, dtype):
@@ -168,13 +167,18 @@ class _Heads:
             low.h_s, low.w_s = self.h_s.to(proj_dtype), self.w_s.to(proj_dtype)
         return low
 
+    def on_teacher_topk(self, top_k, support):
+        """Whether zone entropies are taken over the teacher's top-k ids (a top-k smaller than the
+        vocabulary and ``support="teacher"``); otherwise each model's own top-k or the full vocabulary."""
+        return top_k is not None and support == "teacher" and top_k < self.w_t.shape[0]
+
     def entropies(self, rows, top_k=None, support="teacher"):
         """``(H_S, H_T)`` of one chunk: all the zone decision needs (no log-probabilities kept).
 
         With ``top_k`` and ``support="teacher"`` the student's entropy is over the teacher's top-k ids,
         so only those k student logits per row are computed (:func:`_gathered_logits`): the student
         is never projected over the vocabulary in this pass."""
-        if top_k is not None and support == "teacher" and top_k < self.w_t.shape[0]:
+        if self.on_teacher_topk(top_k, support):
             z_t = _scaled_logits(self.h_t[rows], self.w_t, self.b_t, self.inv_t, self.dtype)
             top_t = z_t.topk(top_k, dim=-1)
             del z_t
@@ -191,7 +195,7 @@ class _Heads:
         Returns ``(H_S, H_T, FKL, RKL, diff, p_S, p_T)`` with ``diff = log p_S - log p_T``;
         ``FKL = KL(p_T || p_S)`` (under the teacher), ``RKL = KL(p_S || p_T)`` (under the student).
         """
-        on_teacher = top_k is not None and support == "teacher" and top_k < self.w_t.shape[0]
+        on_teacher = self.on_teacher_topk(top_k, support)
         own_k = None if on_teacher else top_k
         logp_s, ent_s = _logprobs(self.h_s[rows], self.w_s, self.b_s, self.inv_t, own_k, self.dtype)
         logp_t, ent_t = _logprobs(self.h_t[rows], self.w_t, self.b_t, self.inv_t, own_k, self.dtype)
@@ -264,7 +268,7 @@ class _FusedSeadLoss(torch.autograd.Function):
             # Pass A only ranks tokens (pass B follows): entropies only, projected in ``zone_precision``.
             # The kept rows' FKL / RKL come from pass B; the skipped rows' weigh 0 and are never needed.
             # Over the teacher's top-k the student needs k logits per row, not a projection.
-            student_projected = top_k is None or support == "own"
+            student_projected = not heads.on_teacher_topk(top_k, support)
             heads_a = heads.projected_in(ZONE_PRECISIONS[opts["zone_precision"]], student=student_projected)
             for start in range(0, n, chunk):
                 sl = slice(start, min(start + chunk, n))
