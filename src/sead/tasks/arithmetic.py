@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from sead.errors import SeadError
 from sead.generation import generate_responses
+from sead.tasks.charset import SPECIAL_TOKENS
 
 __all__ = [
     "LEVELS",
@@ -305,7 +306,7 @@ def make_dataset(n: int, levels: Sequence[int] = LEVELS, seed: int = 0, split: s
 # Tokenizer
 # ----------------------------------------------------------------------------------------------
 
-PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<bos>", "<eos>", "<unk>"
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = SPECIAL_TOKENS
 BOXED_TOKEN = "\\boxed{"
 #: Every character the prompts and completions use, each one token.
 CHARACTERS = "0123456789+-*=?: QA}"
@@ -314,26 +315,14 @@ CHARACTERS = "0123456789+-*=?: QA}"
 def build_tokenizer():
     """The task's tokenizer: one token per character of :data:`CHARACTERS`, ``\\boxed{`` as one.
 
-    Returns a :class:`transformers.PreTrainedTokenizerFast` with ``<pad>``, ``<bos>``, ``<eos>``
-    and ``<unk>`` tokens and ``padding_side="left"``. Nothing is added around the text when
-    encoding (no BOS), so ``add_special_tokens`` makes no difference; decoding concatenates.
+    Ids 0-3 are ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>``, 4 is ``\\boxed{``, then the characters in
+    order. Byte-level (:func:`sead.tasks.charset.build_char_tokenizer`), so a saved model folder reloads
+    with the same ids through ``AutoTokenizer.from_pretrained`` (as vLLM loads it). Nothing is added
+    around the text when encoding (no BOS); ``padding_side="left"``.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from .charset import build_char_tokenizer
 
-    tokens = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, BOXED_TOKEN, *CHARACTERS]
-    backend = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(tokens)}, unk_token=UNK_TOKEN))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\\boxed\{|."), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token=PAD_TOKEN,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
-        padding_side="left",
-        model_max_length=64,
-    )
+    return build_char_tokenizer(CHARACTERS, markers=(BOXED_TOKEN,), model_max_length=64)
 
 
 # ----------------------------------------------------------------------------------------------
