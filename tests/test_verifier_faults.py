@@ -11,7 +11,8 @@ import torch
 
 import sead.verify as verify
 from _tiny import parity_reward, tiny_dataset, tiny_trainer
-from sead.trainer import _call_time_bounded, _RewardTimeout
+from sead.rewards import RewardTimeout as _RewardTimeout
+from sead.rewards import call_time_bounded as _call_time_bounded
 
 
 @pytest.fixture(autouse=True)

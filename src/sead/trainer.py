@@ -19,11 +19,7 @@ import json
 import math
 import os
 import re
-import signal
-import threading
-import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,20 +29,22 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import DistillationTrainer
 from trl.trainer.utils import RepeatSampler, pad
 
+from .checks import check_dataset, check_vocabularies
 from .config import OPDConfig
 from .curriculum import CompetenceCurriculum
 from .errors import NonFiniteError, SeadError
 from .fused import fused_sead_loss
 from .objective import logits_objective
+from .rewards import RewardFunc, VerdictGrader, default_reward
 from .schedules import cosine_anneal, teacher_mix_ratio
 from .teacher_generation import generate_with_vllm_or_hf, make_teacher_llm, use_vllm_for_teacher
-from .verify import GradeCounter, make_math_reward
+from .verify import GradeCounter
 
 __all__ = ["OPDTrainer"]
 
 STATE_FILE = "sead_state.json"
 
-RewardFunc = Callable[..., list[float]]
+_NONFINITE_MESSAGE = re.compile(r"NaN or inf")
 
 
 def _full_tensor(param: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
@@ -72,129 +70,6 @@ def _project(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     if not _is_dtensor(head.weight):
         return head(hidden.to(head.weight.device))
     return F.linear(hidden, _full_tensor(head.weight, hidden.dtype), _full_tensor(head.bias))
-
-
-def _default_reward(answer_column: str, timeout: float, counter: GradeCounter) -> RewardFunc:
-    """math-verify on ``\\boxed{}`` against the dataset's answer column (the project's one grader)."""
-    grade = make_math_reward(timeout_seconds=timeout, counter=counter)
-
-    def math_verify(prompts, completions, **columns):
-        if answer_column not in columns:
-            raise SeadError(f"the verifier needs the `{answer_column}` column in the training dataset")
-        return grade(prompts=prompts, completions=completions, answer=columns[answer_column])
-
-    math_verify._sead_time_bounded = True  # grades in worker processes with their own per-grade timeout
-    return math_verify
-
-
-class _RewardTimeout(BaseException):
-    """Raised in the main thread by SIGALRM when a reward function overruns its time bound.
-
-    A ``BaseException`` so that a reward function's own ``except Exception`` does not swallow it."""
-
-
-def _call_time_bounded(func: Callable, seconds: float | None, kwargs: dict) -> Any:
-    """``func(**kwargs)``, interrupted after ``seconds`` with :class:`_RewardTimeout`.
-
-    The bound uses ``SIGALRM`` (a thread cannot be stopped, and running the function in another thread
-    would break graders that use ``signal`` themselves, such as math-verify's own timeouts). So it applies
-    in the main thread of POSIX systems and interrupts Python code, not a call stuck inside C code:
-    graders that can hang in C should run in a subprocess, as ``sead.verify`` does. Elsewhere the call
-    is unbounded.
-    """
-    if (
-        seconds is None
-        or seconds <= 0
-        or not hasattr(signal, "setitimer")
-        or threading.current_thread() is not threading.main_thread()
-    ):
-        return func(**kwargs)
-    armed = [True]
-
-    def on_alarm(signum, frame):
-        if armed[0]:
-            armed[0] = False
-            raise _RewardTimeout()
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    start, old_delay = time.monotonic(), 0.0
-    try:
-        old_delay, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
-        try:
-            return func(**kwargs)
-        finally:
-            armed[0] = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    finally:
-        signal.signal(signal.SIGALRM, previous)
-        if old_delay > 0:  # someone else's alarm was pending: re-arm what is left of it
-            signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-3))
-
-
-_NONFINITE_MESSAGE = re.compile(r"NaN or inf")
-
-
-def _finite_or_zero(value) -> float:
-    """A reward as a float; ``None`` (not applicable), NaN, inf or a non-number count as 0."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return value if math.isfinite(value) else 0.0
-
-
-def check_dataset(dataset, args: OPDConfig, needs_answer: bool) -> None:
-    """Refuse, before any step, a dataset the run cannot use (missing columns, empty)."""
-    if dataset is None:
-        raise SeadError("train_dataset is required: a dataset with a `prompt` column.")
-    columns = getattr(dataset, "column_names", None) or []
-    if hasattr(dataset, "__len__") and len(dataset) == 0:
-        raise SeadError("the training dataset is empty: it needs at least one row with a `prompt`.")
-    if "prompt" not in columns:
-        raise SeadError(
-            f"the training dataset has no `prompt` column (columns: {', '.join(columns) or 'none'}). "
-            "Rename your question column to `prompt`."
-        )
-    if needs_answer and args.answer_column not in columns:
-        raise SeadError(
-            f"the verifier needs the gold answers in column `{args.answer_column}`, which the training dataset "
-            f"lacks (columns: {', '.join(columns)}). Set `answer_column`, or pass your own `reward_funcs`."
-        )
-    if args.curriculum and args.difficulty_column not in columns:
-        raise SeadError(
-            f"the curriculum needs a `{args.difficulty_column}` column (difficulty in [0, 1]). Compute it with "
-            "`sead difficulty`, or set `curriculum: false`."
-        )
-
-
-def _vocab_size(model, args: OPDConfig) -> int | None:
-    """The vocabulary size of a model object or of the config at a path / hub id (None if unknown)."""
-    if model is None:
-        return None
-    if isinstance(model, str):
-        from transformers import AutoConfig
-
-        try:
-            config = AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code)
-        except Exception:  # not loadable here: TRL's own loading reports it
-            return None
-    else:
-        config = getattr(model, "config", None)
-    if config is None:
-        return None
-    size = getattr(config.get_text_config(), "vocab_size", None)
-    return int(size) if size is not None else None
-
-
-def check_vocabularies(model, teacher_model, args: OPDConfig) -> None:
-    """Refuse, before loading weights or training, a teacher whose vocabulary differs from the student's."""
-    student, teacher = _vocab_size(model, args), _vocab_size(teacher_model, args)
-    if student is not None and teacher is not None and student != teacher:
-        raise SeadError(
-            f"the student has a vocabulary of {student} tokens but the teacher has {teacher}: on-policy "
-            "distillation compares next-token distributions over one shared vocabulary. Use a teacher from the "
-            "student's model family (same tokenizer and vocab_size)."
-        )
 
 
 class EpochSeededRepeatSampler(RepeatSampler):
@@ -295,11 +170,12 @@ class OPDTrainer(DistillationTrainer):
         user_rewards = reward_funcs is not None
         grade_counter = GradeCounter()
         if not user_rewards and (needs_verdict or (args.log_pass_rate and args.answer_column in columns)):
-            reward_funcs = [_default_reward(args.answer_column, args.grader_timeout, grade_counter)]
+            reward_funcs = [default_reward(args.answer_column, args.grader_timeout, grade_counter)]
         check_dataset(train_dataset, args, needs_answer=needs_verdict and not user_rewards)
         if reward_funcs is None:
             reward_funcs = []
-        self.reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        self.grader = VerdictGrader(funcs, args.grader_timeout, args.correct_threshold)
 
         check_vocabularies(model, teacher_model, args)
         teacher_source = (
@@ -362,9 +238,7 @@ class OPDTrainer(DistillationTrainer):
         self.teacher_llm = self._make_teacher_engine(teacher_source) if args.teacher_mixing else None
         self.grade_counter = grade_counter
         self.sead_counters = {"nonfinite_skipped_steps": 0, "grader_timeouts": 0, "grader_errors": 0}
-        self._pending_grader_faults = {"grader_timeouts": 0, "grader_errors": 0}
         self._nonfinite_reason: str | None = None
-        self._warned_reward_faults: set[str] = set()
         self.add_callback(_NonFiniteGuard(self))
 
     def _make_teacher_engine(self, source: str | None):
@@ -502,65 +376,16 @@ class OPDTrainer(DistillationTrainer):
         mine = indices[rank * local_batch : (rank + 1) * local_batch]
         return [self.train_dataset[i] for i in mine]
 
-    def _reward_fault(self, func, kind: str, count: int, detail: str) -> None:
-        """Count ``count`` rollouts whose reward failed (``kind``: ``grader_timeouts`` or ``grader_errors``)."""
-        self._pending_grader_faults[kind] += count
-        name = getattr(func, "__name__", repr(func))
-        if (name, kind) not in self._warned_reward_faults:  # once per function and kind; the counters go on
-            self._warned_reward_faults.add((name, kind))
-            warnings.warn(
-                f"sead: reward function {name}: {detail}; the rollout counts as incorrect (counted in "
-                f"counters/{kind}; further such faults are only counted)",
-                stacklevel=2,
-            )
-
-    def _call_reward(self, func, prompts, completions, columns) -> list[float]:
-        """One reward function on a batch, fault-tolerant: a batch call that raises, overruns
-        ``grader_timeout`` per rollout or returns the wrong number of values is retried one rollout at a time;
-        a rollout whose own call still fails gets reward 0 and is counted."""
-        n = len(completions)
-        if getattr(func, "_sead_time_bounded", False):  # the default verifier bounds and counts each grade
-            return list(func(prompts=prompts, completions=completions, **columns))
-        bound = self.args.grader_timeout
-        try:
-            rewards = _call_time_bounded(
-                func, bound * n, {"prompts": prompts, "completions": completions, **columns}
-            )
-            if rewards is not None and len(rewards) == n:
-                return list(rewards)
-        except SeadError:
-            raise
-        except (_RewardTimeout, Exception):
-            pass
-        out: list[float] = []
-        for i in range(n):
-            one = {k: v[i : i + 1] for k, v in columns.items()}
-            try:
-                r = _call_time_bounded(
-                    func, bound, {"prompts": prompts[i : i + 1], "completions": completions[i : i + 1], **one}
-                )
-                if r is None or len(r) != 1:
-                    raise ValueError(f"returned {r!r} for one completion; expected a list of one float")
-                out.append(r[0])
-            except SeadError:
-                raise
-            except _RewardTimeout:
-                self._reward_fault(func, "grader_timeouts", 1, f"timed out after {bound:g} s on a rollout")
-                out.append(0.0)
-            except Exception as err:
-                self._reward_fault(func, "grader_errors", 1, f"raised {err!r} on a rollout")
-                out.append(0.0)
-        return out
-
     def _grade(self, inputs: list[dict[str, Any]], completions: list[str]) -> list[bool]:
-        prompts = [x["prompt"] for x in inputs]
-        keys = [k for k in inputs[0] if k not in ("prompt", "completion")]
-        columns = {k: [x[k] for x in inputs] for k in keys}
-        total = [0.0] * len(completions)
-        for func in self.reward_funcs:
-            rewards = self._call_reward(func, prompts, completions, columns)
-            total = [t + _finite_or_zero(r) for t, r in zip(total, rewards)]
-        return [t >= self.args.correct_threshold for t in total]
+        return self.grader.grade(inputs, completions)
+
+    @property
+    def reward_funcs(self) -> list[RewardFunc]:
+        return self.grader.funcs
+
+    @reward_funcs.setter
+    def reward_funcs(self, funcs) -> None:
+        self.grader.funcs = list(funcs) if isinstance(funcs, (list, tuple)) else [funcs]
 
     def _decode(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
         rows = [ids[m.bool()].tolist() for ids, m in zip(completion_ids, completion_mask)]
@@ -586,9 +411,8 @@ class OPDTrainer(DistillationTrainer):
         mode = "train" if training else "eval"
         # Grader faults of this step, from the default verifier's counter and from user reward functions.
         grades = self.grade_counter.reset()
-        faults = self._pending_grader_faults
+        faults = self.grader.take_faults()
         timeouts, errors = grades["timeouts"] + faults["grader_timeouts"], grades["errors"] + faults["grader_errors"]
-        self._pending_grader_faults = {"grader_timeouts": 0, "grader_errors": 0}
         own = [c for c, m in zip(correct, mixed) if not m]  # student rollouts only: competence and pass rate
         counts = torch.tensor(
             [float(sum(own)), float(len(own)), float(sum(mixed)), float(len(mixed)), timeouts, errors],
