@@ -68,7 +68,9 @@ def test_paper_recipes_match_the_paper_setup(name):
     assert cfg.teacher_model_name_or_path == "allenai/Olmo-3-32B-Think"
     assert cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * 8 == 96  # prompts/step on 8 GPUs
     assert cfg.max_completion_length == 16384
-    assert cfg.generation_kwargs == {"temperature": 0.7}  # rollouts at 0.7, loss at temperature 1
+    # OPD / SEAD: rollouts at the paper's 0.7, loss at 1; SG-OPD (sampled estimator): both at 1.0, as it is reported
+    rollout_temperature = 1.0 if method == "sgopd" else 0.7
+    assert cfg.sampling_settings()["temperature"] == rollout_temperature
     assert cfg.temperature == 1.0
     assert script.apply_chat_template and cfg.answer_column == "solution"
     assert cfg.teacher_model_init_kwargs == {"dtype": "bfloat16"}

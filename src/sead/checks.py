@@ -15,6 +15,13 @@ def check_dataset(dataset, args: OPDConfig, needs_answer: bool) -> None:
     columns = getattr(dataset, "column_names", None) or []
     if hasattr(dataset, "__len__") and len(dataset) == 0:
         raise SeadError("the training dataset is empty: it needs at least one row with a `prompt`.")
+    images = [c for c in ("image", "images") if c in columns]
+    if images:
+        raise SeadError(
+            f"the training dataset has an image column (`{images[0]}`): sead's losses run the models on token ids "
+            "only, so the student would be trained on distributions computed without the images. Vision-language "
+            "distillation is not supported: drop the column, or use TRL's DistillationTrainer."
+        )
     if "prompt" not in columns:
         raise SeadError(
             f"the training dataset has no `prompt` column (columns: {', '.join(columns) or 'none'}). "

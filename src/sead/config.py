@@ -42,12 +42,12 @@ ASSUMED_DEFAULTS = {
     "alpha_end": "0.0 (secondary summary)",
     "anneal_in_rkl_zone_only": "True: FKL zone always FKL, RKL zone gets the annealed mix",
     "competence_threshold": "0.6 pass rate over a running window",
-    "competence_window": "64 recent rollouts",
+    "competence_window": "one optimizer step's rollouts (all ranks), at least 64",
     "curriculum_num_buckets": "4 difficulty quantiles",
     "curriculum_full_open_fraction": "0.8 of training: every prompt open by then",
     "difficulty_num_rollouts": "8 rollouts per prompt at temperature 0.7",
     "lambda_consensus": "1.8 (extrapolate)",
-    "lambda_conflict": "0.5 (interpolate)",
+    "lambda_conflict": "1.0 (two secondary sources: the best configuration is 1.8 / 1.0; 0.5 is the other reading)",
     "teacher_mix_rho0": "0.5",
     "teacher_mix_phase_fraction": "0.2 of training, linear decay",
     "teacher_num_generations": "8 (G, secondary sources)",
@@ -126,8 +126,11 @@ class OPDConfig(DistillationConfig):
             `sead difficulty`).
         competence_threshold (`float`, *optional*, defaults to `0.6`):
             Pass rate over the running window above which the gate moves to the next difficulty quantile (*assumed*).
-        competence_window (`int`, *optional*, defaults to `64`):
-            Number of recent rollouts in the running pass-rate window (*assumed*).
+        competence_window (`int`, *optional*):
+            Number of recent rollouts in the running pass-rate window (*assumed*). `None` (default): the rollouts of
+            one optimizer step over all processes (`per_device_train_batch_size x gradient_accumulation_steps x
+            processes`, 96 in the paper setup), and at least 64, so that one step's verdicts never overflow the
+            window before the gate reads it.
         curriculum_num_buckets (`int`, *optional*, defaults to `4`):
             Number of difficulty quantiles the gate steps through (*assumed*).
         curriculum_full_open_fraction (`float`, *optional*, defaults to `0.8`):
@@ -140,8 +143,11 @@ class OPDConfig(DistillationConfig):
             where it conflicts.
         lambda_consensus (`float`, *optional*, defaults to `1.8`):
             Gate value on consensus, `> 1` extrapolates (*assumed*).
-        lambda_conflict (`float`, *optional*, defaults to `0.5`):
-            Gate value on conflict, `< 1` interpolates (*assumed*).
+        lambda_conflict (`float`, *optional*, defaults to `1.0`):
+            Gate value on conflict (*assumed*). Two secondary sources, one of them a paper that reproduced SG-OPD with
+            "the original paper's best config", give 1.8 on consensus and 1.0 on conflict: conflict tokens get the
+            plain OPD update, not extrapolated. `0.5` (damped, towards the reference) is the other reading of
+            "interpolates".
         use_reference_model (`bool`, *optional*, defaults to `True`):
             Use the frozen initial student as reference (`A = d + (lambda - 1)(log pi_T - log pi_ref)`); `False` saves
             its memory and uses `A = lambda * d`.
@@ -236,7 +242,9 @@ class OPDConfig(DistillationConfig):
     competence_threshold: float = field(
         default=0.6, metadata={"help": "Pass rate that opens the next bucket."}
     )
-    competence_window: int = field(default=64, metadata={"help": "Rollouts in the running pass-rate window."})
+    competence_window: int | None = field(
+        default=None, metadata={"help": "Rollouts in the running pass-rate window; None: one step's, at least 64."}
+    )
     curriculum_num_buckets: int = field(default=4, metadata={"help": "Difficulty quantiles of the gate."})
     curriculum_full_open_fraction: float = field(
         default=0.8, metadata={"help": "All prompts open by this fraction."}
@@ -244,7 +252,7 @@ class OPDConfig(DistillationConfig):
 
     sign_gate: bool | None = field(default=None, metadata={"help": "SG-OPD per-token sign gate."})
     lambda_consensus: float = field(default=1.8, metadata={"help": "Gate on consensus."})
-    lambda_conflict: float = field(default=0.5, metadata={"help": "Gate on conflict."})
+    lambda_conflict: float = field(default=1.0, metadata={"help": "Gate on conflict."})
     use_reference_model: bool = field(default=True, metadata={"help": "Frozen initial student as reference."})
     teacher_mixing: bool | None = field(
         default=None, metadata={"help": "Phased teacher sampling (cold start)."}
@@ -312,7 +320,6 @@ class OPDConfig(DistillationConfig):
                 raise SeadError(f"{name} must be > 0; got {value}.")
         at_least_one = [
             "estimator_top_k",
-            "competence_window",
             "curriculum_num_buckets",
             "teacher_num_generations",
         ]
@@ -320,6 +327,9 @@ class OPDConfig(DistillationConfig):
             value = getattr(self, name)
             if value < 1:
                 raise SeadError(f"{name} must be >= 1; got {value}.")
+        if self.competence_window is not None and self.competence_window < 1:
+            raise SeadError(f"competence_window must be >= 1 (or null: one optimizer step's rollouts); got {self.competence_window}.")
+        self._check_sampled_estimator_is_on_policy()
         if self.entropy_top_k is not None and self.entropy_top_k < 0:
             raise SeadError(
                 f"entropy_top_k must be >= 0 (0 or null: full vocabulary); got {self.entropy_top_k}."
@@ -366,6 +376,42 @@ class OPDConfig(DistillationConfig):
             raise SeadError(f"temperature (of the student's rollouts) must be > 0; got {self.temperature}.")
         if self.learning_rate < 0:
             raise SeadError(f"learning_rate must be >= 0; got {self.learning_rate}.")
+
+    def sampling_settings(self) -> dict[str, float | None]:
+        """What the student's rollouts are sampled with: TRL's ``temperature``, ``top_p``, ``top_k``, ``min_p`` and
+        ``repetition_penalty``, each overridden by ``generation_kwargs`` as TRL's generation does."""
+        kwargs = self.generation_kwargs if isinstance(self.generation_kwargs, dict) else {}
+        names = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+        return {name: kwargs.get(name, getattr(self, name, None)) for name in names}
+
+    def _check_sampled_estimator_is_on_policy(self) -> None:
+        """The sampled estimator ``-sg(A_t) log pi_S(y_t)`` is unbiased only for ``y ~ pi_S`` at the loss's temperature,
+        untruncated (METHODS.md 0). Refuse rollouts sampled from anything else rather than train on a biased gradient
+        (a toy check at 0.7 vs 1.0: expected gradient 0.70x the true norm, cosine 0.95)."""
+        if self.estimator != "sampled":
+            return
+        sampling = self.sampling_settings()
+        problems = []
+        if sampling["temperature"] is not None and float(sampling["temperature"]) != float(self.temperature):
+            problems.append(
+                f"rollouts are sampled at temperature {float(sampling['temperature']):g} (generation_kwargs) but the "
+                f"loss scores them at temperature {float(self.temperature):g} (`temperature`)"
+            )
+        if sampling["top_p"] is not None and float(sampling["top_p"]) < 1.0:
+            problems.append(f"top_p {sampling['top_p']:g} truncates the rollout distribution")
+        if sampling["top_k"] not in (None, 0, -1):
+            problems.append(f"top_k {sampling['top_k']} truncates the rollout distribution")
+        if sampling["min_p"] not in (None, 0, 0.0):
+            problems.append(f"min_p {sampling['min_p']:g} truncates the rollout distribution")
+        if sampling["repetition_penalty"] not in (None, 1, 1.0):
+            problems.append(f"repetition_penalty {sampling['repetition_penalty']:g} reshapes the rollout distribution")
+        if problems:
+            raise SeadError(
+                "estimator 'sampled' needs rollouts drawn from the student's own distribution at the loss temperature: "
+                + "; ".join(problems)
+                + ". Sample at the loss temperature without truncation (drop these from generation_kwargs), or use "
+                "estimator 'full' or 'topk', which do not depend on how the rollouts were drawn."
+            )
 
     @property
     def components(self) -> dict[str, bool]:

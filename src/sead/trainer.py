@@ -46,6 +46,18 @@ STATE_FILE = "sead_state.json"
 
 _NONFINITE_MESSAGE = re.compile(r"NaN or inf")
 
+# Multimodal fields TRL's generation extracts for vision-language models (its `_compute_loss` list); sead refuses them.
+MULTIMODAL_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
 
 def _full_tensor(param: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
     """An lm_head parameter as a plain tensor. Under FSDP2 it is a sharded ``DTensor``: ``full_tensor()`` gathers it
@@ -220,7 +232,7 @@ class OPDTrainer(DistillationTrainer):
                 self.curriculum = CompetenceCurriculum(
                     self.train_dataset[args.difficulty_column],
                     threshold=args.competence_threshold,
-                    window=args.competence_window,
+                    window=self.competence_window(),
                     num_buckets=args.curriculum_num_buckets,
                     full_open_fraction=args.curriculum_full_open_fraction,
                     seed=args.seed,
@@ -228,13 +240,7 @@ class OPDTrainer(DistillationTrainer):
                 )
             except ValueError as err:
                 raise SeadError(str(err)) from err
-            if self.curriculum.open_indices(0, self.total_steps).numel() == 0:
-                raise SeadError(
-                    f"the curriculum opens no prompt at step 0 (gate {self.curriculum.gate(0, self.total_steps):g}, "
-                    f"lowest difficulty {float(self.curriculum.difficulties.min()):g} in column "
-                    f"`{args.difficulty_column}`): training would have nothing to sample. Check the difficulty "
-                    "column (recompute it with `sead difficulty`) or set `curriculum: false`."
-                )
+            self._check_curriculum_orders_something()
         self.teacher_llm = self._make_teacher_engine(teacher_source) if args.teacher_mixing else None
         self.grade_counter = grade_counter
         self.sead_counters = {"nonfinite_skipped_steps": 0, "grader_timeouts": 0, "grader_errors": 0}
@@ -329,7 +335,45 @@ class OPDTrainer(DistillationTrainer):
             )
             self.train_dataset = ds.select(keep)
 
+    def _check_curriculum_orders_something(self) -> None:
+        """Refuse a curriculum that opens no prompt, or every prompt, at step 0 (its gate at step 0 is the first difficulty
+        quantile, computed with the run's planned length): it would order nothing, most often because the
+        difficulty column is constant (a pre-pass whose model solved every prompt, or none)."""
+        cur, total = self.curriculum, self.planned_total_steps()
+        n_open, n = cur.open_indices(0, total).numel(), cur.difficulties.numel()
+        if n_open == 0:  # cannot happen with the quantile gate (its first bucket is always open); a guard
+            raise SeadError(
+                f"the curriculum opens no prompt at step 0 (gate {cur.gate(0, total):g}, lowest difficulty "
+                f"{float(cur.difficulties.min()):g} in column `{self.args.difficulty_column}`): training would have "
+                "nothing to sample. Check the difficulty column (recompute it with `sead difficulty`) or set "
+                "`curriculum: false`."
+            )
+        if n > 1 and n_open == n:
+            lo, hi = float(cur.difficulties.min()), float(cur.difficulties.max())
+            raise SeadError(
+                f"the curriculum opens all {n} prompts at step 0 (column `{self.args.difficulty_column}` ranges "
+                f"{lo:g}..{hi:g}, gate {cur.gate(0, total):g}): it would order nothing. Recompute the column with "
+                "`sead difficulty` (with the initial student, so that pass rates differ), or set `curriculum: false`."
+            )
+
+    def competence_window(self) -> int:
+        """``competence_window``, or (``None``) one optimizer step's rollouts over all processes, at least 64."""
+        if self.args.competence_window is not None:
+            return int(self.args.competence_window)
+        per_step = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        return max(64, per_step * self.accelerator.num_processes)
+
     # ---- schedule positions -----------------------------------------------------------------------
+    def planned_total_steps(self) -> int:
+        """Optimizer steps the run will take, known before ``train()`` (the Trainer's own count once it runs):
+        ``max_steps`` when set, else ``num_train_epochs`` x update steps per epoch (as ``Trainer`` counts them)."""
+        if self.state.max_steps:
+            return int(self.state.max_steps)
+        if self.args.max_steps and self.args.max_steps > 0:
+            return int(self.args.max_steps)
+        per_epoch = max(len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps, 1)
+        return int(math.ceil(self.args.num_train_epochs * per_epoch))
+
     @property
     def total_steps(self) -> int:
         return max(int(self.state.max_steps or self.args.max_steps or 0), 0)
@@ -405,7 +449,10 @@ class OPDTrainer(DistillationTrainer):
         if training and self.args.teacher_mixing:
             output, correct, mixed = self._mix_teacher_rollouts(inputs, output, correct)
             # every rank joins this collective, mixed or not: the global token count may have changed
-            local = output["completion_mask"].sum().reshape(1)
+            loss_mask = output["completion_mask"]
+            if output.get("tool_mask") is not None:
+                loss_mask = loss_mask * output["tool_mask"]
+            local = loss_mask.sum().reshape(1)
             output["num_items_in_batch"] = self.accelerator.gather(local).sum() if multi else local.sum()
         output["correct"] = torch.tensor(correct, dtype=torch.bool, device=device)
         mode = "train" if training else "eval"
@@ -495,6 +542,13 @@ class OPDTrainer(DistillationTrainer):
             output["completion_mask"] = pad(
                 [torch.ones_like(c) for c in ids], padding_value=0, padding_side="right"
             ).to(device)
+            if output.get("tool_mask") is not None:
+                # a teacher rollout has no tool results: all its tokens are trained on; other rows keep theirs
+                rows = [
+                    torch.ones(len(c), dtype=torch.long) if m else t[: len(c)].cpu()
+                    for c, m, t in zip(completions, mixed, output["tool_mask"])
+                ]
+                output["tool_mask"] = pad(rows, padding_value=1, padding_side="right").to(device)
         return output, correct, mixed
 
     # ---- loss -----------------------------------------------------------------------------------
@@ -518,7 +572,11 @@ class OPDTrainer(DistillationTrainer):
             inputs["completion_mask"] = torch.zeros_like(inputs["prompt_mask"][:, :1])
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        self._refuse_multimodal(inputs)
+        # Tool-result tokens (TRL's `tool_mask` = 0) are not the student's: no loss there, as in TRL's own loss.
         mask_BT = inputs["completion_mask"]
+        if inputs.get("tool_mask") is not None:
+            mask_BT = mask_BT * inputs["tool_mask"]
         logits_to_keep = inputs["completion_ids"].size(1)
         h_s = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
         self.teacher_model.eval()
@@ -599,6 +657,16 @@ class OPDTrainer(DistillationTrainer):
             torch.tensor(out.stats["mean_h_s"] * out.stats["num_valid"], device=h_s.device),
             n_valid,
         )
+
+    @staticmethod
+    def _refuse_multimodal(inputs) -> None:
+        present = [key for key in MULTIMODAL_KEYS if key in inputs]
+        if present:
+            raise SeadError(
+                f"the batch holds image inputs ({', '.join(present)}): sead's losses run the models on token ids only "
+                "and would train the student on distributions computed without the images. Vision-language "
+                "distillation is not supported; remove the image column or use TRL's DistillationTrainer."
+            )
 
     def _refuse_nonfinite(self, reason: str, h_s, head_s, mask_BT):
         """The micro-step's loss is replaced by an exact zero that still reaches every trainable parameter
