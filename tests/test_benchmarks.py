@@ -198,12 +198,15 @@ def _golds(name):
 
 @needs_data
 @pytest.mark.slow
-def test_every_gold_grades_correct_against_itself():
+@pytest.mark.parametrize("mode", ["auto", "strict"])  # strict: the training verdicts
+def test_every_gold_grades_correct_against_itself(mode):
     """README rule: each gold written back as \\boxed{gold} grades correct (minerva: its own solution's box)."""
     failures: dict[str, list] = {}
     for name in EXPECTED_ROWS:
         golds = _golds(name)
-        results = grade_many(["\\boxed{" + g + "}" for _, g in golds], [g for _, g in golds], num_workers=2)
+        results = grade_many(
+            ["\\boxed{" + g + "}" for _, g in golds], [g for _, g in golds], mode=mode, num_workers=2
+        )
         failed = {row_id for (row_id, _), r in zip(golds, results) if not r.correct}
         unexpected = failed - SELF_GRADE_EXCEPTIONS[name]
         if unexpected:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from trl import DistillationConfig
 
 from .errors import SeadError
+from .inherited import check_inherited_fields
 
 METHODS = ("opd", "sead", "sgopd")
 ESTIMATORS = ("full", "topk", "sampled")
@@ -296,6 +297,7 @@ class OPDConfig(DistillationConfig):
         if self.entropy_top_k == 0:
             self.entropy_top_k = None
         self._validate()
+        check_inherited_fields(self)  # TRL fields sead does not read are refused (sead.inherited)
         super().__post_init__()
 
     def _validate(self) -> None:

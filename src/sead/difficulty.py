@@ -1,5 +1,6 @@
 """Difficulty pre-pass for the curriculum (METHODS.md 1c): ``d_i = 1 - pass rate`` of the initial
-student over K rollouts per prompt, judged by the project's grader.
+student over K rollouts per prompt, judged by the project's grader in strict mode (only an explicit final
+answer counts, as in training: :data:`sead.verify.TRAINING_MODE`).
 
 Resumable: with ``partial_path``, finished prompts are appended to a jsonl file as they complete
 (``{"index": i, "correct": c, "n": K}``), and a rerun skips every index already there.
@@ -14,7 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .generation import generate_responses
-from .verify import grade_many
+from .verify import TRAINING_MODE, grade_many
 
 __all__ = ["estimate_difficulty", "read_partial"]
 
@@ -83,7 +84,7 @@ def estimate_difficulty(
             )
             responses = [r for rs in outs for r in rs]
             golds = [str(answers[i]) for i in chunk for _ in range(num_rollouts)]
-            verdicts = grade_many(responses, golds, timeout_seconds=timeout_seconds)
+            verdicts = grade_many(responses, golds, timeout_seconds=timeout_seconds, mode=TRAINING_MODE)
             for j, i in enumerate(chunk):
                 c = sum(v.correct for v in verdicts[j * num_rollouts : (j + 1) * num_rollouts])
                 done[i] = (c, num_rollouts)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .benchmarks import Benchmark, parse_benchmark_specs
 from .errors import SeadError
-from .verify import DEFAULT_TIMEOUT_SECONDS, GradeResult, grade_many
+from .verify import DEFAULT_TIMEOUT_SECONDS, EXTRACTION_MODES, GradeResult, grade_many
 
 __all__ = [
     "BenchmarkResult",
@@ -174,6 +174,7 @@ class EvalConfig:
     data_dir: str | None = None
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     grade_workers: int | None = None
+    grade_mode: str = "auto"  # answer extraction (sead.verify.extract_answer); "strict": explicit final answers only
     chat_template: bool = True
     dtype: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -191,6 +192,8 @@ class EvalConfig:
             raise SeadError(f"--batch-size must be >= 1, got {self.batch_size}.")
         if self.limit is not None and self.limit < 1:
             raise SeadError(f"--limit must be >= 1, got {self.limit}.")
+        if self.grade_mode not in EXTRACTION_MODES:
+            raise SeadError(f"--mode must be one of {', '.join(EXTRACTION_MODES)}, got {self.grade_mode!r}.")
 
 
 @dataclass
@@ -335,6 +338,7 @@ def _grade_all(
             flat_responses,
             flat_golds,
             timeout_seconds=config.timeout_seconds,
+            mode=config.grade_mode,
             num_workers=config.grade_workers,
             progress=bar.update,
         )

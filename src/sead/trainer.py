@@ -537,10 +537,16 @@ class OPDTrainer(DistillationTrainer):
             device = self.accelerator.device
             ids = [torch.tensor(c, dtype=torch.long) for c in completions]
             output["completion_ids"] = pad(
-                ids, padding_value=self._tokenizer.pad_token_id, padding_side="right"
+                ids,
+                padding_value=self._tokenizer.pad_token_id,
+                padding_side="right",
+                pad_to_multiple_of=self.pad_to_multiple_of,
             ).to(device)
             output["completion_mask"] = pad(
-                [torch.ones_like(c) for c in ids], padding_value=0, padding_side="right"
+                [torch.ones_like(c) for c in ids],
+                padding_value=0,
+                padding_side="right",
+                pad_to_multiple_of=self.pad_to_multiple_of,
             ).to(device)
             if output.get("tool_mask") is not None:
                 # a teacher rollout has no tool results: all its tokens are trained on; other rows keep theirs

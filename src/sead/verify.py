@@ -4,6 +4,14 @@ Grading follows METHODS.md section 3: the final answer is taken from the respons
 ``\\boxed{...}`` first), both it and the gold are parsed with math-verify, and
 ``verify(gold, pred)`` decides (gold first: math-verify's comparison is not symmetric).
 
+Extraction modes. ``"strict"`` (:data:`TRAINING_MODE`: the training reward, the sign gate's v, teacher
+endorsement, curriculum competence and ``sead difficulty``) accepts only an explicit final answer: the
+last ``\\boxed{}``, GSM8K's ``####``, a final ``Answer: ...`` line, or "the answer is ...". A response
+without one, or cut off inside its last ``\\boxed{``, has no answer and is graded incorrect.
+``"auto"`` (the default of :func:`grade`, ``sead eval`` and ``sead grade``: an evaluation convenience)
+falls back to the last number anywhere in the text, so a truncated response whose last number
+happens to equal the gold is graded correct there.
+
 Time bound. math-verify's own timeouts use ``signal.alarm``, which works only in the main thread
 and cannot interrupt sympy while it is inside C code (``9^{9^{9^{9}}}`` hangs ``verify`` for good).
 So the sympy work runs in a small pool of persistent worker *processes* (started once, reused for
@@ -13,9 +21,9 @@ timed_out=True``. This works from any thread, never hangs, and costs a pipe roun
 (~0.1 ms) per grade. Integer and decimal answers never reach sympy: they are compared exactly in
 this process (the fast path).
 
-Public API: :func:`extract_answer`, :func:`grade`, :func:`grade_many`, :class:`GradeResult`,
-:class:`GradeCounter` (and the module-wide :data:`GRADE_COUNTER`), :func:`math_reward` and
-:func:`make_math_reward` (TRL reward functions).
+Public API: :data:`EXTRACTION_MODES`, :data:`TRAINING_MODE`, :func:`extract_answer`, :func:`grade`,
+:func:`grade_many`, :class:`GradeResult`, :class:`GradeCounter` (and the module-wide
+:data:`GRADE_COUNTER`), :func:`math_reward` and :func:`make_math_reward` (TRL reward functions).
 """
 
 from __future__ import annotations
@@ -36,13 +44,17 @@ from pathlib import Path
 
 from .errors import SeadError
 
-EXTRACTION_MODES = ("auto", "boxed", "gsm8k", "answer_is", "last_number")
+EXTRACTION_MODES = ("auto", "strict", "boxed", "gsm8k", "answer_line", "answer_is", "last_number")
+TRAINING_MODE = "strict"
+"""The extraction mode of every verdict that drives training (rewards, sign gate, curriculum, difficulty)."""
 DEFAULT_TIMEOUT_SECONDS = 5.0
 WORKER_STARTUP_TIMEOUT_SECONDS = 120.0  # importing sympy on a loaded machine; not part of a grade's bound
 
 __all__ = [
     "EXTRACTION_MODES",
+    "FINAL_ANSWER_ORDER",
     "GRADE_COUNTER",
+    "TRAINING_MODE",
     "GradeCounter",
     "GradeResult",
     "extract_answer",
@@ -61,7 +73,13 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\b")
-_GSM8K_RE = re.compile(r"####\s*([^\n]*)")
+# GSM8K's answer marker: exactly four hashes. One followed by a word is a Markdown heading
+# ("#### Step 2"), not an answer.
+_GSM8K_RE = re.compile(r"(?<!#)####(?!#)[ \t]*+(?![A-Za-z]{2})([^\n]*)")
+# A line that starts (after Markdown decoration) with "Answer:", "Final Answer:" or "The final answer:".
+_ANSWER_LINE_RE = re.compile(
+    r"^[ \t>#*_]*(?:the[ \t]+)?(?:final[ \t]+)?answer[ \t*_]*[:：][ \t*_]*(.*)$", re.IGNORECASE | re.MULTILINE
+)
 _ANSWER_IS_RE = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?\s*", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d])|(?<![\w.\d])[-+]?\.\d+")
 _PLAIN_NUMBER_RE = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$|^[-+]?\.\d+$")
@@ -116,25 +134,57 @@ def _extract_gsm8k(text: str) -> str | None:
     return matches[-1].strip() or None
 
 
+def _math_span_or_sentence(rest: str) -> str:
+    """The answer at the start of ``rest``: a ``$...$`` / ``$$...$$`` / ``\\(...\\)`` / ``\\[...\\]`` span
+    if it starts with one, else the rest of the sentence (up to a full stop followed by a space, or
+    the end of the line); stripped of a trailing full stop."""
+    if rest.startswith("$$"):
+        end = rest.find("$$", 2)
+        candidate = rest[2:end] if end > 0 else ""
+    elif rest.startswith("$"):
+        end = rest.find("$", 1)
+        candidate = rest[1:end] if end > 0 else ""
+    elif rest.startswith("\\(") or rest.startswith("\\["):
+        end = rest.find("\\)" if rest[1] == "(" else "\\]", 2)
+        candidate = rest[2:end] if end > 0 else ""
+    else:
+        line = rest.split("\n", 1)[0]
+        candidate = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0]
+    return candidate.strip().rstrip(".").strip()
+
+
 def _extract_answer_is(text: str) -> str | None:
     """The phrase after the last "the answer is": a ``$...$`` span if it starts with one, else the
     rest of the sentence (up to a full stop followed by a space, or the end of the line)."""
-    matches = list(_ANSWER_IS_RE.finditer(text))
-    for match in reversed(matches):
-        rest = text[match.end() :]
-        if rest.startswith("$$"):
-            end = rest.find("$$", 2)
-            candidate = rest[2:end] if end > 0 else ""
-        elif rest.startswith("$"):
-            end = rest.find("$", 1)
-            candidate = rest[1:end] if end > 0 else ""
-        elif rest.startswith("\\(") or rest.startswith("\\["):
-            end = rest.find("\\)" if rest[1] == "(" else "\\]", 2)
-            candidate = rest[2:end] if end > 0 else ""
+    for match in reversed(list(_ANSWER_IS_RE.finditer(text))):
+        candidate = _math_span_or_sentence(text[match.end() :])
+        if candidate:
+            return candidate
+    return None
+
+
+_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]")
+
+
+def _extract_answer_line(text: str) -> str | None:
+    """What the last ``Answer: ...`` line says (DAPO-Math's format: the last line reads ``Answer: $ANSWER``).
+
+    The line may start with Markdown decoration and read "Final Answer:" (``**Final Answer:** 5``). Its
+    content is the rest of the line, or the next non-empty line when the rest is empty; a math span at
+    its start is taken (``Answer: $\\frac{3}{4}$.`` -> ``\\frac{3}{4}``); prose around a single math span
+    gives the span (``Answer: the ratio is $3/4$`` -> ``3/4``); Markdown ``**`` around it goes.
+    """
+    for match in reversed(list(_ANSWER_LINE_RE.finditer(text))):
+        rest = match.group(1).strip()
+        if not rest.strip("*_ \t"):
+            following = [line.strip() for line in text[match.end() :].split("\n") if line.strip()]
+            rest = following[0] if following else ""
+        rest = rest.strip("*_ \t")
+        spans = _MATH_SPAN_RE.findall(rest)
+        if len(spans) == 1 and not _MATH_SPAN_RE.match(rest):
+            candidate = next(part for part in spans[0] if part).strip()
         else:
-            line = rest.split("\n", 1)[0]
-            candidate = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0]
-        candidate = candidate.strip().rstrip(".").strip()
+            candidate = _math_span_or_sentence(rest)
         if candidate:
             return candidate
     return None
@@ -148,20 +198,48 @@ def _extract_last_number(text: str) -> str | None:
 _EXTRACTORS: dict[str, Callable[[str], str | None]] = {
     "boxed": extract_boxed,
     "gsm8k": _extract_gsm8k,
+    "answer_line": _extract_answer_line,
     "answer_is": _extract_answer_is,
     "last_number": _extract_last_number,
 }
 
 
+#: The explicit final-answer markers, by precedence (by kind, not position: every prompt sead writes asks for
+#: ``\\boxed{}``, and a ``#### Step 2`` heading or a later "the answer is clear" must not override a box).
+FINAL_ANSWER_ORDER = ("boxed", "gsm8k", "answer_line", "answer_is")
+_MODE_ORDER = {"auto": FINAL_ANSWER_ORDER + ("last_number",), "strict": FINAL_ANSWER_ORDER}
+
+
+def _last_box_cut_off(text: str) -> bool:
+    """Whether the last ``\\boxed`` / ``\\fbox`` of ``text`` is unfinished: its ``{`` never closes, or the
+    text ends right after the command (a response cut off at the length limit while writing its answer)."""
+    matches = list(_BOXED_RE.finditer(text))
+    if not matches:
+        return False
+    j = matches[-1].end()
+    while j < len(text) and text[j] in " \t":
+        j += 1
+    return j >= len(text) or (text[j] == "{" and _match_braces(text, j) is None)
+
+
 def extract_answer(text: str, mode: str = "auto") -> str | None:
     """The final answer written in ``text``, as a string, or None if there is none.
 
-    Strategies, tried in this order by ``mode="auto"`` (any one of them can be asked for alone):
+    Strategies (any one of them can be asked for alone as ``mode``):
 
     - ``"boxed"``: the last complete ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces handled);
-    - ``"gsm8k"``: what follows the last ``#### `` (GSM8K's answer line);
+    - ``"gsm8k"``: what follows the last ``#### `` (GSM8K's answer line; a Markdown heading such as
+      ``#### Step 2`` is not one);
+    - ``"answer_line"``: the last line reading ``Answer: ...`` (or ``Final Answer: ...``: DAPO-Math's format);
     - ``"answer_is"``: what follows the last "the answer is" (a ``$...$`` span or the sentence);
     - ``"last_number"``: the last integer or decimal in the text (``1,000`` counts as one number).
+
+    ``mode="strict"`` (:data:`TRAINING_MODE`) tries the four explicit markers in that order
+    (:data:`FINAL_ANSWER_ORDER`: by kind, not by position) and nothing else; a text whose last ``\\boxed``
+    is cut off (unclosed brace) has no answer, even if an earlier box or marker exists.
+    ``mode="auto"`` tries the same four, then falls back to the last number (an evaluation
+    convenience: it grades a truncated response ending in the gold number as correct), and skips a
+    cut-off last box in favour of the previous complete one.
 
     The result is stripped of surrounding whitespace, ``$`` delimiters and a trailing full stop.
     """
@@ -169,8 +247,9 @@ def extract_answer(text: str, mode: str = "auto") -> str | None:
         raise ValueError(f"mode must be one of {EXTRACTION_MODES}, got {mode!r}")
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")
-    order = ("boxed", "gsm8k", "answer_is", "last_number") if mode == "auto" else (mode,)
-    for name in order:
+    if mode == "strict" and _last_box_cut_off(text):
+        return None
+    for name in _MODE_ORDER.get(mode, (mode,)):
         answer = _EXTRACTORS[name](text)
         if answer is not None:
             answer = normalize_answer(answer)
@@ -666,12 +745,15 @@ def _completion_text(completion) -> str:
 def make_math_reward(
     *,
     timeout_seconds: float | None = DEFAULT_TIMEOUT_SECONDS,
-    mode: str = "auto",
+    mode: str = TRAINING_MODE,
     counter: GradeCounter | None = None,
     num_workers: int | None = None,
 ) -> Callable[..., list[float]]:
     """A TRL-style reward function ``f(prompts, completions, answer, **kwargs) -> list[float]``:
     1.0 where the completion's final answer equals ``answer[i]`` (see :func:`grade`), else 0.0.
+
+    ``mode`` defaults to ``"strict"`` (:data:`TRAINING_MODE`): only an explicit final answer counts, so a
+    rollout cut off at the length limit without one earns 0 (see :func:`extract_answer`).
 
     Results are also added to ``counter`` (besides :data:`GRADE_COUNTER`), e.g. to log timeouts.
     The gold column may be named ``answer`` or ``gold``.
@@ -705,6 +787,9 @@ def make_math_reward(
 
 math_reward = make_math_reward()
 math_reward.__doc__ = """TRL GRPO-style reward: 1.0 if the completion's answer matches ``answer[i]``, else 0.0.
+
+Strict extraction (:data:`TRAINING_MODE`): only an explicit final answer (``\\boxed{}``, ``####``,
+an ``Answer:`` line, "the answer is") counts.
 
 ``completions`` are strings or conversational message lists. Counts go to :data:`GRADE_COUNTER`
 (``GRADE_COUNTER.reset()`` returns and zeroes them, e.g. once per logging step)."""

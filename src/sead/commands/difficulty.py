@@ -324,7 +324,7 @@ def run_prepass(
     from tqdm.auto import tqdm
 
     from ..difficulty import read_partial
-    from ..verify import grade_many
+    from ..verify import TRAINING_MODE, grade_many
 
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
@@ -342,7 +342,7 @@ def run_prepass(
                     raise RuntimeError("the generator returned the wrong number of completions")
                 responses = [r for rs in outs for r in rs]
                 golds = [str(answers[i]) for i in chunk for _ in range(num_rollouts)]
-                verdicts = grade_many(responses, golds, timeout_seconds=timeout_seconds)
+                verdicts = grade_many(responses, golds, timeout_seconds=timeout_seconds, mode=TRAINING_MODE)
                 for j, i in enumerate(chunk):
                     c = sum(v.correct for v in verdicts[j * num_rollouts : (j + 1) * num_rollouts])
                     done[i] = (c, num_rollouts)
@@ -494,6 +494,7 @@ def run(args: argparse.Namespace) -> int:
         )
     }  # fmt: skip
     meta["num_prompts"] = len(prompts)
+    meta["grade_mode"] = "strict"  # partial results graded otherwise (before strict grading) are not reused
     _check_meta(partial, meta)
     chunk = args.prompts_per_chunk or (256 if backend == "vllm" else max(1, args.batch_size // settings["num_rollouts"]))
     if chunk < 1:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ..benchmarks import DATA_DIR_ENV, benchmark_names
-from ..verify import DEFAULT_TIMEOUT_SECONDS
+from ..verify import DEFAULT_TIMEOUT_SECONDS, EXTRACTION_MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds allowed per grade (default 5)"
     )
     parser.add_argument("--grade-workers", type=int, default=None, help="parallel grading processes")
+    parser.add_argument(
+        "--mode",
+        default="auto",
+        choices=EXTRACTION_MODES,
+        help="answer extraction: auto (default; falls back to the last number), strict (explicit final answers "
+        "only, as in training), or one marker alone (see docs/evaluation.md)",
+    )
 
 
 def default_out_dir(model: str) -> Path:
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         timeout_seconds=args.timeout,
         grade_workers=args.grade_workers,
+        grade_mode=args.mode,
         chat_template=not args.no_chat_template,
         dtype=args.dtype,
     )

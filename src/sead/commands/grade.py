@@ -24,7 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--benchmark", default=None, help="take the gold answer with this benchmark's rule")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds per grade")
-    parser.add_argument("--mode", default="auto", choices=EXTRACTION_MODES, help="answer extraction mode")
+    parser.add_argument(
+        "--mode",
+        default="auto",
+        choices=EXTRACTION_MODES,
+        help="answer extraction: auto (default; falls back to the last number), strict (explicit final answers "
+        "only, as in training), or one marker alone (see docs/evaluation.md)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="parallel grading processes")
 
 
@@ -117,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     k = min(len(group) for group in responses)
     counts = summarize_grades(flat)
-    print(f"graded {len(flat)} responses to {len(rows)} questions -> {out_path}")
+    print(f"graded {len(flat)} responses to {len(rows)} questions (mode {args.mode}) -> {out_path}")
     print(f"avg@k (per-sample accuracy): {100 * avg_at_k(correct):.2f}")
     for j in report_ks(k):
         print(f"pass@{j}: {100 * mean_pass_at_k(correct, j):.2f}")
