@@ -414,6 +414,12 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
                 f"KV cache ({per_seq / GiB:.1f} GiB): vLLM will refuse to start. Raise "
                 "teacher_vllm_gpu_memory_utilization, or set teacher_generation_backend: hf."
             )
+    if inp.teacher_mixing and not inp.teacher_vllm:
+        notes.append(
+            "SG-OPD teacher rollouts with HF generate: under ZeRO-3 / FSDP2 the teacher is sharded, so every decode "
+            "step gathers it layer by layer over the GPUs (all ranks step together, synced_gpus): it fits, but "
+            f"{teacher_seqs} sequences of up to {Tc} tokens per call are slow."
+        )
     vllm_reserved = 0
     if inp.use_vllm and inp.vllm_mode == "colocate":
         vllm_reserved = int(inp.vllm_gpu_memory_utilization * inp.gpu_memory_gib * GiB)
