@@ -249,3 +249,53 @@ def test_sead_plan_check_flag_fails_when_nothing_fits(capsys):
     recipe = REPO / "recipes" / "olmo3-7b-32b-sead.yaml"
     assert main(["plan", "--config", str(recipe), "--gpus", "1", "--check"]) == 1
     assert "none of" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- frozen models per launcher
+def test_teacher_and_reference_per_gpu_as_the_trainer_places_them():
+    """By hand, per launcher (sead.sharding.prepare_frozen): DDP and ZeRO-2 keep both whole, ZeRO-3 and FSDP2 divide
+    them by N; a DeepSpeed engine with bf16 holds them in bf16, DDP / FSDP2 in the loaded dtype."""
+    s, t = lookup_model("allenai/Olmo-3-7B-Think-SFT"), lookup_model("allenai/Olmo-3-32B-Think")
+    P, Pt, N = s.num_params, t.num_params, 8
+    # teacher loaded in float32 (no dtype), student in float32 (TRL's default), bf16 mixed precision
+    plan = plan_memory(PlanInputs(student=s, teacher=t, gpus=N, teacher_load_bytes=4, student_load_bytes=4,
+                                  reference_model=True, mixed_precision=True))  # fmt: skip
+    expected = {
+        "ddp": (Pt * 4, P * 4),
+        "zero2": (Pt * 2, P * 2),  # stage-0 engine: whole, cast to bf16
+        "zero3": (Pt * 2 // N, P * 2 // N),  # stage-3 engine: partitioned, bf16
+        "fsdp2": (Pt * 4 // N, P * 4 // N),  # fully_shard per layer: 1/N in the loaded dtype
+    }
+    for strategy, (teacher, reference) in expected.items():
+        comps = plan["strategies"][strategy]["components"]
+        assert (comps["teacher weights"], comps["reference weights"]) == (teacher, reference), strategy
+
+
+def test_teacher_rollouts_in_bounded_batches_and_the_fused_sign_gated_loss():
+    s, t = lookup_model("allenai/Olmo-3-7B-Think-SFT"), lookup_model("allenai/Olmo-3-32B-Think")
+    base = dict(student=s, teacher=t, gpus=8, per_device_batch=1, grad_accum=12, prompt_tokens=1024,
+                completion_tokens=16384, teacher_load_bytes=2, teacher_mixing=True, teacher_num_generations=8,
+                reference_model=True, sign_gate=True, fused_loss=True, loss_chunk_size=128)  # fmt: skip
+    whole = plan_memory(PlanInputs(**base))
+    bounded = plan_memory(PlanInputs(**base, teacher_generation_batch_size=16))
+    # ceil(0.5 x 12) = 6 picked prompts x G = 8: 48 sequences of 17408 tokens at once, or 16 per generate call
+    assert whole["inputs"]["teacher_rollout_sequences"] == 48
+    c_whole, c = whole["strategies"]["fsdp2"]["components"], bounded["strategies"]["fsdp2"]["components"]
+    assert c_whole["teacher rollouts KV cache"] == t.kv_cache_bytes(17408, 48, 2)
+    assert c["teacher rollouts KV cache"] == t.kv_cache_bytes(17408, 16, 2)
+    V, Hs, Ht = 100278, 4096, 5120
+    # 6 [128, V] fp32 tiles, three heads in fp32, the student head's fp32 gradient, hidden states of the three models
+    loss = 6 * 128 * V * 4 + V * (Hs + Ht + Hs) * 4 + V * Hs * 4 + 16384 * (2 * Hs + Ht + Hs) * 4
+    assert c["loss working set"] == loss
+    assert "fused sign-gated" in bounded["inputs"]["loss"]
+
+
+@pytest.mark.parametrize("method", ["opd", "sead", "sgopd"])
+def test_the_olmo3_paper_recipes_fit_one_node_of_8_x_80_gib(method, capsys):
+    recipe = REPO / "recipes" / f"olmo3-7b-32b-{method}.yaml"
+    assert main(["plan", "--config", str(recipe), "--gpus", "8", "--gpu-memory", "80", "--json", "--check"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["recommended"] == "fsdp2"
+    # the recipe's header names the launcher and the verdict the plan gives
+    header = recipe.read_text().split("\n\n")[0]
+    assert "recipes/accelerate/fsdp2.yaml" in header and "--gpus 8 --gpu-memory 80" in header

@@ -163,6 +163,11 @@ class OPDConfig(DistillationConfig):
             Teacher rollouts per selected prompt (G, *assumed*).
         teacher_temperature (`float`, *optional*, defaults to `1.0`):
             Sampling temperature of the teacher's rollouts.
+        teacher_generation_batch_size (`int`, *optional*):
+            HF path: the teacher's cold-start rollouts are generated this many sequences (prompt x sample) per
+            `generate` call, so their KV cache is bounded by it; `None`: all of a step's picked sequences at once.
+            Every process makes the same number of calls (the number of picked prompts is the same on every rank),
+            as a sharded teacher's `generate` needs. `sead plan` counts `min(this, picked x G)` sequences.
         teacher_generation_backend (`str`, *optional*, defaults to `"auto"`):
             Engine of the teacher's rollouts: `"vllm"` (a `vllm.LLM` for the frozen teacher, built once in each
             training process, one GPU each, like TRL's colocate mode at tensor-parallel size 1; needs vLLM and a
@@ -266,6 +271,9 @@ class OPDConfig(DistillationConfig):
         default=8, metadata={"help": "Teacher rollouts per selected prompt."}
     )
     teacher_temperature: float = field(default=1.0, metadata={"help": "Teacher sampling temperature."})
+    teacher_generation_batch_size: int | None = field(
+        default=None, metadata={"help": "HF teacher rollouts: sequences per generate call (None: all at once)."}
+    )
     teacher_generation_backend: str = field(
         default="auto", metadata={"help": "Teacher rollouts: 'auto', 'vllm' or 'hf'."}
     )
@@ -338,6 +346,10 @@ class OPDConfig(DistillationConfig):
             )
         if self.loss_chunk_size is not None and self.loss_chunk_size < 1:
             raise SeadError(f"loss_chunk_size must be >= 1; got {self.loss_chunk_size}.")
+        if self.teacher_generation_batch_size is not None and self.teacher_generation_batch_size < 1:
+            raise SeadError(
+                f"teacher_generation_batch_size must be >= 1 (null: all at once); got {self.teacher_generation_batch_size}."
+            )
         if self.zone_precision not in ("auto", "bf16", "exact"):
             raise SeadError(f"zone_precision must be 'auto', 'bf16' or 'exact'; got {self.zone_precision!r}.")
         if self.entropy_support not in ("teacher", "own"):

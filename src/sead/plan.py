@@ -38,6 +38,8 @@ __all__ = [
     "lookup_model",
     "PlanInputs",
     "plan_memory",
+    "frozen_bytes",
+    "uses_fused_loss",
     "plan_recipe",
     "format_plan",
 ]
@@ -60,6 +62,7 @@ ASSUMPTIONS = {
     "checkpointed_activations": "one H-vector per token per layer, plus one layer recomputed in backward",
     "naive_loss_tiles": 6,  # [B*T_c, V] fp32 tensors alive at once on the full-logits path (+1 with a reference model)
     "fused_loss_tiles": 4,  # [chunk, V] fp32 tiles per chunk (sead.fused)
+    "fused_sign_gate_loss_tiles": 6,  # [chunk, V] fp32 tiles per chunk of the fused sign-gated loss (three heads)
     "gathered_layers": 2,  # ZeRO-3 / FSDP2: unsharded layers alive at once (current + prefetch)
 }
 
@@ -271,11 +274,13 @@ class PlanInputs:
     teacher_load_bytes: int = 4  # teacher_model_init_kwargs dtype (transformers' default: float32)
     activation_checkpointing: bool = True
     fused_loss: bool = True
+    sign_gate: bool = False
     loss_chunk_size: int | None = None
     reference_model: bool = False
     teacher_mixing: bool = False
     teacher_mix_rho0: float = 0.5
     teacher_num_generations: int = 8
+    teacher_generation_batch_size: int | None = None  # HF teacher rollouts: sequences per generate call
     teacher_vllm: bool = False  # SG-OPD teacher rollouts through a vLLM engine in each training process
     teacher_vllm_gpu_memory_utilization: float = 0.3
     use_vllm: bool = False
@@ -314,13 +319,31 @@ def _student_bytes_per_param(strategy: str, inp: PlanInputs) -> tuple[int, int, 
 
 
 def _shards(strategy: str, n: int) -> dict[str, int]:
-    """Divisor of each static component per strategy (1: replicated on every GPU)."""
+    """Divisor of each static component per strategy (1: replicated on every GPU). The frozen models (teacher,
+    reference) are placed by ``sead.sharding.prepare_frozen``: whole under DDP and ZeRO-2 (a stage-0 DeepSpeed
+    engine), partitioned under ZeRO-3, ``fully_shard``-ed per layer under FSDP2."""
     return {
         "ddp": {"weights": 1, "grads": 1, "optim": 1, "teacher": 1, "reference": 1},
         "zero2": {"weights": 1, "grads": n, "optim": n, "teacher": 1, "reference": 1},
-        "zero3": {"weights": n, "grads": n, "optim": n, "teacher": n, "reference": 1},
+        "zero3": {"weights": n, "grads": n, "optim": n, "teacher": n, "reference": n},
         "fsdp2": {"weights": n, "grads": n, "optim": n, "teacher": n, "reference": n},
     }[strategy]
+
+
+def frozen_bytes(strategy: str, num_params: int, load_bytes: int, gpus: int, mixed_precision: bool) -> int:
+    """Per-GPU bytes of a frozen model (teacher or reference) of ``num_params`` parameters loaded in ``load_bytes``
+    per parameter: ``num_params x b / d``, with ``d`` = ``gpus`` where it is sharded (ZeRO-3, FSDP2) else 1, and
+    ``b`` = 2 under DeepSpeed with bf16/fp16 (its engine casts the module to the half dtype) else ``load_bytes``
+    (DDP and FSDP2 keep the loaded dtype; FSDP2's mixed-precision policy casts only the gathered copy)."""
+    b = 2 if strategy in ("zero2", "zero3") and mixed_precision else load_bytes
+    return num_params * b // _shards(strategy, max(int(gpus), 1))["teacher"]
+
+
+def uses_fused_loss(cfg) -> bool:
+    """Whether a recipe's loss runs fused from hidden states (no ``[T, V]`` logits): ``use_fused_loss`` with the
+    full-vocabulary estimator, or with the sign gate (the fused sign-gated loss, three heads). Must agree with the
+    dispatch in ``OPDTrainer._compute_loss``."""
+    return bool(cfg.use_fused_loss and (cfg.estimator == "full" or cfg.sign_gate))
 
 
 def _chunk_rows(vocab: int, chunk_size: int | None) -> int:
@@ -350,13 +373,15 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
     V = s.vocab_size
     if inp.fused_loss:
         chunk = _chunk_rows(V, inp.loss_chunk_size)
+        ref_h = s.hidden_size if inp.reference_model else 0
+        tiles = ASSUMPTIONS["fused_sign_gate_loss_tiles" if inp.sign_gate else "fused_loss_tiles"]
         loss = (
-            ASSUMPTIONS["fused_loss_tiles"] * min(chunk, loss_rows) * V * 4  # [chunk, V] fp32 tiles
-            + V * (s.hidden_size + t.hidden_size) * 4  # both heads cast to fp32
+            tiles * min(chunk, loss_rows) * V * 4  # [chunk, V] fp32 tiles
+            + V * (s.hidden_size + t.hidden_size + ref_h) * 4  # the heads cast to fp32
             + V * s.hidden_size * 4  # fp32 gradient of the student head
-            + loss_rows * (2 * s.hidden_size + t.hidden_size) * 4  # fp32 hidden states and their gradient
+            + loss_rows * (2 * s.hidden_size + t.hidden_size + ref_h) * 4  # fp32 hidden states, student's gradient
         )
-        loss_kind = f"fused, {min(chunk, loss_rows)} x {V} tiles"
+        loss_kind = f"fused{' sign-gated' if inp.sign_gate else ''}, {tiles} x {min(chunk, loss_rows)} x {V} tiles"
     else:
         tiles = ASSUMPTIONS["naive_loss_tiles"] + (1 if inp.reference_model else 0)
         loss = tiles * loss_rows * V * 4
@@ -366,8 +391,12 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
     # ---- rollout-phase working set ------------------------------------------------------------------
     student_kv = s.kv_cache_bytes(T, G, 2 if inp.mixed_precision else 4)
     if inp.teacher_mixing:
+        # the step's picks, the same number on every rank (at most ceil(rho0 x G)), generated in batches of
+        # teacher_generation_batch_size sequences
         picked = math.ceil(inp.teacher_mix_rho0 * G)
         teacher_seqs = picked * inp.teacher_num_generations
+        if inp.teacher_generation_batch_size:
+            teacher_seqs = min(teacher_seqs, inp.teacher_generation_batch_size)
         teacher_kv = t.kv_cache_bytes(T, teacher_seqs, 2 if inp.mixed_precision else 4)
     else:
         teacher_seqs, teacher_kv = 0, 0
@@ -385,6 +414,12 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
                 f"KV cache ({per_seq / GiB:.1f} GiB): vLLM will refuse to start. Raise "
                 "teacher_vllm_gpu_memory_utilization, or set teacher_generation_backend: hf."
             )
+    if inp.teacher_mixing and not inp.teacher_vllm:
+        notes.append(
+            "SG-OPD teacher rollouts with HF generate: under ZeRO-3 / FSDP2 the teacher is sharded, so every decode "
+            "step gathers it layer by layer over the GPUs (all ranks step together, synced_gpus): it fits, but "
+            f"{teacher_seqs} sequences of up to {Tc} tokens per call are slow."
+        )
     vllm_reserved = 0
     if inp.use_vllm and inp.vllm_mode == "colocate":
         vllm_reserved = int(inp.vllm_gpu_memory_utilization * inp.gpu_memory_gib * GiB)
@@ -420,18 +455,23 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
         weights = P * wb // div["weights"]
         grads = P * gb // div["grads"]
         optim = P * ob // div["optim"]
-        teacher = t.num_params * inp.teacher_load_bytes // div["teacher"]
-        reference = (P * wb // div["reference"]) if inp.reference_model else 0
+        mixed = inp.mixed_precision
+        teacher = frozen_bytes(strategy, t.num_params, inp.teacher_load_bytes, n, mixed)
+        reference = frozen_bytes(strategy, P, inp.student_load_bytes, n, mixed) if inp.reference_model else 0
         gather = 0
         if strategy in ("zero3", "fsdp2"):
-            gather = ASSUMPTIONS["gathered_layers"] * max(s.layer_params * wb, t.layer_params * inp.teacher_load_bytes)
+            t_bytes = 2 if strategy == "zero3" and mixed else inp.teacher_load_bytes
+            gather = ASSUMPTIONS["gathered_layers"] * max(s.layer_params * wb, t.layer_params * t_bytes)
         gen_extra = 0
         if strategy == "zero3" and not inp.use_vllm and inp.ds3_gather_for_generation:
             gen_extra = P * wb  # TRL gathers the whole student for HF generate under ZeRO-3
-        rollout_ws = max(student_gen + gen_extra, teacher_kv)  # student and teacher rollouts run one after the other
+        # Student and teacher rollouts run one after the other; with vllm_enable_sleep_mode TRL puts the student's
+        # engine to sleep (level 2: weights and KV cache released) right after its generation, so SG-OPD's teacher
+        # rollouts that follow do not share the GPU with it.
         vllm_in_train = 0 if inp.vllm_sleep_mode else vllm_reserved
+        rollout_ws = max(vllm_reserved + student_gen + gen_extra, vllm_in_train + teacher_kv)
         static = weights + optim + teacher + reference + overhead + gather
-        rollout_phase = static + vllm_reserved + teacher_vllm + rollout_ws
+        rollout_phase = static + teacher_vllm + rollout_ws
         train_phase = static + grads + vllm_in_train + teacher_vllm + train_ws
         peak = max(rollout_phase, train_phase)
         results[strategy] = {
@@ -506,8 +546,8 @@ def _advice(inp: PlanInputs, results: dict[str, Any], recommended: str | None) -
         names = dict(biggest)
         if names.get("teacher rollouts KV cache"):
             out.append(
-                "SG-OPD's cold-start teacher rollouts (HF generate) need fewer sequences per GPU: lower "
-                "teacher_num_generations or per_device_train_batch_size x gradient_accumulation_steps (more GPUs)."
+                "SG-OPD's cold-start teacher rollouts (HF generate) need fewer sequences at once: set "
+                "teacher_generation_batch_size (sequences per generate call), or lower teacher_num_generations."
             )
         if names.get("rollout KV cache (HF generate)"):
             out.append("student rollouts: use vLLM (use_vllm: true, vllm_mode: server or colocate).")
@@ -516,8 +556,8 @@ def _advice(inp: PlanInputs, results: dict[str, Any], recommended: str | None) -
         if names.get("loss working set") and not inp.fused_loss:
             out.append(
                 "the full-logits loss path materialises [B*T, V] logits: lower per_device_train_batch_size "
-                "(raise gradient_accumulation_steps to keep the batch), or use the fused loss (estimator: full, "
-                "no sign gate)."
+                "(raise gradient_accumulation_steps to keep the batch), or use the fused loss (use_fused_loss with "
+                "estimator: full or the sign gate)."
             )
         if names.get("teacher weights"):
             out.append("shard the teacher (ZeRO-3 / FSDP2) or use more / larger GPUs (--gpus, --gpu-memory).")
@@ -595,7 +635,7 @@ def plan_recipe(
     ckpt = getattr(cfg, "activation_checkpointing", None)
     if ckpt is None:
         ckpt = cfg.gradient_checkpointing
-    fused = cfg.estimator == "full" and not cfg.sign_gate and cfg.use_fused_loss
+    fused = uses_fused_loss(cfg)
     inp = PlanInputs(
         student=student,
         teacher=teacher,
@@ -610,11 +650,13 @@ def plan_recipe(
         teacher_load_bytes=teacher_bytes,
         activation_checkpointing=bool(ckpt),
         fused_loss=fused,
+        sign_gate=bool(cfg.sign_gate),
         loss_chunk_size=cfg.loss_chunk_size,
         reference_model=bool(cfg.sign_gate and cfg.use_reference_model),
         teacher_mixing=bool(cfg.teacher_mixing),
         teacher_mix_rho0=cfg.teacher_mix_rho0,
         teacher_num_generations=cfg.teacher_num_generations,
+        teacher_generation_batch_size=cfg.teacher_generation_batch_size,
         # "auto" takes vLLM on a GPU machine where it is installed: a recipe that uses vLLM for the student has it
         teacher_vllm=cfg.teacher_generation_backend == "vllm"
         or (cfg.teacher_generation_backend == "auto" and bool(cfg.use_vllm)),
@@ -708,7 +750,8 @@ def format_plan(plan: dict[str, Any]) -> str:
             )
         if r in ("zero3", "fsdp2"):
             lines.append(
-                "  caution: ZeRO-3 / FSDP2 were not run with sead's loss (see docs/scaling.md, 'Sharded lm_head')."
+                "  caution: not run on GPUs. FSDP2 sharding of student, teacher and reference ran on 2 CPU processes "
+                "(gloo); ZeRO-3 has not run at all (docs/scaling.md, 'What is sharded where')."
             )
     else:
         lines.append("recommended: none of DDP / ZeRO-2 / FSDP2 / ZeRO-3 fits.")

@@ -14,7 +14,6 @@ The method logic itself lives in ``zones``, ``schedules``, ``gates``, ``curricul
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from .fused import fused_sead_loss
 from .objective import logits_objective
 from .rewards import RewardFunc, VerdictGrader, default_reward
 from .schedules import cosine_anneal, teacher_mix_ratio
+from .sharding import FSDP, check_sharding, frozen_copy, is_partitioned, prepare_frozen, reload_model
 from .teacher_generation import generate_with_vllm_or_hf, make_teacher_llm, use_vllm_for_teacher
 from .verify import GradeCounter
 
@@ -82,6 +82,23 @@ def _project(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     if not _is_dtensor(head.weight):
         return head(hidden.to(head.weight.device))
     return F.linear(hidden, _full_tensor(head.weight, hidden.dtype), _full_tensor(head.bias))
+
+
+def teacher_mix_picks(rho: float, n: int, *, seed: int, step: int, rank: int) -> list[int]:
+    """Rows of a rank's ``n`` prompts offered teacher rollouts at ``step``: ``k = floor(rho * n + u)`` of them
+    (``E[k] = rho * n``), chosen by a permutation.
+
+    ``u ~ U[0, 1)`` is drawn from ``(seed, step)`` alone, so every rank (each with the same ``n``, TRL's generation
+    batch) picks the same number ``k`` and all ranks make the same teacher ``generate`` calls or none: a sharded
+    teacher (ZeRO-3, FSDP2) gathers its parameters collectively, and a rank that skipped generation would leave the
+    others waiting. Which rows is drawn from ``(seed, step, rank)``. A pure function of its arguments, so a resumed run
+    picks the same."""
+    u = torch.rand((), generator=torch.Generator().manual_seed(seed * 7919 + step * 131)).item()
+    k = min(int(math.floor(rho * n + u)), n)
+    if k <= 0:
+        return []
+    g = torch.Generator().manual_seed(seed * 7919 + step * 131 + rank + 1_000_003)
+    return torch.randperm(n, generator=g)[:k].tolist()
 
 
 class EpochSeededRepeatSampler(RepeatSampler):
@@ -190,6 +207,9 @@ class OPDTrainer(DistillationTrainer):
         self.grader = VerdictGrader(funcs, args.grader_timeout, args.correct_threshold)
 
         check_vocabularies(model, teacher_model, args)
+        state = getattr(args, "distributed_state", None)
+        if state is not None:  # refuse a launch that asks for FSDP / DeepSpeed on CPU before loading any model
+            check_sharding(args, state.distributed_type, final=False)
         teacher_source = (
             teacher_model
             if isinstance(teacher_model, str)
@@ -198,8 +218,8 @@ class OPDTrainer(DistillationTrainer):
 
         # The frozen initial student (SG-OPD reference), copied before training changes anything.
         ref = None
-        if args.sign_gate and args.use_reference_model and not isinstance(model, str):
-            ref = copy.deepcopy(model).eval().requires_grad_(False)
+        if args.sign_gate and args.use_reference_model and not isinstance(model, str) and not is_partitioned(model):
+            ref = frozen_copy(model)
 
         try:
             super().__init__(
@@ -219,12 +239,7 @@ class OPDTrainer(DistillationTrainer):
             raise SeadError(" ".join(str(err).split())) from err
         self._check_tokenizer_fits()
         self._check_prompt_lengths()
-        if args.sign_gate and args.use_reference_model:
-            if ref is None:
-                ref = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
-            self.ref_model = self.accelerator.prepare_model(ref, evaluation_mode=True)
-        else:
-            self.ref_model = None
+        self._prepare_frozen_models(ref)
 
         self.curriculum = None
         if args.curriculum:
@@ -246,6 +261,20 @@ class OPDTrainer(DistillationTrainer):
         self.sead_counters = {"nonfinite_skipped_steps": 0, "grader_timeouts": 0, "grader_errors": 0}
         self._nonfinite_reason: str | None = None
         self.add_callback(_NonFiniteGuard(self))
+
+    def _prepare_frozen_models(self, ref) -> None:
+        """Teacher and reference sharded as the launcher shards the student (:mod:`sead.sharding`). TRL prepared the
+        teacher already: with DeepSpeed (stage 3 partitions it), otherwise with ``prepare_model(evaluation_mode=True)``,
+        which under FSDP neither wraps nor shards it: sharded here."""
+        check_sharding(self.args, self.accelerator.distributed_type)
+        if self.teacher_model is not None and str(self.accelerator.distributed_type).endswith(FSDP):
+            self.teacher_model = prepare_frozen(self.teacher_model, self.accelerator)
+        self.ref_model = None
+        if self.args.sign_gate and self.args.use_reference_model:
+            if ref is None:
+                student = self.accelerator.unwrap_model(self.model)
+                ref = frozen_copy(student, load=lambda: reload_model(student, self.args))
+            self.ref_model = prepare_frozen(ref, self.accelerator)
 
     def _make_teacher_engine(self, source: str | None):
         """A vLLM engine for the frozen teacher's SG-OPD rollouts, or ``None`` (HF ``generate``)."""
@@ -494,16 +523,13 @@ class OPDTrainer(DistillationTrainer):
     def _mix_teacher_rollouts(self, inputs, output, correct):
         """SG-OPD phased teacher sampling: for a fraction rho of the prompts, G teacher rollouts; the first one
         the verifier accepts replaces the student's rollout. No endorsed rollout: keep the student's."""
-        rho = self.current_rho()
         n = len(inputs)
-        g = torch.Generator().manual_seed(
-            self.args.seed * 7919 + self.state.global_step * 131 + self.accelerator.process_index
+        picks = teacher_mix_picks(
+            self.current_rho(), n, seed=self.args.seed, step=self.state.global_step, rank=self.accelerator.process_index
         )
-        n_pick = int(math.floor(rho * n + torch.rand((), generator=g).item()))
         mixed = [False] * n
-        if n_pick == 0:
+        if not picks:  # the same on every rank (teacher_mix_picks): no rank generates alone
             return output, correct, mixed
-        picks = torch.randperm(n, generator=g)[:n_pick].tolist()
         G = self.args.teacher_num_generations
         prompt_ids, prompt_mask = output["prompt_ids"][picks], output["prompt_mask"][picks]
         teacher = self.accelerator.unwrap_model(self.teacher_model)
@@ -517,6 +543,7 @@ class OPDTrainer(DistillationTrainer):
             eos_token_ids=self.eos_token_ids,
             temperature=self.args.teacher_temperature,
             llm=self.teacher_llm,
+            batch_size=self.args.teacher_generation_batch_size,  # bounded KV cache; the same calls on every rank
             # vLLM draws from its own generator: seed it from (seed, step, rank) so a resumed run draws the same;
             # the HF path draws from torch's global stream, which the checkpoint restores.
             seed=None if self.teacher_llm is None else self.args.seed * 7919 + self.state.global_step * 131 + self.accelerator.process_index,
@@ -631,10 +658,11 @@ class OPDTrainer(DistillationTrainer):
                 ref_logits = None
                 if args.sign_gate and self.ref_model is not None:
                     unwrapped_ref = self.accelerator.unwrap_model(self.ref_model)
-                    with torch.no_grad():
-                        h_ref = self._get_last_hidden_state(
-                            unwrapped_ref, input_ids, attention_mask, logits_to_keep
-                        )
+                    with torch.no_grad():  # through its wrapper, as the teacher: a sharded reference gathers
+                        h_ref = self._forward_redirection(
+                            self.ref_model, unwrapped_ref, self._get_last_hidden_state, unwrapped_ref,
+                            input_ids, attention_mask, logits_to_keep,
+                        )  # fmt: skip
                         ref_logits = _project(unwrapped_ref.get_output_embeddings(), h_ref).float()
                 out = logits_objective(
                     _project(head_s, h_s).float(),
