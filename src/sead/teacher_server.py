@@ -301,9 +301,10 @@ class TeacherServer:
         return {"model": self.model, "max_model_len": self.max_model_len, "top_k": top_k}
 
     def _check_tokenizer(self, tokenizer) -> None:
+        probe = _tokenizer_probe(tokenizer)
         try:
             served = self._request(
-                "POST", "/tokenize", {"model": self.model, "prompt": _TOKENIZER_PROBE, "add_special_tokens": False},
+                "POST", "/tokenize", {"model": self.model, "prompt": probe, "add_special_tokens": False},
                 parse=lambda d: [int(t) for t in d["tokens"]],
             )  # fmt: skip
         except TeacherServerError as err:
@@ -311,7 +312,7 @@ class TeacherServer:
                 raise
             warnings.warn(f"sead: the teacher server has no /tokenize; its tokenizer was not checked ({err})", stacklevel=2)
             return
-        own = tokenizer(_TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+        own = tokenizer(probe, add_special_tokens=False)["input_ids"]
         if served != list(own):
             raise TeacherServerError(
                 f"the teacher served at {self.url} tokenizes text differently from the student: on-policy distillation "
@@ -410,6 +411,17 @@ class TeacherServer:
             return [[int(t) for t in c["token_ids"]] for c in choices]
 
         return self._request("POST", "/v1/completions", payload, parse=parse)
+
+
+def _tokenizer_probe(tokenizer) -> str:
+    """Text both tokenizers must split alike: the decoded text of the first 300 non-special ids (text the student's
+    own vocabulary covers, so no unknown-character handling is compared), then a fixed sentence when the student's
+    tokenizer round-trips it."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ids = [i for i in range(min(len(tokenizer), 300)) if i not in special]
+    text = tokenizer.decode(ids)
+    fixed = tokenizer.decode(tokenizer(_TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
+    return text + (" " + _TOKENIZER_PROBE if fixed == _TOKENIZER_PROBE else "")
 
 
 def _server_message(response) -> str:
