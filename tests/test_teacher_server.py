@@ -372,3 +372,26 @@ def test_server_fault_in_the_first_step_saves_nothing(tmp_path, server, standin)
     with pytest.raises(TeacherServerError, match="nothing was saved"):
         trainer.train()
     assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_sead_train_exits_4_with_a_checkpoint_when_the_server_fails(tmp_path, server, standin, capsys):
+    """`sead train` with a served teacher: the server fails in step 2 of 3 -> status 4, a message naming
+    checkpoint-1; `--resume_from_checkpoint last` with the server back finishes (status 0)."""
+    import yaml
+
+    from _tiny import standard_recipe
+    from sead.cli import main
+
+    path = standard_recipe(tmp_path, method="opd", estimator="topk", estimator_top_k=K, entropy_top_k=K, max_steps=3,
+                           teacher_server_url=server.url, teacher_server_backoff=0.01, teacher_server_max_retries=1)
+    recipe = yaml.safe_load(open(path))
+    del recipe["teacher_model_name_or_path"]
+    yaml.safe_dump(recipe, open(path, "w"))
+    server.fail_from = 3  # the start-up probe, step 1's loss request, then step 2's
+    assert main(["train", "--config", path]) == 4
+    err = capsys.readouterr().err
+    assert "HTTP 500" in err and "stopped at step 1" in err and "checkpoint-1" in err
+    assert (tmp_path / "out" / "checkpoint-1" / "trainer_state.json").is_file()
+    server.fail_from = None
+    assert main(["train", "--config", path, "--resume_from_checkpoint", "last"]) == 0
+    assert "done, 3 steps" in capsys.readouterr().out

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 
@@ -67,53 +63,21 @@ def _teacher():
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
-    """``(url, teacher folder)`` of a running server; killed (its process group, by pid) in teardown."""
+    """``(url, teacher folder)`` of a running server (sead.bench.served: 127.0.0.1, bounded in time, its process
+    group stopped by pid in teardown, also when a test fails)."""
+    from sead.bench.served import vllm_teacher_server
+
     folder = tmp_path_factory.mktemp("served") / "teacher"
     _teacher().save_pretrained(folder)
     tokenizer().save_pretrained(folder)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(folder.parent / "server.log", "w")
-    env = {**subprocess_env(), "VLLM_CPU_KVCACHE_SPACE": "1"}
-    env.pop("OMP_NUM_THREADS", None)  # vLLM binds its own OpenMP threads on CPU
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
-        "--served-model-name", NAME, "--host", "127.0.0.1", "--port", str(port), "--max-logprobs", str(K),
-        "--dtype", "float32", "--max-model-len", "128", "--enforce-eager",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the vLLM server exited with {proc.returncode}:\n{_tail(folder.parent / 'server.log')}")
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() - started > STARTUP_TIMEOUT:
-                pytest.fail(f"the vLLM server did not answer /health in {STARTUP_TIMEOUT} s:\n{_tail(folder.parent / 'server.log')}")
-            time.sleep(1)
-        print(f"\nvLLM server up after {time.monotonic() - started:.0f} s", file=sys.stderr)
-        yield url, folder
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the group we started: the API server and its engine process
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-        log.close()
-
-
-def _tail(path, n=3000):
-    return open(path).read()[-n:]
+        with vllm_teacher_server(folder, name=NAME, max_logprobs=K, startup_timeout=STARTUP_TIMEOUT,
+                                 env=subprocess_env()) as url:
+            print(f"\nvLLM server up after {time.monotonic() - started:.0f} s", file=sys.stderr)
+            yield url, folder
+    except RuntimeError as err:
+        pytest.fail(str(err))
 
 
 @pytest.fixture(autouse=True)
