@@ -225,7 +225,7 @@ class TeacherServer:
         import requests
 
         deadline = time.monotonic() + max(float(startup_timeout), 0.0)
-        last = "no attempt"
+        last, told = "no attempt", False
         while True:
             try:
                 r = self.session.get(self.url + "/health", timeout=min(self.timeout, 10.0))
@@ -234,6 +234,11 @@ class TeacherServer:
                 last = f"HTTP {r.status_code}"
             except requests.RequestException as err:
                 last = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+            if not told and time.monotonic() < deadline:
+                warnings.warn(
+                    f"sead: waiting up to {startup_timeout:g} s for the teacher server at {self.url} ({last})", stacklevel=2
+                )
+                told = True
             if time.monotonic() >= deadline:
                 raise TeacherServerError(
                     f"the teacher server at {self.url} did not answer /health within {startup_timeout:g} s "
@@ -325,6 +330,9 @@ class TeacherServer:
         """Per sequence, the :func:`parse_prompt_logprobs` triple of positions ``starts[i]`` onwards, from one
         ``/v1/completions`` request with ``prompt_logprobs = top_k``."""
         sequences = [list(map(int, s)) for s in sequences]
+        for s, p in zip(sequences, starts):
+            if not 1 <= p <= len(s):
+                raise ValueError(f"start {p} outside 1..{len(s)}: a sequence's first token has no teacher log-prob")
         payload = {
             "model": self._model_name(),
             "prompt": sequences,
