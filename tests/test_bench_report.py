@@ -149,25 +149,41 @@ def test_step_bench_runs_round_robin_and_takes_the_median_of_rounds(monkeypatch)
     import sead.bench.suite as suite
 
     calls = []
-    times = iter([0.10, 0.20, 0.30, 0.40, 0.50, 0.11, 0.21, 0.31, 0.41, 0.51, 0.90, 0.22, 0.32, 0.42, 0.52])
+    n = len(suite.STEP_TRAINERS)
+    all_times = [round(0.10 + 0.01 * i, 2) for i in range(3 * n)]
+    times = iter(all_times)
 
     def fake_worker(args, env=None):
         calls.append(args[1])
+        assert ("--teacher-url" in args) == (args[1] == "sead_server")
         return {"trainer": args[1], "step_time_s": next(times), "peak_rss_mb": float(len(calls))}
 
     monkeypatch.setattr(suite, "run_worker", fake_worker)
     monkeypatch.setattr(suite, "machine_facts", lambda: MACHINE)
     monkeypatch.setattr(suite, "STEP_ROUNDS", 3)
+    monkeypatch.setattr(suite, "_start_step_teacher_server", lambda stack, tmp: ("http://127.0.0.1:1", None))
     res = suite.bench_step(progress=False)
     names = list(suite.STEP_TRAINERS)
     # three rounds, each a rotation of the trainer list
     assert calls == names + names[1:] + names[:1] + names[2:] + names[:2]
     rows = {r["trainer"]: r for r in res["rows"]}
-    # the first trainer ran 1st in round 0, last in round 1, 4th in round 2: 0.10, 0.51, 0.42 -> 0.42
-    assert rows[names[0]]["round_step_times_s"] == [0.10, 0.51, 0.42]
-    assert rows[names[0]]["step_time_s"] == 0.42
-    assert rows[names[0]]["peak_rss_mb"] == 14.0  # the largest of its rounds (calls 1, 10, 14)
+    # the first trainer ran 1st in round 0, last in round 1, (n-1)th in round 2
+    first = [all_times[0], all_times[2 * n - 1], all_times[3 * n - 2]]
+    assert rows[names[0]]["round_step_times_s"] == first
+    assert rows[names[0]]["step_time_s"] == sorted(first)[1]
+    assert rows[names[0]]["peak_rss_mb"] == float(3 * n - 1)  # the largest of its rounds (its last call)
     assert all(r["rounds"] == 3 for r in rows.values())
+
+
+def test_step_bench_records_why_the_served_row_has_no_server(monkeypatch):
+    import sead.bench.suite as suite
+
+    monkeypatch.setattr(suite, "run_worker", lambda args, env=None: {"trainer": args[1], "step_time_s": 0.1, "peak_rss_mb": 1.0})
+    monkeypatch.setattr(suite, "machine_facts", lambda: MACHINE)
+    monkeypatch.setattr(suite, "_start_step_teacher_server", lambda stack, tmp: (None, "vLLM is not installed"))
+    rows = {r["trainer"]: r for r in suite.bench_step(quick=True, progress=False)["rows"]}
+    assert rows["sead_server"]["error"] == "vLLM is not installed"
+    assert "error" not in rows["sead_topk"]
 
 
 @pytest.mark.parametrize("long_run_s,calls_expected,warmup_timed", [(1e9, 4, False), (0.0, 3, True)])

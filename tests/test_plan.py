@@ -202,6 +202,37 @@ def test_vllm_colocate_reserves_memory_and_server_mode_does_not():
     ) + 12 * 100278 * 4
 
 
+def test_served_teacher_puts_nothing_on_the_training_gpus_and_sizes_the_server():
+    """teacher_server_url: no teacher weights, forward, gather buffers or rollouts on the training GPUs; the loss is
+    the fused one without a teacher head (plus the sparse answer); the server's GPUs are sized apart, by hand."""
+    s, t = lookup_model("allenai/Olmo-3-7B-Think-SFT"), lookup_model("allenai/Olmo-3-32B-Think")
+    base = dict(student=s, teacher=t, gpus=6, per_device_batch=1, grad_accum=16, prompt_tokens=1024,
+                completion_tokens=16384, teacher_load_bytes=2, fused_loss=True, loss_chunk_size=128,
+                teacher_mixing=True, teacher_vllm=True)  # fmt: skip
+    local = plan_memory(PlanInputs(**base))
+    served = plan_memory(PlanInputs(**base, teacher_served=True, teacher_server_top_k=64))
+    for k in ("ddp", "fsdp2"):
+        c = served["strategies"][k]["components"]
+        assert c["teacher weights"] == c["teacher rollouts KV cache"] == c["teacher vLLM engine"] == 0
+        assert c["teacher forward"] == 16384 * (64 * 12 + 4)  # [N, 64] ids (8 B) and log-probs (4 B), [N] log-probs
+    assert local["strategies"]["fsdp2"]["components"]["teacher weights"] == t.num_params * 2 // 6
+    assert served["strategies"]["fsdp2"]["components"]["sharding gather buffers"] == 2 * s.layer_params * 4
+    V = 100278
+    assert served["strategies"]["ddp"]["components"]["loss working set"] == (
+        4 * 128 * V * 4 + V * 4096 * 4 + V * 4096 * 4 + 16384 * 2 * 4096 * 4
+    )
+    server = served["teacher_server"]
+    weights, per_seq = t.num_params * 2, t.kv_cache_bytes(17409, 1, 2)
+    budget, overhead = 0.9 * 80 * GiB, 2 * GiB
+    assert server["sequences_at_once"] == {
+        tp: max(int(tp * (budget - weights / tp - overhead) // per_seq), 0) for tp in (1, 2, 4, 8)
+    }
+    # 64.5 GB = 60.0 GiB of weights: TP 1 leaves 10 GiB (5 sequences of 1.81 GiB); TP 2 leaves 2 x 40 GiB
+    assert server["tensor_parallel_size"] == 1 and server["sequences_at_once"][1] == 5
+    assert server["sequences_at_once"][2] == 44
+    assert local["teacher_server"] is None
+
+
 # --------------------------------------------------------------------------- the CLI
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
 def test_sead_plan_runs_on_every_recipe(recipe, capsys):
@@ -243,6 +274,18 @@ def test_sead_plan_unknown_model_needs_its_config(tmp_path, capsys):
         2560 * 4096 + 2 * 2560 * 1024 + 4096 * 2560 + 256 + 3 * 2560 * 9728 + 2 * 2560
     ) + 151936 * 2560 + 2560  # Qwen3-4B: 4.02B
     assert any("teacher loads in float32" in n for n in plan["notes"])
+
+
+def test_sead_plan_counts_the_served_teacher_recipe(capsys):
+    recipe = REPO / "recipes" / "olmo3-7b-32b-sead-served.yaml"
+    assert main(["plan", "--config", str(recipe), "--gpus", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher weights" not in out and "served at http://127.0.0.1:8100" in out
+    assert "teacher server (vLLM on GPUs of its own" in out and "--max-model-len 17409" in out
+    assert main(["plan", "--config", str(recipe), "--gpus", "6", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["recommended"] == "zero2" and plan["inputs"]["prompts_per_step"] == 96
+    assert plan["teacher_server"]["tensor_parallel_size"] == 1
 
 
 def test_sead_plan_check_flag_fails_when_nothing_fits(capsys):

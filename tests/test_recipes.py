@@ -46,7 +46,7 @@ def test_every_recipe_parses_and_builds_its_config(recipe):
 
     script, cfg = parse_recipe(recipe)
     assert isinstance(script, ScriptArguments) and isinstance(cfg, OPDConfig)
-    assert script.builtin_task or (script.model_name_or_path and cfg.teacher_model_name_or_path)
+    assert script.builtin_task or (script.model_name_or_path and (cfg.teacher_model_name_or_path or cfg.teacher_server_url))
     assert script.builtin_task or script.dataset_name
     # every key of the YAML is a field that took the YAML's value (TrlParser refuses unknown keys)
     raw = yaml.safe_load(recipe.read_text())
@@ -85,6 +85,28 @@ def test_paper_recipes_match_the_paper_setup(name):
         assert cfg.sign_gate and cfg.teacher_mixing and cfg.teacher_num_generations == 8
     if method == "opd":
         assert not any(cfg.components.values())
+
+
+def test_served_teacher_recipe_matches_the_local_one():
+    """The served-teacher SEAD recipe is the paper recipe with the teacher moved to a vLLM server: same student,
+    data, rollouts and 96 prompts per step (on 6 training GPUs); the top-k estimator with k = 64 = --max-logprobs
+    of the serving command in its header; that command's TP and context fit what the recipe needs."""
+    path = REPO / "recipes" / "olmo3-7b-32b-sead-served.yaml"
+    served_script, served = parse_recipe(path)
+    local_script, local = parse_recipe(REPO / "recipes" / "olmo3-7b-32b-sead.yaml")
+    assert served.teacher_model_name_or_path is None and served.teacher_server_model == local.teacher_model_name_or_path
+    assert served.teacher_server_url.startswith("http://")
+    assert (served.estimator, served.estimator_top_k, served.teacher_server_top_k) == ("topk", 64, 64)
+    assert served.per_device_train_batch_size * served.gradient_accumulation_steps * 6 == 96
+    for key in ("max_completion_length", "max_prompt_length", "generation_kwargs", "temperature", "method", "use_vllm"):
+        assert getattr(served, key) == getattr(local, key), key
+    assert served_script == local_script
+    header = path.read_text()
+    assert "vllm serve allenai/Olmo-3-32B-Think --tensor-parallel-size 2" in header
+    assert "--max-logprobs 64" in header
+    serve = header[header.index("vllm serve"):].split("&")[0]
+    max_len = int(serve.split("--max-model-len ")[1].split()[0])
+    assert max_len >= served.max_prompt_length + served.max_completion_length + 1
 
 
 def test_cli_overrides_beat_the_recipe():

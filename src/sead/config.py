@@ -178,6 +178,30 @@ class OPDConfig(DistillationConfig):
             Fraction of each GPU the teacher's vLLM engine may take (next to the trainer, and next to the student's
             vLLM engine in colocate mode).
 
+        > Served teacher (a vLLM server instead of a local teacher)
+
+        teacher_server_url (`str`, *optional*):
+            Base address of a vLLM OpenAI-compatible server holding the teacher (e.g. `"http://10.0.0.5:8100"`). The
+            training processes then hold no teacher weights: each rollout's teacher log-probs come from the server
+            (`prompt_logprobs`: its top-`k` and the sampled token, `k` the larger of `estimator_top_k` and, with zones,
+            `entropy_top_k`), and SG-OPD's cold-start rollouts are sampled there (`n = teacher_num_generations`).
+            Estimators `"topk"` and `"sampled"` only (a server returns no full distribution); `temperature` must be
+            1.0 (its log-probs are the raw distribution). Start the server with `--max-logprobs` at least that `k`
+            (checked at start) and `--max-model-len` above the longest prompt + completion; docs/recipes.md gives the
+            command. Leave `teacher_model_name_or_path` unset.
+        teacher_server_model (`str`, *optional*):
+            The served model's name (its `--served-model-name`); `None`: the only model the server serves.
+        teacher_server_timeout (`float`, *optional*, defaults to `300.0`):
+            Seconds allowed per request to the server.
+        teacher_server_max_retries (`int`, *optional*, defaults to `5`):
+            Retries of a failed request (refused connection, timeout, HTTP 5xx/429, a malformed answer), with
+            exponential backoff; then training stops with a `TeacherServerError` after saving a checkpoint (`sead
+            train` exits with status 4). Never a silent zero loss.
+        teacher_server_backoff (`float`, *optional*, defaults to `2.0`):
+            Seconds before the first retry, doubled at each retry (at most 60).
+        teacher_server_startup_timeout (`float`, *optional*, defaults to `600.0`):
+            How long the trainer waits at start for the server's `/health` (a 32B teacher takes minutes to load).
+
         > Prompts
 
         max_prompt_length (`int`, *optional*):
@@ -281,6 +305,17 @@ class OPDConfig(DistillationConfig):
         default=0.3, metadata={"help": "GPU fraction of the teacher's vLLM engine."}
     )
 
+    teacher_server_url: str | None = field(
+        default=None, metadata={"help": "vLLM server holding the teacher (no local teacher)."}
+    )
+    teacher_server_model: str | None = field(default=None, metadata={"help": "Served teacher model name."})
+    teacher_server_timeout: float = field(default=300.0, metadata={"help": "Seconds per server request."})
+    teacher_server_max_retries: int = field(default=5, metadata={"help": "Retries of a failed server request."})
+    teacher_server_backoff: float = field(default=2.0, metadata={"help": "Seconds before the first retry."})
+    teacher_server_startup_timeout: float = field(
+        default=600.0, metadata={"help": "Seconds to wait for the server's /health at start."}
+    )
+
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Longest prompt in tokens; longer ones are dropped. None: context - completion."}
     )
@@ -368,6 +403,8 @@ class OPDConfig(DistillationConfig):
                 "teacher_vllm_gpu_memory_utilization must be in (0, 1]; "
                 f"got {self.teacher_vllm_gpu_memory_utilization}."
             )
+        if self.teacher_server_url is not None:
+            self._validate_served_teacher()
         if self.nonfinite_policy not in ("error", "skip"):
             raise SeadError(f"nonfinite_policy must be 'error' or 'skip'; got {self.nonfinite_policy!r}.")
         if self.max_steps is not None and self.max_steps < -1:
@@ -426,6 +463,50 @@ class OPDConfig(DistillationConfig):
                 + ". Sample at the loss temperature without truncation (drop these from generation_kwargs), or use "
                 "estimator 'full' or 'topk', which do not depend on how the rollouts were drawn."
             )
+
+    def _validate_served_teacher(self) -> None:
+        """What a served teacher cannot do, refused before anything loads."""
+        if not str(self.teacher_server_url).startswith(("http://", "https://")):
+            raise SeadError(
+                f"teacher_server_url must be an http(s) address such as http://127.0.0.1:8100; got {self.teacher_server_url!r}."
+            )
+        if self.estimator == "full":
+            raise SeadError(
+                "estimator: full needs the teacher's whole next-token distribution, but a teacher server returns only "
+                "its top-k log-probs (and the sampled token's): use estimator: topk (top-k + tail bucket) or sampled "
+                "with teacher_server_url, or a local teacher (teacher_model_name_or_path) for full."
+            )
+        if self.zones and self.entropy_top_k is None:
+            raise SeadError(
+                "zones over the full vocabulary (entropy_top_k: 0 or null) need the teacher's whole distribution, which "
+                "a teacher server does not return: set entropy_top_k (e.g. 64) with teacher_server_url."
+            )
+        if self.temperature != 1.0:
+            raise SeadError(
+                f"temperature {self.temperature:g} with teacher_server_url: the server's log-probs are the teacher's raw "
+                "distribution (temperature 1) and cannot be rescaled from its top-k. Set temperature: 1.0 and sample "
+                "the rollouts at another temperature through generation_kwargs (as the recipes do)."
+            )
+        if self.teacher_model_name_or_path:
+            raise SeadError(
+                "teacher_model_name_or_path and teacher_server_url are both set: the teacher is either loaded here or "
+                "served. Remove one."
+            )
+        for name in ("teacher_server_timeout", "teacher_server_backoff"):
+            if not getattr(self, name) > 0:
+                raise SeadError(f"{name} must be > 0; got {getattr(self, name)}.")
+        if self.teacher_server_max_retries < 0:
+            raise SeadError(f"teacher_server_max_retries must be >= 0; got {self.teacher_server_max_retries}.")
+        if self.teacher_server_startup_timeout < 0:
+            raise SeadError(f"teacher_server_startup_timeout must be >= 0; got {self.teacher_server_startup_timeout}.")
+
+    @property
+    def teacher_server_top_k(self) -> int:
+        """``k`` of the server's ``prompt_logprobs``: ``estimator_top_k``, or ``entropy_top_k`` with zones when larger."""
+        k = int(self.estimator_top_k)
+        if self.zones and self.entropy_top_k:
+            k = max(k, int(self.entropy_top_k))
+        return k
 
     @property
     def components(self) -> dict[str, bool]:

@@ -7,6 +7,8 @@ task's model specs: nothing is downloaded) and adds up, per GPU:
 
 - **static**: student weights, gradients and AdamW state (sharded as each strategy shards them), the
   frozen teacher, the frozen reference model (SG-OPD with ``use_reference_model``), a runtime overhead;
+  a teacher served by vLLM (``teacher_server_url``) puts nothing of the teacher on the training GPUs: its own
+  GPUs are sized separately (:func:`plan_teacher_server`);
 - **rollout phase** (no gradients alive): the KV cache of HF ``generate`` for the local generation
   batch (or the vLLM colocate reservation), and SG-OPD's teacher rollouts;
 - **training phase**: activations of one micro-batch (with or without activation checkpointing), the
@@ -40,6 +42,7 @@ __all__ = [
     "plan_memory",
     "frozen_bytes",
     "uses_fused_loss",
+    "plan_teacher_server",
     "plan_recipe",
     "format_plan",
 ]
@@ -64,6 +67,7 @@ ASSUMPTIONS = {
     "fused_loss_tiles": 4,  # [chunk, V] fp32 tiles per chunk (sead.fused)
     "fused_sign_gate_loss_tiles": 6,  # [chunk, V] fp32 tiles per chunk of the fused sign-gated loss (three heads)
     "gathered_layers": 2,  # ZeRO-3 / FSDP2: unsharded layers alive at once (current + prefetch)
+    "teacher_server_memory_utilization": 0.9,  # vLLM's default --gpu-memory-utilization on the server's GPUs
 }
 
 
@@ -290,6 +294,8 @@ class PlanInputs:
     vllm_tensor_parallel_size: int = 1
     ds3_gather_for_generation: bool = True
     optimizer_8bit: bool = False
+    teacher_served: bool = False  # teacher_server_url: no teacher on the training GPUs
+    teacher_server_top_k: int = 64
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -369,6 +375,9 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
     else:
         activations = s.num_layers * per_layer_s
     teacher_forward = tokens * t.activation_elems_per_token * 2 + loss_rows * t.hidden_size * 2
+    t_h = t.hidden_size
+    if inp.teacher_served:  # the server's answer instead: [N, k] ids and log-probs, [N] sampled log-probs
+        teacher_forward, t_h = loss_rows * (inp.teacher_server_top_k * 12 + 4), 0
     reference_forward = (tokens * s.activation_elems_per_token * 2) if inp.reference_model else 0
     V = s.vocab_size
     if inp.fused_loss:
@@ -377,9 +386,9 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
         tiles = ASSUMPTIONS["fused_sign_gate_loss_tiles" if inp.sign_gate else "fused_loss_tiles"]
         loss = (
             tiles * min(chunk, loss_rows) * V * 4  # [chunk, V] fp32 tiles
-            + V * (s.hidden_size + t.hidden_size + ref_h) * 4  # the heads cast to fp32
+            + V * (s.hidden_size + t_h + ref_h) * 4  # the heads cast to fp32
             + V * s.hidden_size * 4  # fp32 gradient of the student head
-            + loss_rows * (2 * s.hidden_size + t.hidden_size + ref_h) * 4  # fp32 hidden states, student's gradient
+            + loss_rows * (2 * s.hidden_size + t_h + ref_h) * 4  # fp32 hidden states, student's gradient
         )
         loss_kind = f"fused{' sign-gated' if inp.sign_gate else ''}, {tiles} x {min(chunk, loss_rows)} x {V} tiles"
     else:
@@ -390,7 +399,7 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
 
     # ---- rollout-phase working set ------------------------------------------------------------------
     student_kv = s.kv_cache_bytes(T, G, 2 if inp.mixed_precision else 4)
-    if inp.teacher_mixing:
+    if inp.teacher_mixing and not inp.teacher_served:  # a served teacher samples on its own GPUs
         # the step's picks, the same number on every rank (at most ceil(rho0 x G)), generated in batches of
         # teacher_generation_batch_size sequences
         picked = math.ceil(inp.teacher_mix_rho0 * G)
@@ -402,7 +411,7 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
         teacher_seqs, teacher_kv = 0, 0
     # A vLLM engine for the frozen teacher holds its share of the GPU all run long (no sleep mode, no sync).
     teacher_vllm = 0
-    if inp.teacher_mixing and inp.teacher_vllm:
+    if inp.teacher_mixing and inp.teacher_vllm and not inp.teacher_served:
         teacher_vllm = int(inp.teacher_vllm_gpu_memory_utilization * inp.gpu_memory_gib * GiB)
         teacher_kv = 0
         room = teacher_vllm - t.num_params * 2
@@ -456,12 +465,13 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
         grads = P * gb // div["grads"]
         optim = P * ob // div["optim"]
         mixed = inp.mixed_precision
-        teacher = frozen_bytes(strategy, t.num_params, inp.teacher_load_bytes, n, mixed)
+        teacher = 0 if inp.teacher_served else frozen_bytes(strategy, t.num_params, inp.teacher_load_bytes, n, mixed)
         reference = frozen_bytes(strategy, P, inp.student_load_bytes, n, mixed) if inp.reference_model else 0
         gather = 0
         if strategy in ("zero3", "fsdp2"):
             t_bytes = 2 if strategy == "zero3" and mixed else inp.teacher_load_bytes
-            gather = ASSUMPTIONS["gathered_layers"] * max(s.layer_params * wb, t.layer_params * t_bytes)
+            teacher_layer = 0 if inp.teacher_served else t.layer_params * t_bytes
+            gather = ASSUMPTIONS["gathered_layers"] * max(s.layer_params * wb, teacher_layer)
         gen_extra = 0
         if strategy == "zero3" and not inp.use_vllm and inp.ds3_gather_for_generation:
             gen_extra = P * wb  # TRL gathers the whole student for HF generate under ZeRO-3
@@ -528,8 +538,32 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
         "recommended": recommended,
         "accelerate_config": ACCELERATE_CONFIGS.get(recommended) if recommended else None,
         "advice": _advice(inp, results, recommended),
+        "teacher_server": plan_teacher_server(t, inp.seq_len, inp.gpu_memory_gib, inp.prompts_per_step)
+        if inp.teacher_served
+        else None,
         "notes": notes,
         "assumptions": ASSUMPTIONS,
+    }
+
+
+def plan_teacher_server(t: ModelFacts, seq_len: int, gpu_memory_gib: float, prompts_per_step: int) -> dict[str, Any]:
+    """GPUs of a vLLM server holding the teacher (``teacher_server_url``), apart from the training GPUs. For each
+    tensor-parallel size (1, 2, 4, 8): the KV cache left after the bf16 weight shards and a runtime overhead at
+    vLLM's default memory utilisation, in full-length sequences (the server scores each rollout as one prompt:
+    ``prompt_logprobs`` and one generated token). ``tensor_parallel_size``: the smallest with room for one."""
+    weights = t.num_params * 2
+    per_seq = t.kv_cache_bytes(seq_len + 1, 1, 2)
+    budget = ASSUMPTIONS["teacher_server_memory_utilization"] * gpu_memory_gib * GiB
+    overhead = ASSUMPTIONS["runtime_overhead_gib"] * GiB
+    at_once = {tp: max(int(tp * (budget - weights / tp - overhead) // per_seq), 0) for tp in (1, 2, 4, 8)}
+    fitting = [tp for tp, n in at_once.items() if n >= 1]
+    return {
+        "tensor_parallel_size": fitting[0] if fitting else None,
+        "sequences_at_once": at_once,
+        "weights": weights,
+        "sequence_kv": per_seq,
+        "sequences_per_step": prompts_per_step,
+        "max_model_len": seq_len + 1,
     }
 
 
@@ -606,7 +640,9 @@ def plan_recipe(
         default_prompt = 32
     else:
         student = lookup_model(script.model_name_or_path, model_config, role="model")
-        teacher = lookup_model(cfg.teacher_model_name_or_path, teacher_config, role="teacher")
+        # a served teacher: its served name is, by vLLM's default, the hub id it was started with
+        teacher_name = cfg.teacher_model_name_or_path or cfg.teacher_server_model
+        teacher = lookup_model(teacher_name, teacher_config, role="teacher")
         default_prompt = 512
     if student.vocab_size != teacher.vocab_size:
         notes.append(
@@ -622,7 +658,8 @@ def plan_recipe(
     if script.builtin_task:
         student_bytes = 4
     teacher_bytes = _init_dtype_bytes(cfg.teacher_model_init_kwargs, teacher.dtype_bytes, 4)
-    if teacher_bytes == 4 and mixed and not script.builtin_task:
+    served = bool(cfg.teacher_server_url)
+    if teacher_bytes == 4 and mixed and not script.builtin_task and not served:
         notes.append(
             "the teacher loads in float32 (no dtype in teacher_model_init_kwargs): set teacher_model_init_kwargs: "
             "{dtype: bfloat16} to halve it."
@@ -635,7 +672,8 @@ def plan_recipe(
     ckpt = getattr(cfg, "activation_checkpointing", None)
     if ckpt is None:
         ckpt = cfg.gradient_checkpointing
-    fused = uses_fused_loss(cfg)
+    # a served teacher's loss is the fused loss over its sparse log-probs (no [N, V] teacher logits)
+    fused = uses_fused_loss(cfg) or served
     inp = PlanInputs(
         student=student,
         teacher=teacher,
@@ -668,12 +706,16 @@ def plan_recipe(
         vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
         ds3_gather_for_generation=bool(cfg.ds3_gather_for_generation),
         optimizer_8bit="8bit" in str(getattr(cfg.optim, "value", cfg.optim)),
+        teacher_served=served,
+        teacher_server_top_k=cfg.teacher_server_top_k,
         notes=notes,
     )
     out = plan_memory(inp)
     out["recipe"] = {
         "student": script.model_name_or_path or f"builtin:{script.builtin_task}",
-        "teacher": cfg.teacher_model_name_or_path or f"builtin:{script.builtin_task}",
+        "teacher": cfg.teacher_model_name_or_path
+        or (f"{cfg.teacher_server_model or '?'} served at {cfg.teacher_server_url}" if served else None)
+        or f"builtin:{script.builtin_task}",
         "method": cfg.method,
     }
     return out
@@ -681,6 +723,22 @@ def plan_recipe(
 
 def _params(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+
+
+def _format_teacher_server(server: dict[str, Any], inp: dict[str, Any]) -> str:
+    head = (
+        f"teacher server (vLLM on GPUs of its own, not counted above; nothing of the teacher on the training GPUs): "
+        f"{server['weights'] / GiB:.1f} GiB of bf16 weights, {server['sequence_kv'] / GiB:.2f} GiB of KV cache per "
+        f"full-length sequence, {server['sequences_per_step']} sequences to score per step;"
+    )
+    options = ", ".join(f"{tp}: {n}" for tp, n in server["sequences_at_once"].items())
+    tp = server["tensor_parallel_size"]
+    if tp is None:
+        return f"{head} it does not fit {inp['gpu_memory_gib']:g} GiB GPUs at tensor parallel 1-8."
+    return (
+        f"{head} sequences at once by --tensor-parallel-size on {inp['gpu_memory_gib']:g} GiB GPUs: {options} "
+        f"(smallest that fits: {tp}); start it with --max-model-len {server['max_model_len']} or more."
+    )
 
 
 def format_plan(plan: dict[str, Any]) -> str:
@@ -757,6 +815,9 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines.append("recommended: none of DDP / ZeRO-2 / FSDP2 / ZeRO-3 fits.")
     for item in plan["advice"]:
         lines.append(f"  - {item}")
+    server = plan.get("teacher_server")
+    if server:
+        lines.append(_format_teacher_server(server, inp))
     for note in plan["notes"]:
         lines.append(f"note: {note}")
     lines.append("Estimates from public architecture facts; not measured on a GPU (docs/scaling.md).")

@@ -193,17 +193,21 @@ def build_trainer(script: ScriptArguments, cfg: OPDConfig, callbacks=None, progr
         if script.builtin_task != "arithmetic":
             raise SeadError(f"builtin_task must be 'arithmetic'; got {script.builtin_task!r}")
         prepared, ds = builtin_arithmetic(script, cfg, progress)
-        student, teacher, tokenizer = prepared.load_student(), prepared.load_teacher(), prepared.tokenizer
+        student, tokenizer = prepared.load_student(), prepared.tokenizer
+        teacher = None if cfg.teacher_server_url else prepared.load_teacher()
     else:
         if not script.model_name_or_path:
             raise SeadError("model_name_or_path (the student) is required unless builtin_task is set.")
-        if not cfg.teacher_model_name_or_path:
-            raise SeadError("teacher_model_name_or_path is required unless builtin_task is set.")
+        if not cfg.teacher_model_name_or_path and not cfg.teacher_server_url:
+            raise SeadError(
+                "teacher_model_name_or_path (or teacher_server_url, a served teacher) is required unless builtin_task "
+                "is set."
+            )
         if not script.dataset_name:
             raise SeadError("dataset_name is required unless builtin_task is set.")
         for role, name in (
             ("model_name_or_path", script.model_name_or_path),
-            ("teacher_model_name_or_path", cfg.teacher_model_name_or_path),
+            ("teacher_model_name_or_path", cfg.teacher_model_name_or_path or ""),
         ):
             if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
                 raise SeadError(f"{role}: the directory {name} does not exist.")
@@ -212,7 +216,8 @@ def build_trainer(script: ScriptArguments, cfg: OPDConfig, callbacks=None, progr
         )
         ds = map_dataset_columns(ds, script, cfg)
         tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path, padding_side="left")
-        check_teacher_tokenizer(cfg.teacher_model_name_or_path, tokenizer)
+        if cfg.teacher_model_name_or_path:  # a served teacher's tokenizer is checked by the trainer, over HTTP
+            check_teacher_tokenizer(cfg.teacher_model_name_or_path, tokenizer)
         student, teacher = script.model_name_or_path, cfg.teacher_model_name_or_path
     return OPDTrainer(
         student, teacher, args=cfg, train_dataset=ds, processing_class=tokenizer, callbacks=callbacks

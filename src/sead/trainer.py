@@ -4,7 +4,8 @@ Thin glue. Hooks overridden:
 
 - ``_generate_and_score_completions``: curriculum draw (only open prompts), verifier grading of the
   rollouts, SG-OPD teacher mixing; TRL still does the student's generation.
-- ``_compute_loss``: the objective (fused chunked loss or the logits path of ``sead.objective``).
+- ``_compute_loss``: the objective (fused chunked loss or the logits path of ``sead.objective``); with
+  ``teacher_server_url``, the served teacher's sparse log-probs (``sead.teacher_server``) and no local teacher.
 - ``_save_checkpoint`` / ``train``: the method's own state (curriculum gate, counters) travels with the
   checkpoint, so a resumed run continues exactly.
 
@@ -14,6 +15,7 @@ The method logic itself lives in ``zones``, ``schedules``, ``gates``, ``curricul
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -33,11 +35,14 @@ from .config import OPDConfig
 from .curriculum import CompetenceCurriculum
 from .errors import NonFiniteError, SeadError
 from .fused import fused_sead_loss
+from .interrupt import _any_rank
+from .loss_output import SeadLossOutput
 from .objective import logits_objective
 from .rewards import RewardFunc, VerdictGrader, default_reward
 from .schedules import cosine_anneal, teacher_mix_ratio
 from .sharding import FSDP, check_sharding, frozen_copy, is_partitioned, prepare_frozen, reload_model
-from .teacher_generation import generate_with_vllm_or_hf, make_teacher_llm, use_vllm_for_teacher
+from .teacher_generation import _trim, generate_with_vllm_or_hf, make_teacher_llm, use_vllm_for_teacher
+from .teacher_server import SparseTeacher, TeacherServer, TeacherServerError, sample_from_server
 from .verify import GradeCounter
 
 __all__ = ["OPDTrainer"]
@@ -101,6 +106,32 @@ def teacher_mix_picks(rho: float, n: int, *, seed: int, step: int, rank: int) ->
     return torch.randperm(n, generator=g)[:k].tolist()
 
 
+def sparse_teacher_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher: SparseTeacher,
+    mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    **kwargs,
+) -> SeadLossOutput:
+    """The loss against a served teacher: ``student_hidden`` ``[B, T, H]`` and ``student_weight`` ``[V, H]`` (as
+    :func:`sead.fused.fused_sead_loss`), the teacher's :class:`~sead.teacher_server.SparseTeacher` at the valid
+    positions of ``mask`` ``[B, T]`` (row-major), the sampled tokens ``completion_ids`` ``[B, T]``. Keywords: those
+    of ``fused_sead_loss`` (``student_bias``, ``alpha``, ``zones``, ``teacher_quantile``, ``skip_fraction``,
+    ``entropy_top_k``, ``entropy_support``, ``temperature``, ``normalize``, ``num_items``, ``chunk_size``,
+    ``zone_precision``), plus ``estimator`` (``"topk"`` or ``"sampled"``), ``estimator_top_k``, ``sign_gate``,
+    ``correct`` ``[B]``, ``ref_hidden`` / ``ref_weight`` / ``ref_bias`` (the SG-OPD reference, or ``None``),
+    ``lambda_consensus``, ``lambda_conflict``.
+
+    TODO(loss helper): the fused loss's "sparse teacher" input replaces this placeholder (one call, in
+    ``OPDTrainer._served_teacher_loss``); the tests stand in a naive top-k-with-tail loss.
+    """
+    raise NotImplementedError(
+        "the loss against a served teacher (sparse teacher log-probs) is not in this build yet: it comes with the "
+        "fused loss's sparse-teacher input. Use a local teacher (teacher_model_name_or_path) meanwhile."
+    )
+
+
 class EpochSeededRepeatSampler(RepeatSampler):
     """TRL's ``RepeatSampler`` whose shuffle order is a pure function of ``(seed, epoch)``.
 
@@ -160,6 +191,46 @@ class _NonFiniteGuard(TrainerCallback):
         t.sead_counters["nonfinite_skipped_steps"] += 1
 
 
+class _StepEndSnapshot(TrainerCallback):
+    """With a served teacher: the random states and the method's state at the end of the last optimizer step, so
+    that a server fault in the next step saves the checkpoint that step's end would have saved (see
+    ``OPDTrainer._checkpoint_after_server_fault``)."""
+
+    def __init__(self, trainer: OPDTrainer):
+        self.trainer = trainer
+        self.snapshot = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import random
+
+        import numpy as np
+
+        cuda = torch.cuda.random.get_rng_state_all() if torch.cuda.is_available() else None
+        self.snapshot = {
+            "step": state.global_step,
+            "rng": (random.getstate(), np.random.get_state(), torch.random.get_rng_state(), cuda),
+            "sead": copy.deepcopy(self.trainer.sead_state()),
+        }
+
+    def restore(self) -> bool:
+        """Put back the snapshot of the current step; ``False`` if there is none."""
+        import random
+
+        import numpy as np
+
+        snap = self.snapshot
+        if snap is None or snap["step"] != self.trainer.state.global_step:
+            return False
+        py, npy, cpu, cuda = snap["rng"]
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.random.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.random.set_rng_state_all(cuda)
+        self.trainer.load_sead_state(snap["sead"])
+        return True
+
+
 class OPDTrainer(DistillationTrainer):
     """On-policy distillation trainer: vanilla OPD, SEAD and SG-OPD (see ``OPDConfig.method``).
 
@@ -206,6 +277,11 @@ class OPDTrainer(DistillationTrainer):
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         self.grader = VerdictGrader(funcs, args.grader_timeout, args.correct_threshold)
 
+        if args.teacher_server_url and teacher_model is not None:
+            raise SeadError(
+                "teacher_server_url is set and a teacher_model was passed: the teacher is either served or local. "
+                "Pass teacher_model=None with a served teacher."
+            )
         check_vocabularies(model, teacher_model, args)
         state = getattr(args, "distributed_state", None)
         if state is not None:  # refuse a launch that asks for FSDP / DeepSpeed on CPU before loading any model
@@ -256,11 +332,56 @@ class OPDTrainer(DistillationTrainer):
             except ValueError as err:
                 raise SeadError(str(err)) from err
             self._check_curriculum_orders_something()
-        self.teacher_llm = self._make_teacher_engine(teacher_source) if args.teacher_mixing else None
+        self.teacher_server = self._connect_teacher_server() if args.teacher_server_url else None
+        if args.teacher_mixing and self.teacher_server is None:
+            self.teacher_llm = self._make_teacher_engine(teacher_source)
+        else:
+            self.teacher_llm = None
         self.grade_counter = grade_counter
         self.sead_counters = {"nonfinite_skipped_steps": 0, "grader_timeouts": 0, "grader_errors": 0}
         self._nonfinite_reason: str | None = None
         self.add_callback(_NonFiniteGuard(self))
+        self._step_end_snapshot = None
+        if self.teacher_server is not None:
+            self._step_end_snapshot = _StepEndSnapshot(self)
+            self.add_callback(self._step_end_snapshot)
+
+    def _connect_teacher_server(self) -> TeacherServer:
+        """The served teacher's client, checked before any step: it answers, serves the model, holds the run's
+        sequences, returns the ``k`` log-probs the run needs (``--max-logprobs``) and tokenizes like the student."""
+        args = self.args
+        vocab = int(self.model.config.get_text_config().vocab_size)
+        server = TeacherServer(
+            args.teacher_server_url,
+            args.teacher_server_model,
+            timeout=args.teacher_server_timeout,
+            max_retries=args.teacher_server_max_retries,
+            backoff=args.teacher_server_backoff,
+            vocab_size=vocab,
+        )
+        self._served_top_k = min(args.teacher_server_top_k, vocab)
+        limit = self.prompt_length_limit()
+        server.wait_until_ready(args.teacher_server_startup_timeout)
+        server.check(
+            self._served_top_k,
+            tokenizer=self._tokenizer,
+            max_sequence_length=None if limit is None else limit + int(self.max_completion_length or 0),
+        )
+        return server
+
+    def _ask_teacher_server(self, fn, *args):
+        """``fn(*args)`` (a teacher-server call), every rank learning whether any rank's call failed: then all of
+        them raise :class:`TeacherServerError` at the same point, so none hangs in a collective."""
+        failure = None
+        try:
+            result = fn(*args)
+        except TeacherServerError as err:
+            failure, result = err, None
+        if _any_rank(failure is not None, self.accelerator.device):
+            raise failure or TeacherServerError(
+                f"the teacher server at {self.teacher_server.url} failed on another process (see its message)."
+            )
+        return result
 
     def _prepare_frozen_models(self, ref) -> None:
         """Teacher and reference sharded as the launcher shards the student (:mod:`sead.sharding`). TRL prepared the
@@ -532,22 +653,26 @@ class OPDTrainer(DistillationTrainer):
             return output, correct, mixed
         G = self.args.teacher_num_generations
         prompt_ids, prompt_mask = output["prompt_ids"][picks], output["prompt_mask"][picks]
-        teacher = self.accelerator.unwrap_model(self.teacher_model)
-        candidates = generate_with_vllm_or_hf(
-            teacher,
-            prompt_ids,
-            prompt_mask=prompt_mask,
-            num_samples=G,
-            max_new_tokens=self.max_completion_length,
-            pad_token_id=self._tokenizer.pad_token_id,
-            eos_token_ids=self.eos_token_ids,
-            temperature=self.args.teacher_temperature,
-            llm=self.teacher_llm,
-            batch_size=self.args.teacher_generation_batch_size,  # bounded KV cache; the same calls on every rank
-            # vLLM draws from its own generator: seed it from (seed, step, rank) so a resumed run draws the same;
-            # the HF path draws from torch's global stream, which the checkpoint restores.
-            seed=None if self.teacher_llm is None else self.args.seed * 7919 + self.state.global_step * 131 + self.accelerator.process_index,
-        )  # fmt: skip
+        seed = self.args.seed * 7919 + self.state.global_step * 131 + self.accelerator.process_index
+        if self.teacher_server is not None:
+            candidates = self._served_teacher_rollouts(prompt_ids, prompt_mask, G, seed)
+        else:
+            teacher = self.accelerator.unwrap_model(self.teacher_model)
+            candidates = generate_with_vllm_or_hf(
+                teacher,
+                prompt_ids,
+                prompt_mask=prompt_mask,
+                num_samples=G,
+                max_new_tokens=self.max_completion_length,
+                pad_token_id=self._tokenizer.pad_token_id,
+                eos_token_ids=self.eos_token_ids,
+                temperature=self.args.teacher_temperature,
+                llm=self.teacher_llm,
+                # vLLM draws from its own generator: seed it from (seed, step, rank) so a resumed run draws the
+                # same; the HF path draws from torch's global stream, which the checkpoint restores.
+                batch_size=self.args.teacher_generation_batch_size,  # bounded KV cache; the same calls on every rank
+                seed=None if self.teacher_llm is None else seed,
+            )
         texts = self.processing_class.batch_decode(candidates, skip_special_tokens=True)
         rows = [inputs[i] for i in picks for _ in range(G)]
         verdicts = self._grade(rows, texts)
@@ -584,6 +709,21 @@ class OPDTrainer(DistillationTrainer):
                 output["tool_mask"] = pad(rows, padding_value=1, padding_side="right").to(device)
         return output, correct, mixed
 
+    def _served_teacher_rollouts(self, prompt_ids, prompt_mask, G: int, seed: int) -> list[list[int]]:
+        """SG-OPD's cold-start rollouts sampled by the served teacher: ``G`` per prompt, prompt-major, each cut
+        after its first EOS; seeded from ``(seed, step, rank)`` so a resumed run draws the same."""
+        prompts = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+        args = self.args
+        sampled = self._ask_teacher_server(
+            lambda: sample_from_server(
+                self.teacher_server.url, self.teacher_server.model, prompts, G, args.teacher_temperature,
+                self.max_completion_length, seed, timeout=args.teacher_server_timeout,
+                max_retries=args.teacher_server_max_retries, backoff=args.teacher_server_backoff,
+                stop_token_ids=self.eos_token_ids,
+            )
+        )  # fmt: skip
+        return [_trim(c, self.eos_token_ids, self._tokenizer.pad_token_id) for c in sampled]
+
     # ---- loss -----------------------------------------------------------------------------------
     def _loss_num_items(self, num_items_in_batch):
         """Global normaliser: TRL's global valid-token count (per process), times (1 - skip_fraction) for
@@ -612,6 +752,8 @@ class OPDTrainer(DistillationTrainer):
             mask_BT = mask_BT * inputs["tool_mask"]
         logits_to_keep = inputs["completion_ids"].size(1)
         h_s = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
+        if self.teacher_server is not None:
+            return self._served_teacher_loss(unwrapped_student, h_s, inputs, input_ids, attention_mask, num_items_in_batch)
         self.teacher_model.eval()
         unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
         with torch.no_grad():
@@ -627,18 +769,7 @@ class OPDTrainer(DistillationTrainer):
         head_s, head_t = unwrapped_student.get_output_embeddings(), unwrapped_teacher.get_output_embeddings()
         w_s, b_s = _full_tensor(head_s.weight, h_s.dtype), _full_tensor(head_s.bias)
         w_t, b_t = _full_tensor(head_t.weight, h_t.dtype), _full_tensor(head_t.bias)
-        alpha = self.current_alpha()
-        common = {
-            "alpha": alpha,
-            "zones": bool(args.zones),
-            "teacher_quantile": args.teacher_quantile,
-            "skip_fraction": args.skip_fraction,
-            "entropy_top_k": args.entropy_top_k,
-            "entropy_support": args.entropy_support,
-            "temperature": self.temperature,
-            "normalize": args.loss_normalization,
-            "num_items": self._loss_num_items(num_items_in_batch),
-        }
+        alpha, common = self._loss_common(num_items_in_batch)
         try:
             self._check_finite(h_s, h_t, mask_BT)
             if args.estimator == "full" and not args.sign_gate and args.use_fused_loss:
@@ -701,6 +832,79 @@ class OPDTrainer(DistillationTrainer):
                 "and would train the student on distributions computed without the images. Vision-language "
                 "distillation is not supported; remove the image column or use TRL's DistillationTrainer."
             )
+
+    def _loss_common(self, num_items_in_batch) -> tuple[float, dict[str, Any]]:
+        """``(alpha, keywords)`` every loss implementation shares (zones, anneal weight, normaliser)."""
+        args = self.args
+        alpha = self.current_alpha()
+        return alpha, {
+            "alpha": alpha,
+            "zones": bool(args.zones),
+            "teacher_quantile": args.teacher_quantile,
+            "skip_fraction": args.skip_fraction,
+            "entropy_top_k": args.entropy_top_k,
+            "entropy_support": args.entropy_support,
+            "temperature": self.temperature,
+            "normalize": args.loss_normalization,
+            "num_items": self._loss_num_items(num_items_in_batch),
+        }
+
+    def _served_teacher_loss(self, student, h_s, inputs, input_ids, attention_mask, num_items_in_batch):
+        """The loss against the served teacher: its sparse log-probs for this micro-batch (one request) and the
+        student's hidden states; the SG-OPD reference model, when used, stays local."""
+        args = self.args
+        mask_BT, completion_ids = inputs["completion_mask"], inputs["completion_ids"]
+        sparse = self._ask_teacher_server(
+            self.teacher_server.sparse_teacher,
+            inputs["prompt_ids"], inputs["prompt_mask"], completion_ids, mask_BT, self._served_top_k,
+        )  # fmt: skip
+        head_s = student.get_output_embeddings()
+        w_s, b_s = _full_tensor(head_s.weight, h_s.dtype), _full_tensor(head_s.bias)
+        ref = {"ref_hidden": None, "ref_weight": None, "ref_bias": None}
+        if args.sign_gate and self.ref_model is not None:
+            unwrapped_ref = self.accelerator.unwrap_model(self.ref_model)
+            with torch.no_grad():
+                h_ref = self._get_last_hidden_state(unwrapped_ref, input_ids, attention_mask, completion_ids.size(1))
+            head_ref = unwrapped_ref.get_output_embeddings()
+            ref = {
+                "ref_hidden": h_ref,
+                "ref_weight": _full_tensor(head_ref.weight, h_ref.dtype),
+                "ref_bias": _full_tensor(head_ref.bias),
+            }
+        alpha, common = self._loss_common(num_items_in_batch)
+        try:
+            if not torch.isfinite(h_s.detach()[mask_BT.bool()]).all():
+                raise NonFiniteError("student hidden states contain NaN or inf")
+            out = sparse_teacher_loss(
+                h_s,
+                w_s,
+                sparse.to(h_s.device),
+                mask_BT,
+                completion_ids,
+                student_bias=b_s,
+                estimator=args.estimator,
+                estimator_top_k=args.estimator_top_k,
+                chunk_size=args.loss_chunk_size,
+                zone_precision=args.zone_precision,
+                sign_gate=bool(args.sign_gate),
+                correct=inputs.get("correct"),
+                lambda_consensus=args.lambda_consensus,
+                lambda_conflict=args.lambda_conflict,
+                **ref,
+                **common,
+            )
+            if not torch.isfinite(out.loss.detach()):
+                raise NonFiniteError(f"the loss is {out.loss.item()}")
+        except ValueError as err:
+            if not (isinstance(err, NonFiniteError) or _NONFINITE_MESSAGE.search(str(err))):
+                raise
+            return self._refuse_nonfinite(str(err), h_s, head_s, mask_BT)
+        self._log_loss_stats(out.stats, alpha)
+        return (
+            out.loss,
+            torch.tensor(out.stats["mean_h_s"] * out.stats["num_valid"], device=h_s.device),
+            mask_BT.sum(),
+        )
 
     def _refuse_nonfinite(self, reason: str, h_s, head_s, mask_BT):
         """The micro-step's loss is replaced by an exact zero that still reaches every trainable parameter
@@ -790,4 +994,28 @@ class OPDTrainer(DistillationTrainer):
                     "bucket (the rest of the training state is restored).",
                     stacklevel=2,
                 )
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        except TeacherServerError as err:
+            raise self._checkpoint_after_server_fault(err) from err
+
+    def _checkpoint_after_server_fault(self, err: TeacherServerError) -> TeacherServerError:
+        """After the served teacher failed mid-step (on every rank at once, see ``_ask_teacher_server``): save the
+        checkpoint of the last completed step, as its end would have saved it (weights, optimizer, schedule, the
+        random states and method state of that moment: the failed step's partial work is dropped), and return the
+        error to raise, naming the checkpoint. Nothing is saved when no step completed in this run."""
+        step = int(self.state.global_step)
+        if self._step_end_snapshot is None or not self._step_end_snapshot.restore():
+            if step == 0:
+                return TeacherServerError(f"{err} No optimizer step had completed: nothing was saved.")
+            return TeacherServerError(
+                f"{err} No step completed since this run resumed at step {step}: resume from that checkpoint again."
+            )
+        self._save_checkpoint(self.model_wrapped, trial=None)
+        path = os.path.join(self._get_output_dir(trial=None), f"checkpoint-{step}")
+        out = TeacherServerError(
+            f"{err} Training stopped at step {step}; a checkpoint of that step was saved in {path}. Resume with "
+            f"--resume_from_checkpoint {path} once the server answers."
+        )
+        out.checkpoint = path
+        return out

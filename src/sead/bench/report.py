@@ -104,7 +104,10 @@ def step_section(res: dict, command: str) -> tuple[str, dict]:
         f"excluding the first two (warm-up); {first.get('rounds', 1)} round(s), each trainer once per round in a rotated order, "
         "median of the round medians. A step includes rollout generation, the teacher forward and the update; ours also "
         "grades every rollout with the verifier to log `rollout/pass_rate` (`log_pass_rate: true`, the default), except "
-        "`opd_nograde` (`log_pass_rate: false`), which does the same work as TRL's step.",
+        "`opd_nograde` (`log_pass_rate: false`), which does the same work as TRL's step. `sead_topk`: SEAD with the "
+        "top-k estimator (k = 8, zone entropies over the same 8) and a teacher of the same size with 2 attention heads; "
+        "`sead_server`: that step with that teacher served by a vLLM server on this machine (fp32, 127.0.0.1, started "
+        "once for the benchmark): one `prompt_logprobs` request per micro-batch, no teacher in the training process.",
         "",
         _table(["trainer", "step ms", "step / TRL", "peak RSS MB"], table),
         *errors,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import tempfile
@@ -49,7 +50,9 @@ def bench_loss(
 
 # "opd_nograde": vanilla OPD with log_pass_rate=False, i.e. without the verifier grading that only feeds the
 # rollout/pass_rate log: the same work per step as TRL's trainer.
-STEP_TRAINERS = ("trl", "opd", "opd_nograde", "sead", "sgopd")
+# "sead_topk" / "sead_server": SEAD with the top-k estimator (k = 8), the teacher local / served by a vLLM server
+# that the suite starts on 127.0.0.1 for the whole benchmark (sead.bench.served).
+STEP_TRAINERS = ("trl", "opd", "opd_nograde", "sead", "sgopd", "sead_topk", "sead_server")
 
 
 STEP_ROUNDS = 3
@@ -70,6 +73,28 @@ def _merge_rounds(name: str, runs: list[dict]) -> dict:
     }
 
 
+def _start_step_teacher_server(stack: contextlib.ExitStack, tmp: Path) -> tuple[str | None, str | None]:
+    """The "sead_server" row's teacher in a vLLM server for the whole benchmark: ``(url, None)``, or
+    ``(None, why)`` when vLLM is missing or the server does not start."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return None, "vLLM is not installed (the sead_server row needs a vLLM server for its teacher)"
+    from .served import vllm_teacher_server
+    from .worker import SERVED_TOP_K, served_step_teacher
+
+    folder = tmp / "served-teacher"
+    served_step_teacher().save_pretrained(folder)
+    from ..tasks.arithmetic import build_tokenizer
+
+    build_tokenizer().save_pretrained(folder)
+    try:
+        url = stack.enter_context(vllm_teacher_server(folder, name="teacher", max_logprobs=SERVED_TOP_K, max_model_len=64))
+    except RuntimeError as err:
+        return None, " ".join(str(err).split())[-500:]
+    return url, None
+
+
 def bench_step(quick: bool = False, threads: int = 1, progress: bool = True) -> dict[str, Any]:
     """Median optimizer-step time and peak RSS of OPDTrainer vs TRL's DistillationTrainer, same models and batch."""
     steps = 6 if quick else 14
@@ -78,13 +103,17 @@ def bench_step(quick: bool = False, threads: int = 1, progress: bool = True) -> 
     # machine hits all trainers alike; a trainer's step time is the median of its rounds' medians.
     by_name: dict[str, list[dict]] = {name: [] for name in STEP_TRAINERS}
     order = list(STEP_TRAINERS)
-    with tempfile.TemporaryDirectory() as tmp, tqdm(total=rounds * len(order), desc="bench step", disable=not progress) as bar:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        url, server_error = _start_step_teacher_server(stack, Path(tmp))
+        bar = stack.enter_context(tqdm(total=rounds * len(order), desc="bench step", disable=not progress))
         for r in range(rounds):
             for name in order[r % len(order) :] + order[: r % len(order)]:
-                res = run_worker(
-                    ["step", name, "--steps", str(steps), "--threads", str(threads), "--out", str(Path(tmp) / f"{name}-{r}")],
-                    env={"OMP_NUM_THREADS": str(threads)},
-                )
+                args = ["step", name, "--steps", str(steps), "--threads", str(threads), "--out", str(Path(tmp) / f"{name}-{r}")]
+                if name == "sead_server" and url is None:
+                    res = {"error": server_error}
+                else:
+                    res = run_worker(args + (["--teacher-url", url] if name == "sead_server" else []),
+                                     env={"OMP_NUM_THREADS": str(threads)})
                 res.setdefault("trainer", name)
                 by_name[name].append(res)
                 bar.update(1)

@@ -103,36 +103,64 @@ def bench_loss(impl: str, n: int, v: int, h: int, reps: int, threads: int) -> di
 
 
 # ---- training step -----------------------------------------------------------------------------
-def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threads: int, out: str) -> dict:
-    """Median optimizer-step time of one trainer on tiny random models (same models, data, seed for all)."""
-    torch.set_num_threads(threads)
+# The rows with a top-k teacher ("sead_topk": local, "sead_server": served by vLLM) use k = 8 of the 25-token
+# vocabulary, and a teacher with 2 attention heads (head_dim 80: vLLM's CPU attention has no head_dim 40).
+SERVED_TOP_K = 8
+
+
+def step_model(hidden: int, layers: int, seed: int, heads: int = 4):
+    """A tiny random Qwen2 over the arithmetic tokenizer (the step benchmark's student and teachers)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from sead.tasks.arithmetic import build_tokenizer
+
+    tok = build_tokenizer()
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=2, intermediate_size=3 * hidden, max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+    )
+    return Qwen2ForCausalLM(cfg)
+
+
+def served_step_teacher():
+    """The teacher of the "sead_topk" and "sead_server" rows (the one the suite serves with vLLM)."""
+    return step_model(160, 4, 1, heads=2)
+
+
+def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threads: int, out: str,
+               teacher_url: str | None = None) -> dict:
+    """Median optimizer-step time of one trainer on tiny random models (same models, data, seed for all)."""
+    torch.set_num_threads(threads)
     from sead.config import OPDConfig
     from sead.tasks.arithmetic import build_tokenizer, make_dataset
 
     tok = build_tokenizer()
-
-    def model(hidden, layers, seed):
-        torch.manual_seed(seed)
-        cfg = Qwen2Config(
-            vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-            num_key_value_heads=2, intermediate_size=3 * hidden, max_position_embeddings=64,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-        )
-        return Qwen2ForCausalLM(cfg)
+    model = step_model
 
     ds = make_dataset(max(256, batch * (steps + 1)), seed=0)
     ds = ds.add_column("difficulty", [(lv - 1) / 3 for lv in ds["level"]])
-    method = {"trl": "opd", "opd_nograde": "opd"}.get(trainer_name, trainer_name)
+    method = {"trl": "opd", "opd_nograde": "opd", "sead_topk": "sead", "sead_server": "sead"}.get(trainer_name, trainer_name)
+    topk = {}
+    if trainer_name in ("sead_topk", "sead_server"):  # the same SEAD step with a top-k teacher, local or served
+        # max_prompt_length: prompt + completion + the one token a scoring request generates fit the 64 positions
+        topk = dict(estimator="topk", estimator_top_k=SERVED_TOP_K, entropy_top_k=SERVED_TOP_K, max_prompt_length=48)
+    if trainer_name == "sead_server":
+        if not teacher_url:
+            raise SystemExit("sead_server needs --teacher-url (the suite starts the server)")
+        topk.update(teacher_server_url=teacher_url, teacher_server_model="teacher", teacher_server_startup_timeout=60)
     cfg = OPDConfig(
         output_dir=out, method=method, max_steps=steps, per_device_train_batch_size=batch,
         max_completion_length=completion, learning_rate=1e-4, logging_steps=1, report_to=[], bf16=False,
         gradient_checkpointing=False, save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
         competence_window=batch, teacher_num_generations=4, generation_kwargs={"min_new_tokens": completion},
         log_pass_rate=trainer_name != "opd_nograde",  # "opd_nograde": the same work as TRL's step (no grading)
+        **topk,
     )
     student, teacher = model(64, 2, 0), model(160, 4, 1)
+    if topk:
+        teacher = None if trainer_name == "sead_server" else served_step_teacher()
     if trainer_name == "trl":
         from trl import DistillationTrainer
 
@@ -174,11 +202,12 @@ def main(argv=None) -> int:
     sp.add_argument("--completion", type=int, default=12)
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", default="/tmp/sead-bench-step")
+    sp.add_argument("--teacher-url", default=None, help="sead_server: the vLLM server holding the teacher")
     a = p.parse_args(argv)
     if a.what == "loss":
         res = bench_loss(a.impl, a.n, a.v, a.h, a.reps, a.threads)
     else:
-        res = bench_step(a.trainer, a.steps, a.batch, a.completion, a.threads, a.out)
+        res = bench_step(a.trainer, a.steps, a.batch, a.completion, a.threads, a.out, a.teacher_url)
     print(json.dumps(res))
     return 0
 

@@ -6,7 +6,9 @@ flags override the YAML. Also runs under ``accelerate launch -m sead.cli train -
 Exit status: 0 done; 2 a problem with the input (printed as one paragraph, no traceback: config,
 data, models, or a ``NonFiniteError`` with ``nonfinite_policy: error``); 3 stopped by SIGTERM/SIGINT
 after saving a checkpoint: rerun with ``--resume_from_checkpoint DIR`` (or ``--resume_from_checkpoint
-last``: the newest checkpoint in ``output_dir``). See docs/reliability.md.
+last``: the newest checkpoint in ``output_dir``); 4 the teacher server (``teacher_server_url``) failed during
+training after its retries: the last completed step was saved as a checkpoint, resume it once the server
+answers. See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from ..errors import SeadError
 
 # Exit status after a SIGTERM/SIGINT that saved a checkpoint: resume with --resume_from_checkpoint.
 EXIT_INTERRUPTED = 3
+# Exit status after the teacher server failed mid-run (a checkpoint of the last completed step is saved).
+EXIT_TEACHER_SERVER = 4
 
 # `--resume_from_checkpoint` values meaning "the newest checkpoint in output_dir".
 _LATEST = ("last", "latest", "true", "True")
@@ -30,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Any other --field value pair overrides the recipe (fields of ScriptArguments and OPDConfig; "
         "`sead train --help` lists them). Exit status: 0 done, 2 bad input, 3 interrupted by "
-        "SIGTERM/SIGINT after saving a checkpoint (resume with --resume_from_checkpoint DIR or last)."
+        "SIGTERM/SIGINT after saving a checkpoint (resume with --resume_from_checkpoint DIR or last), 4 the teacher "
+        "server failed mid-run (a checkpoint of the last step was saved)."
     )
 
     # Every flag but --config is a recipe field, passed on in order to TRL's parser. (An argparse
@@ -119,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     resume = _resume_target(cfg.resume_from_checkpoint, cfg.output_dir)
     from ..interrupt import GracefulInterrupt
     from ..run import build_trainer
+    from ..teacher_server import TeacherServerError
 
     interrupt = GracefulInterrupt()
     try:
@@ -128,7 +134,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:  # TRL / transformers refusing the models or data: the user's to fix
         raise SeadError(f"{type(err).__name__}: " + " ".join(str(err).split())) from err
     with interrupt.installed():
-        trainer.train(resume_from_checkpoint=resume)
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        except TeacherServerError as err:
+            print(f"sead train: error: {err}", file=sys.stderr)
+            return EXIT_TEACHER_SERVER
     finished = trainer.state.max_steps > 0 and trainer.state.global_step >= trainer.state.max_steps
     if interrupt.received is not None and not finished:
         print(

@@ -1,0 +1,397 @@
+"""The served teacher's client and its trainer wiring, against a fake vLLM server (tests/_teacher_server.py) in
+this process: answers, faults and retries, start-up checks, config refusals, a training step, and a server fault
+mid-run that saves a checkpoint from which the run resumes exactly. The real vLLM server: test_teacher_server_vllm.py.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sead.trainer as sead_trainer
+from _teacher_server import FakeVLLM, standin_sparse_loss
+from _tiny import max_abs_diff, params, tiny_config, tiny_dataset, tiny_model, tokenizer
+from sead.errors import SeadError
+from sead.objective import logits_objective
+from sead.teacher_server import SparseTeacher, TeacherServer, TeacherServerError, parse_prompt_logprobs
+from sead.trainer import OPDTrainer
+
+K = 8
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def teacher():
+    return tiny_model(seed=1)
+
+
+@pytest.fixture
+def server(teacher):
+    with FakeVLLM(teacher, tokenizer(), max_logprobs=K) as srv:
+        yield srv
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    """The trainer's one sparse-loss call goes to the test's stand-in (the loss helper's fused one replaces it)."""
+    monkeypatch.setattr(sead_trainer, "sparse_teacher_loss", standin_sparse_loss)
+
+
+def _client(url, **kw):
+    kw = {"model": "tiny-teacher", "timeout": 5.0, "max_retries": 2, "backoff": 0.01, **kw}
+    return TeacherServer(url, kw.pop("model"), **kw)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- parsing --------------------------------------------------------------------------------------
+def test_parse_prompt_logprobs_by_hand():
+    """k = 2: a position whose token is in the top-2 has 2 entries, one whose token is not has 3."""
+    answer = [
+        None,
+        {"5": {"logprob": -0.5, "rank": 1}, "7": {"logprob": -1.5, "rank": 2}},  # token 7 is in the top-2
+        {"3": {"logprob": -4.0, "rank": 9}, "1": {"logprob": -0.1, "rank": 1}, "2": {"logprob": -2.5, "rank": 2}},
+    ]
+    ids, lps, sampled = parse_prompt_logprobs(answer, [9, 7, 3], start=1, top_k=2)
+    assert ids == [[5, 7], [1, 2]]
+    assert lps == [[-0.5, -1.5], [-0.1, -2.5]]
+    assert sampled == [-1.5, -4.0]
+
+
+@pytest.mark.parametrize(
+    "answer, why",
+    [
+        ([None, {"5": {"logprob": -0.5, "rank": 1}}], "positions"),  # 2 positions for 3 tokens
+        ([None, None, {"3": {"logprob": -0.1, "rank": 1}, "1": {"logprob": -2.0, "rank": 2}}], "dict"),
+        ([None, {"1": {"logprob": -0.1, "rank": 1}, "2": {"logprob": -1.0, "rank": 2}}, {"3": {"logprob": -0.1, "rank": 1}, "1": {"logprob": -2.0, "rank": 2}}], "no log-prob"),
+        ([None, {"7": {"logprob": float("nan"), "rank": 1}, "2": {"logprob": -1.0, "rank": 2}}, {"3": {"logprob": -0.1, "rank": 1}, "1": {"logprob": -2.0, "rank": 2}}], "finite"),
+        ([None, {"7": {"logprob": -0.1, "rank": 1}}, {"3": {"logprob": -0.1, "rank": 1}, "1": {"logprob": -2.0, "rank": 2}}], "expected 2 or 3"),
+        ([None, {"7": {"logprob": -0.1, "rank": 1}, "99": {"logprob": -3.0, "rank": 2}}, {"3": {"logprob": -0.1, "rank": 1}, "1": {"logprob": -2.0, "rank": 2}}], "outside the vocabulary"),
+    ],
+)
+def test_parse_refuses_malformed_answers(answer, why):
+    with pytest.raises(ValueError, match=why):
+        parse_prompt_logprobs(answer, [9, 7, 3], start=1, top_k=2, vocab_size=25)
+
+
+def test_sparse_teacher_matches_hf_forward(server, teacher):
+    """Layout: rows are the valid completion positions in row-major order; top-k ids and log-probs are the HF
+    teacher's log_softmax at the position before each completion token; padding on both sides is dropped."""
+    tok = tokenizer()
+    client = _client(server.url)
+    prompts = [tok("Q: 1+2=? A:")["input_ids"], tok("Q: 33+4=? A:")["input_ids"]]
+    P = max(map(len, prompts))
+    prompt_ids = torch.full((2, P), tok.pad_token_id)
+    prompt_mask = torch.zeros((2, P), dtype=torch.long)
+    for b, p in enumerate(prompts):  # left padding
+        prompt_ids[b, P - len(p):], prompt_mask[b, P - len(p):] = torch.tensor(p), 1
+    completion_ids = torch.tensor([[6, 7, tok.eos_token_id, tok.pad_token_id], [8, 9, 10, 11]])
+    completion_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    sparse = client.sparse_teacher(prompt_ids, prompt_mask, completion_ids, completion_mask, K)
+    assert sparse.topk_ids.shape == (7, K) and sparse.topk_logprobs.shape == (7, K) and sparse.sampled_logprobs.shape == (7,)
+    rows = []
+    with torch.no_grad():
+        for b in range(2):
+            seq = prompts[b] + completion_ids[b, : int(completion_mask[b].sum())].tolist()
+            logp = F.log_softmax(teacher(torch.tensor([seq])).logits[0].float(), -1)
+            for j in range(int(completion_mask[b].sum())):
+                pos = len(prompts[b]) + j
+                rows.append((logp[pos - 1], seq[pos]))
+    for n, (lp, y) in enumerate(rows):
+        top = lp.topk(K)
+        assert sparse.topk_ids[n].tolist() == top.indices.tolist()
+        torch.testing.assert_close(sparse.topk_logprobs[n], top.values, atol=1e-6, rtol=0)
+        assert abs(sparse.sampled_logprobs[n].item() - lp[y].item()) < 1e-6
+
+
+# ---- faults and retries -----------------------------------------------------------------------------
+def test_refused_connection_retries_then_stops_with_clear_error():
+    sleeps = []
+    client = _client(f"http://127.0.0.1:{_free_port()}", max_retries=3, backoff=0.5, sleep=sleeps.append)
+    with pytest.raises(TeacherServerError, match=r"failed 4 time\(s\).*could not connect"):
+        client.sparse_logprobs([[1, 2, 3]], [1], K)
+    assert sleeps == [0.5, 1.0, 2.0]  # exponential backoff
+
+
+def test_refused_connection_then_the_server_comes_up(teacher):
+    """The server starts while the client retries: the answer arrives, nothing is lost."""
+    port = _free_port()
+    srv = FakeVLLM(teacher, tokenizer(), max_logprobs=K, port=port)
+    starter = threading.Timer(0.3, srv.start)
+    starter.start()
+    try:
+        client = _client(f"http://127.0.0.1:{port}", max_retries=20, backoff=0.1)
+        out = client.sparse_logprobs([[5, 6, 7]], [1], K)
+        assert len(out[0][2]) == 2
+    finally:
+        starter.join()
+        srv.stop()
+
+
+@pytest.mark.parametrize("fault", ["500", "malformed", "short", "timeout"])
+def test_one_fault_then_success(server, fault):
+    server.faults = [fault]
+    server.slow_seconds = 1.0
+    client = _client(server.url, timeout=0.3)
+    expected = _client(server.url).sparse_logprobs([[5, 6, 7, 8]], [1], K)
+    server.completions_requests = 0
+    server.faults = [fault]
+    assert client.sparse_logprobs([[5, 6, 7, 8]], [1], K) == expected
+    assert server.completions_requests == 2  # the faulty answer, then the retry
+
+
+@pytest.mark.parametrize("fault, cause", [("500", "HTTP 500"), ("malformed", "malformed answer"), ("timeout", "no answer within")])
+def test_persistent_fault_stops_with_the_cause(server, fault, cause):
+    server.faults = [fault] * 10
+    server.slow_seconds = 0.5
+    client = _client(server.url, timeout=0.2, max_retries=2)
+    with pytest.raises(TeacherServerError, match=cause):
+        client.sparse_logprobs([[5, 6, 7]], [1], K)
+
+
+def test_a_4xx_is_not_retried(server):
+    client = _client(server.url, max_retries=5)
+    with pytest.raises(TeacherServerError, match=r"HTTP 400.*greater than max allowed: 8"):
+        client.sparse_logprobs([[5, 6, 7]], [1], K + 1)
+    assert server.completions_requests == 1
+
+
+# ---- start-up checks ----------------------------------------------------------------------------------
+def test_check_probes_max_logprobs(server):
+    with pytest.raises(TeacherServerError, match=r"at most 8 log-probs.*needs 9.*--max-logprobs 9"):
+        _client(server.url).check(K + 1)
+    assert _client(server.url).check(K)["top_k"] == K
+
+
+def test_check_names_the_model_and_the_context(server):
+    client = _client(server.url, model=None)
+    assert client.check(K)["model"] == "tiny-teacher"  # the only model served
+    with pytest.raises(TeacherServerError, match="'other' is not served.*tiny-teacher"):
+        _client(server.url, model="other").check(K)
+    with pytest.raises(TeacherServerError, match=r"context \(128 tokens.*--max-model-len 201"):
+        _client(server.url).check(K, max_sequence_length=200)
+
+
+def test_check_refuses_a_teacher_with_another_tokenizer(teacher):
+    with FakeVLLM(teacher, tokenizer(), max_logprobs=K, tokenize_shift=1) as srv:
+        with pytest.raises(TeacherServerError, match="tokenizes text differently"):
+            _client(srv.url).check(K, tokenizer=tokenizer())
+        _client(srv.url).check(K)  # without a tokenizer to compare, no check
+
+
+def test_wait_until_ready_times_out_with_advice():
+    client = _client(f"http://127.0.0.1:{_free_port()}")
+    with pytest.raises(TeacherServerError, match=r"did not answer /health within 0.2 s.*teacher_server_startup_timeout"):
+        client.wait_until_ready(0.2)
+
+
+def test_sample_is_prompt_major_and_sends_plain_sampling(server):
+    server.sample_fn = lambda prompt, n, seed: [[prompt[-1], j, seed] for j in range(n)]
+    out = _client(server.url).sample([[5, 6], [7, 8, 9]], n=3, temperature=0.7, max_tokens=4, seed=11, stop_token_ids=[2])
+    assert out == [[6, 0, 11], [6, 1, 11], [6, 2, 11], [9, 0, 11], [9, 1, 11], [9, 2, 11]]
+    sent = server.requests[-1][1]
+    assert (sent["n"], sent["temperature"], sent["top_p"], sent["top_k"], sent["stop_token_ids"]) == (3, 0.7, 1.0, -1, [2])
+
+
+# ---- config ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        (dict(estimator="full"), "estimator: full.*topk"),
+        (dict(estimator="topk", temperature=0.7), "temperature 0.7.*generation_kwargs"),
+        (dict(estimator="topk", method="sead", entropy_top_k=0), "entropy_top_k"),
+        (dict(estimator="topk", teacher_model_name_or_path="x"), "both set"),
+        (dict(estimator="topk", teacher_server_url="localhost:8000"), "http"),
+        (dict(estimator="topk", teacher_server_max_retries=-1), "teacher_server_max_retries"),
+    ],
+)
+def test_config_refuses_what_a_server_cannot_do(tmp_path, fields, match):
+    fields = {"teacher_server_url": "http://127.0.0.1:1", **fields}
+    with pytest.raises(SeadError, match=match):
+        tiny_config(tmp_path, **fields)
+
+
+def test_config_top_k_is_the_larger_need(tmp_path):
+    cfg = tiny_config(tmp_path, teacher_server_url="http://127.0.0.1:1", estimator="topk", estimator_top_k=4,
+                      method="sead", entropy_top_k=16)
+    assert cfg.teacher_server_top_k == 16
+    cfg = tiny_config(tmp_path, teacher_server_url="http://127.0.0.1:1", estimator="sampled", estimator_top_k=4,
+                      method="opd", entropy_top_k=16)
+    assert cfg.teacher_server_top_k == 4  # no zones: only the estimator's k
+
+
+# ---- the stand-in loss is the top-k estimator -----------------------------------------------------------------
+@pytest.mark.parametrize("zones, alpha", [(False, 0.0), (True, 0.4)])
+def test_standin_loss_equals_the_logits_topk_objective(zones, alpha):
+    """The test's stand-in, fed the sparse data of full teacher logits, gives the loss and gradient of
+    ``logits_objective(estimator="topk")`` (an independent implementation from full logits)."""
+    g = torch.Generator().manual_seed(0)
+    B, T, H, V = 3, 5, 16, 25
+    h = torch.randn(B, T, H, generator=g, requires_grad=True)
+    w = torch.randn(V, H, generator=g)
+    z_t = 3 * torch.randn(B, T, V, generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[0, 3:] = 0
+    ids = torch.randint(0, V, (B, T), generator=g)
+    kw = dict(alpha=alpha, zones=zones, teacher_quantile=0.8, skip_fraction=0.3, entropy_top_k=K, normalize="kept")
+    ref = logits_objective(h @ w.T, z_t, mask, ids, estimator="topk", estimator_top_k=K, **kw)
+    (g_ref,) = torch.autograd.grad(ref.loss, h)
+    lt = F.log_softmax(z_t, -1)[mask.bool()]
+    top = lt.topk(K)
+    sparse = SparseTeacher(top.indices, top.values, lt.gather(-1, ids[mask.bool()][:, None])[:, 0])
+    out = standin_sparse_loss(h, w, sparse, mask, ids, estimator="topk", **kw)
+    (g_out,) = torch.autograd.grad(out.loss, h)
+    assert torch.equal(out.zones, ref.zones)
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_out, g_ref, atol=1e-5, rtol=1e-4)
+
+
+# ---- trainer ----------------------------------------------------------------------------------------------
+def _served_trainer(tmp_path, url, **overrides):
+    fields = dict(method="sead", curriculum=False, estimator="topk", estimator_top_k=K, entropy_top_k=K,
+                  teacher_server_url=url, teacher_server_backoff=0.01, teacher_server_max_retries=1,
+                  teacher_server_startup_timeout=5)
+    fields.update(overrides)
+    return OPDTrainer(tiny_model(0), None, args=tiny_config(tmp_path, **fields), train_dataset=tiny_dataset(16),
+                      processing_class=tokenizer())
+
+
+def _inputs(trainer):
+    """One micro-batch as the trainer holds it after generation: left-padded prompts, right-padded completions."""
+    tok = tokenizer()
+    rows = tiny_dataset(4)["prompt"]
+    prompt_ids, prompt_mask, _ = trainer._tokenize_prompts(list(rows))
+    P = max(map(len, prompt_ids))
+    pids = torch.full((4, P), tok.pad_token_id)
+    pmask = torch.zeros((4, P), dtype=torch.long)
+    for b, p in enumerate(prompt_ids):
+        pids[b, P - len(p):], pmask[b, P - len(p):] = torch.tensor(p), 1
+    g = torch.Generator().manual_seed(3)
+    cids = torch.randint(4, len(tok), (4, 6), generator=g)
+    cmask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 6, [1] + [0] * 5])
+    return {"prompt_ids": pids, "prompt_mask": pmask, "completion_ids": cids, "completion_mask": cmask}
+
+
+def test_trainer_holds_no_teacher_and_refuses_a_local_one(tmp_path, server):
+    trainer = _served_trainer(tmp_path, server.url)
+    assert trainer.teacher_model is None and trainer.teacher_server.model == "tiny-teacher"
+    with pytest.raises(SeadError, match="either served or local"):
+        OPDTrainer(tiny_model(0), tiny_model(1), args=trainer.args, train_dataset=tiny_dataset(16),
+                   processing_class=tokenizer())
+
+
+def test_trainer_start_refuses_too_few_logprobs(tmp_path, server):
+    with pytest.raises(TeacherServerError, match="--max-logprobs 12"):
+        _served_trainer(tmp_path, server.url, estimator_top_k=12, entropy_top_k=12)
+
+
+@pytest.mark.parametrize("method", ["sead", "opd"])
+def test_served_loss_equals_the_local_teacher_topk_loss(tmp_path, server, teacher, standin, method):
+    """Same micro-batch, same top-k: the trainer's loss against the server equals the local teacher's topk loss
+    (the logits path), zones and anneal included. The fake server computes in fp32 with the same model."""
+    served = _served_trainer(tmp_path / "s", server.url, method=method, curriculum=False, max_steps=10)
+    local = OPDTrainer(tiny_model(0), teacher, train_dataset=tiny_dataset(16), processing_class=tokenizer(),
+                       args=tiny_config(tmp_path / "l", method=method, curriculum=False, estimator="topk",
+                                        estimator_top_k=K, entropy_top_k=K, max_steps=10))
+    inputs = _inputs(served)
+    n = inputs["completion_mask"].sum()
+    student_s, student_l = (t.accelerator.unwrap_model(t.model) for t in (served, local))
+    loss_s, *_ = served._compute_loss(student_s, inputs, n)
+    loss_l, *_ = local._compute_loss(student_l, inputs, n)
+    assert math.isfinite(loss_s.item()) and loss_s.item() > 0
+    assert abs(loss_s.item() - loss_l.item()) <= 1e-5 * max(1.0, abs(loss_l.item()))
+    assert served._metrics["train"]["sead/mean_h_t"] == pytest.approx(local._metrics["train"]["sead/mean_h_t"], abs=1e-5)
+
+
+def test_served_step_trains(tmp_path, server, standin):
+    trainer = _served_trainer(tmp_path, server.url, max_steps=2)
+    before = params(trainer.model)
+    trainer.train()
+    assert max_abs_diff(before, params(trainer.model)) > 0
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)
+
+
+def test_sgopd_cold_start_rollouts_come_from_the_server(tmp_path, server, standin):
+    """rho = 1: every prompt asks the server for G rollouts ("12" + EOS: even length, endorsed by the parity
+    verifier), which replace the student's."""
+    from _tiny import parity_reward
+
+    args = tiny_config(tmp_path, method="sgopd", sign_gate=False, estimator="sampled", estimator_top_k=K,
+                       teacher_server_url=server.url, teacher_mix_rho0=1.0, teacher_mix_phase_fraction=1.0,
+                       teacher_num_generations=3, max_steps=1)
+    trainer = OPDTrainer(tiny_model(0), None, args=args, train_dataset=tiny_dataset(16), processing_class=tokenizer(),
+                         reward_funcs=parity_reward)
+    trainer.train()
+    samples = [p for path, p in server.requests if path == "/v1/completions" and p.get("n", 1) == 3]
+    assert samples and all(p["max_tokens"] == 8 and "prompt_logprobs" not in p for p in samples)
+    assert trainer.state.log_history[0]["sgopd/teacher_mixed_frac"] == 1.0
+
+
+def test_server_fault_mid_run_saves_a_checkpoint_and_resumes_exactly(tmp_path, server, standin):
+    """The server dies in step 3 (of 4): training stops with a TeacherServerError naming checkpoint-2, whose
+    contents are those of step 2's end; resuming from it with the server back ends where an uninterrupted run
+    ends (parameters equal to 1e-6)."""
+    full = _served_trainer(tmp_path / "full", server.url, max_steps=4)
+    full.train()
+    requests_per_step = server.completions_requests // 4
+
+    server.completions_requests = 0
+    server.fail_from = 2 * requests_per_step + 1
+    broken = _served_trainer(tmp_path / "run", server.url, max_steps=4, save_strategy="no")
+    server.completions_requests = 0  # the start-up probe counted too
+    with pytest.raises(TeacherServerError, match=r"HTTP 500.*stopped at step 2.*checkpoint-2"):
+        broken.train()
+    assert (tmp_path / "run" / "checkpoint-2" / "sead_state.json").is_file()
+
+    server.fail_from = None
+    resumed = _served_trainer(tmp_path / "run", server.url, max_steps=4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    assert max_abs_diff(params(full.model), params(resumed.model)) <= 1e-6
+
+
+def test_server_fault_in_the_first_step_saves_nothing(tmp_path, server, standin):
+    trainer = _served_trainer(tmp_path, server.url, max_steps=2)
+    server.fail_from = 1
+    with pytest.raises(TeacherServerError, match="nothing was saved"):
+        trainer.train()
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_sead_train_exits_4_with_a_checkpoint_when_the_server_fails(tmp_path, server, standin, capsys):
+    """`sead train` with a served teacher: the server fails in step 2 of 3 -> status 4, a message naming
+    checkpoint-1; `--resume_from_checkpoint last` with the server back finishes (status 0)."""
+    import yaml
+
+    from _tiny import standard_recipe
+    from sead.cli import main
+
+    path = standard_recipe(tmp_path, method="opd", estimator="topk", estimator_top_k=K, entropy_top_k=K, max_steps=3,
+                           teacher_server_url=server.url, teacher_server_backoff=0.01, teacher_server_max_retries=1)
+    recipe = yaml.safe_load(open(path))
+    del recipe["teacher_model_name_or_path"]
+    yaml.safe_dump(recipe, open(path, "w"))
+    server.fail_from = 3  # the start-up probe, step 1's loss request, then step 2's
+    assert main(["train", "--config", path]) == 4
+    err = capsys.readouterr().err
+    assert "HTTP 500" in err and "stopped at step 1" in err and "checkpoint-1" in err
+    assert (tmp_path / "out" / "checkpoint-1" / "trainer_state.json").is_file()
+    server.fail_from = None
+    assert main(["train", "--config", path, "--resume_from_checkpoint", "last"]) == 0
+    assert "done, 3 steps" in capsys.readouterr().out
