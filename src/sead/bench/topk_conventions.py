@@ -52,7 +52,7 @@ def measure(settings=SETTINGS, n: int = 256, v: int = 32768, k: int = 64, delta:
             row = {"teacher": f"{family} {param:g}", "direction": direction, "teacher_topk_mass": mass,
                    "exact_mean": float(exact.mean())}
             for conv in TOPK_CONVENTIONS:
-                est, g_est = _value_and_grad(lambda a, b, c=conv: topk_fn(a, b, k, 1.0, c), z_s, z_t)
+                est, g_est = _value_and_grad(lambda a, b, c=conv, f=topk_fn: f(a, b, k, 1.0, c), z_s, z_t)
                 row[f"{conv}_rel_err"] = float(((est - exact).abs() / exact.clamp(min=1e-300)).mean())
                 cos = torch.nn.functional.cosine_similarity(g_est, g_exact, dim=-1)
                 row[f"{conv}_grad_cos"] = float(cos.nan_to_num(0.0).mean())
