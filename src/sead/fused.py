@@ -44,7 +44,7 @@ import torch
 from .divergences import _check_finite, _check_temperature, _check_top_k
 from .fused_heads import Head, LMHead, SparseTeacher
 from .fused_passes import ZONE_PRECISIONS, FusedLossFunction, FusedObjective, Problem
-from .fused_terms import TOPK_CONVENTIONS
+from .fused_terms import TOPK_CONVENTIONS, sparse_tail_floor
 from .logit_transforms import IDENTITY, LogitTransform
 from .loss_output import SeadLossOutput, zone_stats
 from .zones import MASKED, ZoneThresholds
@@ -336,6 +336,8 @@ def fused_objective(
         "chunk_size": chunk_size or auto_chunk_size(vocab),
         "zone_precision": zone_precision,
         "grad_enabled": torch.is_grad_enabled(),
+        # the served log-probs' own dtype bounds the tail mass they resolve
+        "sparse_tail_min": sparse_tail_floor(estimator_top_k, teacher.logprobs.dtype) if sparse else None,
     }
     if sign_gate:
         for name, lam in (("lambda_consensus", lambda_consensus), ("lambda_conflict", lambda_conflict)):

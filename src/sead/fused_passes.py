@@ -186,7 +186,7 @@ class FusedObjective:
             # the teacher's buckets (topk, or any served teacher), shared by both terms when the target is the teacher
             teacher_b = None
             if pb.sparse:
-                teacher_b = sparse_buckets(ids, lp, self.k_est)
+                teacher_b = sparse_buckets(ids, lp, self.k_est, pb.opts["sparse_tail_min"])
             elif self.estimator == "topk":
                 teacher_b = dense_buckets(logp_t, self.k_est)
             fkl, g_f = self._fkl(logp_s, p_s, logp_t, teacher_b) if need_f else (zero, None)

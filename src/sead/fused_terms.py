@@ -32,6 +32,7 @@ __all__ = [
     "Grad",
     "dense_buckets",
     "sparse_buckets",
+    "sparse_tail_floor",
     "full_fkl",
     "full_rkl",
     "topk_term",
@@ -41,9 +42,12 @@ __all__ = [
     "add_grad",
 ]
 
-# Teacher tail mass of a served (sparse) teacher is clamped to at least this: 1 - sum of its top-k probabilities
-# can round to 0 or below, and a zero tail would make the tail bucket's reverse KL infinite.
-SPARSE_TAIL_MIN = 1e-8
+
+def sparse_tail_floor(k: int, dtype: torch.dtype) -> float:
+    """Smallest teacher tail mass a served teacher's top-k can resolve: ``1 - sum_j p_j`` over ``k`` log-probs of
+    ``dtype`` carries a rounding error of up to about ``k eps(dtype)`` (``7.6e-6`` for 64 fp32 log-probs), and a
+    zero tail would make the tail bucket's reverse KL infinite."""
+    return k * torch.finfo(dtype).eps
 
 
 class Buckets(NamedTuple):
@@ -81,13 +85,13 @@ def dense_buckets(logb_nV: torch.Tensor, top_k: int) -> Buckets:
     return Buckets(top.indices, top.values, _outside_lse(logb_nV, top.indices))
 
 
-def sparse_buckets(ids_nK: torch.Tensor, logprobs_nK: torch.Tensor, top_k: int) -> Buckets:
+def sparse_buckets(ids_nK: torch.Tensor, logprobs_nK: torch.Tensor, top_k: int, tail_min: float) -> Buckets:
     """Buckets of a served teacher: its first ``top_k`` ids (sorted by log-prob, descending) and a tail of
-    mass ``max(1 - sum_j p_j, 1e-8)``; the k+1 buckets are renormalised to sum to 1 (exact when the tail is
-    above the floor; otherwise it absorbs the served log-probs' rounding)."""
+    mass ``max(1 - sum_j p_j, tail_min)`` (:func:`sparse_tail_floor`); the k+1 buckets are renormalised to sum
+    to 1 (a no-op when the tail is above the floor; otherwise it absorbs the served log-probs' rounding)."""
     k = min(int(top_k), ids_nK.shape[-1])
     lp = logprobs_nK[:, :k].clamp(min=_floor(logprobs_nK))
-    tail = (1.0 - lp.exp().sum(-1)).clamp(min=SPARSE_TAIL_MIN).log()
+    tail = (1.0 - lp.exp().sum(-1)).clamp(min=tail_min).log()
     buckets = torch.log_softmax(torch.cat([lp, tail.unsqueeze(-1)], dim=-1), dim=-1)
     return Buckets(ids_nK[:, :k], buckets[:, :k], buckets[:, k])
 
