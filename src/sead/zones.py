@@ -84,8 +84,8 @@ def sead_zones(
 
 @dataclass(frozen=True)
 class ZoneThresholds:
-    """Zone cuts decided once over a wider scope (e.g. every valid token of an optimizer step) and applied to
-    each micro-batch (:func:`zones_from_thresholds`).
+    """Zone cuts decided once over a wider scope (e.g. every valid token of an optimizer step, :func:`zone_thresholds`)
+    and applied to each micro-batch (:func:`zones_from_thresholds`).
 
     ``teacher_entropy``: FKL zone iff ``H_T >= teacher_entropy``. ``student_entropy_cut``: of the other
     tokens, skip iff ``H_S <= student_entropy_cut`` (``-inf``: none skipped)."""
@@ -111,6 +111,14 @@ def _valid_entropies(teacher_entropy, student_entropy, mask):
     return h_t, h_s
 
 
+def _between(below: torch.Tensor, above: torch.Tensor) -> float:
+    """A cut strictly above ``below`` and at most ``above`` (``below < above``): their midpoint, or ``above``
+    itself when the two are adjacent floats."""
+    lo, hi = float(below), float(above)
+    mid = lo + (hi - lo) / 2
+    return mid if lo < mid <= hi else hi
+
+
 def zone_thresholds(
     teacher_entropy: torch.Tensor,
     student_entropy: torch.Tensor,
@@ -120,17 +128,23 @@ def zone_thresholds(
 ) -> ZoneThresholds:
     """The cuts that make :func:`zones_from_thresholds` reproduce :func:`sead_zones` on these (pooled) tokens.
 
-    Over the ``N`` valid tokens (``mask != 0``; all of them without a mask):
+    Over the ``N`` valid tokens (``mask != 0``; all of them without a mask), exactly as ``sead_zones``:
 
-    - ``teacher_entropy = quantile(H_T, teacher_quantile)`` (linear interpolation, as ``sead_zones``);
-    - ``n_skip = min(floor(skip_fraction * N), #{H_T < teacher_entropy})`` and ``student_entropy_cut`` =
-      the ``n_skip``-th smallest ``H_S`` among the tokens with ``H_T < teacher_entropy`` (``-inf`` when
-      ``n_skip = 0``).
+    - FKL zone: the tokens with ``H_T >= quantile(H_T, teacher_quantile)`` (linear interpolation);
+    - skip zone: of the others, the ``n_skip = min(floor(skip_fraction * N), #others)`` with the lowest ``H_S``.
+
+    Each cut lies midway between the last token in and the first token out (``teacher_entropy`` between the
+    largest ``H_T`` below the FKL zone and the smallest in it, ``-inf`` when every token is in it;
+    ``student_entropy_cut`` between the ``n_skip``-th and the ``(n_skip + 1)``-th smallest ``H_S`` of the others,
+    ``-inf`` when ``n_skip = 0``, ``+inf`` when all of them are skipped), so that the same tokens are selected
+    when a micro-batch's entropies differ from the pooled ones by rounding (a pre-pass that chunks rows
+    differently changes the matmul's last bits).
 
     Applied to each micro-batch of the pool, exactly ``n_skip`` tokens are skipped over the pool, i.e. the
-    fraction ``floor(skip_fraction * N) / N`` (capped by the non-FKL count), unless other non-FKL tokens have
-    an ``H_S`` exactly equal to the cut: ties at the cut are all skipped (``sead_zones`` breaks them by
-    position within its batch). Empty pool: ``(inf, -inf)``, which puts no token in the FKL or skip zone.
+    fraction ``floor(skip_fraction * N) / N`` of its valid tokens (capped by the non-FKL count), unless other
+    non-FKL tokens have an ``H_S`` exactly equal to the ``n_skip``-th: ties at the cut are all skipped
+    (``sead_zones`` breaks them by position within its batch). Empty pool: ``(inf, -inf)``, which puts no
+    token in the FKL or skip zone.
     """
     _check_fraction("teacher_quantile", teacher_quantile)
     _check_fraction("skip_fraction", skip_fraction)
@@ -138,11 +152,23 @@ def zone_thresholds(
     n = h_t.numel()
     if n == 0:
         return ZoneThresholds(math.inf, -math.inf)
-    threshold = float(torch.quantile(h_t, teacher_quantile))
-    rest = h_s[h_t < threshold]
+    threshold = torch.quantile(h_t, teacher_quantile)
+    is_fkl = h_t >= threshold
+    below = h_t[~is_fkl]
+    t_cut = -math.inf if below.numel() == 0 else _between(below.max(), h_t[is_fkl].min())
+    rest = torch.sort(h_s[~is_fkl]).values
     n_skip = min(int(skip_fraction * n), rest.numel())
-    cut = float(torch.sort(rest).values[n_skip - 1]) if n_skip > 0 else -math.inf
-    return ZoneThresholds(threshold, cut)
+    if n_skip == 0:
+        s_cut = -math.inf
+    elif n_skip == rest.numel():
+        s_cut = math.inf
+    elif rest[n_skip - 1] == rest[n_skip]:
+        s_cut = float(rest[n_skip - 1])  # a tie at the cut: all tied tokens are skipped
+    else:
+        s_cut = _between(rest[n_skip - 1], rest[n_skip])
+        if s_cut >= float(rest[n_skip]):  # adjacent floats: keep the first one out
+            s_cut = float(rest[n_skip - 1])
+    return ZoneThresholds(t_cut, s_cut)
 
 
 def zones_from_thresholds(
