@@ -139,6 +139,7 @@ def _check_options(estimator, estimator_top_k, topk_convention, alpha, teacher_q
 
 def _per_position(name, x, mask, valid_idx):
     """A per-position input (``[B]`` per rollout with a ``[B, T]`` mask, or shaped like the mask) at the valid rows."""
+    x = x.to(valid_idx.device)
     if x.shape == mask.shape:
         return x.reshape(-1)[valid_idx]
     if mask.dim() == 2 and x.shape == (mask.shape[0],):
@@ -171,8 +172,8 @@ def _sparse_rows(teacher: SparseTeacher, mask, valid_idx, vocab, estimator, esti
             f"are over the teacher's top-k ids, so set entropy_top_k <= {k}"
         )
     flat = ids.shape[:-1].numel()
-    ids_NK = ids.reshape(flat, k)[valid_idx].long()
-    lp_NK = lp.reshape(flat, k)[valid_idx]
+    ids_NK = ids.to(valid_idx.device).reshape(flat, k)[valid_idx].long()
+    lp_NK = lp.to(valid_idx.device).reshape(flat, k)[valid_idx]
     if ids_NK.numel() and (int(ids_NK.min()) < 0 or int(ids_NK.max()) >= vocab):
         raise ValueError(f"SparseTeacher.token_ids must be in [0, {vocab}) at valid positions")
     if k > 1 and bool((ids_NK.sort(-1).values.diff(dim=-1) == 0).any()):
@@ -190,7 +191,7 @@ def _sparse_rows(teacher: SparseTeacher, mask, valid_idx, vocab, estimator, esti
                 f"SparseTeacher.sampled_logprobs must be shaped like the mask {tuple(mask.shape)}, got "
                 f"{tuple(teacher.sampled_logprobs.shape)}"
             )
-        t_y = teacher.sampled_logprobs.reshape(-1)[valid_idx]
+        t_y = teacher.sampled_logprobs.to(valid_idx.device).reshape(-1)[valid_idx]
         if bool(torch.isnan(t_y).any()) or bool((t_y > 1e-4).any()):
             raise ValueError("SparseTeacher.sampled_logprobs must be log-probabilities (<= 0, no NaN) at valid positions")
     return ids_NK, lp_NK, t_y
@@ -306,7 +307,7 @@ def fused_objective(
     if needs_ids:
         if completion_ids.shape != mask.shape:
             raise ValueError(f"completion_ids shape {tuple(completion_ids.shape)} must equal the mask's {tuple(mask.shape)}")
-        y_N = completion_ids.reshape(-1)[valid_idx].long()
+        y_N = completion_ids.to(valid_idx.device).reshape(-1)[valid_idx].long()
         if y_N.numel() and (int(y_N.min()) < 0 or int(y_N.max()) >= vocab):
             raise ValueError(f"completion_ids must be token ids in [0, {vocab}) at valid positions")
     if sign_gate:
