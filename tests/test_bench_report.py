@@ -28,8 +28,10 @@ def _results():
             _loss_row("sead_fused_bf16zones", 4096, 32768, 3.0, 320.0),
             _loss_row("sead_fused_ownsupport", 4096, 32768, 5.5, 330.0),
             _loss_row("opd_fused", 4096, 32768, 5.0, 310.0),
+            _loss_row("sgopd_fused", 4096, 32768, 6.5, 400.0),
             _loss_row("trl_chunked", 4096, 32768, 12.0, 6000.0),
             _loss_row("naive", 4096, 32768, 10.0, 4000.0),
+            _loss_row("sgopd_naive", 4096, 32768, 16.0, 8000.0),
         ],
     }
     step = {
@@ -81,6 +83,10 @@ def test_report_ratios_and_verdicts_are_hand_computed(tmp_path):
     # one-setting variants: rows with their ratios to TRL (3 / 12, 5.5 / 12) and to opd_fused (3 / 5, 5.5 / 5)
     assert "| sead_fused_bf16zones | 4096 | 32768 | 3.00 | 0.25x | 0.60x | 320 | 0.05x |" in text
     assert "| sead_fused_ownsupport | 4096 | 32768 | 5.50 | 0.46x | 1.10x | 330 | 0.06x |" in text
+    # SG-OPD: 400 / 8000 = 0.05 <= 0.1 met; its time next to opd_fused: 6.5 / 5 = 1.30x, 16 / 12, 8000 / 6000
+    assert _goal(text, "fused SG-OPD loss peak memory") == ("0.05x", "met")
+    assert "| sgopd_fused | 4096 | 32768 | 6.50 | 0.54x | 1.30x | 400 | 0.07x |" in text
+    assert "| sgopd_naive | 4096 | 32768 | 16.00 | 1.33x | 3.20x | 8000 | 1.33x |" in text
     # 55 / 50 = 1.10 missed; 51 / 50 = 1.02 met
     assert _goal(text, "OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, default") == ("1.10x", "**missed**")
     assert _goal(text, "OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, log_pass_rate") == ("1.02x", "met")
@@ -141,8 +147,12 @@ def test_loss_bench_measures_each_shape_once_and_extras_at_the_goal_shape(monkey
     assert extras == {suite.LOSS_GOAL_SHAPE}
     # every main implementation at every shape
     for n, v in suite.LOSS_SHAPES_FULL:
-        for impl in ("sead_fused", "opd_fused", "trl_chunked"):
+        for impl in ("sead_fused", "opd_fused", "sgopd_fused", "trl_chunked"):
             assert (impl, n, v) in calls
+    # the quick run measures every implementation, the SG-OPD rows included, at its one shape
+    calls.clear()
+    res = suite.bench_loss(quick=True, progress=False)
+    assert {r["impl"] for r in res["rows"]} == set(suite.LOSS_IMPLS)
 
 
 def test_step_bench_runs_round_robin_and_takes_the_median_of_rounds(monkeypatch):
@@ -195,7 +205,7 @@ def test_loss_worker_times_reps_runs_after_a_warmup_unless_it_is_long(monkeypatc
 
     calls = []
 
-    def fake_loss_fn(impl, h_s, w_s, h_t, w_t, mask):
+    def fake_loss_fn(impl, h_s, w_s, h_t, w_t, mask, g=None):
         def run():
             calls.append(1)
             return (h_s * 0).sum() + (w_s * 0).sum()
@@ -210,3 +220,18 @@ def test_loss_worker_times_reps_runs_after_a_warmup_unless_it_is_long(monkeypatc
         torch.set_num_threads(threads)
     assert len(calls) == calls_expected  # reps timed runs, plus the warm-up unless it was timed
     assert len(res["times_s"]) == 3 and res["warmup_timed"] is warmup_timed
+
+
+def test_sgopd_bench_rows_compute_the_same_loss():
+    # the fused and the full-logits SG-OPD rows of `sead bench loss` are the same objective on the same inputs
+    import torch
+
+    import sead.bench.worker as worker
+
+    g = torch.Generator().manual_seed(0)
+    n, v, h = 2 * worker.ROLLOUT_TOKENS, 64, 8
+    h_s, w_s = torch.randn(n, h, generator=g, dtype=torch.float64), torch.randn(v, h, generator=g, dtype=torch.float64)
+    h_t, w_t = torch.randn(n, h, generator=g, dtype=torch.float64), torch.randn(v, h, generator=g, dtype=torch.float64)
+    losses = [worker._loss_fn(impl, h_s, w_s, h_t, w_t, torch.ones(n), torch.Generator().manual_seed(1))()
+              for impl in ("sgopd_fused", "sgopd_naive")]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-9, atol=1e-12)

@@ -62,3 +62,63 @@ def test_zones_off_projects_each_row_once():
     with _ProjectionRows() as counter:
         fused_sead_loss(h_s, w_s, h_t, w_t, torch.ones(n), zones=False, chunk_size=6)
     assert counter.rows == {HS: n, HT: n}
+
+
+class _Tiles(TorchDispatchMode):
+    """The largest number of rows of any ``[rows, V]`` tensor an op allocates (views, e.g. ``W.T``, are not new)."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_rows = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        returns = func._schema.returns
+        if returns and returns[0].alias_info is not None:  # a view or an in-place op: nothing new
+            return out
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == V:
+                self.max_rows = max(self.max_rows, t.shape[:-1].numel())
+        return out
+
+
+@pytest.mark.parametrize("estimator", ["full", "topk", "sampled"])
+@pytest.mark.parametrize("gate,zones", [(True, False), (True, True), (False, True)])
+def test_no_model_gets_more_than_a_chunk_of_logits(estimator, gate, zones):
+    # every estimator, with the sign gate and a reference head: no [N, V] tensor for any model, only [chunk, V] tiles
+    from sead.fused import LMHead, fused_objective
+
+    g = torch.Generator().manual_seed(5)
+    b, t, chunk = 4, 10, 7
+    h_s = torch.randn(b, t, HS, generator=g, dtype=torch.float64).requires_grad_()
+    w_s = torch.randn(V, HS, generator=g, dtype=torch.float64).requires_grad_()
+    h_t, w_t = torch.randn(b, t, HT, generator=g, dtype=torch.float64), torch.randn(V, HT, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, V, (b, t), generator=g)
+    with _Tiles() as tiles:
+        out = fused_objective(LMHead(h_s, w_s), LMHead(h_t, w_t), torch.ones(b, t), ids, estimator=estimator,
+                              estimator_top_k=5, sign_gate=gate, correct=torch.tensor([True, False, True, False]),
+                              reference=LMHead(h_s.detach() * 0.9, w_s.detach()), zones=zones, entropy_top_k=8,
+                              chunk_size=chunk, alpha=0.3)
+        out.loss.backward()
+    assert 0 < tiles.max_rows <= chunk
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_sign_gate_with_zones_projects_the_student_in_pass_a(gate):
+    # with zones, pass A needs the student's log-normaliser for d_t of every valid token only when the gate is on
+    # (consensus_frac counts them all); pass B projects the kept rows, the reference head included
+    from sead.fused import LMHead, fused_objective
+
+    g = torch.Generator().manual_seed(6)
+    n = 40
+    h_s = torch.randn(n, HS, generator=g, dtype=torch.float64).requires_grad_()
+    w_s = torch.randn(V, HS, generator=g, dtype=torch.float64).requires_grad_()
+    h_t, w_t = torch.randn(n, HT, generator=g, dtype=torch.float64), torch.randn(V, HT, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, V, (n,), generator=g)
+    with _ProjectionRows() as counter:
+        out = fused_objective(LMHead(h_s, w_s), LMHead(h_t, w_t), torch.ones(n), ids, sign_gate=gate,
+                              correct=torch.rand(n, generator=g) < 0.5, zones=True, entropy_top_k=8, chunk_size=7)
+    kept = int((out.zones > 0).sum())
+    assert kept == n - 20
+    assert counter.rows[HS] == (n if gate else 0) + kept
+    assert counter.rows[HT] == n + kept

@@ -22,6 +22,7 @@ __all__ = [
     "skew_kl",
     "topk_forward_kl",
     "topk_reverse_kl",
+    "TOPK_CONVENTIONS",
     "token_entropy",
     "zone_entropies",
     "sgopd_target_logits",
@@ -152,6 +153,14 @@ def skew_kl(
     return F.kl_div(log_mix, p_anchor, reduction="none", log_target=True).sum(-1)
 
 
+TOPK_CONVENTIONS = ("tail", "renormalized", "clamped")
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in TOPK_CONVENTIONS:
+        raise ValueError(f"topk_convention must be one of {list(TOPK_CONVENTIONS)}, got {convention!r}")
+
+
 def _topk_buckets(student_logits, teacher_logits, top_k, temperature):
     """Log-probabilities of both models over k+1 buckets: the teacher's top-k ids and one tail."""
     _check_top_k(top_k)
@@ -169,21 +178,60 @@ def _topk_buckets(student_logits, teacher_logits, top_k, temperature):
     return buckets(logp_s), buckets(logp_t)
 
 
+def _topk_gathered(student_logits, teacher_logits, top_k, temperature):
+    """Both models' full-vocabulary log-probs at the teacher's top-k ids (``[..., k]`` each)."""
+    _check_top_k(top_k)
+    logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature)
+    idx = logp_t.topk(min(int(top_k), logp_t.shape[-1]), dim=-1).indices
+    return logp_s.gather(-1, idx), logp_t.gather(-1, idx)
+
+
+def _topk_pair(student_logits, teacher_logits, top_k, temperature, convention):
+    """``(A, B)``: the student's and the teacher's log-probs over the support of ``convention``."""
+    _check_convention(convention)
+    if convention == "tail":
+        return _topk_buckets(student_logits, teacher_logits, top_k, temperature)
+    a, b = _topk_gathered(student_logits, teacher_logits, top_k, temperature)
+    if convention == "renormalized":
+        return F.log_softmax(a, dim=-1), F.log_softmax(b, dim=-1)
+    return a, b
+
+
 def topk_forward_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, top_k: int = 64, temperature: float = 1.0
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    top_k: int = 64,
+    temperature: float = 1.0,
+    convention: str = "tail",
 ) -> torch.Tensor:
-    """Forward KL over k+1 buckets (teacher top-k ids + a tail bucket with the remaining mass of each model):
-    ``sum_b q_T(b) (log q_T(b) - log q_S(b))``."""
-    q_s, q_t = _topk_buckets(student_logits, teacher_logits, top_k, temperature)
-    return F.kl_div(q_s, q_t, reduction="none", log_target=True).sum(-1)  # under the teacher buckets
+    """Forward KL over the teacher's top-k ids ``I`` (``convention``, see docs/methods.md):
+
+    - ``"tail"``: k+1 buckets (the ids of ``I`` and a tail bucket with each model's remaining mass):
+      ``sum_b q_T(b) (log q_T(b) - log q_S(b))``;
+    - ``"renormalized"`` (NeMo-RL): both restricted to ``I`` and renormalised, ``r = softmax(z[I] / tau)``:
+      ``sum_{i in I} r_T(i) (log r_T(i) - log r_S(i))``;
+    - ``"clamped"`` (verl ``forward_kl_topk``): full-vocabulary log-probs at ``I``, no tail, clamped at 0:
+      ``max(0, sum_{i in I} p_T(i) (log p_T(i) - log p_S(i)))``.
+    """
+    a, b = _topk_pair(student_logits, teacher_logits, top_k, temperature, convention)
+    kl = F.kl_div(a, b, reduction="none", log_target=True).sum(-1)  # under the teacher's support
+    return kl.clamp(min=0) if convention == "clamped" else kl
 
 
 def topk_reverse_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, top_k: int = 64, temperature: float = 1.0
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    top_k: int = 64,
+    temperature: float = 1.0,
+    convention: str = "tail",
 ) -> torch.Tensor:
-    """Reverse KL over k+1 buckets: ``sum_b q_S(b) (log q_S(b) - log q_T(b))``."""
-    q_s, q_t = _topk_buckets(student_logits, teacher_logits, top_k, temperature)
-    return F.kl_div(q_t, q_s, reduction="none", log_target=True).sum(-1)  # under the student buckets
+    """Reverse KL over the top-k ids ``I`` of ``teacher_logits`` (the target), in ``convention``:
+    ``"tail"``: ``sum_b q_S(b) (log q_S(b) - log q_T(b))`` over k+1 buckets; ``"renormalized"``:
+    ``sum_{i in I} r_S(i) (log r_S(i) - log r_T(i))``; ``"clamped"``: ``max(0, sum_{i in I} p_S(i)
+    (log p_S(i) - log p_T(i)))`` (the mirror of verl's forward form; verl itself has no reverse top-k KL)."""
+    a, b = _topk_pair(student_logits, teacher_logits, top_k, temperature, convention)
+    kl = F.kl_div(b, a, reduction="none", log_target=True).sum(-1)  # under the student's support
+    return kl.clamp(min=0) if convention == "clamped" else kl
 
 
 def token_entropy(

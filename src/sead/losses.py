@@ -2,7 +2,10 @@
 
 Everything here is a pure function over tensors. ``sead_loss`` is the readable full-logits
 reference; ``fused_sead_loss`` computes the same thing from hidden states without the ``[N, V]``
-logits. ``sampled_opd_loss`` is the REINFORCE-style "sampled" estimator (METHODS.md 0).
+logits. ``logits_objective`` is the whole training objective on full logits (every estimator, zones,
+anneal, sign gate) and ``fused_objective`` the same from hidden states and heads (also from a served
+teacher's top-k, :class:`SparseTeacher`). ``sampled_opd_loss`` is the REINFORCE-style "sampled"
+estimator (METHODS.md 0).
 
 Example::
 
@@ -35,22 +38,52 @@ from .divergences import (
     topk_reverse_kl,
     zone_entropies,
 )
-from .fused import auto_chunk_size, fused_sead_loss
+from .fused import (
+    LMHead,
+    SparseTeacher,
+    auto_chunk_size,
+    fused_objective,
+    fused_sead_loss,
+    fused_zone_entropies,
+)
 from .gates import sign_gate_lambda, sign_gated_advantage
+from .logit_transforms import LogitTransform, check_output_transform, logit_transform_of
 from .loss_output import SeadLossOutput, zone_stats
+from .objective import logits_objective
 from .schedules import cosine_anneal, teacher_mix_ratio
-from .zones import FKL, MASKED, RKL, SKIP, loss_normalizer, sead_zones, zone_fractions, zone_weights
+from .zones import (
+    FKL,
+    MASKED,
+    RKL,
+    SKIP,
+    ZoneThresholds,
+    loss_normalizer,
+    sead_zones,
+    zone_fractions,
+    zone_thresholds,
+    zone_weights,
+    zones_from_thresholds,
+)
 
 __all__ = [
     "FKL",
     "MASKED",
     "RKL",
     "SKIP",
+    "LMHead",
+    "LogitTransform",
     "SeadLossOutput",
+    "SparseTeacher",
+    "ZoneThresholds",
     "auto_chunk_size",
+    "check_output_transform",
     "cosine_anneal",
     "forward_kl",
+    "fused_objective",
     "fused_sead_loss",
+    "fused_zone_entropies",
+    "logit_transform_of",
+    "logits_objective",
     "generalized_jsd",
     "mixed_kl",
     "reverse_kl",
@@ -67,7 +100,9 @@ __all__ = [
     "topk_reverse_kl",
     "zone_entropies",
     "zone_fractions",
+    "zone_thresholds",
     "zone_weights",
+    "zones_from_thresholds",
 ]
 
 
@@ -93,6 +128,7 @@ def sead_loss(
     num_items: float | torch.Tensor | None = None,
     estimator_top_k: int | None = None,
     entropy_support: str = "teacher",
+    topk_convention: str = "tail",
 ) -> SeadLossOutput:
     """SEAD loss from full logits (the readable reference; the trainer uses the fused path).
 
@@ -106,8 +142,8 @@ def sead_loss(
 
     ``loss = sum_t loss_t / normaliser`` (:func:`sead.zones.loss_normalizer`). With ``zones=False``
     every valid position is in the RKL zone, so ``zones=False, alpha=0`` is vanilla OPD: the mean
-    reverse KL over valid tokens. ``estimator_top_k`` switches both divergences to their top-k +
-    tail-bucket forms (the "topk" estimator).
+    reverse KL over valid tokens. ``estimator_top_k`` switches both divergences to their top-k forms
+    (the "topk" estimator) in ``topk_convention`` (``tail``: plus a tail bucket; ``renormalized``; ``clamped``).
     """
     check_logits(student_logits, teacher_logits, temperature)
     _check_mask(mask, student_logits.shape[:-1])
@@ -121,8 +157,8 @@ def sead_loss(
         fkl = forward_kl(student_logits, teacher_logits, temperature)
         rkl = reverse_kl(student_logits, teacher_logits, temperature)
     else:
-        fkl = topk_forward_kl(student_logits, teacher_logits, estimator_top_k, temperature)
-        rkl = topk_reverse_kl(student_logits, teacher_logits, estimator_top_k, temperature)
+        fkl = topk_forward_kl(student_logits, teacher_logits, estimator_top_k, temperature, topk_convention)
+        rkl = topk_reverse_kl(student_logits, teacher_logits, estimator_top_k, temperature, topk_convention)
     # masked positions may hold garbage logits; weights are 0 there, use where() to keep NaN-free
     per_token = w_fkl.to(fkl.dtype) * fkl + w_rkl.to(rkl.dtype) * rkl
     per_token = torch.where(zone_map > SKIP, per_token, torch.zeros_like(per_token))

@@ -1,7 +1,7 @@
 """The training objective on full logits: any estimator, with or without zones, anneal and sign gate.
 
-The trainer calls :func:`fused_sead_loss` when it can (full estimator, no sign gate) and this module
-otherwise. Everything is composed from the pure pieces in ``divergences``, ``zones`` and ``gates``.
+The fused path (:func:`sead.fused.fused_objective`) computes the same objective from hidden states; this
+module is its readable full-logits reference. Everything is composed from the pure pieces in ``divergences``, ``zones`` and ``gates``.
 
 Per valid token ``t`` with zone weights ``(w_fkl, w_rkl)`` (:func:`sead.zones.zone_weights`)::
 
@@ -10,7 +10,8 @@ Per valid token ``t`` with zone weights ``(w_fkl, w_rkl)`` (:func:`sead.zones.zo
 where ``R_t`` is the reverse-KL term of the chosen estimator:
 
 - ``"full"``: ``KL(p_S || p_T)`` over the vocabulary;
-- ``"topk"``: the same over the teacher's top-k ids plus a tail bucket (the FKL term too);
+- ``"topk"``: the same over the top-k ids of the teacher (FKL) / of the target (RKL), in ``topk_convention``
+  (``tail``: plus a tail bucket; ``renormalized``; ``clamped``);
 - ``"sampled"``: ``-sg(A_t) log pi_S(y_t)`` with ``A_t = log pi_T(y_t) - log pi_S(y_t)`` (the forward-KL
   term stays exact, from the full logits).
 
@@ -35,7 +36,16 @@ from .divergences import (
 )
 from .gates import sign_gate_lambda, sign_gated_advantage
 from .loss_output import SeadLossOutput, zone_stats
-from .zones import MASKED, RKL, SKIP, loss_normalizer, sead_zones, zone_weights
+from .zones import (
+    MASKED,
+    RKL,
+    SKIP,
+    ZoneThresholds,
+    loss_normalizer,
+    sead_zones,
+    zone_weights,
+    zones_from_thresholds,
+)
 
 __all__ = ["logits_objective"]
 
@@ -52,10 +62,12 @@ def logits_objective(
     *,
     estimator: str = "full",
     estimator_top_k: int = 64,
+    topk_convention: str = "tail",
     alpha: float = 0.0,
     zones: bool = False,
     teacher_quantile: float = 0.9,
     skip_fraction: float = 0.5,
+    zone_thresholds: ZoneThresholds | None = None,
     entropy_top_k: int | None = None,
     entropy_support: str = "teacher",
     temperature: float = 1.0,
@@ -71,6 +83,10 @@ def logits_objective(
 
     ``completion_ids`` ``[B, T]`` are the sampled tokens (used by the sampled estimator and the gate);
     ``correct`` ``[B]`` bool is the verifier's verdict per rollout (needed by the sign gate).
+    ``topk_convention``: the ``topk`` estimator's support (``tail``, ``renormalized``, ``clamped``:
+    :func:`sead.divergences.topk_forward_kl`). ``zone_thresholds``: precomputed zone cuts
+    (:func:`sead.zones.zone_thresholds`) used instead of this batch's percentiles.
+    The logits are the models' own (after their output transform, :mod:`sead.logit_transforms`).
     """
     if estimator not in ("full", "topk", "sampled"):
         raise ValueError(f"estimator must be 'full', 'topk' or 'sampled', got {estimator!r}")
@@ -86,7 +102,12 @@ def logits_objective(
 
     h_t, h_s = zone_entropies(student_logits, teacher_logits, entropy_top_k, temperature, entropy_support)
     with torch.no_grad():
-        zone_map = sead_zones(h_t, h_s, mask, teacher_quantile, skip_fraction) if zones else None
+        if not zones:
+            zone_map = None
+        elif zone_thresholds is not None:
+            zone_map = zones_from_thresholds(h_t, h_s, mask, zone_thresholds)
+        else:
+            zone_map = sead_zones(h_t, h_s, mask, teacher_quantile, skip_fraction)
     if zone_map is None:
         zone_map = torch.where(valid, RKL, MASKED).long()
     w_fkl, w_rkl = (w.to(student_logits.dtype) for w in zone_weights(zone_map, alpha))
@@ -107,8 +128,8 @@ def logits_objective(
             target = sgopd_target_logits(teacher_logits, ref, lam)
 
     if estimator == "topk":
-        fkl = topk_forward_kl(student_logits, teacher_logits, estimator_top_k, temperature)
-        rkl_term = topk_reverse_kl(student_logits, target, estimator_top_k, temperature)
+        fkl = topk_forward_kl(student_logits, teacher_logits, estimator_top_k, temperature, topk_convention)
+        rkl_term = topk_reverse_kl(student_logits, target, estimator_top_k, temperature, topk_convention)
     else:
         fkl = forward_kl(student_logits, teacher_logits, temperature)
         if estimator == "full":

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["SKIP", "RKL", "FKL", "MASKED", "sead_zones", "zone_fractions"]
+__all__ = [
+    "SKIP",
+    "RKL",
+    "FKL",
+    "MASKED",
+    "ZoneThresholds",
+    "sead_zones",
+    "zone_fractions",
+    "zone_thresholds",
+    "zones_from_thresholds",
+]
 
 SKIP, RKL, FKL, MASKED = 0, 1, 2, -1
 
@@ -67,6 +80,115 @@ def sead_zones(
 
     zones_M[valid_M] = zone_N
     return zones_M.view(mask.shape)
+
+
+@dataclass(frozen=True)
+class ZoneThresholds:
+    """Zone cuts decided once over a wider scope (e.g. every valid token of an optimizer step, :func:`zone_thresholds`)
+    and applied to each micro-batch (:func:`zones_from_thresholds`).
+
+    ``teacher_entropy``: FKL zone iff ``H_T >= teacher_entropy``. ``student_entropy_cut``: of the other
+    tokens, skip iff ``H_S <= student_entropy_cut`` (``-inf``: none skipped)."""
+
+    teacher_entropy: float
+    student_entropy_cut: float
+
+
+def _valid_entropies(teacher_entropy, student_entropy, mask):
+    if teacher_entropy.shape != student_entropy.shape:
+        raise ValueError(
+            f"teacher_entropy shape {tuple(teacher_entropy.shape)} != student_entropy shape {tuple(student_entropy.shape)}"
+        )
+    if mask is not None and mask.shape != teacher_entropy.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} must match the entropies' {tuple(teacher_entropy.shape)}")
+    h_t, h_s = teacher_entropy.detach().reshape(-1).double(), student_entropy.detach().reshape(-1).double()
+    if mask is not None:
+        keep = mask.reshape(-1) != 0
+        h_t, h_s = h_t[keep], h_s[keep]
+    for name, h in (("teacher_entropy", h_t), ("student_entropy", h_s)):
+        if not torch.isfinite(h).all():
+            raise ValueError(f"{name} contains NaN or inf at valid positions")
+    return h_t, h_s
+
+
+def _between(below: torch.Tensor, above: torch.Tensor) -> float:
+    """A cut strictly above ``below`` and at most ``above`` (``below < above``): their midpoint, or ``above``
+    itself when the two are adjacent floats."""
+    lo, hi = float(below), float(above)
+    mid = lo + (hi - lo) / 2
+    return mid if lo < mid <= hi else hi
+
+
+def zone_thresholds(
+    teacher_entropy: torch.Tensor,
+    student_entropy: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    teacher_quantile: float = 0.9,
+    skip_fraction: float = 0.5,
+) -> ZoneThresholds:
+    """The cuts that make :func:`zones_from_thresholds` reproduce :func:`sead_zones` on these (pooled) tokens.
+
+    Over the ``N`` valid tokens (``mask != 0``; all of them without a mask), exactly as ``sead_zones``:
+
+    - FKL zone: the tokens with ``H_T >= quantile(H_T, teacher_quantile)`` (linear interpolation);
+    - skip zone: of the others, the ``n_skip = min(floor(skip_fraction * N), #others)`` with the lowest ``H_S``.
+
+    Each cut lies midway between the last token in and the first token out (``teacher_entropy`` between the
+    largest ``H_T`` below the FKL zone and the smallest in it, ``-inf`` when every token is in it;
+    ``student_entropy_cut`` between the ``n_skip``-th and the ``(n_skip + 1)``-th smallest ``H_S`` of the others,
+    ``-inf`` when ``n_skip = 0``, ``+inf`` when all of them are skipped), so that the same tokens are selected
+    when a micro-batch's entropies differ from the pooled ones by rounding (a pre-pass that chunks rows
+    differently changes the matmul's last bits).
+
+    Applied to each micro-batch of the pool, exactly ``n_skip`` tokens are skipped over the pool, i.e. the
+    fraction ``floor(skip_fraction * N) / N`` of its valid tokens (capped by the non-FKL count), unless other
+    non-FKL tokens have an ``H_S`` exactly equal to the ``n_skip``-th: ties at the cut are all skipped
+    (``sead_zones`` breaks them by position within its batch). Empty pool: ``(inf, -inf)``, which puts no
+    token in the FKL or skip zone.
+    """
+    _check_fraction("teacher_quantile", teacher_quantile)
+    _check_fraction("skip_fraction", skip_fraction)
+    h_t, h_s = _valid_entropies(teacher_entropy, student_entropy, mask)
+    n = h_t.numel()
+    if n == 0:
+        return ZoneThresholds(math.inf, -math.inf)
+    threshold = torch.quantile(h_t, teacher_quantile)
+    is_fkl = h_t >= threshold
+    below = h_t[~is_fkl]
+    t_cut = -math.inf if below.numel() == 0 else _between(below.max(), h_t[is_fkl].min())
+    rest = torch.sort(h_s[~is_fkl]).values
+    n_skip = min(int(skip_fraction * n), rest.numel())
+    if n_skip == 0:
+        s_cut = -math.inf
+    elif n_skip == rest.numel():
+        s_cut = math.inf
+    elif rest[n_skip - 1] == rest[n_skip]:
+        s_cut = float(rest[n_skip - 1])  # a tie at the cut: all tied tokens are skipped
+    else:
+        s_cut = _between(rest[n_skip - 1], rest[n_skip])
+        if s_cut >= float(rest[n_skip]):  # adjacent floats: keep the first one out
+            s_cut = float(rest[n_skip - 1])
+    return ZoneThresholds(t_cut, s_cut)
+
+
+def zones_from_thresholds(
+    teacher_entropy: torch.Tensor, student_entropy: torch.Tensor, mask: torch.Tensor, thresholds: ZoneThresholds
+) -> torch.Tensor:
+    """Zones from precomputed cuts (:func:`zone_thresholds`): FKL (2) iff ``H_T >= teacher_entropy``; else
+    skip (0) iff ``H_S <= student_entropy_cut``; else RKL (1); -1 where ``mask == 0``."""
+    if teacher_entropy.shape != mask.shape or student_entropy.shape != mask.shape:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must match teacher_entropy {tuple(teacher_entropy.shape)} "
+            f"and student_entropy {tuple(student_entropy.shape)}"
+        )
+    if not isinstance(thresholds, ZoneThresholds):
+        raise ValueError(f"zone_thresholds must be a sead.zones.ZoneThresholds, got {type(thresholds).__name__}")
+    valid = mask != 0
+    _valid_entropies(teacher_entropy, student_entropy, mask)
+    h_t, h_s = teacher_entropy.detach().double(), student_entropy.detach().double()
+    is_fkl = h_t >= thresholds.teacher_entropy
+    zones = torch.where(is_fkl, FKL, torch.where(h_s <= thresholds.student_entropy_cut, SKIP, RKL))
+    return torch.where(valid, zones, MASKED).long()
 
 
 def zone_fractions(zones: torch.Tensor) -> dict[str, float]:

@@ -38,7 +38,16 @@ def loss_section(res: dict, command: str) -> tuple[str, dict]:
     by = {(r["impl"], r["N_requested"], r["V"]): r for r in rows}
     shapes = sorted({(r["N_requested"], r["V"]) for r in rows}, key=lambda s: (s[1], s[0]))
     table = []
-    impls = ("sead_fused", "sead_fused_bf16zones", "sead_fused_ownsupport", "opd_fused", "trl_chunked", "naive")
+    impls = (
+        "sead_fused",
+        "sead_fused_bf16zones",
+        "sead_fused_ownsupport",
+        "opd_fused",
+        "sgopd_fused",
+        "trl_chunked",
+        "naive",
+        "sgopd_naive",
+    )
     for n, v in shapes:
         trl, opd = by.get(("trl_chunked", n, v)), by.get(("opd_fused", n, v))
         for impl in impls:
@@ -59,6 +68,9 @@ def loss_section(res: dict, command: str) -> tuple[str, dict]:
         goals["sead_mem_vs_naive"] = (s["peak_mb"] / nv["peak_mb"], 0.1)
     if s and o:
         goals["sead_time_vs_opd_fused"] = (s["time_s"] / o["time_s"], 0.8)
+    sg, sg_naive = by.get(("sgopd_fused", *key)), by.get(("sgopd_naive", *key))
+    if sg and sg_naive and sg_naive["N"] == sg["N"] and sg_naive["peak_mb"] > 0:
+        goals["sgopd_mem_vs_naive"] = (sg["peak_mb"] / sg_naive["peak_mb"], 0.1)
     native = next((r["bf16_matmul_native"] for r in rows if "bf16_matmul_native" in r), None)
     auto = {True: "bf16 on this CPU", False: "exact (fp32) on this CPU: it has no native bf16 matmul", None: "see fused.py"}[native]
     text = [
@@ -67,7 +79,7 @@ def loss_section(res: dict, command: str) -> tuple[str, dict]:
         f"Command: `{command}`  ",
         f"Machine: {_machine_line(res['machine'])}; torch threads {res['threads']}; median of {res['reps']} timed runs after one warm-up (a warm-up over 20 s counts as the first timed run), each implementation in its own process; peak = peak RSS minus RSS before the call.",
         "",
-        f"`sead_fused`: the trainer's defaults: zones on (skip 50%, FKL 10%), alpha 0.5, zone entropies over the teacher's top-64 ids (`entropy_support: teacher`), zone pass precision `auto` ({auto}). One setting changed, at the goal shape only: `sead_fused_bf16zones`: `zone_precision: bf16` (the zone pass projects in bfloat16; loss and gradient exact given its zones); `sead_fused_ownsupport`: `entropy_support: own` (each model's own top-64, so the zone pass projects the student too). `opd_fused`: the same function with zones off (vanilla reverse KL). `trl_chunked`: `trl.trainer.distillation_trainer._chunked_divergence_loss`, beta=1 (its CPU path). `naive`: full `[N, V]` logits, reverse KL. Hidden size 512. Ratios are to TRL's and to our fused OPD loss's time in the same run.",
+        f"`sead_fused`: the trainer's defaults: zones on (skip 50%, FKL 10%), alpha 0.5, zone entropies over the teacher's top-64 ids (`entropy_support: teacher`), zone pass precision `auto` ({auto}). One setting changed, at the goal shape only: `sead_fused_bf16zones`: `zone_precision: bf16` (the zone pass projects in bfloat16; loss and gradient exact given its zones); `sead_fused_ownsupport`: `entropy_support: own` (each model's own top-64, so the zone pass projects the student too). `opd_fused`: the same function with zones off (vanilla reverse KL). `sgopd_fused`: the SG-OPD preset's loss, fused (`sead.fused.fused_objective`: full estimator, sign gate, a frozen reference head, zones off; rollouts of 512 tokens, half of them verified correct); `sgopd_naive`: the same objective on full `[N, V]` student, teacher and reference logits (`sead.objective.logits_objective`), at the goal shape only. `trl_chunked`: `trl.trainer.distillation_trainer._chunked_divergence_loss`, beta=1 (its CPU path). `naive`: full `[N, V]` logits, reverse KL. Hidden size 512. Ratios are to TRL's and to our fused OPD loss's time in the same run.",
         "",
         _table(["impl", "N", "V", "time s", "time / TRL", "time / opd_fused", "peak MB", "peak / TRL"], table),
         "",
@@ -169,6 +181,7 @@ GOAL_TEXT = {
     "sead_time_vs_trl": ("fused SEAD loss time / TRL chunked, N=4096 V=32768", "<="),
     "sead_mem_vs_naive": ("fused SEAD loss peak memory / naive, N=4096 V=32768", "<="),
     "sead_time_vs_opd_fused": ("fused SEAD loss time / our fused vanilla OPD loss, N=4096 V=32768", "<="),
+    "sgopd_mem_vs_naive": ("fused SG-OPD loss peak memory / full-logits SG-OPD, N=4096 V=32768", "<="),
     "opd_step_vs_trl": ("OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, default: grading for the pass-rate log)", "<="),
     "opd_nograde_step_vs_trl": ("OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, log_pass_rate=false: same work)", "<="),
     "sead_minus_opd": ("SEAD accuracy - vanilla OPD accuracy", ">="),

@@ -14,10 +14,22 @@ from tqdm.auto import tqdm
 
 from .common import machine_facts, median, run_worker
 
-LOSS_IMPLS = ("sead_fused", "sead_fused_bf16zones", "sead_fused_ownsupport", "opd_fused", "trl_chunked", "naive")
-# One-setting variants of the fused SEAD loss, measured only at the goal shape (in --quick at its one shape).
+LOSS_IMPLS = (
+    "sead_fused",
+    "sead_fused_bf16zones",
+    "sead_fused_ownsupport",
+    "opd_fused",
+    "sgopd_fused",
+    "trl_chunked",
+    "naive",
+    "sgopd_naive",
+)
+# One-setting variants of the fused SEAD loss and the full-logits SG-OPD reference, measured only at the goal
+# shape (in --quick at its one shape).
 LOSS_GOAL_SHAPE = (4096, 32768)
-LOSS_EXTRA_IMPLS = ("sead_fused_bf16zones", "sead_fused_ownsupport")
+LOSS_EXTRA_IMPLS = ("sead_fused_bf16zones", "sead_fused_ownsupport", "sgopd_naive")
+# Implementations that hold [N, V] logits: shrunk to NAIVE_MAX_ELEMENTS.
+FULL_LOGITS_IMPLS = ("naive", "sgopd_naive")
 # Shapes of the loss benchmark (hidden 512). The naive path needs several [N, V] fp32 tensors:
 # at N=4096, V=131072 that is ~2 GB each, so it is measured at N=1024 there (said in the report).
 LOSS_SHAPES_FULL = [(1024, 32768), (4096, 32768), (1024, 131072), (4096, 131072)]
@@ -37,9 +49,9 @@ def bench_loss(
     measured: dict[tuple[str, int, int], dict] = {}
     for impl, n, v in tqdm(jobs, desc="bench loss", disable=not progress):
         n_run = n
-        if impl == "naive" and n * v > NAIVE_MAX_ELEMENTS:
+        if impl in FULL_LOGITS_IMPLS and n * v > NAIVE_MAX_ELEMENTS:
             n_run = NAIVE_MAX_ELEMENTS // v
-            notes.append(f"naive at V={v}: measured at N={n_run} instead of N={n} (its [N, V] logits would not fit)")
+            notes.append(f"{impl} at V={v}: measured at N={n_run} instead of N={n} (its [N, V] logits would not fit)")
         if (impl, n_run, v) not in measured:  # a shrunk naive shape may repeat one already measured
             res = run_worker(["loss", impl, "--n", str(n_run), "--v", str(v), "--reps", str(reps), "--threads", str(threads)])
             res.setdefault("impl", impl)

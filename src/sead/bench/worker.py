@@ -37,7 +37,43 @@ SEAD_FUSED_VARIANTS = {
 }
 
 
-def _loss_fn(impl: str, h_s, w_s, h_t, w_t, mask):
+# SG-OPD rows: the sgopd preset's loss (full estimator, sign gate, frozen reference head, zones off), on
+# rollouts of ROLLOUT_TOKENS tokens each (the gate reads one verdict per rollout), half of them correct.
+ROLLOUT_TOKENS = 512
+
+
+def _sgopd_inputs(h_s, w_s, mask, g):
+    """The reference head (a perturbed copy of the student's), sampled ids and per-rollout verdicts, with every
+    per-position input reshaped to ``[B, T]`` rollouts."""
+    n, h = h_s.shape
+    b = n // ROLLOUT_TOKENS if n % ROLLOUT_TOKENS == 0 and n >= ROLLOUT_TOKENS else 1
+    h_r = (h_s.detach() + 0.1 * torch.randn(n, h, generator=g)).view(b, n // b, h)
+    w_r = w_s.detach() + 0.1 * torch.randn(w_s.shape, generator=g) * h**-0.5
+    ids = torch.randint(0, w_s.shape[0], (b, n // b), generator=g)
+    correct = torch.arange(b) % 2 == 0
+    return h_r, w_r, ids, correct, mask.view(b, n // b)
+
+
+def _sgopd_fn(impl, h_s, w_s, h_t, w_t, mask, g):
+    from sead.fused import LMHead, fused_objective
+    from sead.objective import logits_objective
+
+    h_r, w_r, ids, correct, mask_BT = _sgopd_inputs(h_s, w_s, mask, g)
+    shape = (*mask_BT.shape, -1)
+    gate = {"sign_gate": True, "correct": correct, "estimator": "full", "zones": False}
+    if impl == "sgopd_fused":
+        return lambda: fused_objective(
+            LMHead(h_s.view(shape), w_s), LMHead(h_t.view(shape), w_t), mask_BT, ids, reference=LMHead(h_r, w_r), **gate
+        ).loss
+    # the full-logits path: student, teacher and reference logits [B, T, V] in fp32
+    return lambda: logits_objective(
+        h_s.view(shape) @ w_s.T, h_t.view(shape) @ w_t.T, mask_BT, ids, ref_logits=h_r @ w_r.T, **gate
+    ).loss
+
+
+def _loss_fn(impl: str, h_s, w_s, h_t, w_t, mask, g=None):
+    if impl in ("sgopd_fused", "sgopd_naive"):
+        return _sgopd_fn(impl, h_s, w_s, h_t, w_t, mask, g)
     if impl == "trl_chunked":
         from trl.trainer.distillation_trainer import _chunked_divergence_loss
 
@@ -70,7 +106,7 @@ def bench_loss(impl: str, n: int, v: int, h: int, reps: int, threads: int) -> di
     h_t = torch.randn(n, h, generator=g)
     w_t = torch.randn(v, h, generator=g) * h**-0.5 * 1.5
     mask = torch.ones(n)
-    fn = _loss_fn(impl, h_s, w_s, h_t, w_t, mask)
+    fn = _loss_fn(impl, h_s, w_s, h_t, w_t, mask, g)
     base = _rss_mb()
     times = []
     warmup_timed = False

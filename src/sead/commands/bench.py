@@ -1,4 +1,9 @@
-"""``sead bench loss|step|quality|all [--quick] [--json FILE]``: measure, then regenerate BENCHMARKS.md."""
+"""``sead bench loss|step|quality|all [--quick] [--json FILE] [--update-results]``: measure, then record.
+
+Without ``--json`` a run updates the committed results (``benchmarks/results/<what>[_quick].json``) and
+regenerates BENCHMARKS.md (what ``make bench`` / ``make bench-quick`` do). ``--json FILE`` writes that file
+only; add ``--update-results`` to update the committed results and the report as well.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,14 @@ RESULTS_DIR = Path("benchmarks/results")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=["loss", "step", "quality", "all", "report"], help="which benchmark (report: only rebuild the report)")
     parser.add_argument("--quick", action="store_true", help="small shapes / few runs (minutes)")
-    parser.add_argument("--json", type=Path, default=None, help="write this benchmark's results here too")
+    parser.add_argument(
+        "--json", type=Path, default=None,
+        help="write this benchmark's results to this file only (the committed results and the report are left alone)",
+    )
+    parser.add_argument(
+        "--update-results", action="store_true",
+        help="with --json: also update the committed results (--results-dir) and regenerate the report",
+    )
     parser.add_argument("--report", type=Path, default=Path("BENCHMARKS.md"), help="report to regenerate")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where JSON results are kept")
     parser.add_argument("--seeds", type=int, default=None, help="quality: number of seeds (default 3, quick 1)")
@@ -32,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     todo = {"all": ["loss", "step", "quality"], "report": []}.get(args.what, [args.what])
     if args.json is not None and len(todo) > 1:
         raise SeadError("--json names one file: use it with a single benchmark (loss, step or quality)")
-    args.results_dir.mkdir(parents=True, exist_ok=True)
+    # a file asked for is written alone; the committed results change only on a plain run or when asked
+    record = args.json is None or args.update_results
     for what in todo:
         if what == "loss":
             shapes = None
@@ -47,11 +60,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             res = suite.bench_quality(quick=args.quick, seeds=args.seeds, steps=args.steps)
         res["command"] = f"sead bench {what}{quick}" + (f" --shapes {args.shapes}" if what == "loss" and args.shapes else "")
-        suite.save_json(res, args.results_dir / f"{what}{'_quick' if args.quick else ''}.json")
+        if record:
+            suite.save_json(res, args.results_dir / f"{what}{'_quick' if args.quick else ''}.json")
         if args.json is not None:
             suite.save_json(res, args.json)
+            print(f"[sead bench] wrote {args.json}")
         print(f"[sead bench] {what} done")
-    if not args.no_report:
+    if record and not args.no_report:
         results, commands = {}, {}
         for what in ("loss", "step", "quality"):
             for suffix in ("", "_quick"):

@@ -1,0 +1,25 @@
+"""A random loss problem shared by the fused-objective tests: student, teacher and reference heads, a mask,
+sampled ids and verdicts (float64)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _rand(shape, g, scale=1.0):
+    return torch.randn(shape, generator=g, dtype=torch.float64) * scale
+
+
+def make_problem(seed, B=3, T=7, V=13, Hs=5, Ht=6, bias=False, p_mask=0.8, scale=1.5):
+    """Student, teacher and reference heads, a mask, sampled ids and verdicts (reference = a perturbed student)."""
+    g = torch.Generator().manual_seed(seed)
+    hs, ws = _rand((B, T, Hs), g, scale), _rand((V, Hs), g, scale)
+    ht, wt = _rand((B, T, Ht), g, scale), _rand((V, Ht), g, scale)
+    hr, wr = hs + 0.3 * _rand((B, T, Hs), g), ws + 0.3 * _rand((V, Hs), g)
+    bs, bt, br = (_rand((V,), g) if bias else None for _ in range(3))
+    mask = (torch.rand((B, T), generator=g) < p_mask).long()
+    mask[0, 0] = 1
+    ids = torch.randint(0, V, (B, T), generator=g)
+    correct = torch.rand(B, generator=g) < 0.5
+    correct[0], correct[-1] = True, False
+    return dict(hs=hs, ws=ws, bs=bs, ht=ht, wt=wt, bt=bt, hr=hr, wr=wr, br=br, mask=mask, ids=ids, correct=correct)

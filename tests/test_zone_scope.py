@@ -1,0 +1,132 @@
+"""Zone thresholds from a wider scope than the micro-batch (``zone_scope: step``): the cuts computed from pooled
+entropies (``zone_thresholds``) applied to each micro-batch reproduce ``sead_zones`` on the pooled tokens
+(property, hypothesis), the step's skip fraction is ``skip_fraction``, the entropies-only pre-pass
+(``fused_zone_entropies``) gives the loss's own entropies, and micro-batch losses with the step's cuts add up to
+the loss of the pooled batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from _fused_problem import make_problem  # noqa: E402
+from sead.divergences import zone_entropies
+from sead.fused import LMHead, SparseTeacher, fused_objective, fused_zone_entropies
+from sead.objective import logits_objective
+from sead.zones import FKL, MASKED, SKIP, ZoneThresholds, sead_zones, zone_thresholds, zones_from_thresholds
+
+
+@st.composite
+def pooled_batches(draw):
+    """Entropies of a pool of tokens (distinct H_S: no ties at the skip cut) split into micro-batches with masks."""
+    n = draw(st.integers(1, 60))
+    h_t = draw(st.lists(st.floats(0, 5, allow_nan=False), min_size=n, max_size=n))
+    h_s = draw(st.lists(st.floats(0, 5, allow_nan=False), min_size=n, max_size=n, unique=True))
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=4)))
+    return torch.tensor(h_t, dtype=torch.float64), torch.tensor(h_s, dtype=torch.float64), [0, *cuts, n]
+
+
+@settings(max_examples=200, deadline=None)
+@given(pooled_batches(), st.floats(0, 1), st.floats(0, 1), st.integers(0, 3))
+def test_cuts_from_the_pool_reproduce_the_pooled_zones_in_every_micro_batch(pool, quantile, skip, pad):
+    h_t, h_s, bounds = pool
+    expected = sead_zones(h_t, h_s, torch.ones_like(h_t), quantile, skip)
+    cuts = zone_thresholds(h_t, h_s, None, quantile, skip)
+    got = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        # each micro-batch padded with `pad` masked positions holding garbage entropies
+        mb_t = torch.cat([h_t[lo:hi], torch.full((pad,), 99.0, dtype=torch.float64)])
+        mb_s = torch.cat([h_s[lo:hi], torch.full((pad,), -99.0, dtype=torch.float64)])
+        mask = torch.cat([torch.ones(hi - lo), torch.zeros(pad)])
+        zones = zones_from_thresholds(mb_t, mb_s, mask, cuts)
+        assert torch.all(zones[mask == 0] == MASKED)
+        got.append(zones[mask != 0])
+    assert torch.equal(torch.cat(got), expected)
+    # the step skips floor(skip_fraction * N) tokens (capped by the non-FKL ones)
+    n = h_t.numel()
+    assert int((expected == SKIP).sum()) == min(math.floor(skip * n), int((expected != FKL).sum()))
+
+
+def test_thresholds_by_hand():
+    h_t = torch.tensor([0.1, 0.2, 0.3, 2.0], dtype=torch.float64)
+    h_s = torch.tensor([0.5, 0.4, 0.9, 0.1], dtype=torch.float64)
+    cuts = zone_thresholds(h_t, h_s, None, teacher_quantile=0.75, skip_fraction=0.5)
+    # quantile 0.75 at position 2.25 between 0.3 and 2.0 (0.725): only 2.0 is in the FKL zone, the cut sits midway
+    # between 0.3 and 2.0; skip 2 of the three others (H_S 0.4, 0.5; 0.9 stays): midway between 0.5 and 0.9
+    assert cuts == ZoneThresholds(pytest.approx(1.15), pytest.approx(0.7))
+    assert zones_from_thresholds(h_t, h_s, torch.ones(4), cuts).tolist() == [0, 0, 1, 2]
+    assert zone_thresholds(h_t, h_s, torch.zeros(4)) == ZoneThresholds(math.inf, -math.inf)  # empty pool
+    assert zone_thresholds(h_t, h_s, None, 0.9, 0.0).student_entropy_cut == -math.inf
+    assert zone_thresholds(h_t, h_s, None, 0.9, 1.0).student_entropy_cut == math.inf  # all non-FKL skipped
+    assert zone_thresholds(h_t, h_s, None, 0.0, 0.5).teacher_entropy == -math.inf  # every token FKL
+    # a tie at the skip cut: every tied token is skipped
+    tied = zone_thresholds(h_t, torch.tensor([0.5, 0.5, 0.5, 0.1], dtype=torch.float64), None, 0.75, 0.25)
+    assert tied.student_entropy_cut == 0.5
+    with pytest.raises(ValueError, match="skip_fraction"):
+        zone_thresholds(h_t, h_s, None, 0.9, 1.5)
+    with pytest.raises(ValueError, match="ZoneThresholds"):
+        zones_from_thresholds(h_t, h_s, torch.ones(4), (0.7, 0.5))
+
+
+@pytest.mark.parametrize("support,top_k", [("teacher", 5), ("own", 5), ("teacher", None)])
+def test_entropy_pre_pass_gives_the_losses_entropies(support, top_k):
+    p = make_problem(61, bias=True)
+    student, teacher = LMHead(p["hs"], p["ws"], p["bs"]), LMHead(p["ht"], p["wt"], p["bt"])
+    h_t, h_s = fused_zone_entropies(student, teacher, p["mask"], entropy_top_k=top_k, entropy_support=support,
+                                    temperature=0.8, chunk_size=4)
+    ref_t, ref_s = zone_entropies(p["hs"] @ p["ws"].T + p["bs"], p["ht"] @ p["wt"].T + p["bt"], top_k, 0.8, support)
+    valid = p["mask"] != 0
+    torch.testing.assert_close(h_t[valid], ref_t[valid], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h_s[valid], ref_s[valid], rtol=1e-10, atol=1e-12)
+    assert torch.all(h_t[~valid] == 0) and torch.all(h_s[~valid] == 0)
+
+
+def test_entropy_pre_pass_with_a_served_teacher():
+    p = make_problem(62)
+    logp = torch.log_softmax(p["ht"] @ p["wt"].T, -1)
+    top = logp.topk(6, -1)
+    h_t, h_s = fused_zone_entropies(LMHead(p["hs"], p["ws"]), SparseTeacher(top.indices, top.values), p["mask"],
+                                    entropy_top_k=6)
+    ref_t, ref_s = zone_entropies(p["hs"] @ p["ws"].T, p["ht"] @ p["wt"].T, 6, 1.0, "teacher")
+    valid = p["mask"] != 0
+    torch.testing.assert_close(h_t[valid], ref_t[valid], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h_s[valid], ref_s[valid], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["fused", "logits"])
+@pytest.mark.parametrize("estimator,gate", [("full", False), ("topk", True), ("sampled", True)])
+def test_micro_batch_losses_with_the_steps_cuts_add_up_to_the_pooled_loss(path, estimator, gate):
+    # two micro-batches of one step: entropies pre-pass, pooled cuts, each loss normalised by the step's kept
+    # count; their sum (and gradient) is the loss of one call over the pooled batch with its own percentiles
+    p = make_problem(63, B=4, T=6)
+    kw = dict(estimator=estimator, estimator_top_k=4, sign_gate=gate, zones=True, alpha=0.3, entropy_top_k=5,
+              teacher_quantile=0.8, skip_fraction=0.4)
+    hs = p["hs"].clone().requires_grad_(True)
+
+    def loss(rows, **extra):
+        sl = slice(*rows)
+        if path == "fused":
+            return fused_objective(LMHead(hs[sl], p["ws"]), LMHead(p["ht"][sl], p["wt"]), p["mask"][sl], p["ids"][sl],
+                                   correct=p["correct"][sl], chunk_size=5, **kw, **extra)
+        return logits_objective(hs[sl] @ p["ws"].T, p["ht"][sl] @ p["wt"].T, p["mask"][sl], p["ids"][sl],
+                                correct=p["correct"][sl], **kw, **extra)
+
+    pooled = loss((0, 4))
+    micro = [(0, 1), (1, 4)]
+    ents = [fused_zone_entropies(LMHead(p["hs"][a:b], p["ws"]), LMHead(p["ht"][a:b], p["wt"]), p["mask"][a:b],
+                                 entropy_top_k=5) for a, b in micro]
+    masks = [p["mask"][a:b] != 0 for a, b in micro]
+    cuts = zone_thresholds(torch.cat([e[0][m] for e, m in zip(ents, masks)]),
+                           torch.cat([e[1][m] for e, m in zip(ents, masks)]), None, 0.8, 0.4)
+    kept = float(pooled.stats["num_kept"])
+    outs = [loss(rows, zone_thresholds=cuts, num_items=kept) for rows in micro]
+    assert torch.equal(torch.cat([o.zones for o in outs]), pooled.zones)
+    total = sum(o.loss for o in outs)
+    torch.testing.assert_close(total.detach(), pooled.loss.detach(), rtol=1e-10, atol=1e-12)
+    (g_pooled,) = torch.autograd.grad(pooled.loss, hs)
+    (g_micro,) = torch.autograd.grad(total, hs)
+    torch.testing.assert_close(g_micro, g_pooled, rtol=1e-10, atol=1e-12)
