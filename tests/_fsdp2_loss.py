@@ -25,7 +25,8 @@ from trl.models.utils import _ForwardRedirection  # noqa: E402
 
 from _tiny import tiny_model  # noqa: E402
 from sead.fused import fused_sead_loss  # noqa: E402
-from sead.trainer import _full_tensor, _project  # noqa: E402
+from sead.trainer_loss import full_tensor as _full_tensor  # noqa: E402
+from sead.trainer_loss import project as _project  # noqa: E402
 
 
 def loss_of(student, teacher, ids_BT, mask_BT, redirect=None):

@@ -11,16 +11,12 @@ them (rank = 1 + the number of tokens with a larger log-prob); a request above `
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 import torch.nn.functional as F
-
-from sead.loss_output import SeadLossOutput, zone_stats
-from sead.zones import MASKED, SKIP, loss_normalizer, sead_zones, zone_weights
 
 
 class FakeVLLM:
@@ -161,53 +157,3 @@ class FakeVLLM:
         return out
 
 
-def standin_sparse_loss(student_hidden, student_weight, teacher, mask, completion_ids, *, student_bias=None,
-                        estimator="topk", alpha=0.0, zones=False, teacher_quantile=0.9, skip_fraction=0.5,
-                        entropy_top_k=None, entropy_support="teacher", temperature=1.0, normalize="kept",
-                        num_items=None, sign_gate=False, **_unused) -> SeadLossOutput:
-    """A naive loss over a sparse teacher (stands in for the loss helper's fused one), per valid position n:
-
-    buckets b = the teacher's k ids + one tail; q_T = (p_T(i_1..i_k), 1 - sum_j p_T(i_j)) from the server's log-probs,
-    q_S = (p_S(i_1..i_k), sum_{v not in top} p_S(v)) from the student's full logits;
-    FKL = sum_b q_T (log q_T - log q_S) (under the teacher), RKL = sum_b q_S (log q_S - log q_T) (under the student);
-    ``sampled``: the RKL term is -(log p_T(y) - sg(log p_S(y))) log p_S(y). Zones: H_T over the teacher's top
-    ``entropy_top_k`` renormalised, H_S over the student's logits at those ids; weights as ``zone_weights``.
-    """
-    assert temperature == 1.0 and entropy_support == "teacher" and not sign_gate
-    z = student_hidden @ student_weight.T
-    if student_bias is not None:
-        z = z + student_bias
-    valid_M = mask.reshape(-1) != 0
-    logp_s = F.log_softmax(z.reshape(-1, z.shape[-1])[valid_M].float(), dim=-1)
-    ids, lt = teacher.topk_ids, teacher.topk_logprobs.float()
-    ls = logp_s.gather(-1, ids)
-    in_top = torch.zeros_like(logp_s, dtype=torch.bool).scatter_(-1, ids, True)
-    tail_s = torch.logsumexp(logp_s.masked_fill(in_top, -math.inf), dim=-1, keepdim=True)
-    tail_t = torch.log1p(-lt.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-7))
-    q_s, q_t = torch.cat([ls, tail_s], -1), torch.cat([lt, tail_t], -1)
-    fkl = (q_t.exp() * (q_t - q_s)).sum(-1)  # under the teacher's buckets
-    rkl = (q_s.exp() * (q_s - q_t)).sum(-1)  # under the student's buckets
-    if estimator == "sampled":
-        y = completion_ids.reshape(-1)[valid_M]
-        s_y = logp_s.gather(-1, y[:, None])[:, 0]
-        rkl = -(teacher.sampled_logprobs - s_y.detach()) * s_y
-
-    def scatter(x_N, fill=0.0):
-        full = torch.full(valid_M.shape, fill, dtype=x_N.dtype, device=x_N.device)
-        full[valid_M] = x_N
-        return full.view(mask.shape)
-
-    ke = min(entropy_top_k or ids.shape[1], ids.shape[1])
-
-    def entropy(x):
-        lq = F.log_softmax(x, -1)
-        return -(lq.exp() * lq).sum(-1)
-
-    h_t, h_s = scatter(entropy(lt[:, :ke])), scatter(entropy(ls[:, :ke]).detach())
-    zone_map = sead_zones(h_t, h_s, mask, teacher_quantile, skip_fraction) if zones else torch.where(
-        mask != 0, 1, MASKED).long()
-    w_fkl, w_rkl = (w.float() for w in zone_weights(zone_map, alpha))
-    per_token = w_fkl * scatter(fkl) + w_rkl * scatter(rkl)
-    per_token = torch.where(zone_map > SKIP, per_token, torch.zeros_like(per_token))
-    loss = per_token.sum() / loss_normalizer(zone_map, normalize, num_items).to(per_token.dtype)
-    return SeadLossOutput(loss=loss, zones=zone_map, per_token=per_token, stats=zone_stats(zone_map, h_t, h_s, per_token))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-import sead.trainer as trainer_module
+import sead.trainer_loss as loss_glue
 from _tiny import params, tiny_trainer, tokenizer
 from sead.errors import NonFiniteError
 
@@ -107,7 +107,7 @@ class _LossFault:
 
     def __init__(self, monkeypatch):
         self.armed = False
-        real = trainer_module.fused_sead_loss
+        real = loss_glue.fused_objective
 
         def fused(*args, **kwargs):
             out = real(*args, **kwargs)
@@ -115,7 +115,7 @@ class _LossFault:
                 out.loss = out.loss * NAN
             return out
 
-        monkeypatch.setattr(trainer_module, "fused_sead_loss", fused)
+        monkeypatch.setattr(loss_glue, "fused_objective", fused)
 
     def arm(self, trainer):
         self.armed = True
@@ -152,13 +152,10 @@ FAULTS = {
     "teacher-hidden-nan": (lambda mp: _HookFault(_teacher_norm, NAN), {}),
     "student-hidden-inf": (lambda mp: _HookFault(_student_norm, INF, grad_only=True), {}),
     "teacher-logits-inf-fused": (lambda mp: _WeightFault(INF), {}),
-    "teacher-logits-nan-topk": (
-        lambda mp: _HookFault(lambda t: t.teacher_model.get_output_embeddings(), NAN),
-        {"estimator": "topk", "estimator_top_k": 4},
-    ),
-    "student-logits-inf-sampled": (
-        lambda mp: _HookFault(lambda t: t.model.get_output_embeddings(), -INF, grad_only=True),
-        {"estimator": "sampled"},
+    # every estimator projects through the lm_head weight (fused): the fault sits in the weight
+    "teacher-logits-nan-topk": (lambda mp: _WeightFault(NAN), {"estimator": "topk", "estimator_top_k": 4}),
+    "student-hidden-inf-sampled": (
+        lambda mp: _HookFault(_student_norm, -INF, grad_only=True), {"estimator": "sampled"},
     ),
     "loss-nan": (lambda mp: _LossFault(mp), {}),
     "grad-nan": (lambda mp: _GradFault(), {}),

@@ -13,7 +13,8 @@ from _tiny import tiny_dataset, tiny_model, tokenizer
 from sead.config import OPDConfig
 from sead.errors import SeadError
 from sead.teacher_generation import use_vllm_for_teacher
-from sead.trainer import OPDTrainer, _full_tensor
+from sead.trainer import OPDTrainer
+from sead.trainer_loss import full_tensor as _full_tensor
 
 
 def _cfg(tmp_path, **kw):

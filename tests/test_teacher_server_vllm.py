@@ -18,8 +18,6 @@ import requests
 import torch
 import torch.nn.functional as F
 
-import sead.trainer as sead_trainer
-from _teacher_server import standin_sparse_loss
 from _tiny import (
     max_abs_diff,
     params,
@@ -150,12 +148,7 @@ def test_sampling_is_seeded_prompt_major_and_stops_at_eos(vllm_server):
     assert all(1 <= len(c) <= 6 and (len(c) == 6 or c[-1] == eos) and eos not in c[:-1] for c in a)
 
 
-@pytest.fixture
-def standin(monkeypatch):
-    monkeypatch.setattr(sead_trainer, "sparse_teacher_loss", standin_sparse_loss)
-
-
-def test_step_loss_equals_the_local_teacher_topk_loss(vllm_server, tmp_path, standin):
+def test_step_loss_equals_the_local_teacher_topk_loss(vllm_server, tmp_path):
     """Same micro-batch (rollouts of a first step), same top-k = 8: the loss against the server equals the local HF
     teacher's topk loss (the logits path, SEAD zones and anneal on) within 1e-4 relative; then a step trains."""
     url, folder = vllm_server
@@ -179,7 +172,7 @@ def test_step_loss_equals_the_local_teacher_topk_loss(vllm_server, tmp_path, sta
     assert all(math.isfinite(h["loss"]) for h in served.state.log_history if "loss" in h)
 
 
-def test_sgopd_cold_start_from_the_real_server(vllm_server, tmp_path, standin):
+def test_sgopd_cold_start_from_the_real_server(vllm_server, tmp_path):
     url, _ = vllm_server
     args = tiny_config(tmp_path, method="sgopd", sign_gate=False, estimator="sampled", estimator_top_k=K,
                        teacher_server_url=url, teacher_mix_rho0=1.0, teacher_mix_phase_fraction=1.0,

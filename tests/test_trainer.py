@@ -92,16 +92,16 @@ def test_logits_path_equals_fused_path(tmp_path):
 
 @pytest.mark.parametrize("precision,support", [("bf16", "own"), ("exact", "teacher"), ("auto", "teacher")])
 def test_the_fused_loss_gets_the_configured_zone_settings(tmp_path, monkeypatch, precision, support):
-    import sead.trainer as trainer_module
+    import sead.trainer_loss as loss_glue
 
     seen = []
-    real = trainer_module.fused_sead_loss
+    real = loss_glue.fused_objective
 
     def spy(*args, **kwargs):
         seen.append((kwargs["zone_precision"], kwargs["entropy_support"]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "fused_sead_loss", spy)
+    monkeypatch.setattr(loss_glue, "fused_objective", spy)
     cfg = _cfg(tmp_path, method="sead", curriculum=False, zone_precision=precision, entropy_support=support)
     tr = OPDTrainer(tiny_model(0), tiny_model(1), args=cfg, train_dataset=tiny_dataset(8), processing_class=tokenizer())
     batch = _batch(tr)

@@ -37,7 +37,7 @@ ASSUMED_DEFAULTS = {
     "entropy_support": "'teacher': both entropies over the teacher's top-k ids (METHODS.md wording)",
     "teacher_quantile": "0.9: FKL zone = top 10% teacher entropy",
     "skip_fraction": "0.5: half of the valid tokens skipped",
-    "zone_scope": "thresholds per local (micro-)batch",
+    "zone_scope": "'step': percentiles over every valid token of the optimizer step, all processes (the paper's 96 rollouts)",
     "loss_normalization": "'kept': divide by the kept (non-skipped) tokens",
     "alpha_start": "0.8 (secondary summary)",
     "alpha_end": "0.0 (secondary summary)",
@@ -74,9 +74,17 @@ class OPDConfig(DistillationConfig):
             advantage `log pi_T(y_t) - log pi_S(y_t)`; the forward-KL parts of SEAD stay exact).
         estimator_top_k (`int`, *optional*, defaults to `64`):
             k of the `"topk"` estimator.
+        topk_convention (`str`, *optional*, defaults to `"tail"`):
+            How the `"topk"` estimator treats the vocabulary outside the teacher's top-k (formulas in docs/methods.md):
+            `"tail"` (one tail bucket holding each model's remaining mass: the closest to the full KL), `"renormalized"`
+            (NeMo-RL: both distributions renormalised over the teacher's top-k), `"clamped"` (verl: the student's
+            full-vocabulary log-probs at the teacher's top-k, no tail, the per-token sum clamped at 0). The last two
+            reproduce those frameworks' numbers.
         use_fused_loss (`bool`, *optional*, defaults to `True`):
-            With the `"full"` estimator and no sign gate, compute the loss from hidden states with
-            `sead.losses.fused_sead_loss` (never materialises `[N, V]` logits). `False` uses full logits.
+            Compute the loss from hidden states and lm_head weights chunk by chunk with `sead.fused.fused_objective`,
+            for every estimator, with zones, anneal and the SG-OPD sign gate (student, teacher and reference heads):
+            never an `[N, V]` logits tensor, everything in fp32. `False` projects full `[B, T, V]` logits and uses
+            `sead.objective.logits_objective` (the readable reference; not available with a served teacher).
         loss_chunk_size (`int`, *optional*):
             Tokens per chunk of the fused loss; `None` picks about 4M logits per tile.
         zone_precision (`str`, *optional*, defaults to `"auto"`):
@@ -103,6 +111,14 @@ class OPDConfig(DistillationConfig):
             `H_T` over the teacher's top-k logits and `H_S` over the student's logits at those same ids (the fused
             loss then never projects the student over the vocabulary to decide zones: SEAD's loss costs about 0.75x
             vanilla OPD's); `"own"`: each model over its own top-k.
+        zone_scope (`str`, *optional*, defaults to `"step"`):
+            Over which tokens the zone percentiles are taken (*assumed*; METHODS.md: "batch percentiles over valid tokens",
+            the batch of one optimizer step). `"step"`: every valid token of the optimizer step on every process (all
+            gradient-accumulation micro-batches), from an entropies-only pre-pass when the step's rollouts are ready
+            (one extra no-grad forward of student and teacher per rollout; a served teacher's log-probs are fetched
+            once and reused); each micro-batch's loss then applies the step's cuts. `"micro_batch"`: percentiles over
+            each micro-batch alone (free, but with `per_device_train_batch_size: 1` every rollout gets 10% FKL and 50%
+            skip however easy or hard it is). Evaluation always uses its own batch.
         loss_normalization (`str`, *optional*, defaults to `"kept"`):
             `"kept"`: divide the loss by the kept (non-skipped) token count (*assumed*); `"all"`: by all valid
             tokens. In training the count is global: `global valid tokens x (1 - skip_fraction)` for `"kept"`.
@@ -240,6 +256,9 @@ class OPDConfig(DistillationConfig):
     method: str = field(default="sead", metadata={"help": "Preset: 'opd', 'sead' or 'sgopd'."})
     estimator: str = field(default="full", metadata={"help": "'full', 'topk' or 'sampled'."})
     estimator_top_k: int = field(default=64, metadata={"help": "k of the 'topk' estimator."})
+    topk_convention: str = field(
+        default="tail", metadata={"help": "'tail', 'renormalized' (NeMo-RL) or 'clamped' (verl)."}
+    )
     use_fused_loss: bool = field(default=True, metadata={"help": "Fused chunked loss from hidden states."})
     loss_chunk_size: int | None = field(
         default=None, metadata={"help": "Tokens per chunk of the fused loss."}
@@ -258,6 +277,9 @@ class OPDConfig(DistillationConfig):
     )
     entropy_support: str = field(
         default="teacher", metadata={"help": "Ids of the zone entropies: the 'teacher''s top-k or each model's 'own'."}
+    )
+    zone_scope: str = field(
+        default="step", metadata={"help": "Zone percentiles over the optimizer 'step' (all processes) or each 'micro_batch'."}
     )
     loss_normalization: str = field(default="kept", metadata={"help": "'kept' or 'all'."})
 
@@ -387,6 +409,12 @@ class OPDConfig(DistillationConfig):
             )
         if self.zone_precision not in ("auto", "bf16", "exact"):
             raise SeadError(f"zone_precision must be 'auto', 'bf16' or 'exact'; got {self.zone_precision!r}.")
+        if self.topk_convention not in ("tail", "renormalized", "clamped"):
+            raise SeadError(
+                f"topk_convention must be 'tail', 'renormalized' (NeMo-RL) or 'clamped' (verl); got {self.topk_convention!r}."
+            )
+        if self.zone_scope not in ("step", "micro_batch"):
+            raise SeadError(f"zone_scope must be 'step' or 'micro_batch'; got {self.zone_scope!r}.")
         if self.entropy_support not in ("teacher", "own"):
             raise SeadError(
                 f"entropy_support must be 'teacher' (the teacher's top-k ids) or 'own' (each model's top-k); "
@@ -475,6 +503,11 @@ class OPDConfig(DistillationConfig):
                 "estimator: full needs the teacher's whole next-token distribution, but a teacher server returns only "
                 "its top-k log-probs (and the sampled token's): use estimator: topk (top-k + tail bucket) or sampled "
                 "with teacher_server_url, or a local teacher (teacher_model_name_or_path) for full."
+            )
+        if not self.use_fused_loss:
+            raise SeadError(
+                "use_fused_loss: false projects the teacher's full logits, which a teacher server does not return: "
+                "keep use_fused_loss: true with teacher_server_url (the fused loss takes the served top-k log-probs)."
             )
         if self.zones and self.entropy_top_k is None:
             raise SeadError(

@@ -7,7 +7,8 @@ sequence, the teacher's ``k`` most likely next tokens with their log-probs, plus
 ``p`` when it is not among them (the first position has none). Those log-probs are
 ``log softmax(z_T)`` over the whole vocabulary at temperature 1: vLLM's default ``--logprobs-mode
 raw_logprobs``, whatever the request's sampling temperature (checked against an HF forward in
-``tests/test_teacher_server.py``). :class:`SparseTeacher` holds them per valid completion position.
+``tests/test_teacher_server.py``). :meth:`TeacherServer.sparse_teacher` returns them as the fused loss's
+:class:`sead.fused.SparseTeacher`, shaped like the micro-batch's completion mask.
 
 Faults (refused connection, no answer within ``timeout``, HTTP 5xx or 429, a malformed answer) are
 retried ``max_retries`` times with exponential backoff; then :class:`TeacherServerError` stops the run
@@ -32,16 +33,15 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .errors import SeadError
+from .fused_heads import SparseTeacher
 
 __all__ = [
     "TeacherServerError",
-    "SparseTeacher",
     "TeacherServer",
     "parse_prompt_logprobs",
     "sample_from_server",
@@ -58,29 +58,6 @@ class TeacherServerError(SeadError):
 
 class _Malformed(ValueError):
     """An answer that does not have the shape this client expects (retried like a server fault)."""
-
-
-@dataclass
-class SparseTeacher:
-    """The served teacher's log-probs at the ``N`` valid completion positions of a micro-batch, in the
-    row-major order of ``completion_mask.nonzero()`` (the fused loss's ``valid_idx`` order).
-
-    Attributes:
-        topk_ids: ``[N, k]`` long, the teacher's ``k`` most likely next tokens, most likely first.
-        topk_logprobs: ``[N, k]`` float32, their ``log p_T`` (log-softmax over the full vocabulary, T = 1).
-        sampled_logprobs: ``[N]`` float32, ``log p_T(y_t)`` of the completion token at each position.
-    """
-
-    topk_ids: torch.Tensor
-    topk_logprobs: torch.Tensor
-    sampled_logprobs: torch.Tensor
-
-    def to(self, device) -> SparseTeacher:
-        return SparseTeacher(self.topk_ids.to(device), self.topk_logprobs.to(device), self.sampled_logprobs.to(device))
-
-    @property
-    def num_positions(self) -> int:
-        return int(self.sampled_logprobs.shape[0])
 
 
 def _position(entry: Any, token: int, top_k: int, vocab_size: int | None, where: str):
@@ -375,12 +352,17 @@ class TeacherServer:
         lps = [x for a in answers for x in a[1]]
         sampled = [x for a in answers for x in a[2]]
         n = len(sampled)
+        # rows of every valid completion position, in row-major order, placed at their [b, t] (0 elsewhere)
+        valid = completion_mask_BT.cpu().bool()
+        B, T = valid.shape
+        ids_BTK = torch.zeros(B, T, top_k, dtype=torch.long)
+        lps_BTK = torch.zeros(B, T, top_k, dtype=torch.float32)
+        sampled_BT = torch.zeros(B, T, dtype=torch.float32)
+        ids_BTK[valid] = torch.tensor(ids, dtype=torch.long).reshape(n, top_k)
+        lps_BTK[valid] = torch.tensor(lps, dtype=torch.float32).reshape(n, top_k)
+        sampled_BT[valid] = torch.tensor(sampled, dtype=torch.float32).reshape(n)
         device = completion_ids_BT.device
-        return SparseTeacher(
-            torch.tensor(ids, dtype=torch.long).reshape(n, top_k).to(device),
-            torch.tensor(lps, dtype=torch.float32).reshape(n, top_k).to(device),
-            torch.tensor(sampled, dtype=torch.float32).reshape(n).to(device),
-        )
+        return SparseTeacher(ids_BTK.to(device), lps_BTK.to(device), sampled_BT.to(device))
 
     # ---- rollouts ---------------------------------------------------------------------------------
     def sample(

@@ -19,12 +19,10 @@ import copy
 import json
 import math
 import os
-import re
 import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DistillationTrainer
@@ -34,59 +32,19 @@ from .checks import check_dataset, check_vocabularies
 from .config import OPDConfig
 from .curriculum import CompetenceCurriculum
 from .errors import NonFiniteError, SeadError
-from .fused import fused_sead_loss
 from .interrupt import _any_rank
-from .loss_output import SeadLossOutput
-from .objective import logits_objective
 from .rewards import RewardFunc, VerdictGrader, default_reward
 from .schedules import cosine_anneal, teacher_mix_ratio
 from .sharding import FSDP, check_sharding, frozen_copy, is_partitioned, prepare_frozen, reload_model
 from .teacher_generation import _trim, generate_with_vllm_or_hf, make_teacher_llm, use_vllm_for_teacher
-from .teacher_server import SparseTeacher, TeacherServer, TeacherServerError, sample_from_server
+from .teacher_server import TeacherServer, TeacherServerError, sample_from_server
+from .trainer_loss import LossGlue
 from .verify import GradeCounter
 
 __all__ = ["OPDTrainer"]
 
 STATE_FILE = "sead_state.json"
 
-_NONFINITE_MESSAGE = re.compile(r"NaN or inf")
-
-# Multimodal fields TRL's generation extracts for vision-language models (its `_compute_loss` list); sead refuses them.
-MULTIMODAL_KEYS = (
-    "pixel_values",
-    "image_grid_thw",
-    "pixel_attention_mask",
-    "spatial_shapes",
-    "image_sizes",
-    "token_type_ids",
-    "mm_token_type_ids",
-    "image_position_ids",
-)
-
-
-def _full_tensor(param: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
-    """An lm_head parameter as a plain tensor. Under FSDP2 it is a sharded ``DTensor``: ``full_tensor()`` gathers it
-    once per loss call (its backward reduce-scatters the gradient), not once per chunk, and the cast to the hidden
-    states' dtype happens once too (as TRL's chunked loss does). Anything else is returned as it is."""
-    if param is None:
-        return None
-    if _is_dtensor(param):
-        param = param.full_tensor()
-        return param.to(dtype) if dtype is not None else param
-    return param
-
-
-def _is_dtensor(x) -> bool:
-    dtensor = getattr(getattr(torch.distributed, "tensor", None), "DTensor", None)
-    return dtensor is not None and isinstance(x, dtensor)
-
-
-def _project(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """``head(hidden)``: through the module (its hooks and adapters run), except when its weight is a sharded FSDP2
-    ``DTensor`` outside the owner's forward: then with the gathered weight (:func:`_full_tensor`)."""
-    if not _is_dtensor(head.weight):
-        return head(hidden.to(head.weight.device))
-    return F.linear(hidden, _full_tensor(head.weight, hidden.dtype), _full_tensor(head.bias))
 
 
 def teacher_mix_picks(rho: float, n: int, *, seed: int, step: int, rank: int) -> list[int]:
@@ -104,32 +62,6 @@ def teacher_mix_picks(rho: float, n: int, *, seed: int, step: int, rank: int) ->
         return []
     g = torch.Generator().manual_seed(seed * 7919 + step * 131 + rank + 1_000_003)
     return torch.randperm(n, generator=g)[:k].tolist()
-
-
-def sparse_teacher_loss(
-    student_hidden: torch.Tensor,
-    student_weight: torch.Tensor,
-    teacher: SparseTeacher,
-    mask: torch.Tensor,
-    completion_ids: torch.Tensor,
-    **kwargs,
-) -> SeadLossOutput:
-    """The loss against a served teacher: ``student_hidden`` ``[B, T, H]`` and ``student_weight`` ``[V, H]`` (as
-    :func:`sead.fused.fused_sead_loss`), the teacher's :class:`~sead.teacher_server.SparseTeacher` at the valid
-    positions of ``mask`` ``[B, T]`` (row-major), the sampled tokens ``completion_ids`` ``[B, T]``. Keywords: those
-    of ``fused_sead_loss`` (``student_bias``, ``alpha``, ``zones``, ``teacher_quantile``, ``skip_fraction``,
-    ``entropy_top_k``, ``entropy_support``, ``temperature``, ``normalize``, ``num_items``, ``chunk_size``,
-    ``zone_precision``), plus ``estimator`` (``"topk"`` or ``"sampled"``), ``estimator_top_k``, ``sign_gate``,
-    ``correct`` ``[B]``, ``ref_hidden`` / ``ref_weight`` / ``ref_bias`` (the SG-OPD reference, or ``None``),
-    ``lambda_consensus``, ``lambda_conflict``.
-
-    TODO(loss helper): the fused loss's "sparse teacher" input replaces this placeholder (one call, in
-    ``OPDTrainer._served_teacher_loss``); the tests stand in a naive top-k-with-tail loss.
-    """
-    raise NotImplementedError(
-        "the loss against a served teacher (sparse teacher log-probs) is not in this build yet: it comes with the "
-        "fused loss's sparse-teacher input. Use a local teacher (teacher_model_name_or_path) meanwhile."
-    )
 
 
 class EpochSeededRepeatSampler(RepeatSampler):
@@ -231,7 +163,7 @@ class _StepEndSnapshot(TrainerCallback):
         return True
 
 
-class OPDTrainer(DistillationTrainer):
+class OPDTrainer(LossGlue, DistillationTrainer):
     """On-policy distillation trainer: vanilla OPD, SEAD and SG-OPD (see ``OPDConfig.method``).
 
     Args:
@@ -315,6 +247,7 @@ class OPDTrainer(DistillationTrainer):
             raise SeadError(" ".join(str(err).split())) from err
         self._check_tokenizer_fits()
         self._check_prompt_lengths()
+        self._setup_output_transforms()  # before sharding: the check runs each model's forward
         self._prepare_frozen_models(ref)
 
         self.curriculum = None
@@ -590,8 +523,14 @@ class OPDTrainer(DistillationTrainer):
         if training and self.curriculum is not None:
             inputs = self._curriculum_inputs(len(inputs))
         output = super()._generate_and_score_completions(inputs)
-        if not self.reward_funcs:
-            return output
+        if self.reward_funcs:
+            output = self._score_completions(inputs, output, training)
+        if training and self.args.zones and self.args.zone_scope == "step":
+            self._step_zone_cuts(output)  # after teacher mixing: the step's final rollouts
+        return output
+
+    def _score_completions(self, inputs, output, training: bool):
+        """Verdicts of the rollouts, SG-OPD's teacher mixing, and their metrics (pass rate, curriculum window)."""
         correct = self._grade(inputs, self._decode(output["completion_ids"], output["completion_mask"]))
         mixed = [False] * len(correct)
         device = self.accelerator.device
@@ -723,223 +662,6 @@ class OPDTrainer(DistillationTrainer):
             )
         )  # fmt: skip
         return [_trim(c, self.eos_token_ids, self._tokenizer.pad_token_id) for c in sampled]
-
-    # ---- loss -----------------------------------------------------------------------------------
-    def _loss_num_items(self, num_items_in_batch):
-        """Global normaliser: TRL's global valid-token count (per process), times (1 - skip_fraction) for
-        ``loss_normalization="kept"`` with zones: the expected number of kept tokens."""
-        if num_items_in_batch is None:
-            return None
-        if self.args.zones and self.args.loss_normalization == "kept":
-            return num_items_in_batch * max(1.0 - self.args.skip_fraction, 1e-6)
-        return num_items_in_batch
-
-    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
-        args = self.args
-        if inputs["completion_ids"].size(1) == 0:
-            # Every completion of this micro-batch is empty: one masked pad column keeps the shapes valid
-            # (TRL's slicing by `-logits_to_keep` would otherwise keep the whole sequence).
-            inputs = dict(inputs)
-            column = torch.full_like(inputs["prompt_ids"][:, :1], self._tokenizer.pad_token_id)
-            inputs["completion_ids"] = column
-            inputs["completion_mask"] = torch.zeros_like(inputs["prompt_mask"][:, :1])
-        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        self._refuse_multimodal(inputs)
-        # Tool-result tokens (TRL's `tool_mask` = 0) are not the student's: no loss there, as in TRL's own loss.
-        mask_BT = inputs["completion_mask"]
-        if inputs.get("tool_mask") is not None:
-            mask_BT = mask_BT * inputs["tool_mask"]
-        logits_to_keep = inputs["completion_ids"].size(1)
-        h_s = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
-        if self.teacher_server is not None:
-            return self._served_teacher_loss(unwrapped_student, h_s, inputs, input_ids, attention_mask, num_items_in_batch)
-        self.teacher_model.eval()
-        unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
-        with torch.no_grad():
-            h_t = self._forward_redirection(
-                self.teacher_model,
-                unwrapped_teacher,
-                self._get_last_hidden_state,
-                unwrapped_teacher,
-                input_ids,
-                attention_mask,
-                logits_to_keep,
-            )
-        head_s, head_t = unwrapped_student.get_output_embeddings(), unwrapped_teacher.get_output_embeddings()
-        w_s, b_s = _full_tensor(head_s.weight, h_s.dtype), _full_tensor(head_s.bias)
-        w_t, b_t = _full_tensor(head_t.weight, h_t.dtype), _full_tensor(head_t.bias)
-        alpha, common = self._loss_common(num_items_in_batch)
-        try:
-            self._check_finite(h_s, h_t, mask_BT)
-            if args.estimator == "full" and not args.sign_gate and args.use_fused_loss:
-                out = fused_sead_loss(
-                    h_s,
-                    w_s,
-                    h_t.to(w_t.device),
-                    w_t,
-                    mask_BT,
-                    student_bias=b_s,
-                    teacher_bias=b_t,
-                    chunk_size=args.loss_chunk_size,
-                    zone_precision=args.zone_precision,
-                    **common,
-                )
-            else:
-                ref_logits = None
-                if args.sign_gate and self.ref_model is not None:
-                    unwrapped_ref = self.accelerator.unwrap_model(self.ref_model)
-                    with torch.no_grad():  # through its wrapper, as the teacher: a sharded reference gathers
-                        h_ref = self._forward_redirection(
-                            self.ref_model, unwrapped_ref, self._get_last_hidden_state, unwrapped_ref,
-                            input_ids, attention_mask, logits_to_keep,
-                        )  # fmt: skip
-                        ref_logits = _project(unwrapped_ref.get_output_embeddings(), h_ref).float()
-                out = logits_objective(
-                    _project(head_s, h_s).float(),
-                    _project(head_t, h_t).float(),
-                    mask_BT,
-                    inputs["completion_ids"],
-                    estimator=args.estimator,
-                    estimator_top_k=args.estimator_top_k,
-                    sign_gate=bool(args.sign_gate),
-                    correct=inputs.get("correct"),
-                    ref_logits=ref_logits,
-                    lambda_consensus=args.lambda_consensus,
-                    lambda_conflict=args.lambda_conflict,
-                    **common,
-                )
-            if not torch.isfinite(out.loss.detach()):
-                raise NonFiniteError(f"the loss is {out.loss.item()}")
-        except ValueError as err:
-            if not (isinstance(err, NonFiniteError) or _NONFINITE_MESSAGE.search(str(err))):
-                raise
-            return self._refuse_nonfinite(str(err), h_s, head_s, mask_BT)
-        self._log_loss_stats(out.stats, alpha)
-        n_valid = mask_BT.sum()
-        return (
-            out.loss,
-            torch.tensor(out.stats["mean_h_s"] * out.stats["num_valid"], device=h_s.device),
-            n_valid,
-        )
-
-    @staticmethod
-    def _refuse_multimodal(inputs) -> None:
-        present = [key for key in MULTIMODAL_KEYS if key in inputs]
-        if present:
-            raise SeadError(
-                f"the batch holds image inputs ({', '.join(present)}): sead's losses run the models on token ids only "
-                "and would train the student on distributions computed without the images. Vision-language "
-                "distillation is not supported; remove the image column or use TRL's DistillationTrainer."
-            )
-
-    def _loss_common(self, num_items_in_batch) -> tuple[float, dict[str, Any]]:
-        """``(alpha, keywords)`` every loss implementation shares (zones, anneal weight, normaliser)."""
-        args = self.args
-        alpha = self.current_alpha()
-        return alpha, {
-            "alpha": alpha,
-            "zones": bool(args.zones),
-            "teacher_quantile": args.teacher_quantile,
-            "skip_fraction": args.skip_fraction,
-            "entropy_top_k": args.entropy_top_k,
-            "entropy_support": args.entropy_support,
-            "temperature": self.temperature,
-            "normalize": args.loss_normalization,
-            "num_items": self._loss_num_items(num_items_in_batch),
-        }
-
-    def _served_teacher_loss(self, student, h_s, inputs, input_ids, attention_mask, num_items_in_batch):
-        """The loss against the served teacher: its sparse log-probs for this micro-batch (one request) and the
-        student's hidden states; the SG-OPD reference model, when used, stays local."""
-        args = self.args
-        mask_BT, completion_ids = inputs["completion_mask"], inputs["completion_ids"]
-        sparse = self._ask_teacher_server(
-            self.teacher_server.sparse_teacher,
-            inputs["prompt_ids"], inputs["prompt_mask"], completion_ids, mask_BT, self._served_top_k,
-        )  # fmt: skip
-        head_s = student.get_output_embeddings()
-        w_s, b_s = _full_tensor(head_s.weight, h_s.dtype), _full_tensor(head_s.bias)
-        ref = {"ref_hidden": None, "ref_weight": None, "ref_bias": None}
-        if args.sign_gate and self.ref_model is not None:
-            unwrapped_ref = self.accelerator.unwrap_model(self.ref_model)
-            with torch.no_grad():
-                h_ref = self._get_last_hidden_state(unwrapped_ref, input_ids, attention_mask, completion_ids.size(1))
-            head_ref = unwrapped_ref.get_output_embeddings()
-            ref = {
-                "ref_hidden": h_ref,
-                "ref_weight": _full_tensor(head_ref.weight, h_ref.dtype),
-                "ref_bias": _full_tensor(head_ref.bias),
-            }
-        alpha, common = self._loss_common(num_items_in_batch)
-        try:
-            if not torch.isfinite(h_s.detach()[mask_BT.bool()]).all():
-                raise NonFiniteError("student hidden states contain NaN or inf")
-            out = sparse_teacher_loss(
-                h_s,
-                w_s,
-                sparse.to(h_s.device),
-                mask_BT,
-                completion_ids,
-                student_bias=b_s,
-                estimator=args.estimator,
-                estimator_top_k=args.estimator_top_k,
-                chunk_size=args.loss_chunk_size,
-                zone_precision=args.zone_precision,
-                sign_gate=bool(args.sign_gate),
-                correct=inputs.get("correct"),
-                lambda_consensus=args.lambda_consensus,
-                lambda_conflict=args.lambda_conflict,
-                **ref,
-                **common,
-            )
-            if not torch.isfinite(out.loss.detach()):
-                raise NonFiniteError(f"the loss is {out.loss.item()}")
-        except ValueError as err:
-            if not (isinstance(err, NonFiniteError) or _NONFINITE_MESSAGE.search(str(err))):
-                raise
-            return self._refuse_nonfinite(str(err), h_s, head_s, mask_BT)
-        self._log_loss_stats(out.stats, alpha)
-        return (
-            out.loss,
-            torch.tensor(out.stats["mean_h_s"] * out.stats["num_valid"], device=h_s.device),
-            mask_BT.sum(),
-        )
-
-    def _refuse_nonfinite(self, reason: str, h_s, head_s, mask_BT):
-        """The micro-step's loss is replaced by an exact zero that still reaches every trainable parameter
-        (DDP expects a gradient for each); :class:`_NonFiniteGuard` then drops the whole optimizer step on
-        every rank, or stops training, per ``nonfinite_policy``."""
-        if not self.model.training and self.args.nonfinite_policy == "error":
-            raise NonFiniteError(f"non-finite values during evaluation at step {self.state.global_step}: {reason}")
-        if self.model.training and self._nonfinite_reason is None:
-            self._nonfinite_reason = reason
-        zero = (h_s * 0).sum() + sum((p * 0).sum() for p in head_s.parameters() if p.requires_grad)
-        zero = torch.nan_to_num(zero, nan=0.0, posinf=0.0, neginf=0.0)
-        return zero, zero.detach(), mask_BT.sum()
-
-    @staticmethod
-    def _check_finite(h_s, h_t, mask_BT) -> None:
-        valid = mask_BT.bool()
-        if not torch.isfinite(h_s.detach()[valid]).all():
-            raise NonFiniteError("student hidden states contain NaN or inf")
-        if not torch.isfinite(h_t[valid]).all():
-            raise NonFiniteError("teacher hidden states contain NaN or inf")
-
-    def _log_loss_stats(self, stats: dict[str, float], alpha: float) -> None:
-        mode = "train" if self.model.training else "eval"
-        m = self._metrics[mode]
-        if self.args.anneal:
-            m["sead/alpha"].append(alpha)
-        m["sead/mean_h_t"].append(stats["mean_h_t"])
-        m["sead/mean_h_s"].append(stats["mean_h_s"])
-        if self.args.zones:
-            for zone in ("skip", "rkl", "fkl"):
-                m[f"sead/frac_{zone}"].append(stats[f"frac_{zone}"])
-        for zone in ("rkl", "fkl") if self.args.zones else ("rkl",):
-            m[f"sead/loss_{zone}"].append(stats[f"loss_{zone}"])
-        if "consensus_frac" in stats:
-            m["sgopd/consensus_frac"].append(stats["consensus_frac"])
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
