@@ -36,8 +36,8 @@ from .errors import NonFiniteError, SeadError
 from .fused import fused_sead_loss
 from .objective import logits_objective
 from .rewards import RewardFunc, VerdictGrader, default_reward
+from .sampling import HFSampler, Sampling, as_sampler, choose_backend, sample_ids, vllm_engine
 from .schedules import cosine_anneal, teacher_mix_ratio
-from .teacher_generation import generate_with_vllm_or_hf, make_teacher_llm, use_vllm_for_teacher
 from .verify import GradeCounter
 
 __all__ = ["OPDTrainer"]
@@ -243,7 +243,7 @@ class OPDTrainer(DistillationTrainer):
 
     def _make_teacher_engine(self, source: str | None):
         """A vLLM engine for the frozen teacher's SG-OPD rollouts, or ``None`` (HF ``generate``)."""
-        if not use_vllm_for_teacher(self.args.teacher_generation_backend):
+        if choose_backend(self.args.teacher_generation_backend, field="teacher_generation_backend") != "vllm":
             return None
         if not source:
             raise SeadError(
@@ -251,8 +251,9 @@ class OPDTrainer(DistillationTrainer):
                 "pass `teacher_model` as a string (or a model loaded with `from_pretrained`), or set "
                 "`teacher_generation_backend: hf`."
             )
-        return make_teacher_llm(
+        return vllm_engine(
             source,
+            dtype="bfloat16",  # the teacher is frozen: no weight sync, so any dtype vLLM runs would do
             gpu_memory_utilization=self.args.teacher_vllm_gpu_memory_utilization,
             # several training processes: each holds an engine of its own, launched by them (as TRL's colocate mode)
             distributed_executor_backend="external_launcher" if self.accelerator.num_processes > 1 else None,
@@ -459,20 +460,20 @@ class OPDTrainer(DistillationTrainer):
         picks = torch.randperm(n, generator=g)[:n_pick].tolist()
         G = self.args.teacher_num_generations
         prompt_ids, prompt_mask = output["prompt_ids"][picks], output["prompt_mask"][picks]
-        teacher = self.accelerator.unwrap_model(self.teacher_model)
-        candidates = generate_with_vllm_or_hf(
-            teacher,
-            prompt_ids,
-            prompt_mask=prompt_mask,
-            num_samples=G,
-            max_new_tokens=self.max_completion_length,
+        if self.teacher_llm is not None:  # a vLLM engine (or any sampler of sead.sampling)
+            sampler = as_sampler(self.teacher_llm)
+            # vLLM draws from its own generator: seed it from (seed, step, rank) so a resumed run draws the same
+            seed = self.args.seed * 7919 + self.state.global_step * 131 + self.accelerator.process_index
+        else:  # the HF path draws from torch's global stream, which the checkpoint restores
+            teacher = self.accelerator.unwrap_model(self.teacher_model)
+            sampler = HFSampler(teacher, pad_token_id=self._tokenizer.pad_token_id, eos_token_ids=self.eos_token_ids)
+            seed = None
+        sampling = Sampling(
+            n=G, max_new_tokens=self.max_completion_length, temperature=self.args.teacher_temperature, seed=seed
+        )
+        candidates = sample_ids(
+            sampler, prompt_ids, sampling, prompt_mask=prompt_mask, eos_token_ids=self.eos_token_ids,
             pad_token_id=self._tokenizer.pad_token_id,
-            eos_token_ids=self.eos_token_ids,
-            temperature=self.args.teacher_temperature,
-            llm=self.teacher_llm,
-            # vLLM draws from its own generator: seed it from (seed, step, rank) so a resumed run draws the same;
-            # the HF path draws from torch's global stream, which the checkpoint restores.
-            seed=None if self.teacher_llm is None else self.args.seed * 7919 + self.state.global_step * 131 + self.accelerator.process_index,
         )  # fmt: skip
         texts = self.processing_class.batch_decode(candidates, skip_special_tokens=True)
         rows = [inputs[i] for i in picks for _ in range(G)]
