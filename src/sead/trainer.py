@@ -38,6 +38,7 @@ from .objective import logits_objective
 from .rewards import RewardFunc, VerdictGrader, default_reward
 from .sampling import HFSampler, Sampling, as_sampler, choose_backend, sample_ids, vllm_engine
 from .schedules import cosine_anneal, teacher_mix_ratio
+from .student_vllm import check_student_vllm, enable_cpu_weight_sync
 from .verify import GradeCounter
 
 __all__ = ["OPDTrainer"]
@@ -178,6 +179,7 @@ class OPDTrainer(DistillationTrainer):
         self.grader = VerdictGrader(funcs, args.grader_timeout, args.correct_threshold)
 
         check_vocabularies(model, teacher_model, args)
+        check_student_vllm(args)  # server mode needs CUDA: refuse it before TRL waits for a server
         teacher_source = (
             teacher_model
             if isinstance(teacher_model, str)
@@ -205,6 +207,8 @@ class OPDTrainer(DistillationTrainer):
             if isinstance(err, SeadError) or "vocab_size" not in str(err):
                 raise
             raise SeadError(" ".join(str(err).split())) from err
+        if args.use_vllm:
+            enable_cpu_weight_sync(self.vllm_generation)  # vLLM's CPU backend: TRL's weight sync as vLLM reloads
         self._check_tokenizer_fits()
         self._check_prompt_lengths()
         if args.sign_gate and args.use_reference_model:
