@@ -149,7 +149,8 @@ def test_step_bench_runs_round_robin_and_takes_the_median_of_rounds(monkeypatch)
     import sead.bench.suite as suite
 
     calls = []
-    times = iter([0.10, 0.20, 0.30, 0.40, 0.50, 0.11, 0.21, 0.31, 0.41, 0.51, 0.90, 0.22, 0.32, 0.42, 0.52])
+    times = iter([0.10, 0.20, 0.30, 0.40, 0.50, 0.60, 0.11, 0.21, 0.31, 0.41, 0.51, 0.61,
+                  0.90, 0.22, 0.32, 0.42, 0.52, 0.62])  # fmt: skip
 
     def fake_worker(args, env=None):
         calls.append(args[1])
@@ -163,10 +164,11 @@ def test_step_bench_runs_round_robin_and_takes_the_median_of_rounds(monkeypatch)
     # three rounds, each a rotation of the trainer list
     assert calls == names + names[1:] + names[:1] + names[2:] + names[:2]
     rows = {r["trainer"]: r for r in res["rows"]}
-    # the first trainer ran 1st in round 0, last in round 1, 4th in round 2: 0.10, 0.51, 0.42 -> 0.42
-    assert rows[names[0]]["round_step_times_s"] == [0.10, 0.51, 0.42]
-    assert rows[names[0]]["step_time_s"] == 0.42
-    assert rows[names[0]]["peak_rss_mb"] == 14.0  # the largest of its rounds (calls 1, 10, 14)
+    # the first of 6 trainers ran 1st in round 0, last in round 1, 5th in round 2: 0.10, 0.61, 0.52 -> 0.52
+    assert len(names) == 6
+    assert rows[names[0]]["round_step_times_s"] == [0.10, 0.61, 0.52]
+    assert rows[names[0]]["step_time_s"] == 0.52
+    assert rows[names[0]]["peak_rss_mb"] == 17.0  # the largest of its rounds (calls 1, 12, 17)
     assert all(r["rounds"] == 3 for r in rows.values())
 
 

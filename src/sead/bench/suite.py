@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -49,7 +50,7 @@ def bench_loss(
 
 # "opd_nograde": vanilla OPD with log_pass_rate=False, i.e. without the verifier grading that only feeds the
 # rollout/pass_rate log: the same work per step as TRL's trainer.
-STEP_TRAINERS = ("trl", "opd", "opd_nograde", "sead", "sgopd")
+STEP_TRAINERS = ("trl", "opd", "opd_nograde", "opd_vllm", "sead", "sgopd")
 
 
 STEP_ROUNDS = 3
@@ -83,7 +84,8 @@ def bench_step(quick: bool = False, threads: int = 1, progress: bool = True) -> 
             for name in order[r % len(order) :] + order[: r % len(order)]:
                 res = run_worker(
                     ["step", name, "--steps", str(steps), "--threads", str(threads), "--out", str(Path(tmp) / f"{name}-{r}")],
-                    env={"OMP_NUM_THREADS": str(threads)},
+                    # a vLLM engine's KV cache: 1 GiB (the default share of the NUMA node does not fit beside training)
+                    env={"OMP_NUM_THREADS": str(threads), "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")},
                 )
                 res.setdefault("trainer", name)
                 by_name[name].append(res)
