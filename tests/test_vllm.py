@@ -139,9 +139,12 @@ def test_server_mode_is_refused_at_start_up_without_cuda(tmp_path):
         from sead.trainer import OPDTrainer
 
         OPDTrainer(tiny_model(0), tiny_model(1), args=cfg, train_dataset=tiny_dataset(8), processing_class=tokenizer())
-    check_student_vllm(cfg.__class__(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[]))  # no vLLM
     gpu = OPDConfig(output_dir=str(tmp_path), bf16=False, report_to=[], use_vllm=True, vllm_mode="server")
     gpu.use_cpu = False
     check_student_vllm(gpu, cuda=True)  # with CUDA, TRL's own set-up runs
     with pytest.raises(SeadError, match="NCCL"):
         check_student_vllm(gpu, cuda=False)
+    gpu.vllm_mode = "colocate"
+    check_student_vllm(gpu, cuda=False)  # colocate runs on a CPU
+    gpu.use_vllm, gpu.vllm_mode = False, "server"
+    check_student_vllm(gpu, cuda=False)  # without use_vllm the mode is not used
