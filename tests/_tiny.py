@@ -28,8 +28,15 @@ def tokenizer():
     return build_tokenizer()
 
 
-def tiny_model(seed: int = 0, vocab_size: int | None = None, max_position_embeddings: int = 64):
-    """A 1-layer Qwen2 with random weights (no dropout), initialised from ``seed``."""
+#: hidden size 32 over 1 head: head dimension 32, the smallest vLLM's CPU attention runs
+VLLM_HEADS = 1
+
+
+def tiny_model(
+    seed: int = 0, vocab_size: int | None = None, max_position_embeddings: int = 64, num_attention_heads: int = 2
+):
+    """A 1-layer Qwen2 with random weights (no dropout), initialised from ``seed``; hidden size 32 over
+    ``num_attention_heads`` heads (2: head dimension 16; :data:`VLLM_HEADS` for models vLLM runs)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tok = tokenizer()
@@ -38,7 +45,7 @@ def tiny_model(seed: int = 0, vocab_size: int | None = None, max_position_embedd
         vocab_size=vocab_size or len(tok),
         hidden_size=32,
         num_hidden_layers=1,
-        num_attention_heads=2,
+        num_attention_heads=num_attention_heads,
         num_key_value_heads=1,
         intermediate_size=64,
         max_position_embeddings=max_position_embeddings,
@@ -104,16 +111,25 @@ def parity_reward(prompts, completions, **columns):
     return [1.0 if len(c) % 2 == 0 else 0.0 for c in completions]
 
 
-def save_models(root: Path, *, teacher_vocab_size: int | None = None, student_max_positions: int = 64):
-    """Save a tiny student and teacher (each with the task tokenizer) under ``root``; return their paths."""
+def save_models(
+    root: Path,
+    *,
+    teacher_vocab_size: int | None = None,
+    student_max_positions: int = 64,
+    teacher_max_positions: int = 64,
+    num_attention_heads: int = 2,
+):
+    """Save a tiny student and teacher (each with the task tokenizer, byte-level: it reloads through
+    ``AutoTokenizer`` as vLLM loads it) under ``root``; return their paths."""
     tok = tokenizer()
     paths = []
     for name, seed, vocab, ctx in (
         ("student", 0, None, student_max_positions),
-        ("teacher", 1, teacher_vocab_size, 64),
+        ("teacher", 1, teacher_vocab_size, teacher_max_positions),
     ):
         path = root / name
-        tiny_model(seed, vocab_size=vocab, max_position_embeddings=ctx).save_pretrained(path)
+        model = tiny_model(seed, vocab_size=vocab, max_position_embeddings=ctx, num_attention_heads=num_attention_heads)
+        model.save_pretrained(path)
         tok.save_pretrained(path)
         paths.append(str(path))
     return tuple(paths)
@@ -161,6 +177,16 @@ def subprocess_env() -> dict[str, str]:
     )
     src = str(REPO / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def vllm_env() -> dict[str, str]:
+    """:func:`subprocess_env` for a process that starts vLLM engines on a CPU: 1 GiB of KV cache per engine
+    (the default share of the NUMA node does not fit two engines next to training), the engine core in the
+    calling process (no second interpreter to start), and vLLM's own CPU-CI setting: dynamo + eager instead
+    of compiling kernels with inductor at every start (``VLLM_CPU_CI_ENV``, vllm/platforms/cpu.py)."""
+    env = subprocess_env()
+    env.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_CI_ENV="1")
     return env
 
 

@@ -1,5 +1,5 @@
 """`sead difficulty` at scale: resumable pre-pass (only unfinished prompts are generated), settings from a
-recipe, chat templates, output files; and the teacher-rollout helper's HF fallback."""
+recipe, chat templates, output files. (The samplers it runs on are tested in tests/test_sampling.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from _tiny import REPO, save_models, tiny_model, tokenizer, write_jsonl
+from _tiny import REPO, save_models, tokenizer, write_jsonl
+from sead import difficulty as prepass
 from sead.cli import main
 from sead.commands import difficulty as cmd
 
@@ -55,7 +56,7 @@ def test_resume_generates_only_unfinished_prompts(tmp_path):
     # a previous run finished prompts 0, 2 and 5 (with made-up counts that must be kept, not recomputed)
     partial.write_text("".join(json.dumps({"index": i, "correct": 1, "n": 4}) + "\n" for i in (0, 2, 5)))
     gen = CountingGenerator()
-    counts = cmd.run_prepass(
+    counts = prepass.run_prepass(
         gen, prompts, answers, num_rollouts=4, prompts_per_chunk=2, partial_path=partial, progress=False
     )
     assert gen.prompts == ["question 1", "question 3", "question 4", "question 6"]
@@ -64,7 +65,7 @@ def test_resume_generates_only_unfinished_prompts(tmp_path):
     assert counts[1] == (1, 4) and counts[3] == (3, 4) and counts[4] == (4, 4) and counts[6] == (1, 4)
     # everything is in the partial file now: a rerun generates nothing
     again = CountingGenerator()
-    assert cmd.run_prepass(again, prompts, answers, num_rollouts=4, prompts_per_chunk=2,
+    assert prepass.run_prepass(again, prompts, answers, num_rollouts=4, prompts_per_chunk=2,
                            partial_path=partial, progress=False) == counts  # fmt: skip
     assert again.prompts == []
 
@@ -74,16 +75,16 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     partial = tmp_path / "p.jsonl"
     first = CountingGenerator(fail_after_calls=2)
     with pytest.raises(KeyboardInterrupt):
-        cmd.run_prepass(first, prompts, answers, num_rollouts=2, prompts_per_chunk=2,
+        prepass.run_prepass(first, prompts, answers, num_rollouts=2, prompts_per_chunk=2,
                         partial_path=partial, progress=False)  # fmt: skip
     assert first.prompts == prompts[:4]
     with open(partial, "a") as f:
         f.write('{"index": 4, "corr')  # a line cut by the interruption: that prompt is simply redone
     second = CountingGenerator()
-    counts = cmd.run_prepass(second, prompts, answers, num_rollouts=2, prompts_per_chunk=2,
+    counts = prepass.run_prepass(second, prompts, answers, num_rollouts=2, prompts_per_chunk=2,
                              partial_path=partial, progress=False)  # fmt: skip
     assert second.prompts == prompts[4:]
-    uninterrupted = cmd.run_prepass(CountingGenerator(), prompts, answers, num_rollouts=2, prompts_per_chunk=2,
+    uninterrupted = prepass.run_prepass(CountingGenerator(), prompts, answers, num_rollouts=2, prompts_per_chunk=2,
                                     partial_path=tmp_path / "fresh.jsonl", progress=False)  # fmt: skip
     assert counts == uninterrupted
 
@@ -101,16 +102,16 @@ def tiny_setup(tmp_path_factory):
 
 
 def _count_hf_generate(monkeypatch):
-    import sead.generation
+    import sead.difficulty
 
     seen: list[str] = []
-    real = sead.generation.generate_responses
+    real = sead.difficulty.sample_texts
 
-    def counting(model, tok, prompts, **kw):
+    def counting(sampler, tok, prompts, sampling, **kw):
         seen.extend(prompts)
-        return real(model, tok, prompts, **kw)
+        return real(sampler, tok, prompts, sampling, **kw)
 
-    monkeypatch.setattr(sead.generation, "generate_responses", counting)
+    monkeypatch.setattr(sead.difficulty, "sample_texts", counting)
     return seen
 
 
@@ -188,107 +189,28 @@ def test_chat_template_formatting(capsys):
     tok = copy.deepcopy(tokenizer())  # the shared tokenizer stays without a chat template
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
     plain, conv = "1+1=", [{"role": "user", "content": "2+2="}]
-    assert cmd.format_prompts([plain, conv], tok, None, {}) == ["1+1=", "<user>2+2=<a>"]
+    assert prepass.format_prompts([plain, conv], tok, None, {}) == ["1+1=", "<user>2+2=<a>"]
     assert "plain strings" in capsys.readouterr().err  # the notice: --chat-template exists
-    assert cmd.format_prompts([plain], tok, True, {}) == ["<user>1+1=<a>"]
-    assert cmd.format_prompts([plain], tok, False, {}) == ["1+1="]
+    assert prepass.format_prompts([plain], tok, True, {}) == ["<user>1+1=<a>"]
+    assert prepass.format_prompts([plain], tok, False, {}) == ["1+1="]
     tok.chat_template = None
     from sead.errors import SeadError
 
     with pytest.raises(SeadError, match="no chat template"):
-        cmd.format_prompts([plain], tok, True, {})
+        prepass.format_prompts([plain], tok, True, {})
     with pytest.raises(SeadError, match="conversations"):
-        cmd.format_prompts([conv], tok, None, {})
+        prepass.format_prompts([conv], tok, None, {})
 
 
-def test_backend_choice_without_vllm():
-    assert cmd.choose_backend("hf") == "hf"
-    assert cmd.choose_backend("auto") == "hf"  # no vLLM / no GPU on this machine
-    args = argparse.Namespace(dtype="auto", vllm_gpu_memory_utilization=0.9, vllm_tensor_parallel_size=1)
-    import importlib.util
+def test_backend_choice_and_server_flags(tiny_setup, tmp_path, capsys):
+    from sead.sampling import choose_backend
 
-    from sead.errors import SeadError
-
-    if importlib.util.find_spec("vllm") is None:
-        with pytest.raises(SeadError, match="pip install vllm"):
-            cmd.vllm_generator("m", None, {"seed": 0}, args)
-
-
-# --------------------------------------------------------------------------- teacher rollouts helper
-def test_teacher_generation_hf_fallback_matches_hf_generate():
-    from transformers import GenerationConfig
-
-    from sead.teacher_generation import generate_with_vllm_or_hf
-
-    tok = tokenizer()
-    model = tiny_model(1).eval()
-    prompts = [tok("12+34=", add_special_tokens=False)["input_ids"], tok("5*6=", add_special_tokens=False)["input_ids"]]
-    eos = [tok.eos_token_id]
-    out = generate_with_vllm_or_hf(
-        model, prompts, num_samples=3, max_new_tokens=6, pad_token_id=tok.pad_token_id, eos_token_ids=eos,
-        temperature=1.0, seed=7,
-    )  # fmt: skip
-    assert len(out) == 6  # prompt-major: 3 samples of prompt 0, then 3 of prompt 1
-    assert all(1 <= len(seq) <= 6 for seq in out)
-    for seq in out:
-        assert tok.pad_token_id not in seq or tok.pad_token_id in eos
-        assert all(t not in eos for t in seq[:-1])  # cut right after the first EOS
-
-    # the same as the trainer's own path: left-padded prompts repeated per sample, HF generate, same seed
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts]).repeat_interleave(3, 0)
-    mask = (torch.arange(width) >= torch.tensor([width - len(p) for p in prompts]).unsqueeze(1)).long()
-    torch.manual_seed(7)
-    gen = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                           pad_token_id=tok.pad_token_id, eos_token_id=eos)  # fmt: skip
-    with torch.no_grad():
-        ref = model.generate(input_ids=ids, attention_mask=mask.repeat_interleave(3, 0), generation_config=gen)
-    from sead.teacher_generation import _trim
-
-    assert out == [_trim(r, eos, tok.pad_token_id) for r in ref[:, width:].tolist()]
-
-    # tensor input with a mask gives the same prompts
-    padded = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
-    again = generate_with_vllm_or_hf(
-        model, padded, prompt_mask=mask, num_samples=3, max_new_tokens=6, pad_token_id=tok.pad_token_id,
-        eos_token_ids=eos, seed=7,
-    )  # fmt: skip
-    assert again == out
-
-
-def test_teacher_generation_uses_a_vllm_engine_when_given():
-    from sead.teacher_generation import _trim, generate_with_vllm_or_hf
-
-    class Params:
-        def __init__(self, **kw):
-            self.kw = kw
-
-    class Choice:
-        def __init__(self, ids):
-            self.token_ids = ids
-
-    class Request:
-        def __init__(self, outputs):
-            self.outputs = outputs
-
-    class FakeLLM:
-        def __init__(self):
-            self.seen = None
-
-        def generate(self, requests, params, use_tqdm=False):
-            self.seen = (requests, params.kw)
-            return [Request([Choice([7, 8, 2, 9]), Choice([5])]) for _ in requests]
-
-    llm = FakeLLM()
-    out = generate_with_vllm_or_hf(
-        None, [[1, 2], [3]], num_samples=2, max_new_tokens=4, pad_token_id=0, eos_token_ids=[2], llm=llm,
-        temperature=0.9, top_k=0, seed=3, sampling_params_cls=Params,
-    )  # fmt: skip
-    assert out == [[7, 8, 2], [5], [7, 8, 2], [5]]
-    requests, kw = llm.seen
-    assert requests == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
-    assert kw == {"n": 2, "temperature": 0.9, "top_p": 1.0, "top_k": -1, "max_tokens": 4, "seed": 3}
-    assert _trim([4, 0, 0], [2], 0) == [4]
-    with pytest.raises(ValueError, match="needs an engine"):
-        generate_with_vllm_or_hf(None, [[1]], num_samples=1, max_new_tokens=1, pad_token_id=0,
-                                 eos_token_ids=[2], backend="vllm")  # fmt: skip
+    assert choose_backend("hf") == "hf"
+    assert choose_backend("auto", installed=True, cuda=False) == "hf"  # vLLM's CPU build is not picked on a CPU
+    _, student, data = tiny_setup
+    argv = ["difficulty", "--model", student, "--dataset", data, "--prompt-column", "question", "--answer-column",
+            "gold", "--out", str(tmp_path / "o.jsonl"), "--backend", "server", "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    assert "--server-url" in capsys.readouterr().err
+    assert main(argv[:-3] + ["--backend", "vllm", "--vllm-kwargs", "[1]", "--no-progress"]) == 2
+    assert "--vllm-kwargs must be a JSON object" in capsys.readouterr().err

@@ -2,22 +2,43 @@
 student over K rollouts per prompt, judged by the project's grader in strict mode (only an explicit final
 answer counts, as in training: :data:`sead.verify.TRAINING_MODE`).
 
-Resumable: with ``partial_path``, finished prompts are appended to a jsonl file as they complete
-(``{"index": i, "correct": c, "n": K}``), and a rerun skips every index already there.
+:func:`estimate_difficulty` runs it on a loaded model (the built-in task, the demo);
+``sead difficulty`` (:mod:`sead.commands.difficulty`) on a model name and a dataset, with any backend of
+:mod:`sead.sampling`. Both go through :func:`run_prepass`: resumable with a partial-results file, where
+finished prompts are appended as they complete (``{"index": i, "correct": c, "n": K}``) and a rerun skips
+every index already there.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from .generation import generate_responses
+from .errors import SeadError
+from .sampling import Sampler, Sampling, hf_sampler, sample_texts
 from .verify import TRAINING_MODE, grade_many
 
-__all__ = ["estimate_difficulty", "read_partial"]
+__all__ = [
+    "Generate",
+    "check_partial_settings",
+    "estimate_difficulty",
+    "format_prompts",
+    "load_rows",
+    "read_partial",
+    "run_prepass",
+    "summarize",
+    "text_generator",
+    "write_output",
+]
+
+#: ``generate(prompts, num_samples, seed) -> one list of completions per prompt``
+Generate = Callable[[list[str], int, int], list[list[str]]]
 
 
 def read_partial(path: str | Path | None) -> dict[int, tuple[int, int]]:
@@ -38,6 +59,20 @@ def read_partial(path: str | Path | None) -> dict[int, tuple[int, int]]:
     return done
 
 
+def text_generator(
+    sampler: Sampler, tokenizer, *, temperature: float, max_new_tokens: int, top_p: float = 1.0
+) -> Generate:
+    """The pre-pass's ``generate`` over any sampler of :mod:`sead.sampling`."""
+
+    def generate(prompts: list[str], num_samples: int, seed: int) -> list[list[str]]:
+        sampling = Sampling(
+            n=num_samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+        )
+        return sample_texts(sampler, tokenizer, prompts, sampling)
+
+    return generate
+
+
 def estimate_difficulty(
     model,
     tokenizer,
@@ -46,6 +81,7 @@ def estimate_difficulty(
     *,
     num_rollouts: int = 8,
     temperature: float = 0.7,
+    top_p: float = 1.0,
     max_new_tokens: int = 256,
     batch_size: int = 64,
     prompts_per_chunk: int = 64,
@@ -54,34 +90,162 @@ def estimate_difficulty(
     seed: int = 0,
     timeout_seconds: float = 5.0,
 ) -> list[float]:
-    """One difficulty in [0, 1] per prompt: ``1 - (correct rollouts) / num_rollouts``."""
-    if len(prompts) != len(answers):
-        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    """One difficulty in [0, 1] per prompt: ``1 - (correct rollouts) / num_rollouts``.
+
+    ``model``: a Hugging Face model (sampled with ``generate`` in batches of ``batch_size`` rows), or any
+    sampler of :mod:`sead.sampling` (a vLLM engine's :class:`~sead.sampling.VLLMSampler`, a server's).
+    """
     if num_rollouts < 1:
         raise ValueError(f"num_rollouts must be >= 1, got {num_rollouts}")
-    done = read_partial(partial_path)
+    sampler = model if callable(getattr(model, "sample_ids", None)) else hf_sampler(model, tokenizer, batch_size)
+    generate = text_generator(sampler, tokenizer, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    counts = run_prepass(
+        generate, prompts, answers, num_rollouts=num_rollouts, prompts_per_chunk=prompts_per_chunk,
+        partial_path=partial_path, seed=seed, timeout_seconds=timeout_seconds, progress=progress,
+    )  # fmt: skip
+    return [1.0 - c / k for c, k in counts]
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+def _nested(value, path: Sequence[str]):
+    for key in path:
+        value = value[key]
+    return value
+
+
+def load_rows(settings: dict[str, Any]):
+    """``(dataset, prompts, answers)``: the dataset as loaded (columns untouched), its prompt values
+    (strings or message lists) and gold answers (strings)."""
+    from .run import load_train_dataset
+
+    ds = load_train_dataset(settings["dataset"], settings["dataset_config"], settings["split"], "prompt")
+    if settings["limit"] is not None:
+        ds = ds.select(range(min(settings["limit"], len(ds))))
+    if len(ds) == 0:
+        raise SeadError(f"dataset {settings['dataset']} has no rows")
+    column = settings["prompt_column"]
+    if column not in ds.column_names:
+        raise SeadError(f"dataset has no column `{column}` (--prompt-column); columns: {ds.column_names}")
+    source = settings["answer_column_source"] or settings["answer_column"]
+    path = source.split(".")
+    if path[0] not in ds.column_names:
+        raise SeadError(
+            f"dataset has no column `{path[0]}` for the gold answers (--answer-column / --answer-column-source); "
+            f"columns: {ds.column_names}"
+        )
+    try:
+        answers = [str(_nested(v, path[1:])) for v in ds[path[0]]]
+    except (KeyError, TypeError, IndexError) as err:
+        raise SeadError(f"gold answers `{source}`: a row has no such field ({err!r})") from err
+    return ds, list(ds[column]), answers
+
+
+def is_conversation(prompt: Any) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict) and "role" in prompt[0]
+
+
+def format_prompts(prompts: Sequence[Any], tokenizer, chat_template: bool | None, chat_kwargs: dict) -> list[str]:
+    """Prompt strings as the trainer would see them: conversations always through the chat template,
+    plain strings through it only with ``chat_template`` (``None``: as they are, with a notice when the
+    tokenizer has a chat template)."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    conversational = [is_conversation(p) for p in prompts]
+    if any(conversational) and not has_template:
+        raise SeadError("the prompts are conversations but the tokenizer has no chat template to format them")
+    if chat_template and not has_template:
+        raise SeadError("--chat-template: the tokenizer has no chat template")
+    if chat_template is None and has_template and not all(conversational):
+        print(
+            "sead difficulty: the prompts are plain strings and the tokenizer has a chat template; using them as "
+            "they are, as `sead train` does without `apply_chat_template: true`. Pass --chat-template to format "
+            "them as a user turn (and set apply_chat_template: true in the recipe).",
+            file=sys.stderr,
+        )
+    bos = _bos_prefix(tokenizer)
+    out = []
+    for prompt, conv in zip(prompts, conversational):
+        if conv or chat_template:
+            messages = prompt if conv else [{"role": "user", "content": str(prompt)}]
+            out.append(
+                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **chat_kwargs)
+            )
+        else:
+            out.append(bos + str(prompt))  # the trainer tokenizes plain prompts with the special tokens
+    return out
+
+
+def _bos_prefix(tokenizer) -> str:
+    """The BOS text the tokenizer prepends to plain text (the trainer keeps it; generation here does not
+    add special tokens), or ``""``."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if not bos or tokenizer.bos_token_id is None:
+        return ""
+    try:
+        ids = tokenizer("x")["input_ids"]
+    except Exception:
+        return ""
+    return bos if ids and ids[0] == tokenizer.bos_token_id else ""
+
+
+
+# ----------------------------------------------------------------------------------------------
+# The resumable loop
+# ----------------------------------------------------------------------------------------------
+
+
+def check_partial_settings(partial: Path, meta: dict[str, Any]) -> None:
+    """Refuse to resume from a partial file made with other settings (its sidecar ``.meta.json``)."""
+    meta_path = partial.with_name(partial.name + ".meta.json")
+    if partial.exists() and meta_path.exists():
+        try:
+            old = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old is not None and old != meta:
+            diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+            raise SeadError(
+                f"{partial} holds results made with other settings ({', '.join(diff)} differ). Delete it "
+                "(and its .meta.json) to start over, or pass --partial NEW_FILE."
+            )
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+
+def run_prepass(
+    generate: Generate,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    num_rollouts: int,
+    prompts_per_chunk: int,
+    partial_path: str | Path | None,
+    seed: int = 0,
+    timeout_seconds: float = 5.0,
+    progress: bool = True,
+) -> list[tuple[int, int]]:
+    """``(correct, rollouts)`` per prompt. ``generate(prompts, num_samples, seed)`` returns ``num_samples``
+    completions per prompt; a chunk starting at prompt ``i`` is drawn with seed ``seed + i`` (a resumed run
+    draws what the uninterrupted one would). Prompts already in ``partial_path`` are not generated again;
+    each finished chunk is appended to it (``{"index", "correct", "n"}`` lines, fsynced) before the next
+    starts. ``partial_path=None``: nothing is written."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    done = {i: v for i, v in read_partial(partial_path).items() if 0 <= i < len(prompts)}
     todo = [i for i in range(len(prompts)) if i not in done]
     bar = tqdm(
-        total=len(prompts),
-        initial=len(prompts) - len(todo),
-        desc="difficulty",
-        unit="prompt",
-        disable=not progress,
+        total=len(prompts), initial=len(done), desc="difficulty", unit="prompt", disable=not progress, smoothing=0.1
     )
     sink = open(partial_path, "a") if partial_path is not None else None  # noqa: SIM115
     try:
         for start in range(0, len(todo), prompts_per_chunk):
             chunk = todo[start : start + prompts_per_chunk]
-            outs = generate_responses(
-                model,
-                tokenizer,
-                [prompts[i] for i in chunk],
-                num_samples=num_rollouts,
-                temperature=temperature,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                seed=seed + start,
-            )
+            outs = generate([prompts[i] for i in chunk], num_rollouts, seed + chunk[0])
+            if len(outs) != len(chunk) or any(len(o) != num_rollouts for o in outs):
+                raise RuntimeError("the generator returned the wrong number of completions")
             responses = [r for rs in outs for r in rs]
             golds = [str(answers[i]) for i in chunk for _ in range(num_rollouts)]
             verdicts = grade_many(responses, golds, timeout_seconds=timeout_seconds, mode=TRAINING_MODE)
@@ -92,9 +256,40 @@ def estimate_difficulty(
                     sink.write(json.dumps({"index": i, "correct": c, "n": num_rollouts}) + "\n")
             if sink is not None:
                 sink.flush()
+                os.fsync(sink.fileno())
             bar.update(len(chunk))
     finally:
         bar.close()
         if sink is not None:
             sink.close()
-    return [1.0 - done[i][0] / done[i][1] for i in range(len(prompts))]
+    return [done[i] for i in range(len(prompts))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------
+
+
+def write_output(ds, path: Path) -> None:
+    """Write atomically (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".parquet":
+        ds.to_parquet(str(tmp))
+    else:  # row by row: datasets' to_json rounds floats to 10 digits
+        with open(tmp, "w") as f:
+            for row in ds:
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def summarize(counts: Sequence[tuple[int, int]]) -> str:
+    n = len(counts)
+    difficulty = [1.0 - c / k for c, k in counts]
+    never = sum(1 for c, _ in counts if c == 0)
+    always = sum(1 for c, k in counts if c == k)
+    mean = sum(difficulty) / n if n else float("nan")
+    return (
+        f"{n} prompts: mean difficulty {mean:.3f}; {never} ({100 * never / max(n, 1):.1f}%) never solved, "
+        f"{always} ({100 * always / max(n, 1):.1f}%) always solved"
+    )

@@ -169,6 +169,9 @@ class EvalConfig:
     limit: int | None = None
     batch_size: int = 32
     backend: str = "hf"
+    server_url: str | None = None
+    server_model: str | None = None
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     greedy: bool = True
     data_dir: str | None = None
@@ -180,8 +183,10 @@ class EvalConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.backend not in ("hf", "vllm"):
-            raise SeadError(f"--backend must be 'hf' or 'vllm', got {self.backend!r}.")
+        if self.backend not in ("hf", "vllm", "server"):
+            raise SeadError(f"--backend must be 'hf', 'vllm' or 'server', got {self.backend!r}.")
+        if self.backend == "server" and not self.server_url:
+            raise SeadError("--backend server needs --server-url (the vLLM server's address, e.g. http://127.0.0.1:8000).")
         if self.temperature < 0:
             raise SeadError(f"--temperature must be >= 0, got {self.temperature}.")
         if not 0 < self.top_p <= 1:
@@ -223,87 +228,23 @@ Generator = Callable[[list[str], int, float, str], list[list[str]]]
 """``generate(prompts, num_samples, temperature, description) -> responses per prompt``."""
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    if name == "auto":
-        return "auto"
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise SeadError(f"--dtype must be auto, float32, bfloat16 or float16, got {name!r}.") from None
-
-
-def load_hf_model(model: str, dtype: str = "auto"):
-    """``(model, tokenizer)`` from a local dir or hub name, on the GPU when there is one."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    local = Path(model).expanduser()
-    name = str(local) if local.exists() else model
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        hf_model = AutoModelForCausalLM.from_pretrained(name, dtype=_torch_dtype(dtype))
-    except (OSError, ValueError) as err:
-        raise SeadError(
-            f"--model {model!r}: could not load a causal LM and its tokenizer ({str(err)[:300]}). "
-            "Give a directory written by save_pretrained, or a hub model name."
-        ) from err
-    if torch.cuda.is_available():
-        hf_model = hf_model.to("cuda")
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return hf_model, tokenizer
-
-
-def hf_generator(model, tokenizer, config: EvalConfig) -> Generator:
-    """Sampling with Hugging Face ``generate`` (:func:`sead.generation.generate_responses`)."""
-    from .generation import generate_responses
+def text_generator(sampler, tokenizer, config: EvalConfig) -> Generator:
+    """The pipeline's ``generate`` over any sampler of :mod:`sead.sampling` (HF, vLLM engine, vLLM server)."""
+    from .sampling import Sampling, sample_texts
 
     def generate(
         prompts: list[str], num_samples: int, temperature: float, description: str
     ) -> list[list[str]]:
-        return generate_responses(
-            model,
-            tokenizer,
-            prompts,
-            num_samples=num_samples,
-            temperature=temperature,
-            top_p=config.top_p,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
-            progress=description,
-            seed=config.seed,
-        )
-
-    return generate
-
-
-def vllm_generator(config: EvalConfig) -> tuple[Generator, Any]:
-    """Sampling with vLLM (``pip install vllm``); returns the generator and the tokenizer."""
-    try:
-        import vllm
-    except ImportError as err:
-        raise SeadError(
-            f"--backend vllm needs the vllm package, which is not installed ({err}). "
-            "Install it (pip install vllm) or use --backend hf."
-        ) from err
-    llm = vllm.LLM(model=config.model, seed=config.seed, dtype=config.dtype)
-
-    def generate(
-        prompts: list[str], num_samples: int, temperature: float, description: str
-    ) -> list[list[str]]:
-        params = vllm.SamplingParams(
+        sampling = Sampling(
             n=num_samples,
             temperature=temperature,
             top_p=config.top_p if temperature > 0 else 1.0,
-            max_tokens=config.max_new_tokens,
+            max_new_tokens=config.max_new_tokens,
             seed=config.seed,
         )
-        outputs = llm.generate(prompts, params, use_tqdm=True)
-        return [[choice.text for choice in out.outputs] for out in outputs]
+        return sample_texts(sampler, tokenizer, prompts, sampling, progress=description)
 
-    return generate, llm.get_tokenizer()
+    return generate
 
 
 def build_prompts(
@@ -434,14 +375,18 @@ def evaluate_model(
         if not rows:
             raise SeadError(f"{benchmark.name}: no rows to evaluate (is the file empty?).")
 
-    if config.backend == "vllm":
-        generate, tokenizer = vllm_generator(config)
+    from .sampling import hf_sampler, load_text_sampler
+
+    if model is None:
+        sampler, tokenizer = load_text_sampler(
+            config.backend, config.model, dtype=config.dtype, seed=config.seed, batch_size=config.batch_size,
+            vllm_kwargs=config.vllm_kwargs, server_url=config.server_url, server_model=config.server_model,
+        )  # fmt: skip
+    elif tokenizer is None or config.backend != "hf":
+        raise ValueError("evaluate_model: a model object is sampled with HF generate (backend 'hf') and needs its tokenizer")
     else:
-        if model is None:
-            model, tokenizer = load_hf_model(config.model, config.dtype)
-        elif tokenizer is None:
-            raise ValueError("evaluate_model: a model object needs its tokenizer")
-        generate = hf_generator(model, tokenizer, config)
+        sampler = hf_sampler(model, tokenizer, config.batch_size)
+    generate = text_generator(sampler, tokenizer, config)
 
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is not None:

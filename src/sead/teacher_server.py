@@ -37,21 +37,20 @@ from typing import Any
 
 import torch
 
-from .errors import SeadError
 from .fused_heads import SparseTeacher
+from .vllm_server import ServerError, request_json, wait_for_health
 
 __all__ = [
     "TeacherServerError",
     "TeacherServer",
     "parse_prompt_logprobs",
-    "sample_from_server",
 ]
 
 _MAX_ALLOWED = re.compile(r"max allowed:\s*(\d+)")
 _TOKENIZER_PROBE = "The answer is \\boxed{42}. 0123456789 +-*/=()"
 
 
-class TeacherServerError(SeadError):
+class TeacherServerError(ServerError):
     """The teacher server failed (after its retries) or refused a request. ``sead train`` saves a checkpoint
     and exits with status 4 when this happens during training; at start-up nothing was trained (status 2)."""
 
@@ -131,7 +130,7 @@ class TeacherServer:
         max_retries: retries of a faulty request (so ``max_retries + 1`` attempts) before giving up.
         backoff: seconds before the first retry; doubled at each retry, at most ``max_backoff``.
         vocab_size: ids at or above it in an answer are malformed (the student's vocabulary).
-        session: a ``requests.Session`` (one is created otherwise); ``sleep``: injectable for tests.
+        sleep: injectable for tests.
     """
 
     def __init__(
@@ -144,11 +143,8 @@ class TeacherServer:
         backoff: float = 2.0,
         max_backoff: float = 60.0,
         vocab_size: int | None = None,
-        session=None,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        import requests
-
         self.url = url.rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[: -len("/v1")]
@@ -156,73 +152,36 @@ class TeacherServer:
         self.timeout, self.max_retries = float(timeout), int(max_retries)
         self.backoff, self.max_backoff = float(backoff), float(max_backoff)
         self.vocab_size = vocab_size
-        self.session = session or requests.Session()
         self._sleep = sleep
         self.max_model_len: int | None = None
 
     # ---- HTTP with retries ------------------------------------------------------------------------
     def _request(self, method: str, path: str, payload: dict | None = None, parse: Callable[[Any], Any] = lambda d: d):
-        """``parse(json answer)``, retrying faults; :class:`TeacherServerError` when they persist or on a 4xx."""
-        import requests
-
-        attempts = self.max_retries + 1
-        cause = "no attempt"
-        for attempt in range(attempts):
-            try:
-                r = self.session.request(method, self.url + path, json=payload, timeout=self.timeout)
-            except requests.Timeout:
-                cause = f"no answer within {self.timeout:g} s (teacher_server_timeout)"
-            except requests.ConnectionError as err:
-                cause = f"could not connect ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
-            else:
-                if r.status_code >= 500 or r.status_code == 429:
-                    cause = f"HTTP {r.status_code}: {' '.join(r.text.split())[:300]}"
-                elif r.status_code >= 400:
-                    raise TeacherServerError(
-                        f"the teacher server at {self.url} refused {method} {path} with HTTP {r.status_code}: "
-                        f"{_server_message(r)}"
-                    )
-                else:
-                    try:
-                        return parse(r.json())
-                    except (ValueError, KeyError, TypeError, IndexError) as err:
-                        cause = f"a malformed answer ({type(err).__name__}: {' '.join(str(err).split())[:300]})"
-            if attempt + 1 < attempts:
-                self._sleep(min(self.backoff * 2**attempt, self.max_backoff))
-        raise TeacherServerError(
-            f"the teacher server at {self.url} failed {attempts} time(s) on {method} {path}; last: {cause}. "
-            "Check that the server is up (its /health answers 200) and its log; raise teacher_server_timeout or "
-            "teacher_server_max_retries if it is only slow."
-        )
+        """``parse(json answer)``, retrying faults (:func:`sead.vllm_server.request_json`); a
+        :class:`TeacherServerError` when they persist or on a 4xx."""
+        return request_json(
+            self.url + path, payload, method=method, timeout=self.timeout, retries=self.max_retries,
+            backoff=self.backoff, max_backoff=self.max_backoff, check=parse, sleep=self._sleep,
+            error=TeacherServerError,
+            hint=f"Check that the teacher server at {self.url} is up (its /health answers 200) and its log; raise "
+            "teacher_server_timeout (no answer within it counts as a fault) or teacher_server_max_retries if it is "
+            "only slow.",
+        )  # fmt: skip
 
     # ---- start-up ---------------------------------------------------------------------------------
     def wait_until_ready(self, startup_timeout: float) -> None:
         """Poll ``/health`` until it answers 200, at most ``startup_timeout`` seconds (a server still loading
         its weights refuses connections or answers 503)."""
-        import requests
 
-        deadline = time.monotonic() + max(float(startup_timeout), 0.0)
-        last, told = "no attempt", False
-        while True:
-            try:
-                r = self.session.get(self.url + "/health", timeout=min(self.timeout, 10.0))
-                if r.status_code == 200:
-                    return
-                last = f"HTTP {r.status_code}"
-            except requests.RequestException as err:
-                last = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
-            if not told and time.monotonic() < deadline:
-                warnings.warn(
-                    f"sead: waiting up to {startup_timeout:g} s for the teacher server at {self.url} ({last})", stacklevel=2
-                )
-                told = True
-            if time.monotonic() >= deadline:
-                raise TeacherServerError(
-                    f"the teacher server at {self.url} did not answer /health within {startup_timeout:g} s "
-                    f"(teacher_server_startup_timeout); last: {last}. Start it first (docs/recipes.md gives the "
-                    "command) or check teacher_server_url."
-                )
-            self._sleep(min(2.0, max(deadline - time.monotonic(), 0.01)))
+        def told(last):
+            warnings.warn(f"sead: waiting up to {startup_timeout:g} s for the teacher server at {self.url} ({last})",
+                          stacklevel=3)
+
+        wait_for_health(
+            self.url, startup_timeout, sleep=self._sleep, on_wait=told, error=TeacherServerError,
+            hint="(teacher_server_startup_timeout) Start it first (docs/recipes.md gives the command) or check "
+            "teacher_server_url.",
+        )  # fmt: skip
 
     def served_models(self) -> list[dict]:
         def parse(d):
@@ -364,44 +323,6 @@ class TeacherServer:
         device = completion_ids_BT.device
         return SparseTeacher(ids_BTK.to(device), lps_BTK.to(device), sampled_BT.to(device))
 
-    # ---- rollouts ---------------------------------------------------------------------------------
-    def sample(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        n: int,
-        temperature: float,
-        max_tokens: int,
-        seed: int | None = None,
-        stop_token_ids: Sequence[int] | None = None,
-    ) -> list[list[int]]:
-        """``n`` sampled completions (token ids) per prompt, prompt-major, from one request. Plain sampling
-        (``top_p = 1``, no top-k), whatever defaults the model's generation config gives the server."""
-        prompts = [list(map(int, p)) for p in prompt_ids]
-        if not prompts:
-            return []
-        payload = {
-            "model": self._model_name(),
-            "prompt": prompts,
-            "n": int(n),
-            "temperature": float(temperature),
-            "top_p": 1.0,
-            "top_k": -1,
-            "max_tokens": int(max_tokens),
-            "return_token_ids": True,
-        }
-        if seed is not None:
-            payload["seed"] = int(seed)
-        if stop_token_ids:
-            payload["stop_token_ids"] = [int(t) for t in stop_token_ids]
-
-        def parse(d):
-            choices = sorted(d["choices"], key=lambda c: c["index"])
-            if [c["index"] for c in choices] != list(range(len(prompts) * n)):
-                raise _Malformed(f"{len(choices)} choices for {len(prompts)} prompts x n={n}")
-            return [[int(t) for t in c["token_ids"]] for c in choices]
-
-        return self._request("POST", "/v1/completions", payload, parse=parse)
-
 
 def _tokenizer_probe(tokenizer) -> str:
     """Text both tokenizers must split alike: the decoded text of the first 300 non-special ids (text the student's
@@ -412,31 +333,3 @@ def _tokenizer_probe(tokenizer) -> str:
     text = tokenizer.decode(ids)
     fixed = tokenizer.decode(tokenizer(_TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
     return text + (" " + _TOKENIZER_PROBE if fixed == _TOKENIZER_PROBE else "")
-
-
-def _server_message(response) -> str:
-    try:
-        return " ".join(str(response.json()["error"]["message"]).split())[:500]
-    except Exception:
-        return " ".join(response.text.split())[:500]
-
-
-def sample_from_server(
-    url: str,
-    model: str | None,
-    prompt_ids: Sequence[Sequence[int]],
-    n: int,
-    temperature: float,
-    max_tokens: int,
-    seed: int | None,
-    **client_kwargs: Any,
-) -> list[list[int]]:
-    """``n`` completions per prompt (prompt-major token ids) sampled by the server at ``url``.
-
-    TODO(vLLM helper): the unified sampling layer (rollouts from HF / a vLLM engine / a vLLM server, ``n = G``)
-    will own this function; this minimal one serves SG-OPD's cold-start rollouts until then. ``client_kwargs``:
-    :class:`TeacherServer`'s (``timeout``, ``max_retries``, ``backoff``) and ``stop_token_ids``.
-    """
-    stop = client_kwargs.pop("stop_token_ids", None)
-    client = TeacherServer(url, model, **client_kwargs)
-    return client.sample(prompt_ids, n, temperature, max_tokens, seed, stop_token_ids=stop)

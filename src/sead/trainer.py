@@ -34,12 +34,22 @@ from .curriculum import CompetenceCurriculum
 from .errors import NonFiniteError, SeadError
 from .interrupt import _any_rank
 from .rewards import RewardFunc, VerdictGrader, default_reward
+from .sampling import (
+    HFSampler,
+    Sampling,
+    as_sampler,
+    choose_backend,
+    sample_ids,
+    trim_completion,
+    vllm_engine,
+)
 from .schedules import cosine_anneal, teacher_mix_ratio
 from .sharding import FSDP, check_sharding, frozen_copy, is_partitioned, prepare_frozen, reload_model
-from .teacher_generation import _trim, generate_with_vllm_or_hf, make_teacher_llm, use_vllm_for_teacher
-from .teacher_server import TeacherServer, TeacherServerError, sample_from_server
+from .student_vllm import check_student_vllm, enable_cpu_weight_sync
+from .teacher_server import TeacherServer, TeacherServerError
 from .trainer_loss import LossGlue
 from .verify import GradeCounter
+from .vllm_server import ServerError, sample_from_server
 
 __all__ = ["OPDTrainer"]
 
@@ -218,6 +228,7 @@ class OPDTrainer(LossGlue, DistillationTrainer):
         state = getattr(args, "distributed_state", None)
         if state is not None:  # refuse a launch that asks for FSDP / DeepSpeed on CPU before loading any model
             check_sharding(args, state.distributed_type, final=False)
+        check_student_vllm(args)  # server mode needs CUDA: refuse it before TRL waits for a server
         teacher_source = (
             teacher_model
             if isinstance(teacher_model, str)
@@ -245,6 +256,8 @@ class OPDTrainer(LossGlue, DistillationTrainer):
             if isinstance(err, SeadError) or "vocab_size" not in str(err):
                 raise
             raise SeadError(" ".join(str(err).split())) from err
+        if args.use_vllm:
+            enable_cpu_weight_sync(self.vllm_generation)  # vLLM's CPU backend: TRL's weight sync as vLLM reloads
         self._check_tokenizer_fits()
         self._check_prompt_lengths()
         self._setup_output_transforms()  # before sharding: the check runs each model's forward
@@ -308,8 +321,9 @@ class OPDTrainer(LossGlue, DistillationTrainer):
         failure = None
         try:
             result = fn(*args)
-        except TeacherServerError as err:
-            failure, result = err, None
+        except ServerError as err:  # the rollouts' client raises the generic one: the same fault for the trainer
+            failure = err if isinstance(err, TeacherServerError) else TeacherServerError(str(err))
+            result = None
         if _any_rank(failure is not None, self.accelerator.device):
             raise failure or TeacherServerError(
                 f"the teacher server at {self.teacher_server.url} failed on another process (see its message)."
@@ -332,7 +346,7 @@ class OPDTrainer(LossGlue, DistillationTrainer):
 
     def _make_teacher_engine(self, source: str | None):
         """A vLLM engine for the frozen teacher's SG-OPD rollouts, or ``None`` (HF ``generate``)."""
-        if not use_vllm_for_teacher(self.args.teacher_generation_backend):
+        if choose_backend(self.args.teacher_generation_backend, field="teacher_generation_backend") != "vllm":
             return None
         if not source:
             raise SeadError(
@@ -340,8 +354,9 @@ class OPDTrainer(LossGlue, DistillationTrainer):
                 "pass `teacher_model` as a string (or a model loaded with `from_pretrained`), or set "
                 "`teacher_generation_backend: hf`."
             )
-        return make_teacher_llm(
+        return vllm_engine(
             source,
+            dtype="bfloat16",  # the teacher is frozen: no weight sync, so any dtype vLLM runs would do
             gpu_memory_utilization=self.args.teacher_vllm_gpu_memory_utilization,
             # several training processes: each holds an engine of its own, launched by them (as TRL's colocate mode)
             distributed_executor_backend="external_launcher" if self.accelerator.num_processes > 1 else None,
@@ -596,22 +611,23 @@ class OPDTrainer(LossGlue, DistillationTrainer):
         if self.teacher_server is not None:
             candidates = self._served_teacher_rollouts(prompt_ids, prompt_mask, G, seed)
         else:
-            teacher = self.accelerator.unwrap_model(self.teacher_model)
-            candidates = generate_with_vllm_or_hf(
-                teacher,
-                prompt_ids,
-                prompt_mask=prompt_mask,
-                num_samples=G,
-                max_new_tokens=self.max_completion_length,
-                pad_token_id=self._tokenizer.pad_token_id,
-                eos_token_ids=self.eos_token_ids,
-                temperature=self.args.teacher_temperature,
-                llm=self.teacher_llm,
-                # vLLM draws from its own generator: seed it from (seed, step, rank) so a resumed run draws the
-                # same; the HF path draws from torch's global stream, which the checkpoint restores.
-                batch_size=self.args.teacher_generation_batch_size,  # bounded KV cache; the same calls on every rank
-                seed=None if self.teacher_llm is None else seed,
+            if self.teacher_llm is not None:  # a vLLM engine (or any sampler of sead.sampling)
+                # vLLM draws from its own generator: seeded from (seed, step, rank) so a resumed run draws the same
+                sampler = as_sampler(self.teacher_llm)
+            else:  # the HF path draws from torch's global stream, which the checkpoint restores
+                teacher = self.accelerator.unwrap_model(self.teacher_model)
+                sampler = HFSampler(
+                    teacher, pad_token_id=self._tokenizer.pad_token_id, eos_token_ids=self.eos_token_ids,
+                    batch_size=self.args.teacher_generation_batch_size,  # bounded KV cache; the same calls on every rank
+                )  # fmt: skip
+                seed = None
+            sampling = Sampling(
+                n=G, max_new_tokens=self.max_completion_length, temperature=self.args.teacher_temperature, seed=seed
             )
+            candidates = sample_ids(
+                sampler, prompt_ids, sampling, prompt_mask=prompt_mask, eos_token_ids=self.eos_token_ids,
+                pad_token_id=self._tokenizer.pad_token_id,
+            )  # fmt: skip
         texts = self.processing_class.batch_decode(candidates, skip_special_tokens=True)
         rows = [inputs[i] for i in picks for _ in range(G)]
         verdicts = self._grade(rows, texts)
@@ -657,11 +673,11 @@ class OPDTrainer(LossGlue, DistillationTrainer):
             lambda: sample_from_server(
                 self.teacher_server.url, self.teacher_server.model, prompts, G, args.teacher_temperature,
                 self.max_completion_length, seed, timeout=args.teacher_server_timeout,
-                max_retries=args.teacher_server_max_retries, backoff=args.teacher_server_backoff,
-                stop_token_ids=self.eos_token_ids,
+                retries=args.teacher_server_max_retries, backoff=args.teacher_server_backoff,
+                stop_token_ids=self.eos_token_ids, error=TeacherServerError,
             )
         )  # fmt: skip
-        return [_trim(c, self.eos_token_ids, self._tokenizer.pad_token_id) for c in sampled]
+        return [trim_completion(c, self.eos_token_ids, self._tokenizer.pad_token_id) for c in sampled]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"

@@ -111,12 +111,15 @@ def step_section(res: dict, command: str) -> tuple[str, dict]:
         f"Command: `{command}`  ",
         f"Machine: {_machine_line(res['machine'])}; torch threads {res['threads']}; each trainer in its own process.",
         "",
-        f"Tiny random Qwen2 models (student hidden 64 x 2 layers, teacher 160 x 4), {first.get('batch')} prompts per step, "
+        f"Tiny random Qwen2 models (student hidden 64 x 2 layers x 2 heads, teacher 160 x 4 x 4), {first.get('batch')} prompts per step, "
         f"{first.get('completion_tokens')} completion tokens (forced with `min_new_tokens`), {first.get('steps')} steps, median step time "
         f"excluding the first two (warm-up); {first.get('rounds', 1)} round(s), each trainer once per round in a rotated order, "
         "median of the round medians. A step includes rollout generation, the teacher forward and the update; ours also "
         "grades every rollout with the verifier to log `rollout/pass_rate` (`log_pass_rate: true`, the default), except "
-        "`opd_nograde` (`log_pass_rate: false`), which does the same work as TRL's step. `sead_topk`: SEAD with the "
+        "`opd_nograde` (`log_pass_rate: false`), which does the same work as TRL's step. `opd_vllm`: vanilla OPD with "
+        "the student's rollouts in TRL's vLLM colocate engine (`use_vllm: true`, `vllm_mode: colocate`; vLLM's CPU "
+        "build, bf16) instead of HF generate; its step includes pushing the new weights into the engine (vLLM's "
+        "`min_tokens` forces the length). `sead_topk`: SEAD with the "
         "top-k estimator (k = 8, zone entropies over the same 8) and a teacher of the same size with 2 attention heads; "
         "`sead_server`: that step with that teacher served by a vLLM server on this machine (fp32, 127.0.0.1, started "
         "once for the benchmark): one `prompt_logprobs` request per micro-batch, no teacher in the training process.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -64,7 +65,8 @@ def bench_loss(
 # rollout/pass_rate log: the same work per step as TRL's trainer.
 # "sead_topk" / "sead_server": SEAD with the top-k estimator (k = 8), the teacher local / served by a vLLM server
 # that the suite starts on 127.0.0.1 for the whole benchmark (sead.bench.served).
-STEP_TRAINERS = ("trl", "opd", "opd_nograde", "sead", "sgopd", "sead_topk", "sead_server")
+# "opd_vllm": vanilla OPD with the student's rollouts in TRL's vLLM colocate engine.
+STEP_TRAINERS = ("trl", "opd", "opd_nograde", "opd_vllm", "sead", "sgopd", "sead_topk", "sead_server")
 
 
 STEP_ROUNDS = 3
@@ -125,7 +127,9 @@ def bench_step(quick: bool = False, threads: int = 1, progress: bool = True) -> 
                     res = {"error": server_error}
                 else:
                     res = run_worker(args + (["--teacher-url", url] if name == "sead_server" else []),
-                                     env={"OMP_NUM_THREADS": str(threads)})
+                                     # a vLLM engine's KV cache: 1 GiB (the default share of the NUMA node does not fit beside training)
+                                     env={"OMP_NUM_THREADS": str(threads),
+                                          "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")})
                 res.setdefault("trainer", name)
                 by_name[name].append(res)
                 bar.update(1)

@@ -177,7 +177,7 @@ def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threa
 
     ds = make_dataset(max(256, batch * (steps + 1)), seed=0)
     ds = ds.add_column("difficulty", [(lv - 1) / 3 for lv in ds["level"]])
-    method = {"trl": "opd", "opd_nograde": "opd", "sead_topk": "sead", "sead_server": "sead"}.get(trainer_name, trainer_name)
+    method = {"trl": "opd", "opd_nograde": "opd", "opd_vllm": "opd", "sead_topk": "sead", "sead_server": "sead"}.get(trainer_name, trainer_name)
     topk = {}
     if trainer_name in ("sead_topk", "sead_server"):  # the same SEAD step with a top-k teacher, local or served
         # max_prompt_length: prompt + completion + the one token a scoring request generates fit the 64 positions
@@ -186,17 +186,26 @@ def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threa
         if not teacher_url:
             raise SystemExit("sead_server needs --teacher-url (the suite starts the server)")
         topk.update(teacher_server_url=teacher_url, teacher_server_model="teacher", teacher_server_startup_timeout=60)
+    vllm = trainer_name == "opd_vllm"  # the student's rollouts in TRL's vLLM colocate engine, not HF generate
+    # vLLM names the minimum length min_tokens; HF generate min_new_tokens
+    min_length = {"min_tokens": completion} if vllm else {"min_new_tokens": completion}
     cfg = OPDConfig(
         output_dir=out, method=method, max_steps=steps, per_device_train_batch_size=batch,
         max_completion_length=completion, learning_rate=1e-4, logging_steps=1, report_to=[], bf16=False,
         gradient_checkpointing=False, save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
-        competence_window=batch, teacher_num_generations=4, generation_kwargs={"min_new_tokens": completion},
+        competence_window=batch, teacher_num_generations=4, generation_kwargs=min_length,
         log_pass_rate=trainer_name != "opd_nograde",  # "opd_nograde": the same work as TRL's step (no grading)
+        use_vllm=vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
         **topk,
     )
-    student, teacher = model(64, 2, 0), model(160, 4, 1)
+    # the student's 2 heads: head dimension 32, which vLLM's CPU attention takes (16 it does not)
+    student, teacher = model(64, 2, 0, heads=2), model(160, 4, 1)
     if topk:
         teacher = None if trainer_name == "sead_server" else served_step_teacher()
+    if vllm:  # TRL builds the engine from the student's folder
+        student.save_pretrained(f"{out}/student")
+        tok.save_pretrained(f"{out}/student")
+        student = f"{out}/student"
     if trainer_name == "trl":
         from trl import DistillationTrainer
 

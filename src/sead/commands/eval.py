@@ -48,7 +48,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "else the Hugging Face hub)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per generate call (hf backend)")
-    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="generation backend")
+    parser.add_argument(
+        "--backend",
+        choices=("hf", "vllm", "server"),
+        default="hf",
+        help="generation backend: Hugging Face generate, a vLLM engine, or a running vLLM server (--server-url)",
+    )
+    parser.add_argument(
+        "--server-url", default=None, help="--backend server: the server's address, e.g. http://127.0.0.1:8000"
+    )
+    parser.add_argument(
+        "--server-model", default=None, help="--backend server: the served model's id (default: the first served)"
+    )
+    parser.add_argument(
+        "--vllm-gpu-memory-utilization", type=float, default=0.9, help="vLLM backend (default 0.9)"
+    )
+    parser.add_argument("--vllm-tensor-parallel-size", type=int, default=1, help="vLLM backend (default 1)")
+    parser.add_argument(
+        "--vllm-kwargs",
+        default=None,
+        help='vLLM backend: JSON of more vllm.LLM arguments, e.g. \'{"enforce_eager": true}\'',
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--no-greedy", action="store_true", help="skip the greedy pass@1 run")
     parser.add_argument(
@@ -76,6 +96,7 @@ def default_out_dir(model: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import EvalConfig, evaluate_model
+    from .difficulty import vllm_kwargs
 
     config = EvalConfig(
         model=args.model,
@@ -87,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         backend=args.backend,
+        server_url=args.server_url,
+        server_model=args.server_model,
+        vllm_kwargs=vllm_kwargs(args),
         seed=args.seed,
         greedy=not args.no_greedy,
         data_dir=args.data_dir,
