@@ -70,17 +70,41 @@ def wait_for(url: str, proc, timeout: float) -> float:
     raise RuntimeError(f"the vLLM server did not answer /health within {timeout:.0f} s")
 
 
+def teach_the_answer_format(model, tok, steps: int = 300) -> None:
+    """A few hundred SFT steps on the arithmetic task's gold completions: greedy answers then end in ``\\boxed{N}``
+    (right on some prompts, wrong on others), so the pre-pass's strict verdicts (explicit final answers only) are
+    not all "incorrect" and the backends' difficulty columns are compared on varied values."""
+    from sead.tasks.arithmetic import make_dataset
+
+    torch.manual_seed(0)
+    rows = make_dataset(512, seed=9).to_list()
+    seqs = [tok(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in rows]
+    starts = [len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in rows]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for step in range(steps):
+        batch = [(i % len(seqs)) for i in range(step * 32, step * 32 + 32)]
+        width = max(len(seqs[i]) for i in batch)
+        ids = torch.full((32, width), tok.pad_token_id)
+        labels = torch.full((32, width), -100)
+        for row, i in enumerate(batch):
+            ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+            labels[row, starts[i] : len(seqs[i])] = torch.tensor(seqs[i][starts[i] :])
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def main(root: Path, out_path: Path) -> None:
     from _tiny import VLLM_HEADS, tiny_model, tokenizer
 
     t0 = time.perf_counter()
     tok = tokenizer()
     model_dir = root / "model"
-    model = tiny_model(5, max_position_embeddings=512, num_attention_heads=VLLM_HEADS).eval()
-    with torch.no_grad():  # weights of std 0.3, not 0.02: peaked, varied next-token distributions, so that greedy
-        for p in model.parameters():  # decoding does not repeat one token and the comparison means something
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3)
+    model = tiny_model(5, max_position_embeddings=512, num_attention_heads=VLLM_HEADS)
+    teach_the_answer_format(model, tok)
+    model.eval()
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     server, url = start_server(model_dir, root / "server.log")
@@ -123,7 +147,7 @@ def run_all(root, out_path, model, tok, model_dir, server, url, t0) -> None:
 
     # gold answers: HF's greedy answer on even rows, an answer nobody gives on odd rows
     texts = [t[0] for t in sample_texts(hf, tok, prompts, greedy)]
-    preds = [g.pred for g in grade_many(texts, ["0"] * len(texts))]
+    preds = [g.pred for g in grade_many(texts, ["0"] * len(texts), mode="strict")]  # the pre-pass's verdicts
     golds = [p if i % 2 == 0 and p is not None else "-987654" for i, p in enumerate(preds)]
     res["expected_difficulty"] = [0.0 if i % 2 == 0 and p is not None else 1.0 for i, p in enumerate(preds)]
     res["hf_greedy_texts"], res["hf_preds"] = texts, preds

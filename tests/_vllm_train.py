@@ -86,16 +86,35 @@ def main(root: Path, out_path: Path) -> None:
     initial = AutoModelForCausalLM.from_pretrained(student_dir).eval()
     probe = [tok(p, add_special_tokens=False)["input_ids"] for p in ("12+34=46", "Q: 7*8=? A: 56", "3-9=-6")]
     results: dict[str, dict] = {"setup_s": time.perf_counter() - t0}
-    for method in ("opd", "sead", "sgopd"):
+    for run in ("opd", "sead", "sgopd", "sgopd_sampled"):
+        method = run.removesuffix("_sampled")
         start = time.perf_counter()
         before = dict(calls)
+        extra = {"estimator": "sampled"} if run.endswith("_sampled") else {}
         cfg = tiny_config(
-            root / f"out-{method}", method=method, max_steps=3, use_vllm=True, vllm_mode="colocate",
+            root / f"out-{run}", method=method, max_steps=3, **extra, use_vllm=True, vllm_mode="colocate",
             vllm_gpu_memory_utilization=0.3, teacher_generation_backend="vllm", teacher_num_generations=2,
             teacher_mix_rho0=1.0, teacher_mix_phase_fraction=1.0, teacher_vllm_gpu_memory_utilization=0.3,
         )  # fmt: skip
         trainer = OPDTrainer(student_dir, teacher_dir, args=cfg, train_dataset=tiny_dataset(16),
                              processing_class=tok, reward_funcs=[parity_reward])  # fmt: skip
+        sampler_gaps = []  # |log q(y_t) - log p_S(y_t)|: the engine's sampled-token log-probs vs the trainer's
+        compute = trainer._compute_loss
+
+        def recording_loss(unwrapped, inputs, num_items, _compute=compute, _gaps=sampler_gaps):
+            q = inputs.get("sampler_logprobs")
+            if q is not None:
+                ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+                attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+                width = inputs["completion_ids"].shape[1]
+                with torch.no_grad():
+                    logits = unwrapped(input_ids=ids, attention_mask=attn).logits[:, -width - 1 : -1].float()
+                s = torch.log_softmax(logits, -1).gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
+                valid = inputs["completion_mask"].bool() & ~torch.isnan(q)
+                _gaps.append(float((q - s)[valid].abs().max()) if valid.any() else float("nan"))
+            return _compute(unwrapped, inputs, num_items)
+
+        trainer._compute_loss = recording_loss
         built = time.perf_counter()
         trainer.train()
         trained = time.perf_counter()
@@ -103,7 +122,8 @@ def main(root: Path, out_path: Path) -> None:
         engine.sync_weights()  # TRL syncs before each step's rollouts; once more for the weights after the last step
         student = trainer.accelerator.unwrap_model(trainer.model).eval()
         logs = [h for h in trainer.state.log_history if "loss" in h]
-        results[method] = {
+        results[run] = {
+            "sampler_logprob_gaps": sampler_gaps,
             "losses": [h["loss"] for h in logs],
             "teacher_mixed_frac": [h.get("sgopd/teacher_mixed_frac") for h in logs],
             "student_engine_calls": calls["student"] - before["student"],
@@ -116,7 +136,7 @@ def main(root: Path, out_path: Path) -> None:
             "init_s": built - start,
             "train_s": trained - built,
         }
-        print(method, json.dumps(results[method]), flush=True)
+        print(run, json.dumps(results[run]), flush=True)
     results["total_s"] = time.perf_counter() - t0
     out_path.write_text(json.dumps(results, indent=1))
 

@@ -142,7 +142,7 @@ STUDENT = [[-1.5, -1.0, -0.5], [-2.0, -1.0, -0.2]]
 REF = [[-1.2, -1.5, -1.0], [-1.0, -2.0, -0.7]]
 CORRECT = [True, False]
 # d = [[0.5, -1.0, 0.0], [1.0, -2.0, 0.0]]; v = [+1, -1]; d*v = [[0.5, -1, 0], [-1, 2, 0]]
-LAMBDA = [[1.8, 0.5, 0.5], [0.5, 1.8, 0.5]]
+LAMBDA = [[1.8, 1.0, 1.0], [1.0, 1.8, 1.0]]  # defaults: 1.8 on consensus, 1.0 on conflict
 
 
 def _t(x):
@@ -159,17 +159,17 @@ def test_sign_gate_lambda_hand_computed():
 
 
 def test_sign_gate_lambda_flips_with_verdict():
-    lam = sign_gate_lambda(_t(TEACHER), _t(STUDENT), torch.tensor([False, True]))
+    lam = sign_gate_lambda(_t(TEACHER), _t(STUDENT), torch.tensor([False, True]), lambda_conflict=0.5)
     # row 0 now v = -1: d*v = [-0.5, 1, 0]; row 1 v = +1: [1, -2, 0]
     torch.testing.assert_close(lam.double(), _t([[0.5, 1.8, 0.5], [1.8, 0.5, 0.5]]), rtol=0, atol=1e-12)
 
 
 def test_sign_gated_advantage_hand_computed():
     # without a reference: A = lambda * d
-    a = sign_gated_advantage(_t(TEACHER), _t(STUDENT), torch.tensor(CORRECT))
+    a = sign_gated_advantage(_t(TEACHER), _t(STUDENT), torch.tensor(CORRECT), lambda_conflict=0.5)
     torch.testing.assert_close(a.double(), _t([[0.9, -0.5, 0.0], [0.5, -3.6, 0.0]]), rtol=0, atol=1e-12)
     # with a reference: A = d + (lambda - 1) (teacher - ref); teacher - ref = [[0.2,-0.5,0.5],[0,-1,0.5]]
-    a = sign_gated_advantage(_t(TEACHER), _t(STUDENT), torch.tensor(CORRECT), ref_logp=_t(REF))
+    a = sign_gated_advantage(_t(TEACHER), _t(STUDENT), torch.tensor(CORRECT), ref_logp=_t(REF), lambda_conflict=0.5)
     exp = [[0.5 + 0.8 * 0.2, -1.0 - 0.5 * -0.5, -0.5 * 0.5], [1.0, -2.0 + 0.8 * -1.0, -0.5 * 0.5]]
     assert exp[0] + exp[1] == pytest.approx([0.66, -0.75, -0.25, 1.0, -2.8, -0.25])
     torch.testing.assert_close(a.double(), _t(exp), rtol=0, atol=1e-12)

@@ -116,7 +116,7 @@ def test_sampled_from_a_served_teacher_with_zones_and_the_gate(convention, refer
     r_y = None
     if reference:
         r_y = torch.log_softmax(p["hr"] @ p["wr"].T, -1).gather(-1, p["ids"].unsqueeze(-1)).squeeze(-1)
-    adv = sign_gated_advantage(t_y, s_y.detach(), p["correct"], r_y, 1.8, 0.5)
+    adv = sign_gated_advantage(t_y, s_y.detach(), p["correct"], r_y, 1.8, 1.0)  # the defaults
     per = torch.where(zones > 0, w_f * fkl + w_r * (-adv * s_y), torch.zeros_like(fkl))
     loss = per.sum() / (zones > 0).sum()
     g_ref = torch.autograd.grad(loss, [hs, ws])

@@ -18,6 +18,7 @@ from _tiny import max_abs_diff, params, tiny_config, tiny_dataset, tiny_model, t
 from sead.errors import SeadError
 from sead.teacher_server import TeacherServer, TeacherServerError, parse_prompt_logprobs
 from sead.trainer import OPDTrainer
+from sead.vllm_server import sample_from_server
 
 K = 8
 
@@ -197,7 +198,8 @@ def test_wait_until_ready_times_out_with_advice():
 
 def test_sample_is_prompt_major_and_sends_plain_sampling(server):
     server.sample_fn = lambda prompt, n, seed: [[prompt[-1], j, seed] for j in range(n)]
-    out = _client(server.url).sample([[5, 6], [7, 8, 9]], n=3, temperature=0.7, max_tokens=4, seed=11, stop_token_ids=[2])
+    # SG-OPD's cold-start rollouts from the served teacher go through the sampling layer's server client
+    out = sample_from_server(server.url, "tiny-teacher", [[5, 6], [7, 8, 9]], 3, 0.7, 4, 11, stop_token_ids=[2])
     assert out == [[6, 0, 11], [6, 1, 11], [6, 2, 11], [9, 0, 11], [9, 1, 11], [9, 2, 11]]
     sent = server.requests[-1][1]
     assert (sent["n"], sent["temperature"], sent["top_p"], sent["top_k"], sent["stop_token_ids"]) == (3, 0.7, 1.0, -1, [2])

@@ -30,6 +30,7 @@ from _tiny import (
 )
 from sead.teacher_server import TeacherServer, TeacherServerError
 from sead.trainer import OPDTrainer
+from sead.vllm_server import sample_from_server
 
 pytestmark = [
     pytest.mark.slow,
@@ -140,10 +141,10 @@ def test_start_up_check_against_the_real_server(vllm_server):
 def test_sampling_is_seeded_prompt_major_and_stops_at_eos(vllm_server):
     url, _ = vllm_server
     eos = tokenizer().eos_token_id
-    client = TeacherServer(url, NAME, timeout=60, max_retries=1)
-    a = client.sample([[5, 6, 7], [8, 9]], n=3, temperature=1.0, max_tokens=6, seed=5, stop_token_ids=[eos])
-    b = client.sample([[5, 6, 7], [8, 9]], n=3, temperature=1.0, max_tokens=6, seed=5, stop_token_ids=[eos])
-    first = client.sample([[5, 6, 7]], n=3, temperature=1.0, max_tokens=6, seed=5, stop_token_ids=[eos])
+    kw = dict(stop_token_ids=[eos], timeout=60, retries=1)
+    a = sample_from_server(url, NAME, [[5, 6, 7], [8, 9]], 3, 1.0, 6, 5, **kw)
+    b = sample_from_server(url, NAME, [[5, 6, 7], [8, 9]], 3, 1.0, 6, 5, **kw)
+    first = sample_from_server(url, NAME, [[5, 6, 7]], 3, 1.0, 6, 5, **kw)
     assert a == b and len(a) == 6 and a[:3] == first
     assert all(1 <= len(c) <= 6 and (len(c) == 6 or c[-1] == eos) and eos not in c[:-1] for c in a)
 

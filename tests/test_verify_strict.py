@@ -193,25 +193,39 @@ def test_arithmetic_gold_completions_grade_correct_under_strict():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_estimate_difficulty_grades_strictly(monkeypatch):
+def test_estimate_difficulty_grades_strictly():
     import sead.difficulty as difficulty
 
-    def fake_generate(model, tokenizer, prompts, *, num_samples, **kwargs):
-        # prompt "p0": truncated rollouts ending in the gold; "p1": boxed gold on every sample
-        return [[TRUNCATED] * num_samples if p == "p0" else ["\\boxed{42}"] * num_samples for p in prompts]
+    class FakeSampler:  # any sampler of sead.sampling: token ids in, token ids out
+        def sample_ids(self, prompt_ids, sampling, progress=False):
+            # prompt "p0": truncated rollouts ending in the gold; "p1": boxed gold on every sample
+            return [list(TRUNCATED if ids == p0 else "\\boxed{42}") for ids in prompt_ids for _ in range(sampling.n)]
 
-    monkeypatch.setattr(difficulty, "generate_responses", fake_generate)
-    d = difficulty.estimate_difficulty(None, None, ["p0", "p1"], ["42", "42"], num_rollouts=2, progress=False)
+    class CharTokenizer:  # one id per character
+        eos_token_id = pad_token_id = None
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+        def batch_decode(self, rows, skip_special_tokens=True):
+            return ["".join(c if isinstance(c, str) else chr(c) for c in row) for row in rows]
+
+        def decode(self, row, skip_special_tokens=True):
+            return self.batch_decode([row])[0]
+
+    p0 = [ord(c) for c in "p0"]
+    d = difficulty.estimate_difficulty(FakeSampler(), CharTokenizer(), ["p0", "p1"], ["42", "42"], num_rollouts=2,
+                                       max_new_tokens=16, progress=False)
     assert d == [1.0, 0.0]
 
 
-def test_difficulty_command_prepass_grades_strictly(tmp_path):
-    from sead.commands import difficulty as cmd
+def test_difficulty_prepass_grades_strictly(tmp_path):
+    from sead.difficulty import run_prepass
 
     def generate(prompts, num_samples, seed):
         return [[TRUNCATED, "\\boxed{42}"] for _ in prompts]
 
-    counts = cmd.run_prepass(
+    counts = run_prepass(
         generate, ["a", "b"], ["42", "42"], num_rollouts=2, prompts_per_chunk=2,
         partial_path=tmp_path / "p.jsonl", progress=False,
     )  # fmt: skip
@@ -219,14 +233,14 @@ def test_difficulty_command_prepass_grades_strictly(tmp_path):
 
 
 def test_difficulty_partial_from_before_strict_grading_is_refused(tmp_path):
-    from sead.commands import difficulty as cmd
+    from sead.difficulty import check_partial_settings
 
     partial = tmp_path / "p.jsonl"
     partial.write_text(json.dumps({"index": 0, "correct": 1, "n": 2}) + "\n")
     old_meta = {"model": "m", "num_prompts": 1}  # written before grade_mode was recorded
     partial.with_name(partial.name + ".meta.json").write_text(json.dumps(old_meta))
     with pytest.raises(SeadError, match="grade_mode"):
-        cmd._check_meta(partial, dict(old_meta, grade_mode="strict"))
+        check_partial_settings(partial, dict(old_meta, grade_mode="strict"))
 
 
 # ---------------------------------------------------------------------------------------------

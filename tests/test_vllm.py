@@ -77,6 +77,19 @@ def test_training_with_rollouts_in_trls_colocate_engine(trained, method):
 
 @needs_vllm
 @pytest.mark.slow
+def test_sampled_estimator_gets_the_engines_sampled_token_logprobs(trained):
+    """SG-OPD with the sampled estimator on vLLM rollouts: every micro-batch carries the engine's log-probs of its
+    sampled tokens (the importance weights' q), and they are the trainer's p_S up to the engine's bf16 numerics."""
+    r = trained["sgopd_sampled"]
+    assert len(r["losses"]) == 3 and r["all_finite"]
+    gaps = [g for g in r["sampler_logprob_gaps"] if g == g]
+    assert len(r["sampler_logprob_gaps"]) >= 3 and gaps
+    assert max(gaps) < 0.05  # bf16 engine vs fp32 trainer: close, so the weights stay near 1 (cap 3)
+    assert trained["opd"]["sampler_logprob_gaps"] == []  # only the sampled estimator asks for them
+
+
+@needs_vllm
+@pytest.mark.slow
 def test_sgopd_teacher_rollouts_come_from_a_second_engine(trained):
     r = trained["sgopd"]
     assert r["teacher_engine"] and r["teacher_engine_calls"] == 3  # rho = 1 at every step of the phase

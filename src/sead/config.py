@@ -74,6 +74,13 @@ class OPDConfig(DistillationConfig):
             advantage `log pi_T(y_t) - log pi_S(y_t)`; the forward-KL parts of SEAD stay exact).
         estimator_top_k (`int`, *optional*, defaults to `64`):
             k of the `"topk"` estimator.
+        vllm_importance_sampling_correction (`bool`, *optional*, defaults to `True`):
+            With `estimator: sampled` and the student's rollouts from vLLM (`use_vllm`), weight each token's
+            `-sg(A_t) log pi_S(y_t)` by the truncated importance weight `min(pi_S(y_t) / q(y_t), cap)`, `q` the
+            engine's own log-prob of the token it sampled (it samples from its own numerics, bf16, not the
+            trainer's `pi_S`), as TRL's GRPO does (same name). `False`: treat vLLM's rollouts as drawn from `pi_S`.
+        vllm_importance_sampling_cap (`float`, *optional*, defaults to `3.0`):
+            The cap of those weights (TRL GRPO's `vllm_importance_sampling_clip_max` default).
         topk_convention (`str`, *optional*, defaults to `"tail"`):
             How the `"topk"` estimator treats the vocabulary outside the teacher's top-k (formulas in docs/methods.md):
             `"tail"` (one tail bucket holding each model's remaining mass: the closest to the full KL), `"renormalized"`
@@ -256,6 +263,10 @@ class OPDConfig(DistillationConfig):
     method: str = field(default="sead", metadata={"help": "Preset: 'opd', 'sead' or 'sgopd'."})
     estimator: str = field(default="full", metadata={"help": "'full', 'topk' or 'sampled'."})
     estimator_top_k: int = field(default=64, metadata={"help": "k of the 'topk' estimator."})
+    vllm_importance_sampling_correction: bool = field(
+        default=True, metadata={"help": "Sampled estimator on vLLM rollouts: truncated importance weights."}
+    )
+    vllm_importance_sampling_cap: float = field(default=3.0, metadata={"help": "Cap of those importance weights."})
     topk_convention: str = field(
         default="tail", metadata={"help": "'tail', 'renormalized' (NeMo-RL) or 'clamped' (verl)."}
     )
@@ -380,7 +391,8 @@ class OPDConfig(DistillationConfig):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise SeadError(f"{name} must be in [0, 1]; got {value}.")
-        positive = ["lambda_consensus", "lambda_conflict", "teacher_temperature", "grader_timeout"]
+        positive = ["lambda_consensus", "lambda_conflict", "teacher_temperature", "grader_timeout",
+                    "vllm_importance_sampling_cap"]
         for name in positive:
             value = getattr(self, name)
             if not value > 0:

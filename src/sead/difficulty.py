@@ -82,7 +82,7 @@ def estimate_difficulty(
     num_rollouts: int = 8,
     temperature: float = 0.7,
     top_p: float = 1.0,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     batch_size: int = 64,
     prompts_per_chunk: int = 64,
     partial_path: str | Path | None = None,
@@ -94,7 +94,15 @@ def estimate_difficulty(
 
     ``model``: a Hugging Face model (sampled with ``generate`` in batches of ``batch_size`` rows), or any
     sampler of :mod:`sead.sampling` (a vLLM engine's :class:`~sead.sampling.VLLMSampler`, a server's).
+    ``max_new_tokens``: required, the training run's ``max_completion_length`` (what ``sead difficulty`` takes
+    from the recipe): a pre-pass with shorter rollouts than training would count long correct solutions as
+    failures (strict verdicts need the final answer).
     """
+    if max_new_tokens is None:
+        raise ValueError(
+            "estimate_difficulty needs max_new_tokens: pass the training run's max_completion_length, so the initial "
+            "student's rollouts are judged at the length training will sample (`sead difficulty` takes it from the recipe)."
+        )
     if num_rollouts < 1:
         raise ValueError(f"num_rollouts must be >= 1, got {num_rollouts}")
     sampler = model if callable(getattr(model, "sample_ids", None)) else hf_sampler(model, tokenizer, batch_size)

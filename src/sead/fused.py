@@ -231,9 +231,11 @@ def fused_objective(
     correct: torch.Tensor | None = None,
     reference: LMHead | None = None,
     lambda_consensus: float = 1.8,
-    lambda_conflict: float = 0.5,
+    lambda_conflict: float = 1.0,
     chunk_size: int | None = None,
     zone_precision: str = "exact",
+    sampler_logprobs: torch.Tensor | None = None,
+    importance_cap: float = 3.0,
 ) -> SeadLossOutput:
     """The training objective of :func:`sead.objective.logits_objective`, fused and chunked from hidden states.
 
@@ -262,6 +264,11 @@ def fused_objective(
         chunk_size: rows per chunk; ``None`` picks ``auto_chunk_size(V)`` (a ~16 MB fp32 tile).
         zone_precision: ``"exact"`` (default), ``"bf16"`` or ``"auto"``: see the module docstring and
             :func:`fused_sead_loss`.
+        sampler_logprobs: shaped like the mask, ``log q(y_t)`` of the sampled tokens under the rollout sampler
+            (``sampled`` estimator): ``A_t`` is multiplied by ``min(p_S(y_t) / q(y_t), importance_cap)``
+            (:func:`sead.fused_terms.importance_weight`), so a vLLM engine's rollouts give the gradient under
+            the trainer's ``p_S``. NaN entries (no sampler log-prob) get weight 1. ``None``: the rollouts are
+            taken to be drawn from ``p_S`` itself.
         Other arguments: as in :func:`sead.objective.logits_objective`.
 
     Returns:
@@ -344,7 +351,17 @@ def fused_objective(
         for name, lam in (("lambda_consensus", lambda_consensus), ("lambda_conflict", lambda_conflict)):
             if not lam > 0:
                 raise ValueError(f"{name} must be > 0, got {lam}")
-    pb = Problem(s_head, t_head, r_head, valid_idx, y_N, verdict_N, ids_NK, lp_NK, t_y_N, opts)
+    q_y_N = None
+    if sampler_logprobs is not None and estimator == "sampled":
+        if sampler_logprobs.shape != mask.shape:
+            raise ValueError(f"sampler_logprobs shape {tuple(sampler_logprobs.shape)} must equal the mask's {tuple(mask.shape)}")
+        if not importance_cap > 0:
+            raise ValueError(f"importance_cap must be > 0, got {importance_cap}")
+        q_y_N = sampler_logprobs.detach().to(valid_idx.device).reshape(-1)[valid_idx].to(dtype)
+        if bool((q_y_N > 1e-4).any()) or bool(torch.isinf(q_y_N).any()):
+            raise ValueError("sampler_logprobs must be finite log-probabilities (<= 0; NaN: no weight) at valid positions")
+        opts["is_cap"] = float(importance_cap)
+    pb = Problem(s_head, t_head, r_head, valid_idx, y_N, verdict_N, ids_NK, lp_NK, t_y_N, opts, q_y_N)
     loss, zones_N, per_token_N, h_t_N, h_s_N, lam_N = FusedLossFunction.apply(h_s, student.weight, student.bias, pb)
 
     def scatter(values_N, fill):

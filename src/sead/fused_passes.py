@@ -22,6 +22,7 @@ from .fused_terms import (
     full_rkl,
     gate_lambda,
     gated_target,
+    importance_weight,
     sampled_term,
     sparse_buckets,
     topk_term,
@@ -67,6 +68,8 @@ class Problem:
     lp_NK: torch.Tensor | None
     t_y_N: torch.Tensor | None
     opts: dict
+    #: the rollout sampler's log-probs of the sampled tokens (``sampled`` estimator's importance weights), or None
+    q_y_N: torch.Tensor | None = None
 
     @property
     def sparse(self) -> bool:
@@ -190,7 +193,7 @@ class FusedObjective:
             elif self.estimator == "topk":
                 teacher_b = dense_buckets(logp_t, self.k_est)
             fkl, g_f = self._fkl(logp_s, p_s, logp_t, teacher_b) if need_f else (zero, None)
-            rkl, g_r = self._rkl(logp_s, p_s, logp_t, teacher_b, y, s_y, t_y, lam, rows) if need_r else (zero, None)
+            rkl, g_r = self._rkl(logp_s, p_s, logp_t, teacher_b, y, s_y, t_y, lam, rows, sel) if need_r else (zero, None)
             g = None
             if want_grad:
                 if g_f is not None:
@@ -224,8 +227,9 @@ class FusedObjective:
             return topk_term(logp_s, p_s, teacher_b, self.conv, "fkl")
         return full_fkl(logp_s, p_s, logp_t, logp_t.exp())
 
-    def _rkl(self, logp_s, p_s, logp_t, teacher_b, y, s_y, t_y, lam, rows):
-        """Reverse-KL term: against the (gated) target for ``full`` / ``topk``; REINFORCE on ``y`` for ``sampled``."""
+    def _rkl(self, logp_s, p_s, logp_t, teacher_b, y, s_y, t_y, lam, rows, sel):
+        """Reverse-KL term: against the (gated) target for ``full`` / ``topk``; REINFORCE on ``y`` for ``sampled``
+        (with the sampler's log-probs: ``A_t`` times the truncated importance weight ``min(p_S(y) / q(y), cap)``)."""
         pb = self.pb
         if self.estimator == "sampled":
             adv = t_y - s_y
@@ -237,6 +241,8 @@ class FusedObjective:
                     r_y = z_r.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z_r, dim=-1)
                     del z_r
                     adv = adv + (lam - 1.0) * (t_y - r_y)
+            if pb.q_y_N is not None:
+                adv = adv * importance_weight(s_y, pb.q_y_N[sel], pb.opts["is_cap"])
             return sampled_term(logp_s, y, adv)
         if not self.gate:
             if teacher_b is not None:  # topk against the teacher's buckets (a served teacher: no gate, checked up front)

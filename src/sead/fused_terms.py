@@ -36,6 +36,7 @@ __all__ = [
     "full_fkl",
     "full_rkl",
     "topk_term",
+    "importance_weight",
     "sampled_term",
     "gate_lambda",
     "gated_target",
@@ -163,6 +164,15 @@ def topk_term(logp_s, p_s, other: Buckets, convention: str, direction: str):
         on = (raw >= 0).to(raw.dtype)
         return raw.clamp(min=0), Grad(-on * (raw + pa.sum(-1)), idx, pa * (A - B + 1) * on.unsqueeze(-1))
     raise ValueError(f"topk_convention must be one of {list(TOPK_CONVENTIONS)}, got {convention!r}")
+
+
+def importance_weight(s_y_n, q_y_n, cap: float):
+    """Truncated importance weight of a token sampled from ``q`` for an expectation under ``p_S``:
+    ``w = min(p_S(y) / q(y), cap) = min(exp(log p_S(y) - log q(y)), cap)``, no gradient (TRL GRPO's
+    ``vllm_importance_sampling_correction``: rollouts from vLLM are drawn from the engine's numerics, not the
+    trainer's ``p_S``). ``E_q[w g] = E_{p_S}[g]`` wherever ``p_S / q <= cap``. A NaN ``log q`` (the sampler gave
+    none, e.g. a teacher-mixed rollout) gets weight 1."""
+    return torch.nan_to_num((s_y_n.detach() - q_y_n).exp().clamp(max=cap), nan=1.0)
 
 
 def sampled_term(logp_s, y_n, adv_n):

@@ -30,7 +30,7 @@ def sign_gate_lambda(
     student_logp: torch.Tensor,
     correct: torch.Tensor,
     lambda_consensus: float = 1.8,
-    lambda_conflict: float = 0.5,
+    lambda_conflict: float = 1.0,
 ) -> torch.Tensor:
     """Per-token gate ``lambda_t``.
 
@@ -52,7 +52,7 @@ def sign_gated_advantage(
     correct: torch.Tensor,
     ref_logp: torch.Tensor | None = None,
     lambda_consensus: float = 1.8,
-    lambda_conflict: float = 0.5,
+    lambda_conflict: float = 1.0,
 ) -> torch.Tensor:
     """Per-token advantage for the sampled estimator (G-OPD / ExOPD reward scaling).
 

@@ -77,12 +77,16 @@ def logits_objective(
     correct: torch.Tensor | None = None,
     ref_logits: torch.Tensor | None = None,
     lambda_consensus: float = 1.8,
-    lambda_conflict: float = 0.5,
+    lambda_conflict: float = 1.0,
+    sampler_logprobs: torch.Tensor | None = None,
+    importance_cap: float = 3.0,
 ) -> SeadLossOutput:
     """Loss of one micro-batch from ``[B, T, V]`` logits; see the module docstring for the formula.
 
     ``completion_ids`` ``[B, T]`` are the sampled tokens (used by the sampled estimator and the gate);
     ``correct`` ``[B]`` bool is the verifier's verdict per rollout (needed by the sign gate).
+    ``sampler_logprobs`` ``[B, T]``: ``log q(y_t)`` under the rollout sampler (sampled estimator): the advantage
+    is multiplied by the truncated importance weight ``min(p_S(y_t) / q(y_t), importance_cap)`` (NaN: 1).
     ``topk_convention``: the ``topk`` estimator's support (``tail``, ``renormalized``, ``clamped``:
     :func:`sead.divergences.topk_forward_kl`). ``zone_thresholds``: precomputed zone cuts
     (:func:`sead.zones.zone_thresholds`) used instead of this batch's percentiles.
@@ -147,6 +151,9 @@ def logits_objective(
                     )
                 else:
                     adv = t_logp - s_logp.detach()
+                if sampler_logprobs is not None:  # rollouts drawn from another sampler q: truncated IS weights
+                    weight = (s_logp.detach() - sampler_logprobs).exp().clamp(max=importance_cap)
+                    adv = adv * torch.nan_to_num(weight, nan=1.0)
             rkl_term = -adv * s_logp
 
     per_token = w_fkl * fkl + w_rkl * rkl_term

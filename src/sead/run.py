@@ -173,7 +173,7 @@ def builtin_arithmetic(script: ScriptArguments, cfg: OPDConfig, progress: bool =
             ds["prompt"],
             ds[cfg.answer_column],
             num_rollouts=script.difficulty_num_rollouts,
-            max_new_tokens=arithmetic.MAX_NEW_TOKENS,
+            max_new_tokens=cfg.max_completion_length,  # the rollouts' length of this run
             batch_size=256,
             prompts_per_chunk=256,
             progress=progress,

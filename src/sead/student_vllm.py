@@ -15,6 +15,12 @@ rollouts. Two things it does not handle, both met on machines without a GPU:
   and the sync works as it is.) vLLM's own answer is its layerwise reload (what ``reload_weights`` of its
   model runner does): restore the layers' checkpoint-format parameters, load, then re-run each layer's
   processing. :func:`enable_cpu_weight_sync` wraps TRL's ``sync_weights`` in exactly that, on CPU only.
+
+And one thing sead needs from it: **the engine's log-probs of the tokens it sampled.** The sampled estimator's
+gradient ``-sg(A_t) log pi_S(y_t)`` is unbiased only for ``y ~ pi_S``; vLLM samples from its own numerics (a bf16
+engine, other kernels), so sead weights each token by ``min(pi_S(y_t) / q(y_t), cap)`` as TRL's GRPO does.
+TRL's distillation trainer asks vLLM for no log-probs and drops them; :class:`SamplerLogprobs` asks for the
+sampled token's (``logprobs=0``) and keeps the last call's.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 
 from .errors import SeadError
 
-__all__ = ["check_student_vllm", "enable_cpu_weight_sync"]
+__all__ = ["SamplerLogprobs", "check_student_vllm", "enable_cpu_weight_sync"]
 
 
 def check_student_vllm(args, *, cuda: bool | None = None) -> None:
@@ -68,3 +74,39 @@ def enable_cpu_weight_sync(vllm_generation) -> bool:
     vllm_generation.sync_weights = sync_weights
     vllm_generation._sead_cpu_sync = True
     return True
+
+
+class SamplerLogprobs:
+    """Records the sampled tokens' log-probs of TRL's student vLLM engine (``VLLMGeneration``).
+
+    ``attach(vllm_generation)`` sets its ``logprobs`` to 0 (the sampled token's only; vLLM returns them after its
+    sampling transforms, TRL's ``logprobs_mode="processed_logprobs"``) and wraps its ``generate``; after each call
+    :meth:`take` returns ``[B, T]`` log-probs aligned with ``completion_ids`` (NaN where none), then forgets them.
+    """
+
+    def __init__(self):
+        self._last = None
+
+    def attach(self, vllm_generation) -> None:
+        vllm_generation.logprobs = 0
+        generate = vllm_generation.generate
+
+        def recording_generate(*args, **kwargs):
+            out = generate(*args, **kwargs)
+            self._last = out[2]  # (prompt_ids, completion_ids, logprobs, logprob_token_ids)
+            return out
+
+        vllm_generation.generate = recording_generate
+
+    def take(self, width: int, device=None) -> torch.Tensor | None:
+        """The last call's log-probs as a ``[B, width]`` tensor (NaN where the engine gave none, and beyond each
+        completion's end), or ``None`` when nothing was recorded since the last ``take``."""
+        rows, self._last = self._last, None
+        if rows is None:
+            return None
+        out = torch.full((len(rows), width), float("nan"), dtype=torch.float32)
+        for i, row in enumerate(rows):
+            values = [float("nan") if lp is None or lp[0] is None else float(lp[0]) for lp in row[:width]]
+            if values:
+                out[i, : len(values)] = torch.tensor(values, dtype=torch.float32)
+        return out.to(device) if device is not None else out

@@ -45,7 +45,7 @@ from .sampling import (
 )
 from .schedules import cosine_anneal, teacher_mix_ratio
 from .sharding import FSDP, check_sharding, frozen_copy, is_partitioned, prepare_frozen, reload_model
-from .student_vllm import check_student_vllm, enable_cpu_weight_sync
+from .student_vllm import SamplerLogprobs, check_student_vllm, enable_cpu_weight_sync
 from .teacher_server import TeacherServer, TeacherServerError
 from .trainer_loss import LossGlue
 from .verify import GradeCounter
@@ -256,8 +256,12 @@ class OPDTrainer(LossGlue, DistillationTrainer):
             if isinstance(err, SeadError) or "vocab_size" not in str(err):
                 raise
             raise SeadError(" ".join(str(err).split())) from err
+        self.sampler_logprobs = None
         if args.use_vllm:
             enable_cpu_weight_sync(self.vllm_generation)  # vLLM's CPU backend: TRL's weight sync as vLLM reloads
+            if args.estimator == "sampled" and args.vllm_importance_sampling_correction:
+                self.sampler_logprobs = SamplerLogprobs()  # the engine's q(y_t): importance weights in the loss
+                self.sampler_logprobs.attach(self.vllm_generation)
         self._check_tokenizer_fits()
         self._check_prompt_lengths()
         self._setup_output_transforms()  # before sharding: the check runs each model's forward
@@ -538,6 +542,10 @@ class OPDTrainer(LossGlue, DistillationTrainer):
         if training and self.curriculum is not None:
             inputs = self._curriculum_inputs(len(inputs))
         output = super()._generate_and_score_completions(inputs)
+        if self.sampler_logprobs is not None:
+            q_BT = self.sampler_logprobs.take(output["completion_ids"].shape[1], output["completion_ids"].device)
+            if q_BT is not None:
+                output["sampler_logprobs"] = q_BT
         if self.reward_funcs:
             output = self._score_completions(inputs, output, training)
         if training and self.args.zones and self.args.zone_scope == "step":
@@ -662,6 +670,15 @@ class OPDTrainer(LossGlue, DistillationTrainer):
                     for c, m, t in zip(completions, mixed, output["tool_mask"])
                 ]
                 output["tool_mask"] = pad(rows, padding_value=1, padding_side="right").to(device)
+            if output.get("sampler_logprobs") is not None:
+                # a teacher rollout has no student-sampler log-probs (NaN: weight 1); other rows keep theirs
+                width = output["completion_ids"].shape[1]
+                q_BT = torch.full((len(ids), width), float("nan"), device=device)
+                for i, (m, q) in enumerate(zip(mixed, output["sampler_logprobs"])):
+                    if not m:
+                        n = min(width, q.shape[0])
+                        q_BT[i, :n] = q[:n]
+                output["sampler_logprobs"] = q_BT
         return output, correct, mixed
 
     def _served_teacher_rollouts(self, prompt_ids, prompt_mask, G: int, seed: int) -> list[list[int]]:

@@ -203,7 +203,7 @@ class LossGlue:
             column = torch.full_like(inputs["prompt_ids"][:, :1], self._tokenizer.pad_token_id)
             inputs["completion_ids"] = column
             inputs["completion_mask"] = torch.zeros_like(inputs["prompt_mask"][:, :1])
-            for key in SERVED_KEYS:
+            for key in (*SERVED_KEYS, "sampler_logprobs"):
                 inputs.pop(key, None)
         self._refuse_multimodal(inputs)
         input_ids, attention_mask, logits_to_keep = self._sequences(inputs)
@@ -246,6 +246,9 @@ class LossGlue:
             **common,
         }
         completion_ids = inputs["completion_ids"].to(mask_BT.device)
+        if inputs.get("sampler_logprobs") is not None:  # vLLM rollouts: truncated importance weights (sampled)
+            options["sampler_logprobs"] = inputs["sampler_logprobs"].to(mask_BT.device)
+            options["importance_cap"] = args.vllm_importance_sampling_cap
         if args.use_fused_loss:
             return fused_objective(
                 student, teacher, mask_BT, completion_ids, reference=reference,

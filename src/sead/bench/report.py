@@ -122,7 +122,10 @@ def step_section(res: dict, command: str) -> tuple[str, dict]:
         "`min_tokens` forces the length). `sead_topk`: SEAD with the "
         "top-k estimator (k = 8, zone entropies over the same 8) and a teacher of the same size with 2 attention heads; "
         "`sead_server`: that step with that teacher served by a vLLM server on this machine (fp32, 127.0.0.1, started "
-        "once for the benchmark): one `prompt_logprobs` request per micro-batch, no teacher in the training process.",
+        "once for the benchmark): one `prompt_logprobs` request per micro-batch, no teacher in the training process. "
+        "`sead` takes its zone percentiles over the optimizer step (`zone_scope: step`, the default: an entropies-only "
+        "pre-pass of student and teacher over the step's rollouts); `sead_microbatch` the same step with "
+        "`zone_scope: micro_batch` (no pre-pass): their ratio is the step scope's cost.",
         "",
         _table(["trainer", "step ms", "step / TRL", "peak RSS MB"], table),
         *errors,

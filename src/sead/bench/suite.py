@@ -66,7 +66,10 @@ def bench_loss(
 # "sead_topk" / "sead_server": SEAD with the top-k estimator (k = 8), the teacher local / served by a vLLM server
 # that the suite starts on 127.0.0.1 for the whole benchmark (sead.bench.served).
 # "opd_vllm": vanilla OPD with the student's rollouts in TRL's vLLM colocate engine.
-STEP_TRAINERS = ("trl", "opd", "opd_nograde", "opd_vllm", "sead", "sgopd", "sead_topk", "sead_server")
+# "sead_microbatch": SEAD with zone_scope micro_batch (next to "sead", the default step scope: the pre-pass's cost).
+STEP_TRAINERS = (
+    "trl", "opd", "opd_nograde", "opd_vllm", "sead", "sead_microbatch", "sgopd", "sead_topk", "sead_server",
+)
 
 
 STEP_ROUNDS = 3

@@ -177,7 +177,8 @@ def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threa
 
     ds = make_dataset(max(256, batch * (steps + 1)), seed=0)
     ds = ds.add_column("difficulty", [(lv - 1) / 3 for lv in ds["level"]])
-    method = {"trl": "opd", "opd_nograde": "opd", "opd_vllm": "opd", "sead_topk": "sead", "sead_server": "sead"}.get(trainer_name, trainer_name)
+    method = {"trl": "opd", "opd_nograde": "opd", "opd_vllm": "opd", "sead_topk": "sead", "sead_server": "sead",
+              "sead_microbatch": "sead"}.get(trainer_name, trainer_name)
     topk = {}
     if trainer_name in ("sead_topk", "sead_server"):  # the same SEAD step with a top-k teacher, local or served
         # max_prompt_length: prompt + completion + the one token a scoring request generates fit the 64 positions
@@ -186,6 +187,8 @@ def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threa
         if not teacher_url:
             raise SystemExit("sead_server needs --teacher-url (the suite starts the server)")
         topk.update(teacher_server_url=teacher_url, teacher_server_model="teacher", teacher_server_startup_timeout=60)
+    if trainer_name == "sead_microbatch":  # zone percentiles per micro-batch: no step pre-pass (its cost)
+        topk["zone_scope"] = "micro_batch"
     vllm = trainer_name == "opd_vllm"  # the student's rollouts in TRL's vLLM colocate engine, not HF generate
     # vLLM names the minimum length min_tokens; HF generate min_new_tokens
     min_length = {"min_tokens": completion} if vllm else {"min_new_tokens": completion}
