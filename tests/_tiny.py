@@ -71,7 +71,7 @@ def tiny_dataset(n: int = 16, difficulty: bool = True, seed: int = 0):
 FAST = dict(
     use_cpu=True,
     bf16=False,
-    gradient_checkpointing=False,
+    activation_checkpointing=False,
     report_to=[],
     max_completion_length=8,
     per_device_train_batch_size=4,

@@ -103,3 +103,29 @@ def test_train_progress_in_a_log(tmp_path, capsys, monkeypatch):
                                                         ((1, 33), (2, 67), (3, 100))]
     assert all("loss" in line and "pass_rate" in line for line in lines[1:])
     assert "\r" not in err
+
+
+def test_no_future_warning_from_the_projects_own_settings(tmp_path):
+    """TRL's configs default the deprecated `gradient_checkpointing` to True; sead carries it to the current name,
+    and a training step emits no FutureWarning (TRL's own read of `is_gradient_checkpointing` is silenced)."""
+    import warnings
+
+    import torch
+
+    from _tiny import tiny_dataset, tiny_model, tokenizer
+    from sead.config import OPDConfig
+    from sead.trainer import OPDTrainer
+
+    torch.set_num_threads(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = OPDConfig(output_dir=str(tmp_path), method="opd", use_cpu=True, bf16=False, report_to=[], max_steps=1,
+                        per_device_train_batch_size=4, max_completion_length=4, disable_tqdm=True, save_strategy="no")
+        assert cfg.activation_checkpointing is True and cfg.gradient_checkpointing is True  # TRL's default, kept
+        OPDTrainer(tiny_model(0), tiny_model(1), args=cfg, train_dataset=tiny_dataset(8),
+                   processing_class=tokenizer()).train()
+    future = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert not future, future
+    # a user who sets the deprecated name still gets transformers' own warning
+    with pytest.warns(FutureWarning, match="gradient_checkpointing"):
+        OPDConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], gradient_checkpointing=False)

@@ -210,6 +210,13 @@ def test_demo_recipe_trains_two_steps(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "done, 2 steps" in proc.stdout
     assert (out / "model.safetensors").exists() or any(out.glob("*.safetensors"))
+    # piped output, as in a log (issue 16): no FutureWarning the project's settings cause, no carriage-return bar
+    # spam, and the training progress as single lines with the step and its loss
+    log = proc.stdout + proc.stderr
+    assert "FutureWarning" not in log, log[-3000:]
+    assert "\r" not in log
+    lines = [line for line in log.splitlines() if line.startswith("[sead train]")]
+    assert lines and lines[-1].startswith("[sead train] 2/2 steps (100%)"), log[-3000:]
 
 
 def test_train_with_nested_answers_and_chat_template(tmp_path, capsys):

@@ -20,7 +20,7 @@ from sead.trainer_loss import full_tensor as _full_tensor
 def _cfg(tmp_path, **kw):
     base = dict(
         output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4, max_completion_length=6,
-        learning_rate=1e-3, report_to=[], bf16=False, gradient_checkpointing=False, save_strategy="no",
+        learning_rate=1e-3, report_to=[], bf16=False, activation_checkpointing=False, save_strategy="no",
         use_cpu=True, disable_tqdm=True, logging_steps=1, seed=0,
     )  # fmt: skip
     base.update(kw)

@@ -31,7 +31,7 @@ def _cfg(tmp_path, **kw):
         learning_rate=1e-3,
         report_to=[],
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         save_strategy="no",
         use_cpu=True,
         disable_tqdm=True,
@@ -66,7 +66,7 @@ def test_opd_full_estimator_equals_trl_distillation_loss(tmp_path):
     ds = tiny_dataset(8)
     ours = OPDTrainer(tiny_model(0), tiny_model(1), args=_cfg(tmp_path, method="opd"), train_dataset=ds, processing_class=tokenizer())
     trl_args = DistillationConfig(
-        output_dir=str(tmp_path / "trl"), beta=1.0, report_to=[], bf16=False, gradient_checkpointing=False, use_cpu=True, max_steps=1
+        output_dir=str(tmp_path / "trl"), beta=1.0, report_to=[], bf16=False, activation_checkpointing=False, use_cpu=True, max_steps=1
     )
     theirs = DistillationTrainer(model=tiny_model(0), teacher_model=tiny_model(1), args=trl_args, train_dataset=ds, processing_class=tokenizer())
     batch = _batch(ours)

@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"sead {name}", description=commands[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(rest)
+    from .progress import quiet_library_bars_in_logs
+
+    quiet_library_bars_in_logs()  # outside a terminal: no carriage-return bars from datasets / transformers / hub
     try:
         return int(module.run(args) or 0)
     except SeadError as err:

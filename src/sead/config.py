@@ -374,7 +374,16 @@ class OPDConfig(DistillationConfig):
             self.entropy_top_k = None
         self._validate()
         check_inherited_fields(self)  # TRL fields sead does not read are refused (sead.inherited)
+        self._current_checkpointing_name()
         super().__post_init__()
+
+    def _current_checkpointing_name(self) -> None:
+        """TRL 1.16's configs default the deprecated ``gradient_checkpointing`` to ``True``; transformers 5 then warns
+        on every config that does not set ``activation_checkpointing`` (a FutureWarning the user did not cause). Carry
+        TRL's default over to the current name instead. A ``gradient_checkpointing`` the user set to another value
+        still goes through transformers' own deprecation path (and its warning)."""
+        if getattr(self, "activation_checkpointing", False) is None and self.gradient_checkpointing is True:
+            self.activation_checkpointing, self.gradient_checkpointing = True, None
 
     def _validate(self) -> None:
         unit = [

@@ -18,9 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from .errors import SeadError
+from .progress import progress_bar
 from .sampling import Sampler, Sampling, hf_sampler, sample_texts
 from .verify import TRAINING_MODE, grade_many
 
@@ -244,7 +243,7 @@ def run_prepass(
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
     done = {i: v for i, v in read_partial(partial_path).items() if 0 <= i < len(prompts)}
     todo = [i for i in range(len(prompts)) if i not in done]
-    bar = tqdm(
+    bar = progress_bar(
         total=len(prompts), initial=len(done), desc="difficulty", unit="prompt", disable=not progress, smoothing=0.1
     )
     sink = open(partial_path, "a") if partial_path is not None else None  # noqa: SIM115

@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from . import __version__
 from .benchmarks import Benchmark, parse_benchmark_specs
 from .errors import SeadError
+from .progress import progress_bar
 from .verify import DEFAULT_TIMEOUT_SECONDS, EXTRACTION_MODES, GradeResult, grade_many
 
 __all__ = [
@@ -274,7 +273,7 @@ def _grade_all(
 ) -> list[list[GradeResult]]:
     flat_responses = [r for group in responses for r in group]
     flat_golds = [g for group, g in zip(responses, golds) for _ in group]
-    with tqdm(total=len(flat_responses), desc=description, unit="ans", leave=False) as bar:
+    with progress_bar(total=len(flat_responses), desc=description, unit="ans", leave=False) as bar:
         flat = grade_many(
             flat_responses,
             flat_golds,

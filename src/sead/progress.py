@@ -21,7 +21,9 @@ from typing import Any, TextIO
 
 from transformers import TrainerCallback
 
-__all__ = ["LineProgress", "TrainProgress", "format_duration", "progress_bar", "progress_mode"]
+__all__ = [
+    "LineProgress", "TrainProgress", "format_duration", "progress_bar", "progress_mode", "quiet_library_bars_in_logs",
+]
 
 #: Seconds between two lines of :class:`LineProgress` (the first and the last update always print).
 LINE_INTERVAL = 30.0
@@ -74,6 +76,7 @@ class LineProgress:
         file: TextIO | None = None,
         interval: float = LINE_INTERVAL,
         clock=time.monotonic,
+        initial: int = 0,
         **_ignored: Any,
     ):
         self.iterable = iterable
@@ -81,7 +84,7 @@ class LineProgress:
             total = len(iterable)
         self.total, self.desc, self.unit, self.disable = total, desc or "", unit, disable
         self.file, self.interval, self.clock = file, float(interval), clock
-        self.n = 0
+        self.n = int(initial)
         self.postfix: dict[str, Any] = {}
         self.start = clock()
         self._last_print: float | None = None
@@ -181,8 +184,6 @@ class TrainProgress(TrainerCallback):
                 total=state.max_steps, desc=self.desc, unit="steps", disable=not self.enabled, leave=self.leave,
                 initial=state.global_step, **self.bar_kwargs,
             )  # fmt: skip
-            if isinstance(self.bar, LineProgress):
-                self.bar.n = state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is not None and logs:
@@ -197,3 +198,19 @@ class TrainProgress(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def quiet_library_bars_in_logs() -> bool:
+    """When progress is not a terminal bar (:func:`progress_mode`), turn off the tqdm bars of the libraries sead
+    drives (datasets' ``Map``, transformers' weight loading and saving, the hub's), which would write their
+    carriage-return updates into the log; sead's own progress stays, as lines. Returns whether it did."""
+    if progress_mode() == "bar":
+        return False
+    import datasets
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    return True

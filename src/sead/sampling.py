@@ -133,7 +133,7 @@ class HFSampler:
 
     @torch.no_grad()
     def sample_ids(self, prompt_ids, sampling, progress=False):
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
         gen = self.generation_config(sampling)
         rows = [list(ids) for ids in prompt_ids for _ in range(sampling.n)]
@@ -144,7 +144,7 @@ class HFSampler:
         out: list[list[int]] = []
         was_training = self.model.training
         self.model.eval()
-        bar = tqdm(
+        bar = progress_bar(
             total=len(rows), desc=progress if isinstance(progress, str) else "generating", disable=not progress,
             unit="seq",
         )  # fmt: skip

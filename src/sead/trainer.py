@@ -55,6 +55,12 @@ __all__ = ["OPDTrainer"]
 
 STATE_FILE = "sead_state.json"
 
+# TRL 1.16's generation helper (trl.models.utils.unwrap_model_for_generation) reads transformers 5's deprecated
+# `model.is_gradient_checkpointing` and calls `gradient_checkpointing_disable` / `_enable` around every rollout: FutureWarnings
+# per step that no setting of the user's (or sead's) causes or can avoid. Those messages, during TRL's rollout
+# generation only, are silenced (OPDTrainer._generate_and_score_completions); every other warning stays.
+_TRL_DEPRECATED_READS = r"`(is_gradient_checkpointing|gradient_checkpointing_enable|gradient_checkpointing_disable)` is deprecated"
+
 
 
 def teacher_mix_picks(rho: float, n: int, *, seed: int, step: int, rank: int) -> list[int]:
@@ -541,7 +547,9 @@ class OPDTrainer(LossGlue, DistillationTrainer):
         training = self.model.training
         if training and self.curriculum is not None:
             inputs = self._curriculum_inputs(len(inputs))
-        output = super()._generate_and_score_completions(inputs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_TRL_DEPRECATED_READS, category=FutureWarning)
+            output = super()._generate_and_score_completions(inputs)
         if self.sampler_logprobs is not None:
             q_BT = self.sampler_logprobs.take(output["completion_ids"].shape[1], output["completion_ids"].device)
             if q_BT is not None:

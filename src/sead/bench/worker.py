@@ -195,7 +195,7 @@ def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threa
     cfg = OPDConfig(
         output_dir=out, method=method, max_steps=steps, per_device_train_batch_size=batch,
         max_completion_length=completion, learning_rate=1e-4, logging_steps=1, report_to=[], bf16=False,
-        gradient_checkpointing=False, save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+        activation_checkpointing=False, save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
         competence_window=batch, teacher_num_generations=4, generation_kwargs=min_length,
         log_pass_rate=trainer_name != "opd_nograde",  # "opd_nograde": the same work as TRL's step (no grading)
         use_vllm=vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,

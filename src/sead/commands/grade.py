@@ -86,10 +86,9 @@ def row_gold(row: dict[str, Any], benchmark, where: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from ..benchmarks import get_benchmark
     from ..evaluate import avg_at_k, mean_pass_at_k, report_ks, summarize_grades
+    from ..progress import progress_bar
     from ..verify import grade_many
 
     in_path, out_path = Path(args.input), Path(args.output)
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     flat_responses = [r for group in responses for r in group]
     flat_golds = [g for group, g in zip(responses, golds) for _ in group]
-    with tqdm(total=len(flat_responses), desc="grading", unit="ans") as bar:
+    with progress_bar(total=len(flat_responses), desc="grading", unit="ans") as bar:
         flat = grade_many(
             flat_responses,
             flat_golds,

@@ -110,6 +110,20 @@ def _resume_target(value: str | None, output_dir: str) -> str | None:
     return value
 
 
+def use_line_progress(trainer) -> None:
+    """Outside a terminal (a log file, CI, a cluster job), transformers' carriage-return bar would write every
+    update onto one line: replace it by :class:`sead.progress.TrainProgress` (a line now and then with step, loss,
+    pass rate and ETA). On a terminal the bar stays."""
+    from transformers.trainer_callback import ProgressCallback
+
+    from ..progress import TrainProgress, progress_mode
+
+    if progress_mode() == "bar" or trainer.args.disable_tqdm:
+        return
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(TrainProgress("sead train", leave=True))
+
+
 def run(args: argparse.Namespace) -> int:
     argv = (["--config", args.config] if args.config else []) + list(args.fields or [])
     if "-h" in argv or "--help" in argv:
@@ -133,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     except (ValueError, OSError) as err:  # TRL / transformers refusing the models or data: the user's to fix
         raise SeadError(f"{type(err).__name__}: " + " ".join(str(err).split())) from err
+    use_line_progress(trainer)
     with interrupt.installed():
         try:
             trainer.train(resume_from_checkpoint=resume)
