@@ -199,7 +199,7 @@ def test_sign_gate_scales_as_specified_inside_the_objective():
     logp = lambda z: torch.log_softmax(z, -1).gather(-1, ids[..., None])[..., 0]  # noqa: E731
     d = logp(t) - logp(s).detach()
     v = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
-    lam = torch.where(d * v > 0, 1.8, 0.5)
+    lam = torch.where(d * v > 0, 1.8, 1.0)  # the defaults: 1.8 on consensus, 1.0 on conflict
     expected = -(lam * d * logp(s)).sum() / 6  # no reference model: A = lambda * d
     assert torch.allclose(out.loss, expected)
 

@@ -65,7 +65,7 @@ ASSUMPTIONS = {
     "checkpointed_activations": "one H-vector per token per layer, plus one layer recomputed in backward",
     "naive_loss_tiles": 6,  # [B*T_c, V] fp32 tensors alive at once on the full-logits path (+1 with a reference model)
     "fused_loss_tiles": 4,  # [chunk, V] fp32 tiles per chunk (sead.fused)
-    "fused_sign_gate_loss_tiles": 6,  # [chunk, V] fp32 tiles per chunk of the fused sign-gated loss (three heads)
+    "fused_sign_gate_loss_tiles": 9,  # [chunk, V] fp32 tiles per chunk of the fused sign-gated loss (three heads, gated target)
     "gathered_layers": 2,  # ZeRO-3 / FSDP2: unsharded layers alive at once (current + prefetch)
     "teacher_server_memory_utilization": 0.9,  # vLLM's default --gpu-memory-utilization on the server's GPUs
 }
@@ -346,10 +346,10 @@ def frozen_bytes(strategy: str, num_params: int, load_bytes: int, gpus: int, mix
 
 
 def uses_fused_loss(cfg) -> bool:
-    """Whether a recipe's loss runs fused from hidden states (no ``[T, V]`` logits): ``use_fused_loss`` with the
-    full-vocabulary estimator, or with the sign gate (the fused sign-gated loss, three heads). Must agree with the
-    dispatch in ``OPDTrainer._compute_loss``."""
-    return bool(cfg.use_fused_loss and (cfg.estimator == "full" or cfg.sign_gate))
+    """Whether a recipe's loss runs fused from hidden states (no ``[T, V]`` logits): ``use_fused_loss``, for every
+    estimator, with or without the sign gate (``sead.fused.fused_objective``). Must agree with
+    ``sead.trainer_loss.LossGlue._objective``."""
+    return bool(cfg.use_fused_loss)
 
 
 def _chunk_rows(vocab: int, chunk_size: int | None) -> int:
