@@ -21,15 +21,6 @@ from sead.losses import (
     topk_reverse_kl,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: a single intra-op thread avoids oversubscribing the shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 PAIR_FNS = {
     "forward_kl": forward_kl,
     "reverse_kl": reverse_kl,

@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from _tiny import (
     save_models,
@@ -31,14 +30,6 @@ from sead.cli import main
 from sead.curriculum import CompetenceCurriculum
 from sead.errors import SeadError
 from sead.trainer import OPDTrainer
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _refused(match: str, **kwargs):

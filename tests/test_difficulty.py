@@ -8,20 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from _tiny import REPO, save_models, tokenizer, write_jsonl
 from sead import difficulty as prepass
 from sead.cli import main
 from sead.commands import difficulty as cmd
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class CountingGenerator:

@@ -17,15 +17,6 @@ from hypothesis import strategies as st
 
 from sead.losses import fused_sead_loss, sead_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: a single intra-op thread avoids oversubscribing the shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 SKIP, RKL, FKL, MASKED = 0, 1, 2, -1
 
 

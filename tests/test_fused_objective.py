@@ -18,14 +18,6 @@ from sead.objective import logits_objective
 from sead.zones import MASKED, SKIP
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _logits(h, w, b, tf):
     z = h @ w.T
     return tf(z if b is None else z + b)

@@ -16,14 +16,6 @@ from sead.losses import fused_sead_loss, sead_loss
 from sead.zones import MASKED, SKIP, zone_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _problem(seed, n, v=512, h=32, *, spread=True, bias=False, p_mask=1.0, dtype=torch.float32):
     """Random heads shaped like the benchmark's (student logits ~ N(0, 1), teacher 1.5x). With ``spread``,
     each row's hidden state is scaled by a log-uniform factor in [0.3, 8], so entropies range from about

@@ -13,20 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import TrainerCallback
 
 from _tiny import sead_command, standard_recipe, subprocess_env, tiny_trainer
 from sead.commands.train import EXIT_INTERRUPTED
 from sead.interrupt import GracefulInterrupt
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class _SignalAt(TrainerCallback):

@@ -15,14 +15,6 @@ from sead.logit_transforms import IDENTITY, LogitTransform, check_output_transfo
 from sead.objective import logits_objective
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("fields,expected", [
     ({}, LogitTransform()),
     ({"logit_scale": None}, LogitTransform()),  # MPT-like: None reads as unscaled

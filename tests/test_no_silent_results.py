@@ -13,13 +13,6 @@ from sead.objective import logits_objective
 CPU = {"use_cpu": True, "bf16": False, "report_to": []}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 
 # ---- the sampled estimator needs on-policy rollouts at the loss temperature (item 3) --------------------------
 @pytest.mark.parametrize(

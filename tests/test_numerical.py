@@ -18,13 +18,6 @@ from sead.errors import NonFiniteError
 NAN, INF = float("nan"), float("inf")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 class _Recorder(TrainerCallback):
     """Parameters and Adam moments after every optimizer step (index 0: before training)."""

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from _tiny import REPO, sead_command, subprocess_env
@@ -16,13 +15,6 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 ACCELERATE = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))
 PAPER = ["olmo3-7b-32b-opd.yaml", "olmo3-7b-32b-sead.yaml", "olmo3-7b-32b-sgopd.yaml"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def parse_recipe(path: Path, *extra: str):

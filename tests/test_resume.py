@@ -44,13 +44,6 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _rng_snapshot():
     return torch.get_rng_state(), np.random.get_state(), random.getstate()

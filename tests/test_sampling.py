@@ -28,14 +28,6 @@ from sead.sampling import (
 from sead.vllm_server import ServerError, ServerSampler, sample_from_server
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _prompts(tok):
     return [tok("12+34=", add_special_tokens=False)["input_ids"], tok("5*6=", add_special_tokens=False)["input_ids"]]
 

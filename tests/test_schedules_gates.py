@@ -11,15 +11,6 @@ from hypothesis import strategies as st
 
 from sead.losses import cosine_anneal, sign_gate_lambda, sign_gated_advantage, teacher_mix_ratio
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: a single intra-op thread avoids oversubscribing the shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 SETTINGS = settings(max_examples=50, deadline=None)
 
 

@@ -16,14 +16,6 @@ from sead.objective import logits_objective
 from sead.zones import SKIP, zone_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def served(p, k, shuffle=True):
     """What a server returns for the dense teacher of problem ``p``: top-k ids and log-probs (in a shuffled order
     per position: the loss sorts them), and the sampled token's log-prob; all at temperature 1."""

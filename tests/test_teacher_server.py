@@ -23,13 +23,6 @@ from sead.vllm_server import sample_from_server
 K = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture
 def teacher():

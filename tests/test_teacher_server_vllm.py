@@ -79,13 +79,6 @@ def vllm_server(tmp_path_factory):
         pytest.fail(str(err))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _hf(folder):
     from transformers import AutoModelForCausalLM

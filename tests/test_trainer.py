@@ -14,14 +14,6 @@ from sead.losses import fused_sead_loss, reverse_kl, sead_loss
 from sead.trainer import OPDTrainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def _cfg(tmp_path, **kw):
     base = dict(
         output_dir=str(tmp_path / "out"),

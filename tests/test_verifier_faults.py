@@ -7,21 +7,11 @@ import signal
 import time
 
 import pytest
-import torch
 
 import sead.verify as verify
 from _tiny import parity_reward, tiny_dataset, tiny_trainer
 from sead.rewards import RewardTimeout as _RewardTimeout
 from sead.rewards import call_time_bounded as _call_time_bounded
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 BAD = "Q: 1+1=? A:"
 
