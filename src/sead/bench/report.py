@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 from ..plots import plot_accuracy_curves
+from .suite import LOSS_IMPLS
 
 
 def _machine_line(m: dict) -> str:
@@ -38,16 +39,7 @@ def loss_section(res: dict, command: str) -> tuple[str, dict]:
     by = {(r["impl"], r["N_requested"], r["V"]): r for r in rows}
     shapes = sorted({(r["N_requested"], r["V"]) for r in rows}, key=lambda s: (s[1], s[0]))
     table = []
-    impls = (
-        "sead_fused",
-        "sead_fused_bf16zones",
-        "sead_fused_ownsupport",
-        "opd_fused",
-        "sgopd_fused",
-        "trl_chunked",
-        "naive",
-        "sgopd_naive",
-    )
+    impls = LOSS_IMPLS
     for n, v in shapes:
         trl, opd = by.get(("trl_chunked", n, v)), by.get(("opd_fused", n, v))
         for impl in impls:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SeadError
+from .engine_args import add_engine_arguments, vllm_kwargs
 
 OUTPUT_SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -70,19 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--partial", default=None, help="partial-results file for resuming (default OUT.partial.jsonl)"
     )
-    parser.add_argument(
-        "--backend",
-        choices=("auto", "hf", "vllm", "server"),
-        default="auto",
+    add_engine_arguments(
+        parser, backends=("auto", "hf", "vllm", "server"), default="auto",
         help="generation engine; auto: vLLM when installed and a GPU is present, else Hugging Face generate; "
         "server: a running vLLM server (--server-url)",
-    )
-    parser.add_argument(
-        "--server-url", default=None, help="--backend server: the server's address, e.g. http://127.0.0.1:8000"
-    )
-    parser.add_argument(
-        "--server-model", default=None, help="--backend server: the served model's id (default: the first served)"
-    )
+    )  # fmt: skip
     parser.add_argument(
         "--batch-size", type=int, default=64, help="sequences per HF generate call (default 64)"
     )
@@ -116,16 +109,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts (smoke tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds allowed per grade (default 5)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    parser.add_argument(
-        "--vllm-gpu-memory-utilization", type=float, default=0.9, help="vLLM backend (default 0.9)"
-    )
-    parser.add_argument("--vllm-tensor-parallel-size", type=int, default=1, help="vLLM backend (default 1)")
-    parser.add_argument(
-        "--vllm-kwargs",
-        default=None,
-        help='vLLM backend: JSON of more vllm.LLM arguments, e.g. \'{"enforce_eager": true, "max_model_len": 8192}\'',
-    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -208,23 +191,6 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.limit is not None and args.limit < 1:
         raise SeadError(f"--limit must be >= 1; got {args.limit}")
     return settings
-
-
-def vllm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """``vllm.LLM`` arguments from the ``--vllm-*`` flags."""
-    extra = {}
-    if getattr(args, "vllm_kwargs", None):
-        try:
-            extra = json.loads(args.vllm_kwargs)
-        except json.JSONDecodeError as err:
-            raise SeadError(f"--vllm-kwargs must be a JSON object: {err}") from err
-        if not isinstance(extra, dict):
-            raise SeadError("--vllm-kwargs must be a JSON object")
-    return {
-        "gpu_memory_utilization": args.vllm_gpu_memory_utilization,
-        "tensor_parallel_size": args.vllm_tensor_parallel_size,
-        **extra,
-    }
 
 
 def run(args: argparse.Namespace) -> int:

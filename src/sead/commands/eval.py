@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 
 from ..benchmarks import DATA_DIR_ENV, benchmark_names
-from ..verify import DEFAULT_TIMEOUT_SECONDS, EXTRACTION_MODES
+from ..verify import DEFAULT_TIMEOUT_SECONDS
+from .engine_args import add_engine_arguments, add_mode_argument, vllm_kwargs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,44 +49,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "else the Hugging Face hub)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per generate call (hf backend)")
-    parser.add_argument(
-        "--backend",
-        choices=("hf", "vllm", "server"),
-        default="hf",
+    add_engine_arguments(
+        parser, backends=("hf", "vllm", "server"), default="hf",
         help="generation backend: Hugging Face generate, a vLLM engine, or a running vLLM server (--server-url)",
-    )
-    parser.add_argument(
-        "--server-url", default=None, help="--backend server: the server's address, e.g. http://127.0.0.1:8000"
-    )
-    parser.add_argument(
-        "--server-model", default=None, help="--backend server: the served model's id (default: the first served)"
-    )
-    parser.add_argument(
-        "--vllm-gpu-memory-utilization", type=float, default=0.9, help="vLLM backend (default 0.9)"
-    )
-    parser.add_argument("--vllm-tensor-parallel-size", type=int, default=1, help="vLLM backend (default 1)")
-    parser.add_argument(
-        "--vllm-kwargs",
-        default=None,
-        help='vLLM backend: JSON of more vllm.LLM arguments, e.g. \'{"enforce_eager": true}\'',
-    )
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--no-greedy", action="store_true", help="skip the greedy pass@1 run")
     parser.add_argument(
         "--no-chat-template", action="store_true", help="do not wrap prompts in the chat template"
     )
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds allowed per grade (default 5)"
     )
     parser.add_argument("--grade-workers", type=int, default=None, help="parallel grading processes")
-    parser.add_argument(
-        "--mode",
-        default="auto",
-        choices=EXTRACTION_MODES,
-        help="answer extraction: auto (default; falls back to the last number), strict (explicit final answers "
-        "only, as in training), or one marker alone (see docs/evaluation.md)",
-    )
+    add_mode_argument(parser)
 
 
 def default_out_dir(model: str) -> Path:
@@ -96,7 +73,6 @@ def default_out_dir(model: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import EvalConfig, evaluate_model
-    from .difficulty import vllm_kwargs
 
     config = EvalConfig(
         model=args.model,

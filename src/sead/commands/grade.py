@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SeadError
-from ..verify import DEFAULT_TIMEOUT_SECONDS, EXTRACTION_MODES
+from ..verify import DEFAULT_TIMEOUT_SECONDS
+from .engine_args import add_mode_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,13 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--benchmark", default=None, help="take the gold answer with this benchmark's rule")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds per grade")
-    parser.add_argument(
-        "--mode",
-        default="auto",
-        choices=EXTRACTION_MODES,
-        help="answer extraction: auto (default; falls back to the last number), strict (explicit final answers "
-        "only, as in training), or one marker alone (see docs/evaluation.md)",
-    )
+    add_mode_argument(parser)
     parser.add_argument("--workers", type=int, default=None, help="parallel grading processes")
 
 
