@@ -1,0 +1,41 @@
+"""Paired 95% intervals of the quality benchmark against hand-computed values."""
+
+import math
+
+import pytest
+
+from sead.bench.stats import mean_sd, paired_difference, t_quantile_975
+
+
+def test_paired_interval_hand_computed():
+    # x - y = [2, 4, 3, 5, 1]: mean 3, sd sqrt(10/4) = 1.5811; t_{0.975,4} = 2.776
+    # half width = 2.776 * 1.5811 / sqrt(5) = 1.9630
+    res = paired_difference([12, 14, 13, 15, 11], [10, 10, 10, 10, 10])
+    assert res["n"] == 5
+    assert res["mean"] == pytest.approx(3.0)
+    assert res["sd"] == pytest.approx(math.sqrt(2.5))
+    assert res["ci_low"] == pytest.approx(3.0 - 1.9630, abs=1e-3)
+    assert res["ci_high"] == pytest.approx(3.0 + 1.9630, abs=1e-3)
+
+
+def test_pairing_removes_the_shared_seed_effect():
+    # a seed effect common to both variants: unpaired sd is large, paired sd 0
+    x, y = [0.5, 0.7, 0.6], [0.4, 0.6, 0.5]
+    res = paired_difference(x, y)
+    assert res["mean"] == pytest.approx(0.1) and res["sd"] == pytest.approx(0.0, abs=1e-12)
+    assert res["ci_low"] == pytest.approx(0.1) and res["ci_high"] == pytest.approx(0.1)
+    assert mean_sd(x)[1] == pytest.approx(0.1)
+
+
+def test_one_seed_has_no_interval_and_mismatch_is_refused():
+    assert paired_difference([1.0], [0.5]) == {"mean": 0.5, "sd": 0.0, "n": 1, "ci_low": None, "ci_high": None}
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference([1, 2], [1])
+
+
+def test_t_quantiles():
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(4) == 2.776 and t_quantile_975(30) == 2.042
+    assert t_quantile_975(60) == pytest.approx(2.000, abs=2e-3)  # table value 2.000
+    assert t_quantile_975(120) == pytest.approx(1.980, abs=2e-3)  # table value 1.980
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
