@@ -68,3 +68,22 @@ def test_table_shows_sampled_columns():
     head, _, *rows = table.splitlines()
     assert head.split() == ["method", "L1", "L2", "overall", "AUC", "avg@8", "pass@8", "wall", "s"]
     assert rows[-1].split() == ["opd", "100.0", "0.0", "50.0", "40.0", "25.0", "75.0", "3"]
+
+
+def test_demo_recipe_holds_the_demo_values():
+    from pathlib import Path
+
+    import yaml
+
+    from sead.demo import demo_config, task_size
+    from sead.tasks import get_task
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml").read_text())
+    size = task_size(recipe["builtin_task"], quick=False)
+    cfg = demo_config("sead", size, "/tmp/unused", 0, size["steps"])
+    for key in ("max_steps", "per_device_train_batch_size", "learning_rate", "max_completion_length",
+                "competence_window", "teacher_num_generations", "temperature"):
+        assert recipe[key] == getattr(cfg, key), key
+    assert recipe["builtin_num_prompts"] == size["num_prompts"]
+    assert recipe["difficulty_num_rollouts"] == size["difficulty_rollouts"]
+    assert recipe["max_completion_length"] == get_task(recipe["builtin_task"]).max_new_tokens

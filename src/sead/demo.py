@@ -116,6 +116,8 @@ class DemoOptions:
     out: Path = Path("runs/demo")
     cache_dir: str | None = None
     threads: int = 1
+    #: Methods trained at a time, each in its own process (one torch thread each); 1: one after another here.
+    jobs: int = 3
     progress: bool = True
     report_to: tuple[str, ...] = ("tensorboard",)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -203,15 +205,33 @@ class DemoData:
 def prepare_demo(
     size: dict[str, Any], seed: int, quick: bool, cache_dir: str | None, progress: bool
 ) -> DemoData:
-    """Models (cached), training prompts with their difficulty (student pass rate), held-out problems."""
+    """Models (cached), training prompts with their difficulty (student pass rate), held-out problems.
+
+    When the teacher is not cached yet, it trains in a second process while this one trains the student
+    and runs the difficulty pre-pass (two cores: the student's work is hidden behind the teacher's)."""
+    from pathlib import Path as _Path
+
     from .difficulty import estimate_difficulty
+    from .tasks.prepare import default_cache_dir, join_background, prepare_in_background, read_metrics
 
     task = _task(size)
-    prepared = task.prepare_models(cache_dir=cache_dir, quick=quick, seed=0, progress=progress)
-    train = task.make_dataset(size["num_prompts"], levels=prepared.levels, seed=seed, split="train")
+    cache = _Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    teacher_recipe, student_recipe = task.recipes(quick)
+    child = None
+    if read_metrics(task.entry_dir(teacher_recipe, 0, cache), task.metrics_file) is None:
+        if progress:
+            print(f"[sead demo] training the {task.name} teacher in a second process (a few minutes) ...", flush=True)
+        child = prepare_in_background(task.name, "teacher", quick, 0, cache)
+    tokenizer = task.build_tokenizer()
+    student_dir, _, _ = task.prepare_one(student_recipe, tokenizer, 0, cache, progress)
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(student_dir).eval()
+    levels = task.eval_levels(teacher_recipe)
+    train = task.make_dataset(size["num_prompts"], levels=levels, seed=seed, split="train")
     difficulty = estimate_difficulty(
-        prepared.load_student(),
-        prepared.tokenizer,
+        student,
+        tokenizer,
         train["prompt"],
         train["answer"],
         num_rollouts=size["difficulty_rollouts"],
@@ -222,8 +242,11 @@ def prepare_demo(
         seed=seed,
     )
     train = train.add_column("difficulty", difficulty)
-    test = task.make_dataset(size["num_test"], levels=prepared.levels, seed=task.eval_seed, split="test")
+    test = task.make_dataset(size["num_test"], levels=levels, seed=task.eval_seed, split="test")
     curve = test.select(range(min(size["num_curve"], len(test))))
+    if child is not None:
+        join_background(child, f"{task.name} teacher")
+    prepared = task.prepare_models(cache_dir=cache, quick=quick, seed=0, progress=progress)
     return DemoData(prepared, train, test, curve)
 
 
@@ -367,10 +390,12 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         "settings": {"quick": opts.quick, "steps": steps, "seed": opts.seed, **size, "threads": opts.threads},
         "prep_seconds": prep_seconds,
     }
-    for method in opts.methods:
+    overrides = {"report_to": list(opts.report_to), **opts.extra}  # tensorboard files: OUT/METHOD/runs/
+    if opts.jobs > 1 and len(opts.methods) > 1:
+        results["methods"] = _train_in_workers(opts, data, curve_start, steps, overrides, out)
+    for method in opts.methods if not results["methods"] else ():
         if opts.progress:
             print(f"[sead demo] training {method} for {steps} steps ...", flush=True)
-        overrides = {"report_to": list(opts.report_to), **opts.extra}  # tensorboard files: OUT/METHOD/runs/
         res = run_variant(method, data, size, out / method, opts.seed, steps, overrides, progress=opts.progress)
         res["curve"] = [[0, curve_start], *res["curve"]]
         res["auc"] = _normalized_auc([p[0] for p in res["curve"]], [p[1] for p in res["curve"]])
@@ -379,6 +404,33 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     results["total_seconds"] = time.perf_counter() - t0
     _write_outputs(results, out)
     return results
+
+
+def _train_in_workers(opts: DemoOptions, data: DemoData, curve_start: float, steps: int, overrides, out: Path):
+    """Each method in a worker process (``sead.bench.worker quality``), ``opts.jobs`` at a time."""
+    import tempfile
+
+    from .bench.common import run_workers
+    from .bench.quality import save_data
+
+    if opts.progress:
+        print(f"[sead demo] training {', '.join(opts.methods)} for {steps} steps, {opts.jobs} at a time ...", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_data(data, Path(tmp), curve_start)
+        common = ["--task", opts.task, "--seed", str(opts.seed), "--data", tmp, "--steps", str(steps), "--keep-log",
+                  "--threads", "1", "--overrides", json.dumps(overrides)]
+        common += (["--quick"] if opts.quick else []) + (["--cache-dir", str(opts.cache_dir)] if opts.cache_dir else [])
+        done = run_workers(
+            [(m, ["quality", "--variant", m, "--out", str(out / m), *common]) for m in opts.methods],
+            opts.jobs, opts.progress, "sead demo",
+        )
+    methods = {}
+    for m, res in done.items():
+        if "error" in res:
+            raise SeadError(f"sead demo: training {m} failed in its worker process: {res['error']}")
+        res["log_history"] = json.loads((out / m / "log_history.json").read_text())
+        methods[m] = res
+    return methods
 
 
 def measure_mechanisms(task, teacher, student, tokenizer, num_prompts: int, seed: int, levels) -> dict[str, Any]:

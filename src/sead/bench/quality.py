@@ -50,6 +50,15 @@ def _size(task: str, quick: bool, steps: int | None) -> dict[str, Any]:
     return size
 
 
+def save_data(data, out: Path, curve_start: float) -> None:
+    """Save a :class:`sead.demo.DemoData`'s datasets (and the student's accuracy on the curve subset) for
+    :func:`run_one` in another process."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "test", "curve"):
+        getattr(data, name).save_to_disk(str(out / name))
+    (out / "curve_start.json").write_text(json.dumps({"curve_start": curve_start}))
+
+
 def prepare_seed(task: str, quick: bool, seed: int, out: Path, cache_dir: str | None = None) -> dict[str, Any]:
     """Save seed ``seed``'s data under ``out`` and return the starting scores (student, and teacher)."""
     from ..demo import evaluate_final, prepare_demo
@@ -58,13 +67,11 @@ def prepare_seed(task: str, quick: bool, seed: int, out: Path, cache_dir: str | 
     size = _size(task, quick, None)
     t0 = time.perf_counter()
     data = prepare_demo(size, seed, quick, cache_dir, progress=False)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("train", "test", "curve"):
-        getattr(data, name).save_to_disk(str(out / name))
     tok, t = data.prepared.tokenizer, get_task(task)
     student = data.prepared.load_student()
     start = evaluate_final(student, tok, data, size, seed=seed)
     curve_start = scoring.evaluate_accuracy(student, tok, data.curve, batch_size=512, max_new_tokens=t.max_new_tokens)["accuracy"]
+    save_data(data, out, curve_start)
     difficulty = [float(d) for d in data.train["difficulty"]]
     res = {
         "seed": seed,
@@ -83,9 +90,10 @@ def prepare_seed(task: str, quick: bool, seed: int, out: Path, cache_dir: str | 
 
 def run_one(
     task: str, quick: bool, seed: int, variant: str, data_dir: Path, out: Path, steps: int | None = None,
-    cache_dir: str | None = None, overrides: dict | None = None,
+    cache_dir: str | None = None, overrides: dict | None = None, keep_log: bool = False,
 ) -> dict[str, Any]:
-    """Train ``variant`` on seed ``seed``'s saved data; return its scores (no log history)."""
+    """Train ``variant`` on seed ``seed``'s saved data; return its scores (the log history goes to
+    ``out/log_history.json`` with ``keep_log``)."""
     from datasets import load_from_disk
 
     from ..demo import DemoData, _normalized_auc, run_variant, training_mechanisms
@@ -94,7 +102,7 @@ def run_one(
     size = _size(task, quick, steps)
     prepared = get_task(task).prepare_models(cache_dir=cache_dir, quick=quick, seed=0, progress=False)
     data = DemoData(prepared, *(load_from_disk(str(data_dir / name)) for name in ("train", "test", "curve")))
-    start = json.loads((data_dir / "start.json").read_text())
+    start = json.loads((data_dir / "curve_start.json").read_text())
     config = dict(VARIANTS[variant]) if variant in VARIANTS else {}
     config.update(overrides or {})
     if "method" not in config:
@@ -106,7 +114,11 @@ def run_one(
     )
     res["curve"] = [[0, start["curve_start"]], *res["curve"]]
     res["auc"] = _normalized_auc([p[0] for p in res["curve"]], [p[1] for p in res["curve"]])
-    res["training_mechanisms"] = training_mechanisms(res.pop("log_history"))
+    history = res.pop("log_history")
+    res["training_mechanisms"] = training_mechanisms(history)
+    if keep_log:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "log_history.json").write_text(json.dumps(history))
     res.update(variant=variant, seed=seed, seconds=time.perf_counter() - t0, overrides=config)
     return res
 

@@ -11,7 +11,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import quality as _quality
-from .common import machine_facts, median, run_worker
+from .common import machine_facts, median, run_worker, run_workers
 
 LOSS_IMPLS = ("sead_fused", "sead_fused_bf16zones", "sead_fused_ownsupport", "opd_fused", "trl_chunked", "naive")
 # One-setting variants of the fused SEAD loss, measured only at the goal shape (in --quick at its one shape).
@@ -100,20 +100,6 @@ QUALITY_METRICS = ("accuracy", "auc", "avg_at_k", "pass_at_k")
 QUALITY_SEEDS = 5
 
 
-def _run_jobs(jobs: list[tuple[str, list[str]]], workers: int, progress: bool, desc: str) -> dict[str, dict]:
-    """Run ``(key, worker args)`` jobs, ``workers`` processes at a time; ``{key: result}``."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    out: dict[str, dict] = {}
-    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, tqdm(total=len(jobs), desc=desc, disable=not progress) as bar:
-        futures = {pool.submit(run_worker, args, 7200, env): key for key, args in jobs}
-        for future in futures:
-            out[futures[future]] = future.result()
-            bar.update(1)
-    return out
-
-
 def bench_quality(
     quick: bool = False,
     seeds: int | None = None,
@@ -150,7 +136,7 @@ def bench_quality(
     common = ["--task", task, "--threads", str(threads)] + (["--quick"] if quick else []) + (["--cache-dir", cache_dir] if cache_dir else [])
     with tempfile.TemporaryDirectory() as tmp:
         data_dirs = {seed: Path(tmp) / f"data-{seed}" for seed in range(seeds)}
-        starts = _run_jobs(
+        starts = run_workers(
             [(str(s), ["quality-data", "--seed", str(s), "--data", str(d), *common]) for s, d in data_dirs.items()],
             jobs, progress, "quality data",
         )
@@ -167,7 +153,7 @@ def bench_quality(
                 if name in overrides:
                     args += ["--overrides", json.dumps(overrides[name])]
                 run_jobs.append((f"{name}\t{seed}", args))
-        done = _run_jobs(run_jobs, jobs, progress, "bench quality")
+        done = run_workers(run_jobs, jobs, progress, "bench quality")
     mechanisms = None
     if size.get("mechanism_prompts"):
         from .profile_mechanisms import measure

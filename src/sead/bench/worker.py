@@ -188,6 +188,7 @@ def main(argv=None) -> int:
             qp.add_argument("--steps", type=int, default=None)
             qp.add_argument("--out", required=True)
             qp.add_argument("--overrides", default=None, help="JSON object of OPDConfig fields")
+            qp.add_argument("--keep-log", action="store_true", help="write OUT/log_history.json")
     a = p.parse_args(argv)
     if a.what == "loss":
         res = bench_loss(a.impl, a.n, a.v, a.h, a.reps, a.threads)
@@ -203,7 +204,9 @@ def main(argv=None) -> int:
             res = prepare_seed(a.task, a.quick, a.seed, Path(a.data), a.cache_dir)
         else:
             overrides = json.loads(a.overrides) if a.overrides else None
-            res = run_one(a.task, a.quick, a.seed, a.variant, Path(a.data), Path(a.out), a.steps, a.cache_dir, overrides)
+            res = run_one(
+                a.task, a.quick, a.seed, a.variant, Path(a.data), Path(a.out), a.steps, a.cache_dir, overrides, a.keep_log
+            )
     print(json.dumps(res))
     return 0
 

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-dir", default=None, help="model cache (default $SEAD_CACHE_DIR or ~/.cache/sead)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
+    parser.add_argument(
+        "--jobs", type=int, default=3, help="methods trained at a time, one process each (1: one after another)"
+    )
     parser.add_argument("--no-tensorboard", action="store_true", help="do not write tensorboard event files")
 
 
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         cache_dir=args.cache_dir,
         threads=args.threads,
+        jobs=max(1, args.jobs),
         report_to=() if args.no_tensorboard else ("tensorboard",),
     )
     results = run_demo(opts)

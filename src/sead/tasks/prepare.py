@@ -30,7 +30,7 @@ from sead.errors import SeadError
 from . import scoring, sft
 from .sft import ModelSpec, SFTSettings
 
-__all__ = ["Recipe", "PreparedModels", "BuiltinTask", "default_cache_dir", "save_atomically"]
+__all__ = ["Recipe", "PreparedModels", "BuiltinTask", "default_cache_dir", "save_atomically", "prepare_in_background"]
 
 
 @dataclass(frozen=True)
@@ -144,23 +144,35 @@ def save_atomically(model, tokenizer, metrics: dict, target: Path, progress: boo
     return metrics
 
 
-def _prepare_student(task_name: str, quick: bool, seed: int, cache_dir: str, num_threads: int) -> None:
-    """Child process of :meth:`BuiltinTask.prepare_models`: train and cache the student."""
+def _prepare_role(task_name: str, role: str, quick: bool, seed: int, cache_dir: str, num_threads: int) -> None:
+    """Child process of :func:`prepare_in_background`: train and cache one model."""
     from . import get_task
 
     torch.set_num_threads(num_threads)
     task = get_task(task_name)
-    _, student = task.recipes(quick)
-    task.prepare_one(student, task.build_tokenizer(), seed, Path(cache_dir), progress=False)
+    recipe = dict(zip(("teacher", "student"), task.recipes(quick)))[role]
+    task.prepare_one(recipe, task.build_tokenizer(), seed, Path(cache_dir), progress=False)
 
 
-def _start_child(task_name: str, quick: bool, seed: int, cache_dir: Path, num_threads: int):
+def prepare_in_background(task_name: str, role: str, quick: bool, seed: int, cache_dir: Path, num_threads: int = 1):
+    """Train and cache the ``role`` model (``"teacher"`` or ``"student"``) of a task in a second process;
+    returns the started :class:`multiprocessing.Process` (``join`` it, then check ``exitcode``)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    child = ctx.Process(target=_prepare_student, args=(task_name, quick, seed, str(cache_dir), num_threads), daemon=True)
+    child = ctx.Process(target=_prepare_role, args=(task_name, role, quick, seed, str(cache_dir), num_threads), daemon=True)
     child.start()
     return child
+
+
+def join_background(child, what: str) -> None:
+    """Wait for a :func:`prepare_in_background` process; a clear error when it failed."""
+    child.join()
+    if child.exitcode != 0:
+        raise SeadError(
+            f"training the {what} in a second process failed (exit code {child.exitcode}); run "
+            "`python -m sead.bench.profile_mechanisms` or prepare_models(parallel=False) to see the error here"
+        )
 
 
 class BuiltinTask:
@@ -341,16 +353,11 @@ class BuiltinTask:
         child = None
         if parallel and read_metrics(self.entry_dir(teacher_recipe, seed, cache_dir), self.metrics_file) is None:
             if read_metrics(self.entry_dir(student_recipe, seed, cache_dir), self.metrics_file) is None:
-                child = _start_child(self.name, quick, seed, cache_dir, num_threads or 1)
+                child = prepare_in_background(self.name, "student", quick, seed, cache_dir, num_threads or 1)
         with threads:
             teacher_dir, teacher_metrics, teacher_hit = self.prepare_one(teacher_recipe, tokenizer, seed, cache_dir, progress)
             if child is not None:
-                child.join()
-                if child.exitcode != 0:
-                    raise SeadError(
-                        f"training the {self.name} student in a second process failed (exit code {child.exitcode}); "
-                        "run again with parallel=False to see the error here"
-                    )
+                join_background(child, f"{self.name} student")
             student_dir, student_metrics, student_hit = self.prepare_one(student_recipe, tokenizer, seed, cache_dir, progress)
             student_hit = student_hit and child is None
         cached = teacher_hit and student_hit

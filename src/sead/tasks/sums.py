@@ -474,8 +474,8 @@ _STUDENT = Recipe(
 )
 _QUICK_TEACHER = Recipe(
     role="teacher",
-    model=ModelSpec(hidden_size=96, num_layers=2, num_heads=3, intermediate_size=288, max_position_embeddings=128),
-    sft=SFTSettings(steps=400, batch_size=32, lr=3e-3, levels=QUICK_LEVELS),
+    model=ModelSpec(hidden_size=96, num_layers=3, num_heads=3, intermediate_size=288, max_position_embeddings=128),
+    sft=SFTSettings(steps=600, batch_size=32, lr=3e-3, levels=QUICK_LEVELS),
     eval_size=300,
 )
 _QUICK_STUDENT = Recipe(
