@@ -29,7 +29,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "zones+curriculum": {"method": "opd", "zones": True, "curriculum": True},
     "anneal+curriculum": {"method": "opd", "anneal": True, "curriculum": True},
     "sead": {"method": "sead"},
+    # Ablations that test why the zones remove the anneal's pass@k gain on this task (BENCHMARKS.md, analysis):
+    # without the skip zone (every token kept: zones+anneal then differs from anneal alone only in the FKL
+    # zone, which keeps plain forward KL instead of the anneal) ...
+    "zones+anneal/no-skip": {"method": "opd", "zones": True, "anneal": True, "skip_fraction": 0.0},
+    # ... and with the loss normalised over every token instead of the kept half (`loss_normalization: all`).
+    "zones+anneal/all-tokens": {"method": "opd", "zones": True, "anneal": True, "loss_normalization": "all"},
 }
+#: What `sead bench quality` runs by default: the methods, the factorial, and the skip-zone ablation.
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != "zones+anneal/all-tokens")
 QUICK_VARIANTS = ("trl", "opd", "sead", "sgopd")
 
 

@@ -166,6 +166,7 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
     if opd is not None:
         for key, name, metric, target in (
             ("sead_minus_opd", "sead", "accuracy", 0.048),
+            ("sead_avg_minus_opd", "sead", "avg_at_k", 0.048),
             ("sgopd_minus_opd", "sgopd", "accuracy", 0.02),
             ("sgopd_avg_minus_opd", "sgopd", "avg_at_k", 0.02),
             ("sgopd_pass_minus_opd", "sgopd", "pass_at_k", 0.075),
@@ -211,6 +212,24 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
         *errors,
     ]
     return "\n".join(text), goals
+
+
+def _teacher_lines(teacher: dict | None, k: int | None) -> list[str]:
+    if not teacher:
+        return []
+    by = teacher["accuracy_by_level"]
+    hardest = max(by, key=int)
+    line = (
+        f"**Fallible teacher.** Greedy {100 * teacher['accuracy']:.1f}% ({_by_level([teacher])} by level): wrong on "
+        f"{100 * (1 - by[hardest]):.0f}% of the hardest level, and the verifier sees it"
+    )
+    if k and "avg_at_k_by_level" in teacher:
+        line += (
+            f"; sampled at temperature 1 (as SG-OPD's teacher rollouts are), {100 * teacher['avg_at_k_by_level'][hardest]:.0f}% "
+            f"of its answers on the hardest level are correct (avg@{k}), {100 * teacher['pass_at_k_by_level'][hardest]:.0f}% of "
+            f"those problems have at least one correct answer in {k}"
+        )
+    return [line + ".", ""]
 
 
 def mechanisms_section(res: dict, command: str, out_dir: Path) -> str:
@@ -295,10 +314,14 @@ def mechanisms_section(res: dict, command: str, out_dir: Path) -> str:
         "",
         f"**Incoherence.** Teacher entropy on passed rollouts {_nats(inc['mean_h_t_passed'])}, on failed ones "
         f"{_nats(inc['mean_h_t_failed'])}: before their first error {_nats(inc['mean_h_t_failed_before_error'])}, from it on "
-        f"{_nats(inc['mean_h_t_failed_from_error'])}. By level:",
+        f"{_nats(inc['mean_h_t_failed_from_error'])}. At the positions the text's form determines (no free choice in the "
+        f"grammar: a total's digits, the answer, the format) {_nats(inc.get('mean_h_t_determined_passed'))} on passed rollouts "
+        f"and {_nats(inc.get('mean_h_t_determined_failed_from_error'))} on failed ones from their first error on; at the free "
+        f"choices {_nats(inc.get('mean_h_t_choice_passed'))} and {_nats(inc.get('mean_h_t_choice_failed_from_error'))}. By level:",
         "",
         _table(["level", "student pass rate", "mean H_T", "H_T passed", "H_T failed"], levels),
         "",
+        *(_teacher_lines(res.get("teacher"), res.get("size", {}).get("sample_k"))),
         "**Curriculum.**",
         "",
         *(pool_lines or ["- no curriculum run in these results."]),
@@ -325,6 +348,7 @@ GOAL_TEXT = {
     "opd_step_vs_trl": ("OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, default: grading for the pass-rate log)", "<="),
     "opd_nograde_step_vs_trl": ("OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, log_pass_rate=false: same work)", "<="),
     "sead_minus_opd": ("SEAD accuracy - vanilla OPD accuracy", ">="),
+    "sead_avg_minus_opd": ("SEAD avg@k - vanilla OPD avg@k", ">="),
     "sgopd_minus_opd": ("SG-OPD accuracy - vanilla OPD accuracy", ">="),
     "sgopd_avg_minus_opd": ("SG-OPD avg@k - vanilla OPD avg@k", ">="),
     "sgopd_pass_minus_opd": ("SG-OPD pass@k - vanilla OPD pass@k", ">="),

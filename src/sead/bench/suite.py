@@ -95,6 +95,7 @@ def bench_step(quick: bool = False, threads: int = 1, progress: bool = True) -> 
 # Quality: the variants live in sead.bench.quality (each run is a worker process).
 QUALITY_VARIANTS = _quality.VARIANTS
 QUALITY_QUICK_VARIANTS = _quality.QUICK_VARIANTS
+QUALITY_DEFAULT_VARIANTS = _quality.DEFAULT_VARIANTS
 #: Metrics of a quality run summarised over seeds and paired against vanilla OPD.
 QUALITY_METRICS = ("accuracy", "auc", "avg_at_k", "pass_at_k")
 QUALITY_SEEDS = 5
@@ -111,12 +112,14 @@ def bench_quality(
     task: str | None = None,
     jobs: int = 2,
     overrides: dict[str, dict] | None = None,
+    mechanisms: bool = True,
 ) -> dict[str, Any]:
     """Held-out scores after the same steps from the same start, ``seeds`` seeds, every variant.
 
     The task's models are prepared (or loaded) once; every seed's data and every (seed, variant) run is a
     worker process (``jobs`` at a time, one torch thread each). ``overrides`` adds variants: ``{name:
-    OPDConfig fields}`` (with a ``method``).
+    OPDConfig fields}`` (with a ``method``). ``mechanisms``: also measure the task's mechanisms on the
+    prepared student's rollouts (:mod:`sead.bench.profile_mechanisms`).
     """
     from ..demo import task_size
     from ..tasks import DEFAULT_TASK, get_task
@@ -127,7 +130,8 @@ def bench_quality(
         size["steps"] = steps
     seeds = seeds or (1 if quick else QUALITY_SEEDS)
     overrides = dict(overrides or {})
-    variants = variants or (QUALITY_QUICK_VARIANTS if quick else tuple(QUALITY_VARIANTS)) + tuple(overrides)
+    variants = tuple(variants or (QUALITY_QUICK_VARIANTS if quick else QUALITY_DEFAULT_VARIANTS))
+    variants += tuple(name for name in overrides if name not in variants)
     unknown = [v for v in variants if v not in QUALITY_VARIANTS and v not in overrides]
     if unknown:
         raise ValueError(f"unknown quality variant(s) {unknown}; known: {', '.join(QUALITY_VARIANTS)}")
@@ -154,11 +158,11 @@ def bench_quality(
                     args += ["--overrides", json.dumps(overrides[name])]
                 run_jobs.append((f"{name}\t{seed}", args))
         done = run_workers(run_jobs, jobs, progress, "bench quality")
-    mechanisms = None
-    if size.get("mechanism_prompts"):
+    measured = None
+    if mechanisms and size.get("mechanism_prompts"):
         from .profile_mechanisms import measure
 
-        mechanisms = measure(
+        measured = measure(
             get_task(task), prepared.load_teacher(), prepared.load_student(), prepared.tokenizer,
             size["mechanism_prompts"], 0, prepared.levels,
         )
@@ -185,7 +189,7 @@ def bench_quality(
                      "teacher_by_level": prepared.teacher_accuracy_by_level, "student_by_level": prepared.student_accuracy_by_level},
         "student_start": {s: starts[s]["student_start"] for s in sorted(starts, key=int)},
         "seed_data": {s: {k: v for k, v in starts[s].items() if k not in ("student_start", "teacher")} for s in starts},
-        "mechanisms": mechanisms,
+        "mechanisms": measured,
         "summary": summarize_quality(runs),
         "runs": runs,
         "errors": errors,
