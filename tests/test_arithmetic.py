@@ -11,6 +11,7 @@ import torch
 
 from sead.errors import SeadError
 from sead.tasks import arithmetic as A
+from sead.tasks import prepare, scoring, sft
 from sead.verify import grade
 
 PROMPT_RE = re.compile(r"^Q: (\d+)([+\-*])(\d+)=\? A:$")
@@ -197,7 +198,16 @@ def test_gold_completions_grade_correct_with_the_project_grader():
 
 # ---------------------------------------------------------------------------------------------- models
 
-TINY = A.ModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+TINY = A.ModelSpec(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=32)
+
+
+def test_model_specs_are_vllm_compatible():
+    # vLLM's CPU attention serves only these head dimensions (../shared/notes/vllm-cpu.md)
+    served = {32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512}
+    for recipe in (*A.recipes(), *A.recipes(quick=True)):
+        assert recipe.model.hidden_size // recipe.model.num_heads in served, recipe
+    with pytest.raises(ValueError, match="head dimension 16"):
+        A.ModelSpec(hidden_size=64, num_layers=1, num_heads=4, intermediate_size=64)
 
 
 def test_build_model_matches_tokenizer(tokenizer):
@@ -218,8 +228,8 @@ def test_train_sft_lowers_the_loss(tokenizer, one_thread):
 
 
 def test_collate_masks_prompt_and_padding(tokenizer):
-    examples = [A._encode_example(tokenizer, p.prompt, p.completion) for p in A.sample_problems(4, seed=1)]
-    batch = A._collate(examples, tokenizer.pad_token_id)
+    examples = [sft.encode_example(tokenizer, p.prompt, p.completion) for p in A.sample_problems(4, seed=1)]
+    batch = sft.collate(examples, tokenizer.pad_token_id)
     for row, (ids, prompt_len) in enumerate(examples):
         labels = batch["labels"][row]
         assert (labels[:prompt_len] == -100).all()
@@ -230,8 +240,8 @@ def test_collate_masks_prompt_and_padding(tokenizer):
 
 
 def test_teacher_forced_accuracy_counts_fully_predicted_rows(tokenizer):
-    examples = [A._encode_example(tokenizer, p.prompt, p.completion) for p in A.sample_problems(3, seed=2)]
-    batch = A._collate(examples, tokenizer.pad_token_id)
+    examples = [sft.encode_example(tokenizer, p.prompt, p.completion) for p in A.sample_problems(3, seed=2)]
+    batch = sft.collate(examples, tokenizer.pad_token_id)
     vocab = len(tokenizer)
 
     class Oracle(torch.nn.Module):
@@ -249,7 +259,7 @@ def test_teacher_forced_accuracy_counts_fully_predicted_rows(tokenizer):
 
 def test_train_sft_stops_at_the_probe_accuracy(tokenizer, one_thread, monkeypatch):
     seen = iter([0.1, 0.3, 0.6, 0.9])
-    monkeypatch.setattr(A, "teacher_forced_accuracy", lambda model, batch: next(seen))
+    monkeypatch.setattr(sft, "teacher_forced_accuracy", lambda model, batch: next(seen))
     settings = A.SFTSettings(steps=100, batch_size=4, levels=(1,), stop_at_accuracy=0.5, check_every=2)
     losses = A.train_sft(A.build_model(TINY, tokenizer), tokenizer, settings, progress=False)
     assert len(losses) == 6
@@ -289,7 +299,7 @@ def test_evaluate_accuracy_counts_gold_as_correct(tokenizer, monkeypatch):
     def fake_generate(model, tok, prompts, **kwargs):
         return [[" \\boxed{-1}" if p == wrong else gold[p]] for p in prompts]
 
-    monkeypatch.setattr(A, "generate_responses", fake_generate)
+    monkeypatch.setattr(scoring, "generate_responses", fake_generate)
     result = A.evaluate_accuracy(None, tokenizer, ds)
     assert result["accuracy"] == pytest.approx(8 / 9)
     assert sorted(result["accuracy_by_level"].values()) == pytest.approx([2 / 3, 1.0, 1.0])
@@ -300,10 +310,11 @@ def test_evaluate_accuracy_counts_gold_as_correct(tokenizer, monkeypatch):
 
 def test_cache_key_depends_on_recipe_and_seed():
     teacher, student = A.recipes(quick=False)
-    assert teacher.cache_key(0) != student.cache_key(0)
-    assert teacher.cache_key(0) != teacher.cache_key(1)
-    assert teacher.cache_key(0) == A.recipes(quick=False)[0].cache_key(0)
-    assert A.recipes(quick=True)[0].cache_key(0) != teacher.cache_key(0)
+    key = A.TASK.cache_key
+    assert key(teacher, 0) != key(student, 0)
+    assert key(teacher, 0) != key(teacher, 1)
+    assert key(teacher, 0) == key(A.recipes(quick=False)[0], 0)
+    assert key(A.recipes(quick=True)[0], 0) != key(teacher, 0)
 
 
 def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
@@ -321,15 +332,15 @@ def test_a_crash_while_saving_leaves_no_entry(tokenizer, tmp_path):
 
     target = tmp_path / "arithmetic-teacher-x"
     with pytest.raises(RuntimeError, match="disk full"):
-        A._save_atomically(Exploding(), tokenizer, {"accuracy": 1.0}, target, progress=False)
+        prepare.save_atomically(Exploding(), tokenizer, {"accuracy": 1.0}, target, False, A.METRICS_FILE)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_directory_without_metrics_is_not_a_cache_hit(tokenizer, tmp_path):
     teacher, _ = A.recipes(quick=True)
-    (tmp_path / f"arithmetic-teacher-{teacher.cache_key(0)}").mkdir()
+    A.TASK.entry_dir(teacher, 0, tmp_path).mkdir()
     with pytest.raises(SeadError, match="not a finished cache entry"):
-        A._prepare_one(teacher, tokenizer, 0, tmp_path, progress=False)
+        A.TASK.prepare_one(teacher, tokenizer, 0, tmp_path, progress=False)
 
 
 @pytest.mark.slow
@@ -337,7 +348,7 @@ def test_prepare_models_quick_end_to_end(monkeypatch):
     # The session's shared cache (tests/conftest.py: a fresh one per run unless SEAD_CACHE_DIR is
     # set), so the demo test reuses these models instead of training its own.
     cache = A.default_cache_dir()
-    entries = [cache / f"arithmetic-{r.role}-{r.cache_key(0)}" for r in A.recipes(quick=True)]
+    entries = [cache / f"arithmetic-{r.role}-{A.TASK.cache_key(r, 0)}" for r in A.recipes(quick=True)]
     existed = all(e.exists() for e in entries)
     prepared = A.prepare_models(quick=True, progress=False)
     assert prepared.cached == existed
@@ -360,7 +371,7 @@ def test_prepare_models_quick_end_to_end(monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cache hit must not train")
 
-    monkeypatch.setattr(A, "train_sft", no_training)
+    monkeypatch.setattr(sft, "train_sft", no_training)
     again = A.prepare_models(cache_dir=cache, quick=True, progress=False)
     assert again.cached
     assert again.teacher_dir == prepared.teacher_dir and again.student_dir == prepared.student_dir

@@ -3,8 +3,6 @@ profile's draw shares (hand-computed)."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from sead.bench.profile_quality import draw_shares
@@ -43,24 +41,26 @@ def _results():
         ],
     }
 
-    def run(acc, levels):
-        return {"accuracy": acc, "accuracy_by_level": levels, "curve": [[0, 0.4], [10, acc]]}
+    def run(seed, acc, levels, avg=0.3, pas=0.7):
+        return {"seed": seed, "accuracy": acc, "accuracy_by_level": levels, "curve": [[0, 0.4], [10, acc]], "auc": 0.45,
+                "avg_at_k": avg, "pass_at_k": pas, "wall_seconds": 3.0}
 
+    from sead.bench.suite import summarize_quality
+
+    runs = {
+        "trl": [run(0, 0.50, {"1": 1.0, "2": 0.0}), run(1, 0.50, {"1": 0.8, "2": 0.2})],
+        "opd": [run(0, 0.50, {"1": 1.0, "2": 0.1}), run(1, 0.52, {"1": 1.0, "2": 0.1})],
+        # paired: +0.07 and +0.05 -> mean +0.06, sd 0.01414, t(1) = 12.706: half width 0.1271
+        "sead": [run(0, 0.57, {"1": 1.0, "2": 0.3}), run(1, 0.57, {"1": 1.0, "2": 0.3})],
+        # avg@k +0.02 both seeds (interval of width 0), pass@k +0.10 and +0.04
+        "sgopd": [run(0, 0.51, {"1": 1.0, "2": 0.1}, 0.32, 0.80), run(1, 0.53, {"1": 1.0, "2": 0.1}, 0.32, 0.74)],
+    }
     quality = {
-        "machine": MACHINE, "steps": 10, "seeds": 2, "size": {"batch": 8, "num_test": 40},
-        "student_start": {"0": 0.4, "1": 0.4},
-        "summary": {
-            "trl": {"accuracy_mean": 0.50, "accuracy_std": 0.01, "auc_mean": 0.45, "auc_std": 0.0, "wall_seconds_median": 3},
-            "opd": {"accuracy_mean": 0.51, "accuracy_std": 0.01, "auc_mean": 0.45, "auc_std": 0.0, "wall_seconds_median": 3},
-            "sead": {"accuracy_mean": 0.57, "accuracy_std": 0.02, "auc_mean": 0.48, "auc_std": 0.0, "wall_seconds_median": 3},
-            "sgopd": {"accuracy_mean": 0.52, "accuracy_std": 0.02, "auc_mean": None, "auc_std": 0.0, "wall_seconds_median": 3},
-        },
-        "runs": {
-            "trl": [run(0.5, {"1": 1.0, "2": 0.0}), run(0.5, {"1": 0.8, "2": 0.2})],
-            "opd": [run(0.51, {"1": 1.0, "2": 0.1})] * 2,
-            "sead": [run(0.57, {"1": 1.0, "2": 0.3})] * 2,
-            "sgopd": [run(0.52, {"1": 1.0, "2": 0.1})] * 2,
-        },
+        "machine": MACHINE, "steps": 10, "seeds": 2, "task": "sums",
+        "size": {"batch": 8, "num_test": 40, "sample_k": 8, "sample_temperature": 1.0, "num_sample": 20},
+        "student_start": {"0": {"accuracy": 0.4}, "1": {"accuracy": 0.4}},
+        "summary": summarize_quality(runs),
+        "runs": runs,
     }
     return {"loss": loss, "step": step, "quality": quality}
 
@@ -90,15 +90,20 @@ def test_report_ratios_and_verdicts_are_hand_computed(tmp_path):
     # 55 / 50 = 1.10 missed; 51 / 50 = 1.02 met
     assert _goal(text, "OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, default") == ("1.10x", "**missed**")
     assert _goal(text, "OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, log_pass_rate") == ("1.02x", "met")
-    # 57 - 51 = +6.0 met (>= 4.8); 52 - 51 = +1.0 missed (>= 2); |51 - 50| = 1.0 met
-    assert _goal(text, "SEAD accuracy") == ("+6.0 pts", "met")
-    assert _goal(text, "SG-OPD accuracy") == ("+1.0 pts", "**missed**")
-    assert _goal(text, "abs(our opd - TRL)") == ("+1.0 pts", "met")
+    # paired differences against opd: sead +6.0 (>= 4.8 met), sgopd accuracy +1.0, avg@k +2.0 (met, >= 2),
+    # pass@k +7.0 (missed, >= 7.5); |trl - opd| = |(0.0 - 0.02) / 2| = 1.0 (met)
+    assert _goal(text, "SEAD accuracy")[1] == "met"
+    assert _goal(text, "SEAD accuracy")[0].startswith("+6.0 pts (paired, 95% CI [-6.7, +18.7], 2 seeds)")
+    assert _goal(text, "SG-OPD accuracy")[0].startswith("+1.0 pts") and _goal(text, "SG-OPD accuracy")[1] == "**missed**"
+    assert _goal(text, "SG-OPD avg@k")[0].startswith("+2.0 pts") and _goal(text, "SG-OPD avg@k")[1] == "met"
+    assert _goal(text, "SG-OPD pass@k")[0].startswith("+7.0 pts") and _goal(text, "SG-OPD pass@k")[1] == "**missed**"
+    assert _goal(text, "abs(our opd - TRL)")[0].startswith("+1.0 pts") and _goal(text, "abs(our opd - TRL)")[1] == "met"
     # loss table: time / TRL and peak / TRL of the naive row: 10 / 12, 4000 / 6000
     assert "| naive | 4096 | 32768 | 10.00 | 0.83x | 2.00x | 4000 | 0.67x |" in text
-    # quality: trl's per-level accuracy is the mean over its seeds: (100 + 80) / 2, (0 + 20) / 2
-    assert re.search(r"\| trl \| 50\.0 ± 1\.0 \| -1\.0 \| 45\.0 ± 0\.0 \| 90/10 \| 3 \|", text)
-    assert "| sgopd | 52.0 ± 2.0 | +1.0 | - |" in text
+    # quality: trl's per-level accuracy is the mean over its seeds: (100 + 80) / 2, (0 + 20) / 2; mean 50.0, sd 0.0
+    row = next(line for line in text.splitlines() if line.startswith("| trl |") and "±" in line)
+    assert row.startswith("| trl | 50.0 ± 0.0 | -1.0 [-13.7, +11.7] |") and "| 90/10 | 3 |" in row
+    assert "| sead | 57.0 ± 0.0 | +6.0 [-6.7, +18.7] |" in text
     assert (tmp_path / "bench_quality_curves.png").stat().st_size > 0
     assert text.rstrip().endswith("hand text")
     assert text.count("Machine: 2026-12-01 00:00 UTC, 2 cores") == 3

@@ -242,17 +242,18 @@ def lookup_model(name: str | None, config_path: str | None = None, role: str = "
 
 def builtin_facts(task: str, quick: bool) -> tuple[ModelFacts, ModelFacts]:
     """(student, teacher) facts of the built-in task, from its model specs (nothing is trained)."""
-    if task != "arithmetic":
-        raise SeadError(f"builtin_task must be 'arithmetic'; got {task!r}")
-    from .tasks import arithmetic
+    from .tasks import TASKS, get_task
 
-    tokenizer = arithmetic.build_tokenizer()
-    teacher_recipe, student_recipe = arithmetic.recipes(quick)
+    if task not in TASKS:
+        raise SeadError(f"builtin_task must be one of {', '.join(TASKS)}; got {task!r}")
+    builtin = get_task(task)
+    tokenizer = builtin.build_tokenizer()
+    teacher_recipe, student_recipe = builtin.recipes(quick)
     out = []
     for role, recipe in (("student", student_recipe), ("teacher", teacher_recipe)):
         config = recipe.model.to_config(len(tokenizer), tokenizer).to_dict()
         config["dtype"] = "float32"
-        out.append(facts_from_config(config, name=f"arithmetic {role}", source="built-in task spec"))
+        out.append(facts_from_config(config, name=f"{task} {role}", source="built-in task spec"))
     return out[0], out[1]
 
 

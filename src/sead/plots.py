@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plot_accuracy_curves", "plot_series"]
+__all__ = ["plot_accuracy_curves", "plot_series", "plot_entropy_histogram"]
 
 
 def plot_accuracy_curves(
@@ -76,3 +76,31 @@ def _save(fig, path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_entropy_histogram(
+    histogram: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    title: str = "Teacher entropy on student rollouts, by oracle position",
+) -> Path:
+    """Stacked histogram of the teacher's per-token entropy: ``histogram["edges"]`` (bin edges, nats) and
+    one count list per kind of position (``fork``, ``forced``, ``off_path``); log-scaled counts."""
+    edges = list(histogram["edges"])
+    widths = [b - a for a, b in zip(edges, edges[1:])]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    bottom = [0.0] * len(widths)
+    labels = {"forced": "forced by the prefix", "fork": "fork (several correct tokens)", "off_path": "after leaving every correct path"}
+    for key, label in labels.items():
+        counts = list(histogram.get(key, []))
+        if not counts:
+            continue
+        ax.bar(edges[:-1], counts, width=widths, bottom=bottom, align="edge", label=label, alpha=0.85)
+        bottom = [b + c for b, c in zip(bottom, counts)]
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_xlabel("teacher entropy H_T (nats)")
+    ax.set_ylabel("tokens")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

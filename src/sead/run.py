@@ -18,6 +18,7 @@ __all__ = [
     "load_train_dataset",
     "map_dataset_columns",
     "build_trainer",
+    "builtin_task_data",
     "builtin_arithmetic",
 ]
 
@@ -30,8 +31,8 @@ class ScriptArguments:
         model_name_or_path (`str`, *optional*):
             Student: a hub id or a local `save_pretrained` directory.
         builtin_task (`str`, *optional*):
-            `"arithmetic"`: the built-in task. Prepares (or loads from cache) its teacher and student and builds
-            its dataset, so no model, teacher or dataset is needed.
+            A built-in task, `"sums"` (docs/task.md) or `"arithmetic"`. Prepares (or loads from cache) its teacher
+            and student and builds its dataset, so no model, teacher or dataset is needed.
         builtin_quick (`bool`, *optional*, defaults to `False`):
             With `builtin_task`, the smaller, faster variant.
         builtin_num_prompts (`int`, *optional*, defaults to `1024`):
@@ -60,7 +61,7 @@ class ScriptArguments:
     """
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Student model id or path."})
-    builtin_task: str | None = field(default=None, metadata={"help": "'arithmetic' for the built-in task."})
+    builtin_task: str | None = field(default=None, metadata={"help": "Built-in task: 'sums' or 'arithmetic'."})
     builtin_quick: bool = field(default=False, metadata={"help": "Small, fast variant of the built-in task."})
     builtin_num_prompts: int = field(
         default=1024, metadata={"help": "Training prompts of the built-in task."}
@@ -154,18 +155,15 @@ def map_dataset_columns(ds, script: ScriptArguments, cfg: OPDConfig):
     return ds
 
 
-def builtin_arithmetic(script: ScriptArguments, cfg: OPDConfig, progress: bool = True):
-    """Teacher, student and training data of the built-in arithmetic task (difficulty column included
-    when the curriculum is on: the initial student's pass rate over K rollouts)."""
+def builtin_task_data(script: ScriptArguments, cfg: OPDConfig, progress: bool = True):
+    """Teacher, student and training data of the built-in task ``script.builtin_task`` (difficulty column
+    included when the curriculum is on: the initial student's pass rate over K rollouts)."""
     from .difficulty import estimate_difficulty
-    from .tasks import arithmetic
+    from .tasks import get_task
 
-    prepared = arithmetic.prepare_models(
-        cache_dir=script.cache_dir, quick=script.builtin_quick, seed=0, progress=progress
-    )
-    ds = arithmetic.make_dataset(
-        script.builtin_num_prompts, levels=prepared.levels, seed=cfg.seed, split="train"
-    )
+    task = get_task(script.builtin_task)
+    prepared = task.prepare_models(cache_dir=script.cache_dir, quick=script.builtin_quick, seed=0, progress=progress)
+    ds = task.make_dataset(script.builtin_num_prompts, levels=prepared.levels, seed=cfg.seed, split="train")
     if cfg.curriculum and cfg.difficulty_column not in ds.column_names:
         difficulty = estimate_difficulty(
             prepared.load_student(),
@@ -183,6 +181,11 @@ def builtin_arithmetic(script: ScriptArguments, cfg: OPDConfig, progress: bool =
     return prepared, ds
 
 
+def builtin_arithmetic(script: ScriptArguments, cfg: OPDConfig, progress: bool = True):
+    """:func:`builtin_task_data` (kept under its old name; it serves every built-in task)."""
+    return builtin_task_data(script, cfg, progress)
+
+
 def build_trainer(script: ScriptArguments, cfg: OPDConfig, callbacks=None, progress: bool = True):
     """Everything a recipe names, loaded and checked, as an ``OPDTrainer`` ready to ``train()``."""
     from transformers import AutoTokenizer
@@ -190,9 +193,11 @@ def build_trainer(script: ScriptArguments, cfg: OPDConfig, callbacks=None, progr
     from .trainer import OPDTrainer
 
     if script.builtin_task is not None:
-        if script.builtin_task != "arithmetic":
-            raise SeadError(f"builtin_task must be 'arithmetic'; got {script.builtin_task!r}")
-        prepared, ds = builtin_arithmetic(script, cfg, progress)
+        from .tasks import TASKS
+
+        if script.builtin_task not in TASKS:
+            raise SeadError(f"builtin_task must be one of {', '.join(TASKS)}; got {script.builtin_task!r}")
+        prepared, ds = builtin_task_data(script, cfg, progress)
         student, tokenizer = prepared.load_student(), prepared.tokenizer
         teacher = None if cfg.teacher_server_url else prepared.load_teacher()
     else:

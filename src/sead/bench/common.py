@@ -56,3 +56,20 @@ def run_worker(args: list[str], timeout: float = 3600, env: dict | None = None) 
 
 def median(values) -> float:
     return float(statistics.median(values))
+
+
+def run_workers(jobs: list[tuple[str, list[str]]], workers: int, progress: bool, desc: str) -> dict[str, dict]:
+    """Run ``(key, worker args)`` jobs, ``workers`` processes at a time (one torch thread each);
+    ``{key: result}`` in job order."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    out: dict[str, dict] = {}
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, tqdm(total=len(jobs), desc=desc, disable=not progress) as bar:
+        futures = {pool.submit(run_worker, args, 7200, env): key for key, args in jobs}
+        for future in as_completed(futures):
+            out[futures[future]] = future.result()
+            bar.update(1)
+    return {key: out[key] for key, _ in jobs}

@@ -1,4 +1,5 @@
-"""Which tokens the zones skip, at the start of training: ``python -m sead.bench.profile_zones [N_PROMPTS]``.
+"""Which tokens the zones skip, at the start of training: ``python -m sead.bench.profile_zones [N_PROMPTS [TASK]]``
+(default task: the demo's; ``python -m sead.bench.profile_mechanisms`` measures more, against the task's oracle).
 
 Samples one rollout per training prompt from the prepared demo student (temperature 1), scores it with
 both models, decides SEAD's zones (top-64 entropies, teacher quantile 0.9, skip 0.5) over the teacher's
@@ -13,12 +14,13 @@ import sys
 import torch
 
 from sead.divergences import zone_entropies
-from sead.tasks import arithmetic as A
+from sead.tasks import DEFAULT_TASK, get_task
 from sead.zones import FKL, RKL, SKIP, sead_zones
 
 
 def main(argv: list[str]) -> None:
     n = int(argv[0]) if argv else 512
+    A = get_task(argv[1] if len(argv) > 1 else DEFAULT_TASK)
     torch.manual_seed(0)
     torch.set_num_threads(2)
     prep = A.prepare_models(cache_dir=None, quick=False, seed=0, progress=False)
@@ -26,7 +28,7 @@ def main(argv: list[str]) -> None:
     ds = A.make_dataset(n, levels=prep.levels, seed=0, split="train")
     enc = tok(list(ds["prompt"]), return_tensors="pt", padding=True)
     with torch.no_grad():
-        out = s.generate(**enc, max_new_tokens=A.MAX_NEW_TOKENS, do_sample=True, temperature=1.0, top_k=0,
+        out = s.generate(**enc, max_new_tokens=A.max_new_tokens, do_sample=True, temperature=1.0, top_k=0,
                          top_p=1.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         p = enc["input_ids"].shape[1]
         comp_BT = out[:, p:]

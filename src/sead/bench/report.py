@@ -125,54 +125,233 @@ def step_section(res: dict, command: str) -> tuple[str, dict]:
     return "\n".join(text), goals
 
 
-def _by_level(runs: list[dict]) -> str:
-    """Final accuracy per task level, mean over seeds: ``"95/70/60/10"``."""
-    levels = sorted({lv for r in runs for lv in r.get("accuracy_by_level", {})}, key=str)
+def _by_level(runs: list[dict], key: str = "accuracy_by_level") -> str:
+    """A per-level score, mean over seeds: ``"95/70/60/10"``."""
+    levels = sorted({lv for r in runs for lv in r.get(key, {})}, key=str)
     if not levels:
         return "-"
-    return "/".join(f"{100 * statistics.mean(r['accuracy_by_level'][lv] for r in runs if lv in r['accuracy_by_level']):.0f}" for lv in levels)
+    return "/".join(f"{100 * statistics.mean(r[key][lv] for r in runs if lv in r.get(key, {})):.0f}" for lv in levels)
+
+
+def _mean_sd(s: dict, metric: str) -> str:
+    if s.get(f"{metric}_mean") is None:
+        return "-"
+    return f"{100 * s[f'{metric}_mean']:.1f} ± {100 * s.get(f'{metric}_std', 0.0):.1f}"
+
+
+def _paired(s: dict, metric: str) -> str:
+    """``+1.2 [-0.4, +2.8]``: paired difference against opd with its 95% interval, in points."""
+    d = s.get(f"{metric}_vs_opd")
+    if not d:
+        return "-"
+    if d.get("ci_low") is None:
+        return f"{100 * d['mean']:+.1f}"
+    return f"{100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
 
 
 def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
     summary = res["summary"]
-    start = statistics.mean(res["student_start"].values()) if res["student_start"] else float("nan")
-    opd = summary.get("opd", {}).get("accuracy_mean")
+    starts = res["student_start"]
+    start_values = [v["accuracy"] if isinstance(v, dict) else v for v in starts.values()]
+    start = statistics.mean(start_values) if start_values else float("nan")
+    k = res.get("size", {}).get("sample_k")
     table = []
     for name, s in summary.items():
-        delta = f"{100 * (s['accuracy_mean'] - opd):+.1f}" if opd is not None else "-"
-        auc = "-" if s["auc_mean"] is None else f"{100 * s['auc_mean']:.1f} ± {100 * s['auc_std']:.1f}"
-        table.append(
-            [name, f"{100 * s['accuracy_mean']:.1f} ± {100 * s['accuracy_std']:.1f}", delta, auc, _by_level(res["runs"][name]), f"{s['wall_seconds_median']:.0f}"]
-        )
+        runs = res["runs"][name]
+        row = [name, _mean_sd(s, "accuracy"), _paired(s, "accuracy"), _mean_sd(s, "auc"), _paired(s, "auc")]
+        if k:
+            row += [_mean_sd(s, "avg_at_k"), _paired(s, "avg_at_k"), _mean_sd(s, "pass_at_k"), _paired(s, "pass_at_k")]
+        row += [_by_level(runs), f"{s['wall_seconds_median']:.0f}"]
+        table.append(row)
+    head = ["variant", "final acc %", "vs opd [95% CI]", "AUC %", "vs opd"]
+    if k:
+        head += [f"avg@{k} %", "vs opd", f"pass@{k} %", "vs opd"]
+    head += ["acc % by level (easy to hard)", "wall s"]
     curves = {}
     for name, runs in res["runs"].items():
+        if not runs:
+            continue
         steps = [p[0] for p in runs[0]["curve"]]
         curves[name] = [(st, statistics.mean(r["curve"][i][1] for r in runs)) for i, st in enumerate(steps)]
     plot = plot_accuracy_curves(curves, out_dir / "bench_quality_curves.png", title="Held-out accuracy vs step (mean over seeds)")
     goals = {}
+    opd = summary.get("opd")
     if opd is not None:
-        for name, target in (("sead", 0.048), ("sgopd", 0.02)):
-            if name in summary:
-                goals[f"{name}_minus_opd"] = (summary[name]["accuracy_mean"] - opd, target)
-        if "trl" in summary:
-            goals["opd_minus_trl_abs"] = (abs(opd - summary["trl"]["accuracy_mean"]), 0.02)
+        for key, name, metric, target in (
+            ("sead_minus_opd", "sead", "accuracy", 0.048),
+            ("sead_avg_minus_opd", "sead", "avg_at_k", 0.048),
+            ("sgopd_minus_opd", "sgopd", "accuracy", 0.02),
+            ("sgopd_avg_minus_opd", "sgopd", "avg_at_k", 0.02),
+            ("sgopd_pass_minus_opd", "sgopd", "pass_at_k", 0.075),
+        ):
+            d = summary.get(name, {}).get(f"{metric}_vs_opd")
+            if d:
+                goals[key] = (d["mean"], target, d)
+        trl = summary.get("trl", {}).get("accuracy_vs_opd")
+        if trl:
+            goals["opd_minus_trl_abs"] = (abs(trl["mean"]), 0.02, trl)
+    seeds_line = ", ".join(f"{100 * v:.1f}" for v in start_values)
+    sampled = (
+        f" avg@{k} / pass@{k}: {k} answers per problem sampled at temperature {res['size'].get('sample_temperature')} on "
+        f"the first {res['size'].get('num_sample')} held-out problems (pass@{k}: at least one correct)." if k else ""
+    )
+    teacher = res.get("teacher") or {}
+    teacher_line = ""
+    if teacher:
+        teacher_line = (
+            f" Teacher: {100 * teacher['accuracy']:.1f}% greedy ({_by_level([teacher])} by level)"
+            + (f", avg@{k} {100 * teacher['avg_at_k']:.1f}%, pass@{k} {100 * teacher['pass_at_k']:.1f}%." if k and "avg_at_k" in teacher else ".")
+        )
+    errors = [f"- failed run: {e}" for e in res.get("errors", [])]
+    wall = f" Wall time of this benchmark: {res['wall_seconds']:.0f} s ({res.get('jobs', 1)} runs at a time)." if "wall_seconds" in res else ""
     text = [
-        "## 3. Distillation quality on the built-in task",
+        f"## 3. Distillation quality on the built-in task `{res.get('task', 'arithmetic')}`",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {_machine_line(res['machine'])}.",
+        f"Machine: {_machine_line(res['machine'])}.{wall}",
         "",
-        f"Same prepared student (held-out accuracy at start {100 * start:.1f}%), same {res['steps']} steps of "
-        f"{res['size']['batch']} prompts, {res['seeds']} seed(s) (seed changes the training prompts, sampling and "
-        f"difficulty pre-pass). Accuracy: greedy, {res['size']['num_test']} held-out problems. AUC: mean accuracy over "
-        "training (trapezoid area under the accuracy-vs-step curve / steps), on the curve subset. `trl` is TRL's "
-        "`DistillationTrainer` (beta=1, reverse KL); the rows between are the SEAD factorial ablation (components added to vanilla OPD).",
+        f"Same prepared student (held-out greedy accuracy at start {100 * start:.1f}%; per seed {seeds_line}), same "
+        f"{res['steps']} steps of {res['size']['batch']} prompts, {res['seeds']} seed(s) (a seed changes the training "
+        f"prompts, sampling and difficulty pre-pass; runs of one seed share them, so differences are paired).{teacher_line} "
+        f"Final acc: greedy, {res['size']['num_test']} held-out problems. AUC: mean accuracy over training (trapezoid area "
+        f"under the accuracy-vs-step curve / steps), on the curve subset.{sampled} Mean ± sd over seeds; \"vs opd\": the "
+        "paired difference against vanilla OPD in points, mean over seeds [95% interval, Student's t on the per-seed "
+        "differences]. `trl` is TRL's `DistillationTrainer` (beta=1, reverse KL); the rows between are the SEAD factorial "
+        "(components added to vanilla OPD).",
         "",
-        _table(["variant", "final acc % (mean ± sd)", "vs opd (points)", "AUC %", "acc % by level (easy to hard)", "wall s"], table),
+        _table(head, table),
         "",
         f"![accuracy vs step]({plot.name})",
+        *errors,
     ]
     return "\n".join(text), goals
+
+
+def _teacher_lines(teacher: dict | None, k: int | None) -> list[str]:
+    if not teacher:
+        return []
+    by = teacher["accuracy_by_level"]
+    hardest = max(by, key=int)
+    line = (
+        f"**Fallible teacher.** Greedy {100 * teacher['accuracy']:.1f}% ({_by_level([teacher])} by level): wrong on "
+        f"{100 * (1 - by[hardest]):.0f}% of the hardest level, and the verifier sees it"
+    )
+    if k and "avg_at_k_by_level" in teacher:
+        line += (
+            f"; sampled at temperature 1 (as SG-OPD's teacher rollouts are), {100 * teacher['avg_at_k_by_level'][hardest]:.0f}% "
+            f"of its answers on the hardest level are correct (avg@{k}), {100 * teacher['pass_at_k_by_level'][hardest]:.0f}% of "
+            f"those problems have at least one correct answer in {k}"
+        )
+    return [line + ".", ""]
+
+
+def mechanisms_section(res: dict, command: str, out_dir: Path) -> str:
+    """The built-in task's mechanisms: measured on the prepared student's rollouts, and from training logs."""
+    from ..demo import POOL_MARKS
+    from ..plots import plot_entropy_histogram, plot_series
+    from .mechanisms import _nats, _pct
+
+    m = res.get("mechanisms")
+    if not m:
+        return ""
+    png = plot_entropy_histogram(m["h_t_histogram"], out_dir / "bench_teacher_entropy.png")
+    inc, gate = m["incoherence"], m["sign_gate"]
+    zones = [
+        [name, _pct(z["token_share"]), _pct(z["fork_share"]), _pct(z["off_path_share"]), _nats(z["mean_h_t"]),
+         _pct(z["disagree_rate"]), _pct(z["share_of_disagreements"])]
+        for name, z in m["zones"].items()
+    ]
+    levels = [
+        [lv, _pct(m["pass_rate_by_level"].get(lv)), _nats(v["mean_h_t"]), _nats(v["mean_h_t_passed"]), _nats(v["mean_h_t_failed"])]
+        for lv, v in inc["by_level"].items()
+    ]
+    gates = [
+        [label, str(g["tokens"]), _pct(g["consensus_frac"]), _pct(g["teacher_wrong_at_conflict"]), _pct(g["teacher_wrong_at_consensus"]),
+         _pct(g.get("teacher_wrong_at_conflict_weighted")), _pct(g.get("teacher_wrong_at_consensus_weighted"))]
+        for label, g in ((k, gate[k]) for k in ("all", "passed", "failed"))
+    ]
+    # curriculum's open pool and SG-OPD's consensus over training (mean over seeds)
+    pool_series, consensus = {}, {}
+    for name, runs in res.get("runs", {}).items():
+        series = [r.get("training_mechanisms", {}).get("open_pool_series") for r in runs]
+        series = [s for s in series if s]
+        if series and name in ("curriculum", "sead"):
+            steps = [p[0] for p in series[0]]
+            pool_series[name] = [(st, statistics.mean(s[i][1] for s in series if i < len(s))) for i, st in enumerate(steps)]
+        cf = [r.get("training_mechanisms", {}).get("consensus_frac") for r in runs]
+        cf = [c for c in cf if c]
+        if cf:
+            consensus[name] = (statistics.mean(c["first_fifth"] for c in cf), statistics.mean(c["last_fifth"] for c in cf))
+    pool_lines = []
+    if pool_series:
+        pool_png = plot_series(
+            pool_series, out_dir / "bench_open_pool.png", title="Curriculum: open prompts over training (mean over seeds)",
+            ylabel="open prompts",
+        )
+        total = res.get("size", {}).get("num_prompts")
+        for name, pts in pool_series.items():
+            full = next((st for st, v in pts if total and v >= total), None)
+            marks = ", ".join(f"{int(st)}: {v:.0f}" for st, v in pts if st in POOL_MARKS)
+            pool_lines.append(f"- `{name}`: open prompts at step {marks} (of {total}); all open from step {full}.")
+        pool_lines.append(f"\n![open pool]({pool_png.name})")
+    cons_lines = [
+        f"- `{name}`: consensus fraction {100 * a:.1f}% in the first fifth of the steps, {100 * b:.1f}% in the last."
+        for name, (a, b) in consensus.items()
+    ]
+    ts, hm = m["token_share"], m["h_t_mass_share"]
+    text = [
+        "## Mechanisms of the built-in task",
+        "",
+        f"Command: `{command}` (the same numbers: `python -m sead.bench.profile_mechanisms --task {res.get('task')}`). "
+        f"{m['rollouts']} rollouts of the prepared student (temperature 1) on training prompts, {m['tokens']} completion "
+        "tokens, scored by both models and by the task's exact oracle (which next tokens are correct after a prefix). "
+        f"Zones as the trainer decides them (teacher quantile {m['zone_settings']['teacher_quantile']}, skip fraction "
+        f"{m['zone_settings']['skip_fraction']}, entropies over the teacher's top-{m['zone_settings']['entropy_top_k']}), "
+        "per batch of 64 rollouts. Why each mechanism matters: docs/task.md.",
+        "",
+        f"**Forks.** Teacher entropy {_nats(m['mean_h_t'])} nats per token (goal >= 0.2). At forks (several correct next "
+        f"tokens, {_pct(ts['fork'])} of tokens) {_nats(m['mean_h_t_at']['fork'])}, at forced positions ({_pct(ts['forced'])}) "
+        f"{_nats(m['mean_h_t_at']['forced'])}, after a rollout left every correct path ({_pct(ts['off_path'])}) "
+        f"{_nats(m['mean_h_t_at']['off_path'])}; forks carry {_pct(hm['fork'])} of the entropy, forced positions "
+        f"{_pct(hm['forced'])}, off-path ones {_pct(hm['off_path'])}. Of all forks, {_pct(m['forks_in_fkl_zone'])} are in the "
+        "FKL zone.",
+        "",
+        f"![teacher entropy]({png.name})",
+        "",
+        f"**Mastered tokens.** Both models below 0.1 nats on {_pct(m['both_confident_share'])} of tokens.",
+        "",
+        "**Zones** (share of tokens; of the zone's tokens: forks, off-path, mean teacher entropy, top-1 disagreement "
+        "rate; the zone's share of all teacher-student top-1 disagreements):",
+        "",
+        _table(["zone", "tokens", "forks", "off path", "mean H_T", "top-1 disagree", "share of disagreements"], zones),
+        "",
+        f"**Incoherence.** Teacher entropy on passed rollouts {_nats(inc['mean_h_t_passed'])}, on failed ones "
+        f"{_nats(inc['mean_h_t_failed'])}: before their first error {_nats(inc['mean_h_t_failed_before_error'])}, from it on "
+        f"{_nats(inc['mean_h_t_failed_from_error'])}. At the positions the text's form determines (no free choice in the "
+        f"grammar: a total's digits, the answer, the format) {_nats(inc.get('mean_h_t_determined_passed'))} on passed rollouts "
+        f"and {_nats(inc.get('mean_h_t_determined_failed_from_error'))} on failed ones from their first error on; at the free "
+        f"choices {_nats(inc.get('mean_h_t_choice_passed'))} and {_nats(inc.get('mean_h_t_choice_failed_from_error'))}. By level:",
+        "",
+        _table(["level", "student pass rate", "mean H_T", "H_T passed", "H_T failed"], levels),
+        "",
+        *(_teacher_lines(res.get("teacher"), res.get("size", {}).get("sample_k"))),
+        "**Curriculum.**",
+        "",
+        *(pool_lines or ["- no curriculum run in these results."]),
+        "",
+        "**SG-OPD's gate** on the same rollouts (consensus iff d_t * v > 0; the teacher is wrong at a token when the "
+        "sign of d_t = log pi_T - log pi_S differs from the oracle's sign of log p* - log pi_S; judged where the prefix is "
+        f"still on a correct path, {_pct(gate['judged_share'])} of tokens):",
+        "",
+        _table(["rollouts", "tokens", "consensus", "teacher wrong at conflict", "teacher wrong at consensus",
+                "same, weighted by abs(d_t): conflict", "consensus"], gates),
+        "",
+        f"At the first error of a failed rollout the teacher pushes the student's wrong token up in "
+        f"{_pct(gate['teacher_endorses_error'])} of cases. Over training:",
+        "",
+        *(cons_lines or ["- no SG-OPD run in these results."]),
+    ]
+    return "\n".join(text)
 
 
 GOAL_TEXT = {
@@ -183,19 +362,26 @@ GOAL_TEXT = {
     "opd_step_vs_trl": ("OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, default: grading for the pass-rate log)", "<="),
     "opd_nograde_step_vs_trl": ("OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, log_pass_rate=false: same work)", "<="),
     "sead_minus_opd": ("SEAD accuracy - vanilla OPD accuracy", ">="),
+    "sead_avg_minus_opd": ("SEAD avg@k - vanilla OPD avg@k", ">="),
     "sgopd_minus_opd": ("SG-OPD accuracy - vanilla OPD accuracy", ">="),
+    "sgopd_avg_minus_opd": ("SG-OPD avg@k - vanilla OPD avg@k", ">="),
+    "sgopd_pass_minus_opd": ("SG-OPD pass@k - vanilla OPD pass@k", ">="),
     "opd_minus_trl_abs": ("abs(our opd - TRL) accuracy", "<="),
 }
 
 
 def goals_section(goals: dict[str, tuple[float, float]]) -> str:
     rows = []
-    for key, (value, target) in goals.items():
+    for key, (value, target, *paired) in goals.items():
         label, op = GOAL_TEXT[key]
         ok = value <= target if op == "<=" else value >= target
         pct = key.endswith(("opd", "trl_abs"))
         fmt = (lambda x: f"{100 * x:+.1f} pts") if pct else (lambda x: f"{x:.2f}x")
-        rows.append([label, f"{op} {fmt(target)}", fmt(value), _verdict(ok)])
+        measured = fmt(value)
+        if paired and paired[0].get("ci_low") is not None:
+            d = paired[0]
+            measured += f" (paired, 95% CI [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}], {d['n']} seeds)"
+        rows.append([label, f"{op} {fmt(target)}", measured, _verdict(ok)])
     return "\n".join(["## Goals", "", _table(["goal", "target", "measured", "verdict"], rows)])
 
 
@@ -213,6 +399,9 @@ def write_report(results: dict[str, dict], commands: dict[str, str], path: Path,
         text, g = quality_section(results["quality"], commands["quality"], path.parent)
         sections.append(text)
         goals.update(g)
+        mech = mechanisms_section(results["quality"], commands["quality"], path.parent)
+        if mech:
+            sections.append(mech)
     head = [
         "# Benchmarks\n\nGenerated by `make bench` (`sead bench all`); raw results in `benchmarks/results/*.json`. Every number "
         "below comes from the run recorded next to it; ratios are measured side by side in that run. This machine "

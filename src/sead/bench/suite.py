@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -13,7 +12,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .common import machine_facts, median, run_worker
+from . import quality as _quality
+from .common import machine_facts, median, run_worker, run_workers
 
 LOSS_IMPLS = (
     "sead_fused",
@@ -140,28 +140,13 @@ def bench_step(quick: bool = False, threads: int = 1, progress: bool = True) -> 
     return {"benchmark": "step", "machine": machine_facts(), "threads": threads, "rows": rows}
 
 
-# The methods and the SEAD factorial ablation (zones, anneal, curriculum; all three = SEAD).
-QUALITY_VARIANTS: dict[str, dict[str, Any]] = {
-    "trl": {"method": "opd"},
-    "opd": {"method": "opd"},
-    "sgopd": {"method": "sgopd"},
-    "zones": {"method": "opd", "zones": True},
-    "anneal": {"method": "opd", "anneal": True},
-    "curriculum": {"method": "opd", "curriculum": True},
-    "zones+anneal": {"method": "opd", "zones": True, "anneal": True},
-    "zones+curriculum": {"method": "opd", "zones": True, "curriculum": True},
-    "anneal+curriculum": {"method": "opd", "anneal": True, "curriculum": True},
-    "sead": {"method": "sead"},
-}
-QUALITY_QUICK_VARIANTS = ("trl", "opd", "sead", "sgopd")
-
-
-def _trl_trainer(student, teacher, cfg, dataset, tokenizer, callbacks):
-    from trl import DistillationTrainer
-
-    return DistillationTrainer(
-        model=student, teacher_model=teacher, args=cfg, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
-    )
+# Quality: the variants live in sead.bench.quality (each run is a worker process).
+QUALITY_VARIANTS = _quality.VARIANTS
+QUALITY_QUICK_VARIANTS = _quality.QUICK_VARIANTS
+QUALITY_DEFAULT_VARIANTS = _quality.DEFAULT_VARIANTS
+#: Metrics of a quality run summarised over seeds and paired against vanilla OPD.
+QUALITY_METRICS = ("accuracy", "auc", "avg_at_k", "pass_at_k")
+QUALITY_SEEDS = 5
 
 
 def bench_quality(
@@ -172,71 +157,116 @@ def bench_quality(
     threads: int = 1,
     progress: bool = True,
     cache_dir: str | None = None,
+    task: str | None = None,
+    jobs: int = 2,
+    overrides: dict[str, dict] | None = None,
+    mechanisms: bool = True,
 ) -> dict[str, Any]:
-    """Held-out accuracy after the same steps from the same start, several seeds, every variant."""
-    import torch
+    """Held-out scores after the same steps from the same start, ``seeds`` seeds, every variant.
 
-    from ..demo import SIZES, prepare_demo, run_variant
-    from ..tasks import arithmetic
+    The task's models are prepared (or loaded) once; every seed's data and every (seed, variant) run is a
+    worker process (``jobs`` at a time, one torch thread each). ``overrides`` adds variants: ``{name:
+    OPDConfig fields}`` (with a ``method``). ``mechanisms``: also measure the task's mechanisms on the
+    prepared student's rollouts (:mod:`sead.bench.profile_mechanisms`).
+    """
+    from ..demo import task_size
+    from ..tasks import DEFAULT_TASK, get_task
 
-    torch.set_num_threads(threads)
-    size = dict(SIZES["quick" if quick else "full"])
-    steps = steps or size["steps"]
-    seeds = seeds or (1 if quick else 3)
-    variants = variants or (QUALITY_QUICK_VARIANTS if quick else tuple(QUALITY_VARIANTS))
-    runs: dict[str, list[dict]] = {v: [] for v in variants}
-    start_acc = {}
+    task = task or DEFAULT_TASK
+    size = task_size(task, quick)
+    if steps:
+        size["steps"] = steps
+    seeds = seeds or (1 if quick else QUALITY_SEEDS)
+    overrides = dict(overrides or {})
+    variants = tuple(variants or (QUALITY_QUICK_VARIANTS if quick else QUALITY_DEFAULT_VARIANTS))
+    variants += tuple(name for name in overrides if name not in variants)
+    unknown = [v for v in variants if v not in QUALITY_VARIANTS and v not in overrides]
+    if unknown:
+        raise ValueError(f"unknown quality variant(s) {unknown}; known: {', '.join(QUALITY_VARIANTS)}")
+    t_start = time.perf_counter()
+    prepared = get_task(task).prepare_models(cache_dir=cache_dir, quick=quick, seed=0, progress=progress)
+    common = ["--task", task, "--threads", str(threads)] + (["--quick"] if quick else []) + (["--cache-dir", cache_dir] if cache_dir else [])
     with tempfile.TemporaryDirectory() as tmp:
-        bar = tqdm(total=seeds * len(variants), desc="bench quality", disable=not progress)
+        data_dirs = {seed: Path(tmp) / f"data-{seed}" for seed in range(seeds)}
+        starts = run_workers(
+            [(str(s), ["quality-data", "--seed", str(s), "--data", str(d), *common]) for s, d in data_dirs.items()],
+            jobs, progress, "quality data",
+        )
+        failed = {k: v["error"] for k, v in starts.items() if "error" in v}
+        if failed:
+            raise RuntimeError(f"quality data preparation failed: {failed}")
+        run_jobs = []
         for seed in range(seeds):
-            data = prepare_demo(size, seed, quick, cache_dir, progress=False)
-            tok = data.prepared.tokenizer
-            start_acc[seed] = arithmetic.evaluate_accuracy(data.prepared.load_student(), tok, data.test, batch_size=512)["accuracy"]
-            curve_start = arithmetic.evaluate_accuracy(data.prepared.load_student(), tok, data.curve, batch_size=512)["accuracy"]
             for name in variants:
-                t0 = time.perf_counter()
-                res = run_variant(
-                    name,
-                    data,
-                    size,
-                    Path(tmp) / f"{name}-{seed}",
-                    seed,
-                    steps,
-                    dict(QUALITY_VARIANTS[name]),
-                    trainer_cls=_trl_trainer if name == "trl" else None,
-                    progress=False,
-                )
-                res["curve"] = [[0, curve_start], *res["curve"]]
-                steps_, accs = zip(*res["curve"])
-                from ..demo import _normalized_auc
+                args = ["quality", "--seed", str(seed), "--variant", name, "--data", str(data_dirs[seed]),
+                        "--out", str(Path(tmp) / f"{name}-{seed}"), *common]
+                if steps:
+                    args += ["--steps", str(steps)]
+                if name in overrides:
+                    args += ["--overrides", json.dumps(overrides[name])]
+                run_jobs.append((f"{name}\t{seed}", args))
+        done = run_workers(run_jobs, jobs, progress, "bench quality")
+    measured = None
+    if mechanisms and size.get("mechanism_prompts"):
+        from .profile_mechanisms import measure
 
-                res["auc"] = _normalized_auc(list(steps_), list(accs))
-                res.pop("log_history", None)
-                res["seed"], res["seconds"] = seed, time.perf_counter() - t0
-                runs[name].append(res)
-                bar.update(1)
-        bar.close()
-    summary = {}
-    for name, rs in runs.items():
-        accs = [r["accuracy"] for r in rs]
-        aucs = [r["auc"] for r in rs if r["auc"] is not None]
-        summary[name] = {
-            "accuracy_mean": statistics.mean(accs),
-            "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "auc_mean": statistics.mean(aucs) if aucs else None,
-            "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
-            "wall_seconds_median": median([r["wall_seconds"] for r in rs]),
-        }
+        measured = measure(
+            get_task(task), prepared.load_teacher(), prepared.load_student(), prepared.tokenizer,
+            size["mechanism_prompts"], 0, prepared.levels,
+        )
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    errors = []
+    for key, res in done.items():
+        name, seed = key.split("\t")
+        if "error" in res:
+            errors.append(f"{name} seed {seed}: {res['error']}")
+            continue
+        runs[name].append(res)
+    for rs in runs.values():
+        rs.sort(key=lambda r: r["seed"])
     return {
         "benchmark": "quality",
+        "task": task,
         "machine": machine_facts(),
-        "steps": steps,
+        "steps": size["steps"],
         "seeds": seeds,
+        "jobs": jobs,
         "size": size,
-        "student_start": start_acc,
-        "summary": summary,
+        "teacher": starts["0"].get("teacher"),
+        "prepared": {"teacher_accuracy": prepared.teacher_accuracy, "student_accuracy": prepared.student_accuracy,
+                     "teacher_by_level": prepared.teacher_accuracy_by_level, "student_by_level": prepared.student_accuracy_by_level},
+        "student_start": {s: starts[s]["student_start"] for s in sorted(starts, key=int)},
+        "seed_data": {s: {k: v for k, v in starts[s].items() if k not in ("student_start", "teacher")} for s in starts},
+        "mechanisms": measured,
+        "summary": summarize_quality(runs),
         "runs": runs,
+        "errors": errors,
+        "wall_seconds": time.perf_counter() - t_start,
     }
+
+
+def summarize_quality(runs: dict[str, list[dict]], reference: str = "opd") -> dict[str, dict]:
+    """Per variant and metric: mean and sd over seeds, and the paired difference against ``reference``
+    (same seeds only) with its 95% interval."""
+    from .stats import mean_sd, paired_difference
+
+    ref = {r["seed"]: r for r in runs.get(reference, [])}
+    summary = {}
+    for name, rs in runs.items():
+        if not rs:
+            continue
+        entry: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "wall_seconds_median": median([r["wall_seconds"] for r in rs])}
+        for metric in QUALITY_METRICS:
+            vals = [r[metric] for r in rs if r.get(metric) is not None]
+            if not vals:
+                continue
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean_sd(vals)
+            pairs = [(r[metric], ref[r["seed"]][metric]) for r in rs if r["seed"] in ref and r.get(metric) is not None
+                     and ref[r["seed"]].get(metric) is not None]
+            if pairs and name != reference:
+                entry[f"{metric}_vs_{reference}"] = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
+        summary[name] = entry
+    return summary
 
 
 def save_json(result: dict, path: str | Path) -> Path:

@@ -1,4 +1,5 @@
-"""One measurement per process: ``python -m sead.bench.worker loss|step ...`` prints one JSON line.
+"""One measurement per process: ``python -m sead.bench.worker loss|step|quality-data|quality ...`` prints one
+JSON line.
 
 Peak memory is the process's peak resident set (``ru_maxrss``) minus the resident set just before
 the measured work (after the inputs exist), so it counts what the implementation itself allocates.
@@ -251,11 +252,38 @@ def main(argv=None) -> int:
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", default="/tmp/sead-bench-step")
     sp.add_argument("--teacher-url", default=None, help="sead_server: the vLLM server holding the teacher")
+    for name in ("quality-data", "quality"):
+        qp = sub.add_parser(name)
+        qp.add_argument("--task", required=True)
+        qp.add_argument("--seed", type=int, required=True)
+        qp.add_argument("--data", required=True, help="the seed's data directory")
+        qp.add_argument("--quick", action="store_true")
+        qp.add_argument("--cache-dir", default=None)
+        qp.add_argument("--threads", type=int, default=1)
+        if name == "quality":
+            qp.add_argument("--variant", required=True)
+            qp.add_argument("--steps", type=int, default=None)
+            qp.add_argument("--out", required=True)
+            qp.add_argument("--overrides", default=None, help="JSON object of OPDConfig fields")
+            qp.add_argument("--keep-log", action="store_true", help="write OUT/log_history.json")
     a = p.parse_args(argv)
     if a.what == "loss":
         res = bench_loss(a.impl, a.n, a.v, a.h, a.reps, a.threads)
-    else:
+    elif a.what == "step":
         res = bench_step(a.trainer, a.steps, a.batch, a.completion, a.threads, a.out, a.teacher_url)
+    else:
+        from pathlib import Path
+
+        from .quality import prepare_seed, run_one
+
+        torch.set_num_threads(a.threads)
+        if a.what == "quality-data":
+            res = prepare_seed(a.task, a.quick, a.seed, Path(a.data), a.cache_dir)
+        else:
+            overrides = json.loads(a.overrides) if a.overrides else None
+            res = run_one(
+                a.task, a.quick, a.seed, a.variant, Path(a.data), Path(a.out), a.steps, a.cache_dir, overrides, a.keep_log
+            )
     print(json.dumps(res))
     return 0
 

@@ -29,7 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--report", type=Path, default=Path("BENCHMARKS.md"), help="report to regenerate")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where JSON results are kept")
-    parser.add_argument("--seeds", type=int, default=None, help="quality: number of seeds (default 3, quick 1)")
+    parser.add_argument("--seeds", type=int, default=None, help="quality: number of seeds (default 5, quick 1)")
+    parser.add_argument("--task", default=None, help="quality: built-in task (default sums; docs/task.md)")
+    parser.add_argument("--jobs", type=int, default=2, help="quality: runs at a time (one process, one thread each)")
+    parser.add_argument("--variants", default=None, help="quality: comma-separated variants (default: the full factorial)")
     parser.add_argument("--steps", type=int, default=None, help="quality: optimizer steps per run")
     parser.add_argument("--threads", type=int, default=2, help="loss: torch threads")
     parser.add_argument("--shapes", default=None, help="loss: NxV list, e.g. 4096x32768,1024x131072 (default: by size)")
@@ -58,8 +61,18 @@ def run(args: argparse.Namespace) -> int:
         elif what == "step":
             res = suite.bench_step(quick=args.quick)
         else:
-            res = suite.bench_quality(quick=args.quick, seeds=args.seeds, steps=args.steps)
+            variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
+            try:
+                res = suite.bench_quality(
+                    quick=args.quick, seeds=args.seeds, steps=args.steps, task=args.task, jobs=args.jobs, variants=variants
+                )
+            except ValueError as err:
+                raise SeadError(f"sead bench quality: {err}") from err
         res["command"] = f"sead bench {what}{quick}" + (f" --shapes {args.shapes}" if what == "loss" and args.shapes else "")
+        if what == "quality":
+            for flag, value in (("--task", args.task), ("--seeds", args.seeds), ("--steps", args.steps), ("--variants", args.variants)):
+                if value is not None:
+                    res["command"] += f" {flag} {value}"
         if record:
             suite.save_json(res, args.results_dir / f"{what}{'_quick' if args.quick else ''}.json")
         if args.json is not None:

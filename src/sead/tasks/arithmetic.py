@@ -1,4 +1,7 @@
-"""Built-in synthetic arithmetic task: verifiable problems, a character tokenizer, tiny models.
+"""Built-in task ``arithmetic`` (``--task arithmetic``): verifiable problems, a character tokenizer, tiny models.
+
+One correct scratchpad per problem, so it has none of the forks SEAD's zones are built for (``docs/task.md``);
+the default task is :mod:`sead.tasks.sums`.
 
 Everything the demo needs without a download:
 
@@ -12,38 +15,31 @@ Everything the demo needs without a download:
   :func:`make_dataset` returns a :class:`datasets.Dataset` of them.
 - **A tokenizer** (:func:`build_tokenizer`): one token per character, plus ``\\boxed{`` as a single
   token, wrapped as a left-padding :class:`transformers.PreTrainedTokenizerFast`.
-- **A teacher and a smaller student** (Qwen2 architecture, about 0.4M and 0.1M parameters), trained here by supervised fine-tuning on gold completions so that the
-  teacher is clearly stronger than the student. :func:`prepare_models` trains them once and caches
-  them (``save_pretrained``) under ``$SEAD_CACHE_DIR`` (default ``~/.cache/sead``), keyed by a hash
-  of everything that determines the result.
+- **A teacher and a smaller student** (Qwen2 architecture, about 0.4M and 0.1M parameters, head
+  dimension 32), trained here by supervised fine-tuning on gold completions so that the teacher is
+  clearly stronger than the student. :func:`prepare_models` trains them once and caches them
+  (``save_pretrained``) under ``$SEAD_CACHE_DIR`` (default ``~/.cache/sead``), keyed by a hash of
+  everything that determines the result (:mod:`sead.tasks.prepare`, shared with the ``sums`` task).
 - :func:`evaluate_accuracy`: greedy accuracy with the project's one grader, :func:`sead.verify.grade`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import hashlib
 import json
-import math
 import os
 import random
-import shutil
-import tempfile
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
-from typing import Any
 
-import torch
 from datasets import Dataset
-from tqdm.auto import tqdm
 
-from sead.errors import SeadError
-from sead.generation import generate_responses
+from sead.tasks import scoring
+from sead.tasks import sft as _sft
 from sead.tasks.charset import SPECIAL_TOKENS
+from sead.tasks.prepare import BuiltinTask, PreparedModels, Recipe, default_cache_dir
+from sead.tasks.sft import ModelSpec, SFTSettings, build_model, teacher_forced_accuracy
 
 __all__ = [
     "LEVELS",
@@ -73,6 +69,8 @@ __all__ = [
     "recipes",
     "default_cache_dir",
     "prepare_models",
+    "ArithmeticTask",
+    "TASK",
 ]
 
 #: Bump when anything that changes the data, tokenizer or training code changes: old cache
@@ -326,134 +324,13 @@ def build_tokenizer():
 
 
 # ----------------------------------------------------------------------------------------------
-# Models and supervised training
+# Models, training and cached preparation (the shared machinery of sead.tasks.sft / prepare)
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Size of a tiny Qwen2 decoder."""
-
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    intermediate_size: int
-    num_kv_heads: int | None = None  # None: same as num_heads
-
-    def to_config(self, vocab_size: int, tokenizer=None):
-        from transformers import Qwen2Config
-
-        kwargs = {}
-        if tokenizer is not None:
-            kwargs = dict(
-                pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        return Qwen2Config(
-            vocab_size=vocab_size,
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            num_key_value_heads=self.num_kv_heads or self.num_heads,
-            max_position_embeddings=64,
-            tie_word_embeddings=False,
-            **kwargs,
-        )
-
-
-@dataclass(frozen=True)
-class SFTSettings:
-    """Supervised fine-tuning on gold completions: AdamW, linear warmup then cosine decay."""
-
-    steps: int
-    batch_size: int = 128
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 30
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    levels: tuple[int, ...] = LEVELS
-    #: Relative sampling weight of each of ``levels``; ``None``: all equal.
-    level_weights: tuple[float, ...] | None = None
-    #: Stop early once the probe accuracy reaches this (``None``: always run ``steps``). The probe
-    #: is ``probe_size`` training problems spread evenly over ``levels``, checked every
-    #: ``check_every`` steps; a problem counts as solved when every completion token is the
-    #: argmax under teacher forcing, i.e. greedy decoding would reproduce the gold completion.
-    #: Used to stop the student at a target starting accuracy however fast a seed learns.
-    stop_at_accuracy: float | None = None
-    check_every: int = 10
-    probe_size: int = 256
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How one model (teacher or student) is made: its size, its training, its evaluation."""
-
-    role: str
-    model: ModelSpec
-    sft: SFTSettings
-    eval_levels: tuple[int, ...] = LEVELS
-    eval_size: int = 400
-
-    def cache_key(self, seed: int) -> str:
-        """Hash of everything that determines the trained model (and the task version)."""
-        payload = {
-            "task_version": TASK_VERSION,
-            "recipe": dataclasses.asdict(self),
-            "seed": seed,
-            "test_fraction": TEST_FRACTION,
-            "split_salt": _SPLIT_SALT,
-            "data_fingerprint": _data_fingerprint(),
-        }
-        blob = json.dumps(payload, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-
-@cache
-def _data_fingerprint() -> str:
-    """Hash of the tokenizer's vocabulary and of sample prompts and gold completions of every
-    level, so that a change of format invalidates cached models even if nobody bumps
-    :data:`TASK_VERSION`."""
-    samples = [p.prompt + p.completion for level in LEVELS for p in level_problems(level, "train")[:5]]
-    blob = json.dumps({"vocab": build_tokenizer().get_vocab(), "samples": samples}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def build_model(spec: ModelSpec, tokenizer, seed: int = 0):
-    """A freshly initialised :class:`transformers.Qwen2ForCausalLM` of size ``spec``."""
-    from transformers import Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(spec.to_config(len(tokenizer), tokenizer))
-
-
-def _encode_example(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return prompt_ids + completion_ids + [tokenizer.eos_token_id], len(prompt_ids)
-
-
-def _collate(examples: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch; labels are -100 on prompt and padding positions."""
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    for row, (ids, prompt_len) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def _lr_factor(step: int, settings: SFTSettings) -> float:
-    if step < settings.warmup_steps:
-        return (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * cosine
+def _draw_example(level: int, rng: random.Random) -> tuple[str, str]:
+    problem = rng.choice(_level_split_problems(level, "train"))
+    return problem.prompt, problem.completion
 
 
 def train_sft(
@@ -463,88 +340,10 @@ def train_sft(
 
     Each step draws ``batch_size`` problems with replacement from the train split, a level of
     ``settings.levels`` at a time with probability ``settings.level_weights`` (equal by default),
-    then a problem of that level uniformly; the loss is the mean cross-entropy over completion tokens
-    (EOS included). Returns the per-step losses.
+    then a problem of that level uniformly (:func:`sead.tasks.sft.train_sft`). Returns the per-step losses.
     """
-    levels = _check_levels(settings.levels)
-    if settings.steps < 1:
-        raise ValueError(f"steps must be >= 1, got {settings.steps}")
-    if settings.stop_at_accuracy is not None and not 0.0 < settings.stop_at_accuracy <= 1.0:
-        raise ValueError(f"stop_at_accuracy must be in (0, 1], got {settings.stop_at_accuracy}")
-    if settings.check_every < 1 or settings.probe_size < 1:
-        raise ValueError(
-            f"check_every and probe_size must be >= 1, got {settings.check_every}, {settings.probe_size}"
-        )
-    weights = settings.level_weights or (1.0,) * len(levels)
-    if len(weights) != len(levels) or min(weights) < 0 or sum(weights) <= 0:
-        raise ValueError(
-            f"level_weights must be {len(levels)} non-negative numbers with a positive sum, got {settings.level_weights}"
-        )
-    pools = [
-        [_encode_example(tokenizer, p.prompt, p.completion) for p in _level_split_problems(level, "train")]
-        for level in levels
-    ]
-    probe = None
-    if settings.stop_at_accuracy is not None:
-        probe_problems = sample_problems(settings.probe_size, levels=levels, seed=seed + 1, split="train")
-        probe = _collate(
-            [_encode_example(tokenizer, p.prompt, p.completion) for p in probe_problems],
-            tokenizer.pad_token_id,
-        )
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98)
-    )
-    model.train()
-    losses: list[float] = []
-    bar = tqdm(
-        range(settings.steps),
-        desc=progress if isinstance(progress, str) else "sft",
-        disable=not progress,
-        unit="step",
-    )
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr * _lr_factor(step, settings)
-        chosen = rng.choices(pools, weights=weights, k=settings.batch_size)
-        batch = _collate([rng.choice(pool) for pool in chosen], tokenizer.pad_token_id)
-        loss = model(**batch).loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite SFT loss {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 10 == 0 or step == settings.steps - 1:
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
-        if probe is not None and (step + 1) % settings.check_every == 0:
-            accuracy = teacher_forced_accuracy(model, probe)
-            model.train()
-            if accuracy >= settings.stop_at_accuracy:
-                bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}", probe=f"{accuracy:.2f}")
-                break
-    bar.close()
-    model.eval()
-    return losses
-
-
-@torch.no_grad()
-def teacher_forced_accuracy(model, batch: dict[str, torch.Tensor]) -> float:
-    """Fraction of rows of a :func:`_collate` batch whose every labelled token is the model's argmax
-    given the gold prefix: exactly the rows that greedy decoding would answer with the gold text."""
-    model.eval()
-    logits_BTV = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    predicted_BT = logits_BTV[:, :-1].argmax(-1)
-    target_BT = batch["labels"][:, 1:]
-    solved_B = ((predicted_BT == target_BT) | (target_BT == -100)).all(dim=-1)
-    return solved_B.float().mean().item()
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------
+    levels = _check_levels(settings.levels or LEVELS)
+    return _sft.train_sft(model, tokenizer, settings, _draw_example, levels, seed=seed, progress=progress)
 
 
 def evaluate_accuracy(
@@ -555,78 +354,48 @@ def evaluate_accuracy(
     max_new_tokens: int = MAX_NEW_TOKENS,
     progress: bool | str = False,
 ) -> dict:
-    """Greedy accuracy of ``model`` on ``dataset`` (columns ``prompt``, ``answer``, ``level``).
-
-    Responses are generated with :func:`sead.generation.generate_responses` and graded with
-    :func:`sead.verify.grade`. Returns ``{"accuracy": float, "accuracy_by_level": {level: float},
-    "n": int}``.
-    """
-    from sead.verify import grade
-
-    for column in ("prompt", "answer", "level"):
-        if column not in dataset.column_names:
-            raise ValueError(f"dataset needs a {column!r} column, has {dataset.column_names}")
-    if len(dataset) == 0:
-        raise ValueError("dataset is empty")
-    responses = generate_responses(
-        model,
-        tokenizer,
-        list(dataset["prompt"]),
-        temperature=0.0,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
+    """Greedy accuracy of ``model`` on ``dataset`` (:func:`sead.tasks.scoring.evaluate_accuracy`)."""
+    return scoring.evaluate_accuracy(
+        model, tokenizer, dataset, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress
     )
-    by_level: dict[int, list[bool]] = {}
-    for (response,), gold, level in zip(responses, dataset["answer"], dataset["level"]):
-        by_level.setdefault(int(level), []).append(bool(grade(response, str(gold)).correct))
-    total = [c for flags in by_level.values() for c in flags]
-    return {
-        "accuracy": sum(total) / len(total),
-        "accuracy_by_level": {level: sum(f) / len(f) for level, f in sorted(by_level.items())},
-        "n": len(total),
-    }
 
-
-# ----------------------------------------------------------------------------------------------
-# Recipes and cached preparation
-# ----------------------------------------------------------------------------------------------
 
 # Sizes and steps were tuned on a 2-core CPU (one torch thread) so that the teacher is clearly
 # stronger and the student is well-formed (>= 99% of its answers boxed, greedy or sampled), good at
-# easy levels, weak at hard ones, and far from its capacity (the same student size reaches ~85%
-# with longer SFT): room for distillation to show. The student's SFT stops at a probe accuracy
-# rather than a step count: its learning curve is steep, and a fixed count gave 21-61% across
-# seeds; the stop gives 33-43%. Held-out greedy accuracy, seed 0 (400 problems; quick: 300):
-#   full:  teacher 94.3% (levels 1-3 100%, level 4 77%: its carry steps are often combinations
-#          unseen in training), student 42.7% (96 / 55 / 19 / 1%); 127 s on a quiet machine.
-#   quick: teacher 93.0% (100 / 93 / 86%), student 42.7% (86 / 41 / 1%); 33 s.
+# easy levels, weak at hard ones, and far from its capacity: room for distillation to show. The
+# student's SFT stops at a probe accuracy rather than a step count: its learning curve is steep, and a
+# fixed count gave 21-61% across seeds. Head dimension 32 in both (vLLM's CPU attention accepts no
+# smaller one). Held-out greedy accuracy, seed 0 (400 problems; quick: 300), 2026-12-01:
+#   full:  teacher 94.0% (levels 1-3 100%, level 4 76%), student 36.7% (82 / 46 / 17 / 2%); 127 s.
+#   quick: teacher 93.0% (100 / 99 / 80%), student 24.7% (49 / 22 / 3%); 41 s.
 #: The student's SFT stops when it solves this fraction of a probe of training problems.
 _STUDENT_TARGET = 0.4
 _FULL_TEACHER = Recipe(
     role="teacher",
-    model=ModelSpec(hidden_size=96, num_layers=3, num_heads=4, intermediate_size=288),
-    sft=SFTSettings(steps=850, batch_size=64, lr=3e-3, level_weights=(1, 2, 2, 3)),
+    model=ModelSpec(hidden_size=96, num_layers=3, num_heads=3, intermediate_size=288),
+    sft=SFTSettings(steps=850, batch_size=64, lr=3e-3, levels=LEVELS, level_weights=(1, 2, 2, 3)),
+    eval_levels=LEVELS,
 )
 _FULL_STUDENT = Recipe(
     role="student",
-    model=ModelSpec(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=192),
+    model=ModelSpec(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=192),
     sft=SFTSettings(
-        steps=400, batch_size=64, lr=3e-3, level_weights=(4, 3, 2, 1), stop_at_accuracy=_STUDENT_TARGET
+        steps=400, batch_size=64, lr=3e-3, levels=LEVELS, level_weights=(4, 3, 2, 1), stop_at_accuracy=_STUDENT_TARGET
     ),
+    eval_levels=LEVELS,
 )
-#: Levels of the quick preparation (and so of ``sead demo --quick``).
+#: Levels of the quick preparation (and so of ``sead demo --task arithmetic --quick``).
 QUICK_LEVELS: tuple[int, ...] = (1, 2, 3)
 _QUICK_TEACHER = Recipe(
     role="teacher",
-    model=ModelSpec(hidden_size=96, num_layers=2, num_heads=4, intermediate_size=288),
+    model=ModelSpec(hidden_size=96, num_layers=2, num_heads=3, intermediate_size=288),
     sft=SFTSettings(steps=480, batch_size=32, lr=3e-3, levels=QUICK_LEVELS),
     eval_levels=QUICK_LEVELS,
     eval_size=300,
 )
 _QUICK_STUDENT = Recipe(
     role="student",
-    model=ModelSpec(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=192),
+    model=ModelSpec(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=192),
     sft=SFTSettings(
         steps=400,
         batch_size=32,
@@ -642,152 +411,55 @@ _QUICK_STUDENT = Recipe(
 #: Seed of the held-out problems on which prepared models are scored.
 EVAL_SEED = 1234
 
+METRICS_FILE = "sead_arithmetic.json"
+
 
 def recipes(quick: bool = False) -> tuple[Recipe, Recipe]:
     """The (teacher, student) recipes :func:`prepare_models` uses."""
     return (_QUICK_TEACHER, _QUICK_STUDENT) if quick else (_FULL_TEACHER, _FULL_STUDENT)
 
 
-def default_cache_dir() -> Path:
-    """``$SEAD_CACHE_DIR`` if set, else ``~/.cache/sead``."""
-    env = os.environ.get("SEAD_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "sead"
-
-
-@dataclass
-class PreparedModels:
-    """Trained teacher and student checkpoints of the arithmetic task (each a ``save_pretrained``
-    directory holding model and tokenizer), and their measured held-out greedy accuracy."""
-
-    teacher_dir: Path
-    student_dir: Path
-    tokenizer: Any
-    teacher_accuracy: float
-    student_accuracy: float
-    teacher_accuracy_by_level: dict[int, float]
-    student_accuracy_by_level: dict[int, float]
-    levels: tuple[int, ...]
-    quick: bool
-    #: True when nothing was trained: both models came from the cache.
-    cached: bool = False
-    #: Seconds spent training and evaluating in this call (0.0 on a cache hit).
-    seconds: float = 0.0
-    metrics: dict = field(default_factory=dict)
-
-    def load_teacher(self):
-        """A fresh copy of the teacher, in eval mode."""
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(self.teacher_dir).eval()
-
-    def load_student(self):
-        """A fresh copy of the (initial) student, in eval mode."""
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(self.student_dir).eval()
-
-
-METRICS_FILE = "sead_arithmetic.json"
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _read_metrics(directory: Path) -> dict | None:
-    path = directory / METRICS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _train_and_save(recipe: Recipe, tokenizer, seed: int, target: Path, progress: bool) -> dict:
-    """Train ``recipe``, score it, and publish the checkpoint at ``target``; returns its metrics."""
-    start = time.perf_counter()
-    model = build_model(recipe.model, tokenizer, seed=seed)
-    losses = train_sft(
-        model, tokenizer, recipe.sft, seed=seed, progress=f"SFT {recipe.role}" if progress else False
+@cache
+def _data_fingerprint() -> str:
+    """Hash of the tokenizer's vocabulary, of sample prompts and gold completions of every level and of
+    the split rule, so that a change of format invalidates cached models even if nobody bumps
+    :data:`TASK_VERSION`."""
+    samples = [p.prompt + p.completion for level in LEVELS for p in level_problems(level, "train")[:5]]
+    blob = json.dumps(
+        {"vocab": build_tokenizer().get_vocab(), "samples": samples, "test_fraction": TEST_FRACTION, "salt": _SPLIT_SALT},
+        sort_keys=True,
     )
-    train_seconds = time.perf_counter() - start
-    eval_set = make_dataset(recipe.eval_size, levels=recipe.eval_levels, seed=EVAL_SEED, split="test")
-    scores = evaluate_accuracy(
-        model, tokenizer, eval_set, progress=f"eval {recipe.role}" if progress else False
-    )
-    metrics = {
-        "role": recipe.role,
-        "task_version": TASK_VERSION,
-        "seed": seed,
-        "recipe": dataclasses.asdict(recipe),
-        "accuracy": scores["accuracy"],
-        "accuracy_by_level": {str(k): v for k, v in scores["accuracy_by_level"].items()},
-        "eval_size": scores["n"],
-        "eval_seed": EVAL_SEED,
-        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-        "steps_run": len(losses),
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "train_seconds": train_seconds,
-        "total_seconds": time.perf_counter() - start,
-    }
-    return _save_atomically(model, tokenizer, metrics, target, progress)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save_atomically(model, tokenizer, metrics: dict, target: Path, progress: bool) -> dict:
-    """Write model, tokenizer and metrics to a temporary sibling of ``target``, then rename it.
+class ArithmeticTask(BuiltinTask):
+    """The arithmetic task as a :class:`sead.tasks.prepare.BuiltinTask`."""
 
-    A crash leaves at most a ``.tmp-*`` directory, never a half-written entry. If another process
-    published ``target`` first, its entry is kept and its metrics are returned.
-    """
-    from transformers.utils import logging as hf_logging
+    name = "arithmetic"
+    version = TASK_VERSION
+    levels = LEVELS
+    quick_levels = QUICK_LEVELS
+    level_descriptions = LEVEL_DESCRIPTIONS
+    max_new_tokens = MAX_NEW_TOKENS
+    eval_seed = EVAL_SEED
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    bars_were_enabled = hf_logging.is_progress_bar_enabled()
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a cache entry is a normal directory
-        if not progress:
-            hf_logging.disable_progress_bar()
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            published = _read_metrics(target)
-            if published is None:
-                raise
-            return published
-    finally:
-        if bars_were_enabled:
-            hf_logging.enable_progress_bar()
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return metrics
+    def build_tokenizer(self):
+        return build_tokenizer()
+
+    def make_dataset(self, n, levels=None, seed=0, split="train"):
+        return make_dataset(n, levels=levels or LEVELS, seed=seed, split=split)
+
+    def draw_example(self, level, rng):
+        return _draw_example(level, rng)
+
+    def data_fingerprint(self):
+        return _data_fingerprint()
+
+    def recipes(self, quick=False):
+        return recipes(quick)
 
 
-def _prepare_one(
-    recipe: Recipe, tokenizer, seed: int, cache_dir: Path, progress: bool
-) -> tuple[Path, dict, bool]:
-    target = cache_dir / f"arithmetic-{recipe.role}-{recipe.cache_key(seed)}"
-    metrics = _read_metrics(target)
-    if metrics is not None:
-        return target, metrics, True
-    if target.exists():
-        raise SeadError(
-            f"{target} exists but has no readable {METRICS_FILE}; it is not a finished cache entry. "
-            "Delete it and run again."
-        )
-    return target, _train_and_save(recipe, tokenizer, seed, target, progress), False
+TASK = ArithmeticTask()
 
 
 def prepare_models(
@@ -798,46 +470,10 @@ def prepare_models(
     *,
     num_threads: int | None = 1,
 ) -> PreparedModels:
-    """Trained teacher and student for the arithmetic task, from the cache or trained now.
-
-    Each model is trained by :func:`train_sft` per its recipe (:func:`recipes`), scored on held-out
-    problems (greedy) and saved with its tokenizer and a ``sead_arithmetic.json`` of metrics under
-    ``cache_dir`` (default :func:`default_cache_dir`), in a directory named by a hash of the recipe,
-    the seed and :data:`TASK_VERSION`. A later call with the same settings returns at once. An entry
-    appears only when complete (written to a temporary directory, then renamed).
+    """Trained teacher and student for the arithmetic task, from the cache or trained now
+    (:meth:`sead.tasks.prepare.BuiltinTask.prepare_models`).
 
     ``quick=True`` trains smaller models on :data:`QUICK_LEVELS` in about half a minute (2 CPU
-    cores); the full preparation takes a few minutes. ``num_threads`` is the torch thread count
-    while training (restored afterwards; ``None`` leaves it alone). One thread is the default:
-    these models are too small for intra-op parallelism to pay, and on a machine whose cores are
-    shared a second thread made steps up to ten times slower in our measurements.
+    cores); the full preparation takes a few minutes.
     """
-    if num_threads is not None and num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
-    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    teacher_recipe, student_recipe = recipes(quick)
-    tokenizer = build_tokenizer()
-    start = time.perf_counter()
-    threads = contextlib.nullcontext() if num_threads is None else _torch_threads(num_threads)
-    with threads:
-        teacher_dir, teacher_metrics, teacher_hit = _prepare_one(
-            teacher_recipe, tokenizer, seed, cache_dir, progress
-        )
-        student_dir, student_metrics, student_hit = _prepare_one(
-            student_recipe, tokenizer, seed, cache_dir, progress
-        )
-    cached = teacher_hit and student_hit
-    return PreparedModels(
-        teacher_dir=teacher_dir,
-        student_dir=student_dir,
-        tokenizer=tokenizer,
-        teacher_accuracy=teacher_metrics["accuracy"],
-        student_accuracy=student_metrics["accuracy"],
-        teacher_accuracy_by_level={int(k): v for k, v in teacher_metrics["accuracy_by_level"].items()},
-        student_accuracy_by_level={int(k): v for k, v in student_metrics["accuracy_by_level"].items()},
-        levels=tuple(teacher_recipe.eval_levels),
-        quick=quick,
-        cached=cached,
-        seconds=0.0 if cached else time.perf_counter() - start,
-        metrics={"teacher": teacher_metrics, "student": student_metrics},
-    )
+    return TASK.prepare_models(cache_dir=cache_dir, quick=quick, seed=seed, progress=progress, num_threads=num_threads)
