@@ -139,6 +139,10 @@ class OPDConfig(DistillationConfig):
             Forward-KL weight at step 0 (*assumed*).
         alpha_end (`float`, *optional*, defaults to `0.0`):
             Forward-KL weight at the last step (*assumed*).
+        fkl_zone_anneal (`bool`, *optional*, defaults to `False`):
+            An ablation, not the papers' composition: with zones and `anneal`, the FKL zone too moves from forward to
+            reverse KL, its forward-KL weight following the same cosine from 1 to `alpha_end` (`False`, METHODS.md 1b:
+            the FKL zone is always forward KL).
 
         > SEAD: competence-gated curriculum (METHODS.md 1c)
 
@@ -297,6 +301,9 @@ class OPDConfig(DistillationConfig):
     anneal: bool | None = field(default=None, metadata={"help": "Cosine anneal from forward to reverse KL."})
     alpha_start: float = field(default=0.8, metadata={"help": "Forward-KL weight at step 0."})
     alpha_end: float = field(default=0.0, metadata={"help": "Forward-KL weight at the last step."})
+    fkl_zone_anneal: bool = field(
+        default=False, metadata={"help": "Ablation: anneal the FKL zone too (cosine from 1 to alpha_end)."}
+    )
 
     curriculum: bool | None = field(default=None, metadata={"help": "Competence-gated curriculum."})
     difficulty_column: str = field(

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .errors import SeadError
 from .plots import plot_accuracy_curves, plot_entropy_histogram, plot_series
+from .progress import TrainProgress
 
 __all__ = ["DemoOptions", "SIZES", "TASK_SIZES", "task_size", "demo_config", "run_demo", "run_variant", "prepare_demo"]
 
@@ -148,7 +148,7 @@ def demo_config(method: str, size: dict[str, Any], out_dir: Path, seed: int, ste
         "save_strategy": "no",
         "report_to": [],
         "bf16": False,
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,
         "use_cpu": True,
         "seed": seed,
         "disable_tqdm": True,
@@ -158,29 +158,6 @@ def demo_config(method: str, size: dict[str, Any], out_dir: Path, seed: int, ste
     }
     fields.update(overrides)
     return OPDConfig(**fields)
-
-
-class StepProgress(TrainerCallback):
-    """One compact tqdm bar per run (instead of TRL printing every log dict)."""
-
-    def __init__(self, desc: str, enabled: bool = True):
-        self.desc, self.enabled, self.bar = desc, enabled, None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", disable=not self.enabled, leave=False)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.bar is not None and logs:
-            shown = {k.split("/")[-1]: logs[k] for k in ("loss", "rollout/pass_rate", "curriculum/gate") if k in logs}
-            self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.close()
 
 
 class AccuracyCurve(TrainerCallback):
@@ -321,7 +298,7 @@ def run_variant(
         trainer = trainer_cls(student, teacher, cfg, data.train, data.prepared.tokenizer, [curve])
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
-    trainer.add_callback(StepProgress(f"{name}", enabled=progress))
+    trainer.add_callback(TrainProgress(f"{name}", enabled=progress))  # a compact bar, or lines in a log
     trainer.train()
     wall = time.perf_counter() - start
     final = evaluate_final(trainer.model, data.prepared.tokenizer, data, size, seed=seed)

@@ -236,6 +236,7 @@ def fused_objective(
     zone_precision: str = "exact",
     sampler_logprobs: torch.Tensor | None = None,
     importance_cap: float = 3.0,
+    fkl_zone_alpha: float = 1.0,
 ) -> SeadLossOutput:
     """The training objective of :func:`sead.objective.logits_objective`, fused and chunked from hidden states.
 
@@ -269,6 +270,8 @@ def fused_objective(
             (:func:`sead.fused_terms.importance_weight`), so a vLLM engine's rollouts give the gradient under
             the trainer's ``p_S``. NaN entries (no sampler log-prob) get weight 1. ``None``: the rollouts are
             taken to be drawn from ``p_S`` itself.
+        fkl_zone_alpha: forward-KL weight of the FKL zone (its reverse-KL weight is ``1 - fkl_zone_alpha``); 1
+            (default): the FKL zone is forward KL, as METHODS.md's composition.
         Other arguments: as in :func:`sead.objective.logits_objective`.
 
     Returns:
@@ -296,6 +299,8 @@ def fused_objective(
             "a served teacher with the sign gate needs estimator sampled: the gated target "
             "softmax(lambda z_T + (1 - lambda) z_ref) of topk needs the teacher's full logits"
         )
+    if not 0.0 <= float(fkl_zone_alpha) <= 1.0:
+        raise ValueError(f"fkl_zone_alpha must be in [0, 1], got {fkl_zone_alpha}")
     if zone_thresholds is not None and not isinstance(zone_thresholds, ZoneThresholds):
         raise ValueError(f"zone_thresholds must be a sead.zones.ZoneThresholds, got {type(zone_thresholds).__name__}")
 
@@ -330,6 +335,7 @@ def fused_objective(
         "estimator_top_k": int(estimator_top_k),
         "topk_convention": topk_convention,
         "alpha": float(alpha),
+        "fkl_zone_alpha": float(fkl_zone_alpha),
         "zones": bool(zones),
         "teacher_quantile": teacher_quantile,
         "skip_fraction": skip_fraction,

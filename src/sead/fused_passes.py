@@ -310,7 +310,7 @@ def run_objective(pb: Problem, needs, tensors):
             zones_N = zones_from_thresholds(h_t_N, h_s_N, ones_N, o["zone_thresholds"])
         else:
             zones_N = sead_zones(h_t_N, h_s_N, ones_N, o["teacher_quantile"], o["skip_fraction"])
-        w_fkl_N, w_rkl_N = zone_weights(zones_N, alpha)
+        w_fkl_N, w_rkl_N = zone_weights(zones_N, alpha, o["fkl_zone_alpha"])
         scale = 1.0 / float(loss_normalizer(zones_N, o["normalize"], o["num_items"]))
         if want_grad:
             # Pass B: only kept rows are projected again (in the compute dtype) for their terms and gradient;

@@ -80,6 +80,7 @@ def logits_objective(
     lambda_conflict: float = 1.0,
     sampler_logprobs: torch.Tensor | None = None,
     importance_cap: float = 3.0,
+    fkl_zone_alpha: float = 1.0,
 ) -> SeadLossOutput:
     """Loss of one micro-batch from ``[B, T, V]`` logits; see the module docstring for the formula.
 
@@ -114,7 +115,7 @@ def logits_objective(
             zone_map = sead_zones(h_t, h_s, mask, teacher_quantile, skip_fraction)
     if zone_map is None:
         zone_map = torch.where(valid, RKL, MASKED).long()
-    w_fkl, w_rkl = (w.to(student_logits.dtype) for w in zone_weights(zone_map, alpha))
+    w_fkl, w_rkl = (w.to(student_logits.dtype) for w in zone_weights(zone_map, alpha, fkl_zone_alpha))
 
     extra: dict[str, float] = {}
     target = teacher_logits

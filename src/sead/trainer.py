@@ -415,6 +415,13 @@ class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
             self.state.global_step, self.total_steps, self.args.alpha_start, self.args.alpha_end
         )
 
+    def current_fkl_zone_alpha(self) -> float:
+        """The FKL zone's forward-KL weight: 1 (always forward KL), or with the ``fkl_zone_anneal`` ablation a cosine
+        from 1 to ``alpha_end``."""
+        if not (self.args.fkl_zone_anneal and self.args.anneal and self.args.zones):
+            return 1.0
+        return cosine_anneal(self.state.global_step, self.total_steps, 1.0, self.args.alpha_end)
+
     def current_rho(self) -> float:
         if not self.args.teacher_mixing:
             return 0.0

@@ -141,6 +141,7 @@ class LossGlue:
             entropy_top_k = min(entropy_top_k or self._served_top_k, self._served_top_k)
         return alpha, {
             "alpha": alpha,
+            "fkl_zone_alpha": self.current_fkl_zone_alpha(),
             "zones": bool(args.zones),
             "teacher_quantile": args.teacher_quantile,
             "skip_fraction": args.skip_fraction,

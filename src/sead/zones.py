@@ -201,19 +201,21 @@ def zone_fractions(zones: torch.Tensor) -> dict[str, float]:
     }
 
 
-def zone_weights(zones: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+def zone_weights(zones: torch.Tensor, alpha: float, fkl_zone_alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """How each zone mixes the two directions (METHODS.md 1b composition, *assumed default*).
 
     Returns per-position weights ``(w_fkl, w_rkl)`` so that the token loss is
     ``w_fkl * KL(p_T || p_S) + w_rkl * KL(p_S || p_T)``:
-    FKL zone ``(1, 0)``; RKL zone ``(alpha, 1 - alpha)`` (the annealed mix; pure RKL when ``alpha = 0``);
-    skip and masked ``(0, 0)``. Without zones every valid position is in the RKL zone.
+    FKL zone ``(fkl_zone_alpha, 1 - fkl_zone_alpha)``, by default ``(1, 0)``: always forward KL (the ablation
+    ``fkl_zone_anneal`` anneals it too); RKL zone ``(alpha, 1 - alpha)`` (the annealed mix; pure RKL when
+    ``alpha = 0``); skip and masked ``(0, 0)``. Without zones every valid position is in the RKL zone.
     """
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    is_fkl, is_rkl = (zones == FKL), (zones == RKL)
-    w_fkl = is_fkl.double() + alpha * is_rkl.double()
-    w_rkl = (1.0 - alpha) * is_rkl.double()
+    for name, value in (("alpha", alpha), ("fkl_zone_alpha", fkl_zone_alpha)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    is_fkl, is_rkl = (zones == FKL).double(), (zones == RKL).double()
+    w_fkl = fkl_zone_alpha * is_fkl + alpha * is_rkl
+    w_rkl = (1.0 - fkl_zone_alpha) * is_fkl + (1.0 - alpha) * is_rkl
     return w_fkl, w_rkl
 
 

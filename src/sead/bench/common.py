@@ -63,11 +63,11 @@ def run_workers(jobs: list[tuple[str, list[str]]], workers: int, progress: bool,
     ``{key: result}`` in job order."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     out: dict[str, dict] = {}
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, tqdm(total=len(jobs), desc=desc, disable=not progress) as bar:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, progress_bar(total=len(jobs), desc=desc, disable=not progress) as bar:
         futures = {pool.submit(run_worker, args, 7200, env): key for key, args in jobs}
         for future in as_completed(futures):
             out[futures[future]] = future.result()

@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from ..progress import progress_bar
 from . import quality as _quality
 from .common import machine_facts, median, run_worker, run_workers
 
@@ -48,7 +47,7 @@ def bench_loss(
     goal = shapes[0] if quick else LOSS_GOAL_SHAPE
     jobs = [(impl, n, v) for n, v in shapes for impl in LOSS_IMPLS if (n, v) == goal or impl not in LOSS_EXTRA_IMPLS]
     measured: dict[tuple[str, int, int], dict] = {}
-    for impl, n, v in tqdm(jobs, desc="bench loss", disable=not progress):
+    for impl, n, v in progress_bar(jobs, desc="bench loss", disable=not progress):
         n_run = n
         if impl in FULL_LOGITS_IMPLS and n * v > NAIVE_MAX_ELEMENTS:
             n_run = NAIVE_MAX_ELEMENTS // v
@@ -122,7 +121,7 @@ def bench_step(quick: bool = False, threads: int = 1, progress: bool = True) -> 
     order = list(STEP_TRAINERS)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         url, server_error = _start_step_teacher_server(stack, Path(tmp))
-        bar = stack.enter_context(tqdm(total=rounds * len(order), desc="bench step", disable=not progress))
+        bar = stack.enter_context(progress_bar(total=rounds * len(order), desc="bench step", disable=not progress))
         for r in range(rounds):
             for name in order[r % len(order) :] + order[: r % len(order)]:
                 args = ["step", name, "--steps", str(steps), "--threads", str(threads), "--out", str(Path(tmp) / f"{name}-{r}")]

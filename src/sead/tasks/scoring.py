@@ -21,11 +21,11 @@ def _check_dataset(dataset) -> None:
 
 def _grade_rows(responses, dataset) -> dict[int, list[list[bool]]]:
     """``{level: [[correct per sample] per prompt]}``."""
-    from sead.verify import grade
+    from sead.verify import TRAINING_MODE, grade
 
     by_level: dict[int, list[list[bool]]] = {}
     for samples, gold, level in zip(responses, dataset["answer"], dataset["level"]):
-        by_level.setdefault(int(level), []).append([bool(grade(r, str(gold)).correct) for r in samples])
+        by_level.setdefault(int(level), []).append([bool(grade(r, str(gold), mode=TRAINING_MODE).correct) for r in samples])
     return dict(sorted(by_level.items()))
 
 

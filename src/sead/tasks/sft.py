@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
+
+from ..progress import progress_bar
 
 __all__ = [
     "VLLM_HEAD_DIMS",
@@ -218,7 +219,7 @@ def train_sft(
     )
     model.train()
     losses: list[float] = []
-    bar = tqdm(
+    bar = progress_bar(
         range(settings.steps),
         desc=progress if isinstance(progress, str) else "sft",
         disable=not progress,
