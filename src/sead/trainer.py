@@ -366,9 +366,10 @@ class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
             self.train_dataset = ds.select(keep)
 
     def _check_curriculum_orders_something(self) -> None:
-        """Refuse a curriculum that opens no prompt, or every prompt, at step 0 (its gate at step 0 is the first difficulty
-        quantile, computed with the run's planned length): it would order nothing, most often because the
-        difficulty column is constant (a pre-pass whose model solved every prompt, or none)."""
+        """Refuse a curriculum that opens no prompt at step 0, and warn when it opens every prompt there (its gate
+        at step 0 is the first difficulty quantile, computed with the run's planned length): it would order
+        nothing, most often because the difficulty column is nearly constant (a pre-pass whose model solved
+        almost every prompt, or almost none)."""
         cur, total = self.curriculum, self.planned_total_steps()
         n_open, n = cur.open_indices(0, total).numel(), cur.difficulties.numel()
         if n_open == 0:  # cannot happen with the quantile gate (its first bucket is always open); a guard
@@ -380,10 +381,13 @@ class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
             )
         if n > 1 and n_open == n:
             lo, hi = float(cur.difficulties.min()), float(cur.difficulties.max())
-            raise SeadError(
-                f"the curriculum opens all {n} prompts at step 0 (column `{self.args.difficulty_column}` ranges "
-                f"{lo:g}..{hi:g}, gate {cur.gate(0, total):g}): it would order nothing. Recompute the column with "
-                "`sead difficulty` (with the initial student, so that pass rates differ), or set `curriculum: false`."
+            warnings.warn(
+                f"sead: the curriculum opens all {n} prompts at step 0 (column `{self.args.difficulty_column}` ranges "
+                f"{lo:g}..{hi:g}, gate {cur.gate(0, total):g}): it orders nothing (most often more than "
+                f"{100 // self.args.curriculum_num_buckets}% of the prompts share the top difficulty, e.g. never solved "
+                "by the initial student). Recompute the column with more rollouts (`sead difficulty --num-rollouts`) "
+                "or another checkpoint, or set `curriculum: false`.",
+                stacklevel=2,
             )
 
     def competence_window(self) -> int:
