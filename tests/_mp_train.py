@@ -72,6 +72,16 @@ def main(argv: list[str]) -> None:
 
     trainer._compute_loss = compute_loss
 
+    cuts = trainer._step_zone_cuts  # zone_scope: step: the step's cuts, from every rank's gathered entropies
+
+    def step_zone_cuts(output):
+        cuts(output)
+        from sead.trainer_loss import ZONE_CUT_KEYS
+
+        record.row(trainer.state.global_step + 1)["zone_cuts"] = [float(output[k]) for k in ZONE_CUT_KEYS]
+
+    trainer._step_zone_cuts = step_zone_cuts
+
     def on_step_end(args, state, control, **kwargs):
         row = record.row(state.global_step)
         if trainer.curriculum is not None:
