@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from _tiny import (
     save_models,
@@ -81,6 +82,31 @@ def test_vocabulary_mismatch_paths(tmp_path):
         "shared vocabulary", model=student, teacher_model=teacher, args=tiny_config(tmp_path / "o", method="opd"),
         train_dataset=tiny_dataset(8), processing_class=tokenizer(),
     )
+
+
+def test_no_teacher_at_all_is_refused_at_start(tmp_path):
+    _refused(
+        "no teacher: pass teacher_model=", model=tiny_model(0), teacher_model=None,
+        args=tiny_config(tmp_path / "o", method="opd"), train_dataset=tiny_dataset(8), processing_class=tokenizer(),
+    )
+
+
+def test_teacher_by_config_field_is_loaded_when_no_teacher_model_is_passed(tmp_path):
+    """TRL's trainer ignores ``teacher_model_name_or_path``; ours loads it (it used to crash at the first step)."""
+    student, teacher = save_models(tmp_path)
+    trainer = OPDTrainer(
+        model=student, teacher_model=None,
+        args=tiny_config(tmp_path / "o", method="opd", teacher_model_name_or_path=teacher, max_steps=1),
+        train_dataset=tiny_dataset(8), processing_class=tokenizer(),
+    )
+    assert trainer.teacher_model is not None
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(teacher).lm_head.weight
+    loaded = trainer.accelerator.unwrap_model(trainer.teacher_model).lm_head.weight
+    assert torch.equal(loaded.detach().cpu(), saved.detach())  # the teacher saved at that path, not the student
+    trainer.train()
+    assert trainer.state.global_step == 1
 
 
 def test_tokenizer_too_large_for_student(tmp_path):

@@ -118,16 +118,10 @@ def estimate_difficulty(
 # ----------------------------------------------------------------------------------------------
 
 
-def _nested(value, path: Sequence[str]):
-    for key in path:
-        value = value[key]
-    return value
-
-
 def load_rows(settings: dict[str, Any]):
     """``(dataset, prompts, answers)``: the dataset as loaded (columns untouched), its prompt values
     (strings or message lists) and gold answers (strings)."""
-    from .run import load_train_dataset
+    from .run import answers_from_column, load_train_dataset
 
     ds = load_train_dataset(settings["dataset"], settings["dataset_config"], settings["split"], "prompt")
     if settings["limit"] is not None:
@@ -137,17 +131,8 @@ def load_rows(settings: dict[str, Any]):
     column = settings["prompt_column"]
     if column not in ds.column_names:
         raise SeadError(f"dataset has no column `{column}` (--prompt-column); columns: {ds.column_names}")
-    source = settings["answer_column_source"] or settings["answer_column"]
-    path = source.split(".")
-    if path[0] not in ds.column_names:
-        raise SeadError(
-            f"dataset has no column `{path[0]}` for the gold answers (--answer-column / --answer-column-source); "
-            f"columns: {ds.column_names}"
-        )
-    try:
-        answers = [str(_nested(v, path[1:])) for v in ds[path[0]]]
-    except (KeyError, TypeError, IndexError) as err:
-        raise SeadError(f"gold answers `{source}`: a row has no such field ({err!r})") from err
+    option = "--answer-column-source" if settings["answer_column_source"] else "--answer-column"
+    answers = answers_from_column(ds, settings["answer_column_source"] or settings["answer_column"], option)
     return ds, list(ds[column]), answers
 
 

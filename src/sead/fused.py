@@ -112,6 +112,19 @@ def _check_head(name: str, head: LMHead, mask: torch.Tensor, vocab: int | None) 
         raise ValueError(f"{name}_transform must be a sead.logit_transforms.LogitTransform")
 
 
+def _check_heads(student: LMHead, teacher: LMHead | SparseTeacher, mask: torch.Tensor, zone_precision: str):
+    """Check the student head and a dense teacher's against ``mask`` and each other; resolve ``zone_precision:
+    auto`` for the student's device. Returns ``(zone_precision, vocab, sparse)`` (sparse: a served teacher)."""
+    if zone_precision == "auto":
+        zone_precision = "bf16" if fast_bf16_matmul(student.weight.device) else "exact"
+    _check_head("student", student, mask, None)
+    vocab = student.weight.shape[0]
+    sparse = isinstance(teacher, SparseTeacher)
+    if not sparse:
+        _check_head("teacher", teacher, mask, vocab)
+    return zone_precision, vocab, sparse
+
+
 def _check_options(estimator, estimator_top_k, topk_convention, alpha, teacher_quantile, skip_fraction, normalize,
                    zone_precision, entropy_support, chunk_size, entropy_top_k, temperature):
     if estimator not in ESTIMATORS:
@@ -280,13 +293,7 @@ def fused_objective(
     """
     _check_options(estimator, estimator_top_k, topk_convention, alpha, teacher_quantile, skip_fraction, normalize,
                    zone_precision, entropy_support, chunk_size, entropy_top_k, temperature)
-    if zone_precision == "auto":
-        zone_precision = "bf16" if fast_bf16_matmul(student.weight.device) else "exact"
-    _check_head("student", student, mask, None)
-    vocab = student.weight.shape[0]
-    sparse = isinstance(teacher, SparseTeacher)
-    if not sparse:
-        _check_head("teacher", teacher, mask, vocab)
+    zone_precision, vocab, sparse = _check_heads(student, teacher, mask, zone_precision)
     if sign_gate and reference is not None:
         _check_head("reference", reference, mask, vocab)
     needs_ids = estimator == "sampled" or sign_gate
@@ -490,13 +497,7 @@ def fused_zone_entropies(
     by the matmul's rounding)."""
     _check_options("topk", 1, "tail", 0.0, 0.5, 0.5, "kept", zone_precision, entropy_support, chunk_size,
                    entropy_top_k, temperature)
-    if zone_precision == "auto":
-        zone_precision = "bf16" if fast_bf16_matmul(student.weight.device) else "exact"
-    _check_head("student", student, mask, None)
-    vocab = student.weight.shape[0]
-    sparse = isinstance(teacher, SparseTeacher)
-    if not sparse:
-        _check_head("teacher", teacher, mask, vocab)
+    zone_precision, vocab, sparse = _check_heads(student, teacher, mask, zone_precision)
     mask_M = mask.reshape(-1)
     valid_idx = (mask_M != 0).nonzero().squeeze(-1)
     dtype = torch.float64 if student.hidden.dtype == torch.float64 else torch.float32

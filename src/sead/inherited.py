@@ -74,8 +74,8 @@ INHERITED_FIELDS: tuple[Inherited, ...] = (
     ),
     _works(
         "teacher_model_name_or_path",
-        "`sead train` (`sead.run.build_trainer`) passes it as `OPDTrainer(teacher_model=...)`; in Python, pass "
-        "`teacher_model` to `OPDTrainer` (as in TRL, the trainer does not read this field)",
+        "`sead train` (`sead.run.build_trainer`) passes it as `OPDTrainer(teacher_model=...)`; in Python, "
+        "`OPDTrainer` loads it when no `teacher_model` is passed (TRL's trainer would not read it)",
     ),
     _works("teacher_model_revision", "TRL's `__init__`, when the teacher is given by name"),
     _works("teacher_model_init_kwargs", "TRL's `__init__`, when the teacher is given by name"),

@@ -125,28 +125,27 @@ def load_train_dataset(
     return ds
 
 
-def _nested(row, path: list[str]):
-    value = row
-    for key in path:
-        value = value[key]
-    return value
+def answers_from_column(ds, source: str, option: str) -> list[str]:
+    """The gold answers of ``ds`` as strings, from column ``source`` or a field nested in it (``col.key.key``,
+    e.g. DAPO-Math's ``reward_model.ground_truth``). Errors name ``option``, the setting that gave ``source``."""
+    column, *keys = source.split(".")
+    if column not in ds.column_names:
+        raise SeadError(f"{option} `{source}`: the dataset has no column `{column}`; columns: {ds.column_names}")
+    answers = []
+    for value in ds[column]:
+        try:
+            for key in keys:
+                value = value[key]
+        except (KeyError, TypeError, IndexError) as err:
+            raise SeadError(f"{option} `{source}`: a row has no such nested field ({err!r})") from err
+        answers.append(str(value))
+    return answers
 
 
 def map_dataset_columns(ds, script: ScriptArguments, cfg: OPDConfig):
     """Apply ``answer_column_source`` and ``apply_chat_template`` (after :func:`load_train_dataset`)."""
     if script.answer_column_source and script.answer_column_source != cfg.answer_column:
-        path = script.answer_column_source.split(".")
-        if path[0] not in ds.column_names:
-            raise SeadError(
-                f"answer_column_source `{script.answer_column_source}`: the dataset has no column `{path[0]}`; "
-                f"columns: {ds.column_names}"
-            )
-        try:
-            answers = [str(_nested(row, path[1:])) for row in ds[path[0]]]
-        except (KeyError, TypeError, IndexError) as err:
-            raise SeadError(
-                f"answer_column_source `{script.answer_column_source}`: a row has no such nested field ({err!r})"
-            ) from err
+        answers = answers_from_column(ds, script.answer_column_source, "answer_column_source")
         if cfg.answer_column in ds.column_names:
             ds = ds.remove_columns(cfg.answer_column)
         ds = ds.add_column(cfg.answer_column, answers)

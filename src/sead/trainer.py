@@ -190,6 +190,13 @@ class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
                 "teacher_server_url is set and a teacher_model was passed: the teacher is either served or local. "
                 "Pass teacher_model=None with a served teacher."
             )
+        if teacher_model is None and not args.teacher_server_url:
+            if not args.teacher_model_name_or_path:
+                raise SeadError(
+                    "no teacher: pass teacher_model= to OPDTrainer (a hub id, a local path or a loaded model), or set "
+                    "teacher_model_name_or_path, or teacher_server_url for a teacher served by vLLM."
+                )
+            teacher_model = args.teacher_model_name_or_path  # loaded by TRL's __init__, like a teacher passed by name
         check_vocabularies(model, teacher_model, args)
         state = getattr(args, "distributed_state", None)
         if state is not None:  # refuse a launch that asks for FSDP / DeepSpeed on CPU before loading any model
