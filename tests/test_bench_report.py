@@ -240,3 +240,13 @@ def test_sgopd_bench_rows_compute_the_same_loss():
     losses = [worker._loss_fn(impl, h_s, w_s, h_t, w_t, torch.ones(n), torch.Generator().manual_seed(1))()
               for impl in ("sgopd_fused", "sgopd_naive")]
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-9, atol=1e-12)
+
+
+def test_runs_phrase_counts_the_timed_runs_each_row_records():
+    from sead.bench.report import _runs_phrase
+
+    assert _runs_phrase([{"times_s": [1, 2, 3, 4, 5]}, {"times_s": [1, 2, 3, 4, 5]}], 5) == "5 timed runs"
+    assert _runs_phrase([{"times_s": [1, 2, 3, 4, 5]}, {"times_s": [9, 9, 9]}], 5) == (
+        "3-5 timed runs (3 where a run took over 5 s)"
+    )
+    assert _runs_phrase([{"impl": "x"}], 5) == "5 timed runs"  # older results without times
