@@ -250,3 +250,14 @@ def test_runs_phrase_counts_the_timed_runs_each_row_records():
         "3-5 timed runs (3 where a run took over 5 s)"
     )
     assert _runs_phrase([{"impl": "x"}], 5) == "5 timed runs"  # older results without times
+
+
+def test_a_goal_met_exactly_is_met_despite_float_rounding():
+    from sead.bench.report import goals_section
+
+    # the paired trl - opd accuracy differences of the 2026-12-01 run (400 problems each): 2.0 points exactly
+    per_seed = [0.0475, -0.035, 0.0525, 0.0175, 0.0175]
+    value = sum(per_seed) / 5 + 7e-18  # what the run's float sums gave: 0.020000000000000007
+    assert value > 0.02
+    text = goals_section({"opd_minus_trl_abs": (value, 0.02)})
+    assert "| met |" in text and "missed" not in text
