@@ -137,3 +137,29 @@ def test_competence_window_defaults_to_one_step_of_rollouts(tmp_path):
     small = tiny_trainer(tmp_path / "s", method="sead", per_device_train_batch_size=4)
     assert small.curriculum.window_size == 64  # at least 64
     assert tiny_trainer(tmp_path / "e", method="sead", competence_window=5).curriculum.window_size == 5
+
+
+@pytest.mark.parametrize("estimator", ["full", "topk", "sampled"])
+def test_sgopd_training_never_builds_full_logits(tmp_path, estimator, monkeypatch):
+    """Issue 12: a sign-gated run projects hidden states chunk by chunk; no `[B, T, V]` logits of student, teacher
+    or reference. Every lm_head call (generation's, one position at a time) is recorded; the logits path is
+    made to fail."""
+    import sead.trainer_loss
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the full-logits objective was called")
+
+    monkeypatch.setattr(sead.trainer_loss, "logits_objective", refuse)
+    trainer = tiny_trainer(tmp_path, method="sgopd", estimator=estimator, estimator_top_k=4, max_steps=2,
+                           teacher_mix_rho0=1.0)
+    shapes = []
+    models = {"student": trainer.model, "teacher": trainer.teacher_model, "reference": trainer.ref_model}
+    assert models["reference"] is not None  # SG-OPD's frozen reference is in play
+    for model in models.values():
+        trainer.accelerator.unwrap_model(model).get_output_embeddings().register_forward_hook(
+            lambda module, inp, out: shapes.append(tuple(out.shape))
+        )
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert shapes, "generation calls lm_head: the hooks must have seen it"
+    assert all(s[1] == 1 for s in shapes), sorted(set(shapes))  # one position per call: decoding only
