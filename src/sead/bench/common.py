@@ -11,6 +11,13 @@ import subprocess
 import sys
 from importlib.metadata import version
 
+# A warm-up run longer than this (seconds) is timed as the first of the runs (see bench_loss).
+LONG_RUN_S = 20.0
+# Runs whose warm-up takes over SLOW_RUN_S are timed SLOW_RUN_REPS times at most (make bench's 90-minute budget:
+# 8 of the loss part's 26 minutes on 2026-12-01 were the 4th and 5th runs of such implementations).
+SLOW_RUN_S = 5.0
+SLOW_RUN_REPS = 3
+
 
 def machine_facts() -> dict:
     """What every number is measured on: date, cores, CPU, library versions."""

@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 from ..plots import plot_accuracy_curves
+from .common import LONG_RUN_S, SLOW_RUN_S
 from .suite import LOSS_IMPLS
 
 
@@ -14,7 +15,7 @@ def _runs_phrase(rows, reps: int) -> str:
     counts = sorted({len(r["times_s"]) for r in rows if r.get("times_s")}) or [reps]
     if counts == [reps]:
         return f"{reps} timed runs"
-    return f"{counts[0]}-{counts[-1]} timed runs ({counts[0]} where a run took over 5 s)"
+    return f"{counts[0]}-{counts[-1]} timed runs ({counts[0]} where a run took over {SLOW_RUN_S:g} s)"
 
 
 def _machine_line(m: dict) -> str:
@@ -77,7 +78,7 @@ def loss_section(res: dict, command: str) -> tuple[str, dict]:
         "## 1. Loss kernels (forward + backward)",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {_machine_line(res['machine'])}; torch threads {res['threads']}; median of {_runs_phrase(rows, res['reps'])} after one warm-up (a warm-up over 20 s counts as the first timed run), each implementation in its own process; peak = peak RSS minus RSS before the call.",
+        f"Machine: {_machine_line(res['machine'])}; torch threads {res['threads']}; median of {_runs_phrase(rows, res['reps'])} after one warm-up (a warm-up over {LONG_RUN_S:g} s counts as the first timed run), each implementation in its own process; peak = peak RSS minus RSS before the call.",
         "",
         f"`sead_fused`: the trainer's defaults: zones on (skip 50%, FKL 10%), alpha 0.5, zone entropies over the teacher's top-64 ids (`entropy_support: teacher`), zone pass precision `auto` ({auto}). One setting changed, at the goal shape only: `sead_fused_bf16zones`: `zone_precision: bf16` (the zone pass projects in bfloat16; loss and gradient exact given its zones); `sead_fused_ownsupport`: `entropy_support: own` (each model's own top-64, so the zone pass projects the student too). `opd_fused`: the same function with zones off (vanilla reverse KL). `sgopd_fused`: the SG-OPD preset's loss, fused (`sead.fused.fused_objective`: full estimator, sign gate, a frozen reference head, zones off; rollouts of 512 tokens, half of them verified correct); `sgopd_naive`: the same objective on full `[N, V]` student, teacher and reference logits (`sead.objective.logits_objective`), at the goal shape only. `trl_chunked`: `trl.trainer.distillation_trainer._chunked_divergence_loss`, beta=1 (its CPU path). `naive`: full `[N, V]` logits, reverse KL. Hidden size 512. Ratios are to TRL's and to our fused OPD loss's time in the same run.",
         "",

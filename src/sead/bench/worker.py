@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from sead.bench.common import LONG_RUN_S, SLOW_RUN_REPS, SLOW_RUN_S
 from sead.fused import fast_bf16_matmul
 
 
@@ -95,12 +96,6 @@ def _loss_fn(impl: str, h_s, w_s, h_t, w_t, mask, g=None):
     raise SystemExit(f"unknown impl {impl}")
 
 
-# A warm-up run longer than this (seconds) is timed as the first of the runs (see bench_loss).
-LONG_RUN_S = 20.0
-# Runs whose warm-up takes over SLOW_RUN_S are timed SLOW_RUN_REPS times at most (make bench's 90-minute budget:
-# 8 of the loss part's 26 minutes on 2026-12-01 were the 4th and 5th runs of such implementations).
-SLOW_RUN_S = 5.0
-SLOW_RUN_REPS = 3
 
 
 def bench_loss(impl: str, n: int, v: int, h: int, reps: int, threads: int) -> dict:
