@@ -243,11 +243,12 @@ def test_sgopd_bench_rows_compute_the_same_loss():
 
 
 def test_runs_phrase_counts_the_timed_runs_each_row_records():
+    from sead.bench.common import SLOW_RUN_S
     from sead.bench.report import _runs_phrase
 
     assert _runs_phrase([{"times_s": [1, 2, 3, 4, 5]}, {"times_s": [1, 2, 3, 4, 5]}], 5) == "5 timed runs"
     assert _runs_phrase([{"times_s": [1, 2, 3, 4, 5]}, {"times_s": [9, 9, 9]}], 5) == (
-        "3-5 timed runs (3 where a run took over 5 s)"
+        f"3-5 timed runs (3 where a run took over {SLOW_RUN_S:g} s)"
     )
     assert _runs_phrase([{"impl": "x"}], 5) == "5 timed runs"  # older results without times
 

@@ -173,6 +173,7 @@ def bench_quality(
 
     task = task or DEFAULT_TASK
     size = task_size(task, quick)
+    steps = steps or size.pop("bench_steps", None)  # the benchmark's own length where the task sets one
     if steps:
         size["steps"] = steps
     seeds = seeds or (1 if quick else QUALITY_SEEDS)

@@ -267,25 +267,46 @@ def main(argv=None) -> int:
             qp.add_argument("--out", required=True)
             qp.add_argument("--overrides", default=None, help="JSON object of OPDConfig fields")
             qp.add_argument("--keep-log", action="store_true", help="write OUT/log_history.json")
+    sub.add_parser("serve", help="run jobs (one JSON list of arguments per stdin line) until stdin closes")
     a = p.parse_args(argv)
+    if a.what == "serve":
+        return serve(p)
+    print(json.dumps(_dispatch(a)))
+    return 0
+
+
+def _dispatch(a) -> dict:
     if a.what == "loss":
-        res = bench_loss(a.impl, a.n, a.v, a.h, a.reps, a.threads)
-    elif a.what == "step":
-        res = bench_step(a.trainer, a.steps, a.batch, a.completion, a.threads, a.out, a.teacher_url)
-    else:
-        from pathlib import Path
+        return bench_loss(a.impl, a.n, a.v, a.h, a.reps, a.threads)
+    if a.what == "step":
+        return bench_step(a.trainer, a.steps, a.batch, a.completion, a.threads, a.out, a.teacher_url)
+    from pathlib import Path
 
-        from .quality import prepare_seed, run_one
+    from .quality import prepare_seed, run_one
 
-        torch.set_num_threads(a.threads)
-        if a.what == "quality-data":
-            res = prepare_seed(a.task, a.quick, a.seed, Path(a.data), a.cache_dir)
-        else:
-            overrides = json.loads(a.overrides) if a.overrides else None
-            res = run_one(
-                a.task, a.quick, a.seed, a.variant, Path(a.data), Path(a.out), a.steps, a.cache_dir, overrides, a.keep_log
-            )
-    print(json.dumps(res))
+    torch.set_num_threads(a.threads)
+    if a.what == "quality-data":
+        return prepare_seed(a.task, a.quick, a.seed, Path(a.data), a.cache_dir)
+    overrides = json.loads(a.overrides) if a.overrides else None
+    return run_one(a.task, a.quick, a.seed, a.variant, Path(a.data), Path(a.out), a.steps, a.cache_dir, overrides, a.keep_log)
+
+
+def serve(parser) -> int:
+    """Run one job per stdin line (a JSON list of this module's arguments) and print each result as one
+    ``RESULT_PREFIX`` line; a job that raises returns ``{"error": ...}`` and the next job runs."""
+    import traceback
+
+    from sead.bench.common import RESULT_PREFIX
+
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            res = _dispatch(parser.parse_args(json.loads(line)))
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported to the parent, which names the job
+            traceback.print_exc()
+            res = {"error": f"{type(exc).__name__}: {exc}"}
+        print(RESULT_PREFIX + json.dumps(res), flush=True)
     return 0
 
 
