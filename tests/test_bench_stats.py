@@ -77,6 +77,16 @@ def test_quality_bench_runs_every_seed_and_variant_and_pairs_by_seed(monkeypatch
     assert res["summary"]["sead"]["accuracy_vs_opd"]["mean"] == pytest.approx(0.05)
     assert res["summary"]["sead"]["accuracy_vs_opd"]["sd"] == pytest.approx(0.0, abs=1e-12)
     assert res["summary"]["opd"]["accuracy_std"] == pytest.approx(0.1)  # seeds differ, the pairing removes it
+    # the benchmark's own length on sums (250 steps, not the demo's 300) reaches every run, and the results say so
+    from sead.demo import TASK_SIZES
+
+    bench_steps = TASK_SIZES["sums"]["full"]["bench_steps"]
+    assert bench_steps != TASK_SIZES["sums"]["full"]["steps"]
+    assert all(args[args.index("--steps") + 1] == str(bench_steps) for args in run_jobs)
+    assert res["steps"] == res["size"]["steps"] == bench_steps and "bench_steps" not in res["size"]
+    calls.clear()
+    suite.bench_quality(seeds=1, steps=7, variants=("opd",), progress=False, task="sums", mechanisms=False)
+    assert calls[1][1][0][calls[1][1][0].index("--steps") + 1] == "7"  # --steps overrides it
     # an added variant (OPDConfig fields) runs next to the named ones, with its fields passed to the worker
     calls.clear()
     extra = {"x": {"method": "opd", "skip_fraction": 0.0}}
