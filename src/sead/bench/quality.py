@@ -1,4 +1,5 @@
-"""The quality benchmark's units of work, each run in its own process by ``sead.bench.worker``:
+"""The quality benchmark's units of work, run by ``sead.bench.worker`` processes (one unit at a time each, outside
+the parent process):
 
 - :func:`prepare_seed`: one seed's data (training prompts with the difficulty pre-pass, held-out problems),
   saved to a directory, and the prepared student's (and teacher's) starting scores on it;
