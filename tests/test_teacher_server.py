@@ -299,12 +299,13 @@ def test_sgopd_cold_start_rollouts_come_from_the_server(tmp_path, server):
 
     args = tiny_config(tmp_path, method="sgopd", sign_gate=False, estimator="sampled", estimator_top_k=K,
                        teacher_server_url=server.url, teacher_mix_rho0=1.0, teacher_mix_phase_fraction=1.0,
-                       teacher_num_generations=3, max_steps=1)
+                       teacher_num_generations=3, max_steps=1, teacher_top_p=0.9, teacher_top_k=5)
     trainer = OPDTrainer(tiny_model(0), None, args=args, train_dataset=tiny_dataset(16), processing_class=tokenizer(),
                          reward_funcs=parity_reward)
     trainer.train()
     samples = [p for path, p in server.requests if path == "/v1/completions" and p.get("n", 1) == 3]
     assert samples and all(p["max_tokens"] == 8 and "prompt_logprobs" not in p for p in samples)
+    assert all((p["top_p"], p["top_k"]) == (0.9, 5) for p in samples)  # the teacher's own filters
     assert trainer.state.log_history[0]["sgopd/teacher_mixed_frac"] == 1.0
 
 

@@ -199,7 +199,8 @@ def test_sign_gate_scales_as_specified_inside_the_objective():
 def test_teacher_mixing_replaces_only_verified_rollouts_and_stops_after_cold_start(tmp_path, monkeypatch):
     tok = tokenizer()
     ds = tiny_dataset(8)
-    cfg = _cfg(tmp_path, method="sgopd", teacher_mix_rho0=1.0, teacher_mix_phase_fraction=0.5, teacher_num_generations=2, max_steps=10)
+    cfg = _cfg(tmp_path, method="sgopd", teacher_mix_rho0=1.0, teacher_mix_phase_fraction=0.5, teacher_num_generations=2, max_steps=10,
+               top_p=0.9, top_k=7, log_completions=True)
 
     good = tok("5}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     bad = tok("7}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -214,7 +215,10 @@ def test_teacher_mixing_replaces_only_verified_rollouts_and_stops_after_cold_sta
     # 2, 3 -> (good, bad)
     by_prompt = {10: [bad, good], 11: [bad, bad], 12: [good, bad], 13: [good, bad]}
 
+    configs = []
+
     def fake_generate(self, input_ids=None, attention_mask=None, generation_config=None, **kwargs):
+        configs.append(generation_config)
         rows = [by_prompt[int(r[0])][i % 2] for i, r in enumerate(input_ids)]
         L = max(map(len, rows))
         rows = [c + [tok.pad_token_id] * (L - len(c)) for c in rows]
@@ -231,8 +235,16 @@ def test_teacher_mixing_replaces_only_verified_rollouts_and_stops_after_cold_sta
     }
     inputs = [ds[i] for i in range(B)]
     tr.state.global_step = 0  # rho = 1: every prompt offered a teacher rollout
+    tr._logs["completion"].extend(["9 9 9 (student)"] * B)  # as TRL logs them (a deque of the last batch)
     out, correct, mixed = tr._mix_teacher_rollouts(inputs, dict(output), [False] * B)
     assert mixed == [True, False, True, True]  # prompt 1 had no verified candidate: keeps the student's
+    # the teacher sampled with the student's top_p / top_k (no teacher_top_p / teacher_top_k set)
+    assert configs and all(c.do_sample and c.top_p == 0.9 and c.top_k == 7 for c in configs)
+    # log_completions shows what is trained on: the mixed rollouts replace the student's
+    trained = tok.batch_decode([ids[m.bool()].tolist() for ids, m in zip(out["completion_ids"], out["completion_mask"])],
+                               skip_special_tokens=True)
+    assert list(tr._logs["completion"]) == trained
+    assert trained[0] == tok.decode(good, skip_special_tokens=True) != trained[1]
     assert correct == [True, False, True, True]
     assert out["completion_ids"][0, : len(good)].tolist() == good
     assert out["completion_ids"][1, :3].tolist() == [9, 9, 9]
@@ -253,3 +265,17 @@ def test_each_method_and_estimator_trains_and_updates_the_student(tmp_path, meth
     changed = any(not torch.equal(a, b.detach()) for a, b in zip(before, tr.model.parameters()))
     assert changed
     assert all(math.isfinite(h["loss"]) for h in tr.state.log_history if "loss" in h)
+
+
+def test_teacher_rollout_filters_default_to_the_students_and_are_checked(tmp_path):
+    from sead.errors import SeadError
+
+    assert _cfg(tmp_path).teacher_sampling_filters() == (1.0, 0)
+    assert _cfg(tmp_path, top_p=0.8, top_k=5).teacher_sampling_filters() == (0.8, 5)
+    # generation_kwargs override the fields for the student's rollouts (TRL), so for the teacher's too
+    assert _cfg(tmp_path, top_p=0.8, top_k=5, generation_kwargs={"top_k": 3}).teacher_sampling_filters() == (0.8, 3)
+    assert _cfg(tmp_path, top_p=0.8, top_k=5, teacher_top_p=1.0, teacher_top_k=0).teacher_sampling_filters() == (1.0, 0)
+    with pytest.raises(SeadError, match="teacher_top_p must be in"):
+        _cfg(tmp_path, teacher_top_p=0.0)
+    with pytest.raises(SeadError, match="teacher_top_k must be >= 0"):
+        _cfg(tmp_path, teacher_top_k=-1)

@@ -190,6 +190,11 @@ class OPDConfig(DistillationConfig):
             Teacher rollouts per selected prompt (G, *assumed*).
         teacher_temperature (`float`, *optional*, defaults to `1.0`):
             Sampling temperature of the teacher's rollouts.
+        teacher_top_p (`float`, *optional*):
+            Nucleus filter of the teacher's rollouts, in (0, 1]; `None`: the student's `top_p`, so a recipe that
+            truncates the student's sampling truncates the teacher's the same way.
+        teacher_top_k (`int`, *optional*):
+            Top-k filter of the teacher's rollouts (0: off); `None`: the student's `top_k`.
         teacher_generation_batch_size (`int`, *optional*):
             HF path: the teacher's cold-start rollouts are generated this many sequences (prompt x sample) per
             `generate` call, so their KV cache is bounded by it; `None`: all of a step's picked sequences at once.
@@ -335,6 +340,12 @@ class OPDConfig(DistillationConfig):
         default=8, metadata={"help": "Teacher rollouts per selected prompt."}
     )
     teacher_temperature: float = field(default=1.0, metadata={"help": "Teacher sampling temperature."})
+    teacher_top_p: float | None = field(
+        default=None, metadata={"help": "Teacher rollouts' top_p, in (0, 1] (None: the student's top_p)."}
+    )
+    teacher_top_k: int | None = field(
+        default=None, metadata={"help": "Teacher rollouts' top_k, 0 is off (None: the student's top_k)."}
+    )
     teacher_generation_batch_size: int | None = field(
         default=None, metadata={"help": "HF teacher rollouts: sequences per generate call (None: all at once)."}
     )
@@ -384,6 +395,14 @@ class OPDConfig(DistillationConfig):
         self._current_checkpointing_name()
         super().__post_init__()
 
+    def teacher_sampling_filters(self) -> tuple[float, int]:
+        """``(top_p, top_k)`` of the teacher's cold-start rollouts: its own settings, else the student's (``top_p`` /
+        ``top_k``, or ``generation_kwargs``, which TRL lets override them); ``top_k`` 0 or ``None``: off."""
+        student = {"top_p": self.top_p, "top_k": self.top_k, **(self.generation_kwargs or {})}  # TRL: kwargs win
+        top_p = self.teacher_top_p if self.teacher_top_p is not None else student["top_p"]
+        top_k = self.teacher_top_k if self.teacher_top_k is not None else student["top_k"]
+        return float(1.0 if top_p is None else top_p), int(top_k or 0)
+
     def _current_checkpointing_name(self) -> None:
         """TRL 1.16's configs default the deprecated ``gradient_checkpointing`` to ``True``; transformers 5 then warns
         on every config that does not set ``activation_checkpointing`` (a FutureWarning the user did not cause). Carry
@@ -407,6 +426,10 @@ class OPDConfig(DistillationConfig):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise SeadError(f"{name} must be in [0, 1]; got {value}.")
+        if self.teacher_top_p is not None and not 0.0 < self.teacher_top_p <= 1.0:
+            raise SeadError(f"teacher_top_p must be in (0, 1] (or null: the student's top_p); got {self.teacher_top_p}.")
+        if self.teacher_top_k is not None and self.teacher_top_k < 0:
+            raise SeadError(f"teacher_top_k must be >= 0 (0: off; null: the student's top_k); got {self.teacher_top_k}.")
         positive = ["lambda_consensus", "lambda_conflict", "teacher_temperature", "grader_timeout",
                     "vllm_importance_sampling_cap"]
         for name in positive:

@@ -58,6 +58,10 @@ def _refused(
 _ROLLOUT_SAMPLING = (
     "TRL's rollout sampling (HF `GenerationConfig` / vLLM `SamplingParams`); student rollouts only"
 )
+_TOP_FILTERS = (
+    "TRL's rollout sampling (HF `GenerationConfig` / vLLM `SamplingParams`), and SG-OPD's teacher rollouts unless "
+    "`teacher_top_p` / `teacher_top_k` are set (`OPDConfig.teacher_sampling_filters`; also read from `generation_kwargs`)"
+)
 _STUDENT_VLLM = (
     "TRL's student vLLM engine (`VLLMGeneration` in TRL's `__init__`, used by `_generate_single_turn`)"
 )
@@ -122,8 +126,8 @@ INHERITED_FIELDS: tuple[Inherited, ...] = (
         "TRL's rollout sampling, and sead's loss: both models' logits are divided by it "
         "(`temperature` of `logits_objective` / `fused_sead_loss`)",
     ),
-    _works("top_p", _ROLLOUT_SAMPLING),
-    _works("top_k", _ROLLOUT_SAMPLING),
+    _works("top_p", _TOP_FILTERS),
+    _works("top_k", _TOP_FILTERS),
     _works("min_p", _ROLLOUT_SAMPLING),
     _works("repetition_penalty", _ROLLOUT_SAMPLING),
     _works("generation_kwargs", _ROLLOUT_SAMPLING + "; keys override the fields above"),

@@ -577,9 +577,11 @@ class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
                     batch_size=self.args.teacher_generation_batch_size,  # bounded KV cache; the same calls on every rank
                 )  # fmt: skip
                 seed = None
+            top_p, top_k = self.args.teacher_sampling_filters()
             sampling = Sampling(
-                n=G, max_new_tokens=self.max_completion_length, temperature=self.args.teacher_temperature, seed=seed
-            )
+                n=G, max_new_tokens=self.max_completion_length, temperature=self.args.teacher_temperature,
+                top_p=top_p, top_k=top_k, seed=seed,
+            )  # fmt: skip
             candidates = sample_ids(
                 sampler, prompt_ids, sampling, prompt_mask=prompt_mask, eos_token_ids=self.eos_token_ids,
                 pad_token_id=self._tokenizer.pad_token_id,
@@ -627,7 +629,21 @@ class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
                         n = min(width, q.shape[0])
                         q_BT[i, :n] = q[:n]
                 output["sampler_logprobs"] = q_BT
+        if self.log_completions:  # every rank is here (the same picks on every rank): the gather is safe
+            self._log_mixed_completions(output)
         return output, correct, mixed
+
+    def _log_mixed_completions(self, output) -> None:
+        """``log_completions``: TRL logged the student's rollouts before teacher mixing; replace the step's logged
+        completions (all ranks', in rank order) with those trained on."""
+        from accelerate.utils import gather_object
+
+        texts = gather_object(self._decode(output["completion_ids"], output["completion_mask"]))
+        logged = self._logs["completion"]
+        k = min(len(texts), len(logged))  # TRL's deque may hold fewer than a step's rollouts
+        for _ in range(k):
+            logged.pop()
+        logged.extend(texts[len(texts) - k :])
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"

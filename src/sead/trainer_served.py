@@ -108,10 +108,11 @@ class ServedTeacherGlue:
         after its first EOS; seeded from ``(seed, step, rank)`` so a resumed run draws the same."""
         prompts = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
         args = self.args
+        top_p, top_k = args.teacher_sampling_filters()
         sampled = self._ask_teacher_server(
             lambda: sample_from_server(
                 self.teacher_server.url, self.teacher_server.model, prompts, G, args.teacher_temperature,
-                self.max_completion_length, seed, timeout=args.teacher_server_timeout,
+                self.max_completion_length, seed, top_p=top_p, top_k=top_k, timeout=args.teacher_server_timeout,
                 retries=args.teacher_server_max_retries, backoff=args.teacher_server_backoff,
                 stop_token_ids=self.eos_token_ids, error=TeacherServerError,
             )

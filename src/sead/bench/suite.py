@@ -139,7 +139,7 @@ def bench_step(quick: bool = False, threads: int = 1, progress: bool = True) -> 
     return {"benchmark": "step", "machine": machine_facts(), "threads": threads, "rows": rows}
 
 
-# Quality: the variants live in sead.bench.quality (each run is a worker process).
+# Quality: the variants live in sead.bench.quality (runs go to long-lived worker processes, one run at a time each).
 QUALITY_VARIANTS = _quality.VARIANTS
 QUALITY_QUICK_VARIANTS = _quality.QUICK_VARIANTS
 QUALITY_DEFAULT_VARIANTS = _quality.DEFAULT_VARIANTS
@@ -163,8 +163,9 @@ def bench_quality(
 ) -> dict[str, Any]:
     """Held-out scores after the same steps from the same start, ``seeds`` seeds, every variant.
 
-    The task's models are prepared (or loaded) once; every seed's data and every (seed, variant) run is a
-    worker process (``jobs`` at a time, one torch thread each). ``overrides`` adds variants: ``{name:
+    The task's models are prepared (or loaded) once; every seed's data and every (seed, variant) run is a job
+    for ``jobs`` long-lived worker processes (one job at a time each, one torch thread each; a process is reused
+    so that it imports torch and TRL once; each job seeds its own run). ``overrides`` adds variants: ``{name:
     OPDConfig fields}`` (with a ``method``). ``mechanisms``: also measure the task's mechanisms on the
     prepared student's rollouts (:mod:`sead.bench.profile_mechanisms`).
     """
