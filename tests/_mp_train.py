@@ -99,6 +99,7 @@ def main(argv: list[str]) -> None:
     }
     with open(os.path.join(cfg.output_dir, f"record-rank{rank}.json"), "w") as f:
         json.dump(out, f)
+    trainer.accelerator.end_training()  # destroys the process group on every rank before exit (as `sead train`)
 
 
 if __name__ == "__main__":

@@ -200,6 +200,7 @@ def main(out_dir: str) -> None:
     results["rank"], results["world_size"] = dist.get_rank(), dist.get_world_size()
     Path(out_dir, f"result-rank{results['rank']}.json").write_text(json.dumps(results))
     dist.barrier()
+    dist.destroy_process_group()  # before the interpreter exits, on every rank
 
 
 if __name__ == "__main__":

@@ -164,5 +164,8 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     trainer.save_model(cfg.output_dir)
+    # every rank: stop trackers and destroy the process group before the interpreter exits (left to exit, gloo's
+    # threads can abort a rank with "terminate called without an active exception" after a finished run)
+    trainer.accelerator.end_training()
     print(f"sead train: done, {trainer.state.global_step} steps; model saved to {cfg.output_dir}")
     return 0
