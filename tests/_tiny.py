@@ -85,14 +85,14 @@ FAST = dict(
 
 
 def tiny_config(output_dir, **overrides):
-    from sead.config import OPDConfig
+    from sead.training.config import OPDConfig
 
     return OPDConfig(output_dir=str(output_dir), **{**FAST, **overrides})
 
 
 def tiny_trainer(output_dir, *, n: int = 16, dataset=None, student_seed: int = 0, teacher_seed: int = 1,
                  reward_funcs=None, callbacks=None, **overrides):
-    from sead.trainer import OPDTrainer
+    from sead.training.trainer import OPDTrainer
 
     return OPDTrainer(
         tiny_model(student_seed),

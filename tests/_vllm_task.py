@@ -11,7 +11,7 @@ def main() -> None:
     import torch
     from vllm import LLM, SamplingParams
 
-    from sead.generation import generate_responses
+    from sead.engines.hf import generate_responses
     from sead.tasks import TASKS, get_task
     from sead.tasks.sft import build_model
 

@@ -1,19 +1,19 @@
-"""sead.sampling's callers on a real vLLM engine and a real vLLM server next to HF generate, for tests/test_vllm.py
+"""sead.engines.sampling's callers on a real vLLM engine and a real vLLM server next to HF generate, for tests/test_vllm.py
 (not a test module): ``python tests/_vllm_text.py ROOT OUT.json`` (environment: ``_tiny.vllm_env()``).
 
 On one tiny model (head dimension 32, saved in fp32 with the byte-level task tokenizer):
 
-- greedy token ids (and seeded samples) from :class:`sead.sampling.VLLMSampler` (an fp32 engine) and :class:`~sead.sampling.HFSampler`;
+- greedy token ids (and seeded samples) from :class:`sead.engines.vllm_engine.VLLMSampler` (an fp32 engine) and :class:`~sead.engines.hf.HFSampler`;
 - ``sead eval --k 0`` greedy answers with ``--backend hf``, ``--backend vllm --dtype float32`` and
   ``--backend vllm`` (dtype auto: vLLM runs an fp32 checkpoint in bf16 on a CPU);
-- ``sead difficulty`` with both backends, and :func:`sead.difficulty.estimate_difficulty` with the engine, at
+- ``sead difficulty`` with both backends, and :func:`sead.data.difficulty.estimate_difficulty` with the engine, at
   ``--top-p 1e-9`` (the nucleus is the argmax token alone: greedy, whatever the temperature), against gold
   answers made from HF's greedy answers on every other prompt: the expected difficulties are 0 there, 1
   elsewhere.
 
 - the same model served by ``python -m vllm.entrypoints.openai.api_server`` (fp32, 127.0.0.1, started first so
   that it boots while the engine work runs, stopped by its pid at the end): greedy token ids from
-  :func:`sead.vllm_server.sample_from_server`, ``sead eval`` and ``sead difficulty`` with ``--backend server``,
+  :func:`sead.engines.vllm_server.sample_from_server`, ``sead eval`` and ``sead difficulty`` with ``--backend server``,
   and TRL's own ``VLLMClient``: its generation, and its weight-sync set-up on this CPU.
 
 Writes everything to OUT.json; the test compares.
@@ -121,11 +121,13 @@ def main(root: Path, out_path: Path) -> None:
 def run_all(root, out_path, model, tok, model_dir, server, url, t0) -> None:
     from _tiny import write_jsonl
     from sead.cli import main as sead
-    from sead.difficulty import estimate_difficulty
-    from sead.sampling import Sampling, VLLMSampler, hf_sampler, sample_ids, sample_texts, vllm_engine
+    from sead.data.difficulty import estimate_difficulty
+    from sead.engines.hf import hf_sampler
+    from sead.engines.sampling import Sampling, sample_ids, sample_texts
+    from sead.engines.vllm_engine import VLLMSampler, vllm_engine
+    from sead.engines.vllm_server import sample_from_server
+    from sead.grading.verifier import grade_many
     from sead.tasks.arithmetic import make_dataset
-    from sead.verify import grade_many
-    from sead.vllm_server import sample_from_server
 
     rows = make_dataset(8, seed=4).to_list()
     prompts = [r["prompt"] for r in rows]

@@ -47,9 +47,9 @@ def main(root: Path, out_path: Path) -> None:
     from transformers import AutoModelForCausalLM
     from transformers.generation.utils import GenerationMixin
 
-    import sead.trainer
+    import sead.training.trainer
     from _tiny import VLLM_HEADS, parity_reward, save_models, tiny_config, tiny_dataset, tokenizer
-    from sead.trainer import OPDTrainer
+    from sead.training.trainer import OPDTrainer
 
     t0 = time.perf_counter()
     student_dir, teacher_dir = save_models(root, num_attention_heads=VLLM_HEADS)
@@ -75,8 +75,8 @@ def main(root: Path, out_path: Path) -> None:
         return engines[kwargs["model"]]
 
     trl_vllm.LLM = shared_student_engine
-    build_teacher_engine = sead.trainer.vllm_engine
-    sead.trainer.vllm_engine = lambda source, **kw: counted(build_teacher_engine(source, **kw), "teacher")
+    build_teacher_engine = sead.training.trainer.vllm_engine
+    sead.training.trainer.vllm_engine = lambda source, **kw: counted(build_teacher_engine(source, **kw), "teacher")
 
     def no_hf_generate(*args, **kwargs):
         raise AssertionError("HF generate ran: every rollout must come from a vLLM engine")

@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 import torch
 
-from sead.errors import SeadError
+from sead.grading.verifier import grade
 from sead.tasks import arithmetic as A
 from sead.tasks import prepare, scoring, sft
-from sead.verify import grade
+from sead.utils.errors import SeadError
 
 PROMPT_RE = re.compile(r"^Q: (\d+)([+\-*])(\d+)=\? A:$")
 

@@ -1,6 +1,6 @@
 """Bad input to training is refused before any step, with a clear one-paragraph error.
 
-Python API: ``OPDConfig`` / ``OPDTrainer`` raise :class:`sead.errors.SeadError` naming the field.
+Python API: ``OPDConfig`` / ``OPDTrainer`` raise :class:`sead.utils.errors.SeadError` naming the field.
 CLI: ``sead train`` prints it as one paragraph (no traceback) and exits with status 2; the in-process
 tests call ``sead.cli.main`` (the console script's own code path), one slow test runs real
 subprocesses.
@@ -28,9 +28,9 @@ from _tiny import (
     write_recipe,
 )
 from sead.cli import main
-from sead.curriculum import CompetenceCurriculum
-from sead.errors import SeadError
-from sead.trainer import OPDTrainer
+from sead.method.curriculum import CompetenceCurriculum
+from sead.training.trainer import OPDTrainer
+from sead.utils.errors import SeadError
 
 
 def _refused(match: str, **kwargs):

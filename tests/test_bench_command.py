@@ -12,7 +12,7 @@ import pytest
 import sead.bench.report as report
 import sead.bench.suite as suite
 from sead.commands import bench
-from sead.errors import SeadError
+from sead.utils.errors import SeadError
 
 
 @pytest.fixture

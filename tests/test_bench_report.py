@@ -243,8 +243,8 @@ def test_sgopd_bench_rows_compute_the_same_loss():
 
 
 def test_runs_phrase_counts_the_timed_runs_each_row_records():
-    from sead.bench.common import SLOW_RUN_S
     from sead.bench.report import _runs_phrase
+    from sead.bench.worker import SLOW_RUN_S
 
     assert _runs_phrase([{"times_s": [1, 2, 3, 4, 5]}, {"times_s": [1, 2, 3, 4, 5]}], 5) == "5 timed runs"
     assert _runs_phrase([{"times_s": [1, 2, 3, 4, 5]}, {"times_s": [9, 9, 9]}], 5) == (

@@ -78,7 +78,7 @@ def test_quality_bench_runs_every_seed_and_variant_and_pairs_by_seed(monkeypatch
     assert res["summary"]["sead"]["accuracy_vs_opd"]["sd"] == pytest.approx(0.0, abs=1e-12)
     assert res["summary"]["opd"]["accuracy_std"] == pytest.approx(0.1)  # seeds differ, the pairing removes it
     # the benchmark's own length on sums (250 steps, not the demo's 300) reaches every run, and the results say so
-    from sead.demo import TASK_SIZES
+    from sead.experiments.settings import TASK_SIZES
 
     bench_steps = TASK_SIZES["sums"]["full"]["bench_steps"]
     assert bench_steps != TASK_SIZES["sums"]["full"]["steps"]

@@ -1,4 +1,4 @@
-"""The benchmark's long-lived worker processes (`sead.bench.common.WorkerProcess`, `run_workers`): a job's result
+"""The benchmark's long-lived worker processes (`sead.experiments.workers.WorkerProcess`, `run_workers`): a job's result
 does not depend on what ran before it in the same process, a failing job does not stop the next, and a process
 that dies is reported and replaced."""
 
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sead.bench.common import WorkerProcess, run_worker, run_workers
+from sead.experiments.workers import WorkerProcess, run_worker, run_workers
 
 SCORES = ("accuracy", "accuracy_by_level", "avg_at_k", "pass_at_k", "curve", "auc", "training_mechanisms")
 
@@ -54,10 +54,24 @@ def test_results_come_back_in_job_order_from_several_workers(monkeypatch):
             "    a = json.loads(line)\n"
             "    time.sleep(0.3 / (1 + int(a[0])))\n"
             "    print('noise {'); print('@sead-result ' + json.dumps({'n': int(a[0])}), flush=True)\n"]
-    import sead.bench.common as common
+    import sead.experiments.workers as common
 
     orig = common.WorkerProcess.__init__
-    monkeypatch.setattr(common.WorkerProcess, "__init__", lambda self, env=None, cmd=None: orig(self, env, echo))
+    monkeypatch.setattr(common.WorkerProcess, "__init__", lambda self, env=None, cmd=None, module=None: orig(self, env, echo))
     done = run_workers([(f"k{i}", [str(i)]) for i in range(5)], 2, False, "order")
     assert list(done) == [f"k{i}" for i in range(5)]
     assert [r["n"] for r in done.values()] == list(range(5))
+
+
+def test_a_job_past_its_time_bound_is_killed_and_reported():
+    # a stand-in worker that never answers: the bound kills it, the error says so, and the next job gets a new one
+    hang = [sys.executable, "-c", "import sys, time; sys.stdin.readline(); sys.stderr.write('stuck\\n'); time.sleep(60)"]
+    w = WorkerProcess(cmd=hang)
+    try:
+        res = w.run(["anything"], timeout=1.0)
+        assert res["error"].startswith("worker killed after 1 s (its time bound)"), res
+        first = w.proc
+        assert w.run(["again"], timeout=0.5)["error"].startswith("worker killed after 0.5 s")
+        assert w.proc is not first
+    finally:
+        w.close()

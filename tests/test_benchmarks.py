@@ -1,4 +1,4 @@
-"""Benchmark registry (sead.benchmarks) and the grader's self-consistency on every shared set."""
+"""Benchmark registry (sead.evaluation.benchmarks) and the grader's self-consistency on every shared set."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sead.benchmarks import (
+from sead.evaluation.benchmarks import (
     BENCHMARKS,
     BOXED_INSTRUCTION,
     DATA_DIR_ENV,
@@ -17,8 +17,8 @@ from sead.benchmarks import (
     parse_benchmark_specs,
     resolve_data_dir,
 )
-from sead.errors import SeadError
-from sead.verify import grade_many
+from sead.grading.verifier import grade_many
+from sead.utils.errors import SeadError
 
 DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "math"
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"shared data not found at {DATA_DIR}")
@@ -66,7 +66,7 @@ def test_registry_import_does_not_import_arithmetic_task():
     # The built-in task is loaded lazily, so a broken or missing task module cannot break the registry.
     import subprocess
 
-    code = "import sys, sead.benchmarks; print('sead.tasks.arithmetic' in sys.modules)"
+    code = "import sys, sead.evaluation.benchmarks; print('sead.tasks.arithmetic' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

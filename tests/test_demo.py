@@ -46,7 +46,7 @@ def test_demo_refuses_unknown_method(capsys):
 
 
 def test_training_mechanisms_from_a_log_by_hand():
-    from sead.demo import training_mechanisms
+    from sead.experiments.runs import training_mechanisms
 
     history = [{"step": s, "curriculum/open_pool": p, "sgopd/consensus_frac": c, "sead/mean_h_t": h}
                for s, p, c, h in [(1, 10, 0.2, 0.5), (2, 10, 0.4, 0.4), (3, 30, 0.6, 0.3), (4, 30, 0.8, 0.2),
@@ -61,7 +61,7 @@ def test_training_mechanisms_from_a_log_by_hand():
 
 
 def test_table_shows_sampled_columns():
-    from sead.demo import format_table
+    from sead.experiments.demo import format_table
 
     r = {"accuracy": 0.5, "accuracy_by_level": {"1": 1.0, "2": 0.0}, "avg_at_k": 0.25, "pass_at_k": 0.75, "sample_k": 8}
     table = format_table({"teacher": r, "student_start": r, "methods": {"opd": {**r, "wall_seconds": 3.0, "auc": 0.4}}})
@@ -75,7 +75,7 @@ def test_demo_recipe_holds_the_demo_values():
 
     import yaml
 
-    from sead.demo import demo_config, task_size
+    from sead.experiments.settings import demo_config, task_size
     from sead.tasks import get_task
 
     recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml").read_text())

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from _tiny import REPO, save_models, tokenizer, write_jsonl
-from sead import difficulty as prepass
 from sead.cli import main
 from sead.commands import difficulty as cmd
+from sead.data import difficulty as prepass
 
 
 class CountingGenerator:
@@ -93,16 +93,16 @@ def tiny_setup(tmp_path_factory):
 
 
 def _count_hf_generate(monkeypatch):
-    import sead.difficulty
+    import sead.data.difficulty
 
     seen: list[str] = []
-    real = sead.difficulty.sample_texts
+    real = sead.data.difficulty.sample_texts
 
     def counting(sampler, tok, prompts, sampling, **kw):
         seen.extend(prompts)
         return real(sampler, tok, prompts, sampling, **kw)
 
-    monkeypatch.setattr(sead.difficulty, "sample_texts", counting)
+    monkeypatch.setattr(sead.data.difficulty, "sample_texts", counting)
     return seen
 
 
@@ -185,7 +185,7 @@ def test_chat_template_formatting(capsys):
     assert prepass.format_prompts([plain], tok, True, {}) == ["<user>1+1=<a>"]
     assert prepass.format_prompts([plain], tok, False, {}) == ["1+1="]
     tok.chat_template = None
-    from sead.errors import SeadError
+    from sead.utils.errors import SeadError
 
     with pytest.raises(SeadError, match="no chat template"):
         prepass.format_prompts([plain], tok, True, {})
@@ -194,7 +194,7 @@ def test_chat_template_formatting(capsys):
 
 
 def test_backend_choice_and_server_flags(tiny_setup, tmp_path, capsys):
-    from sead.sampling import choose_backend
+    from sead.engines.vllm_engine import choose_backend
 
     assert choose_backend("hf") == "hf"
     assert choose_backend("auto", installed=True, cuda=False) == "hf"  # vLLM's CPU build is not picked on a CPU

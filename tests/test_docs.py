@@ -24,7 +24,7 @@ def test_docs_exist():
 
 
 def test_every_assumed_default_is_listed_in_methods_md():
-    from sead.config import ASSUMED_DEFAULTS
+    from sead.training.config import ASSUMED_DEFAULTS
 
     text = _text("methods.md")
     missing = [key for key in ASSUMED_DEFAULTS if f"`{key}`" not in text]
@@ -32,8 +32,8 @@ def test_every_assumed_default_is_listed_in_methods_md():
 
 
 def test_assumed_default_values_in_methods_md_match_the_code():
-    from sead.config import ASSUMED_DEFAULTS, OPDConfig
-    from sead.run import ScriptArguments
+    from sead.training.config import ASSUMED_DEFAULTS, OPDConfig
+    from sead.training.recipe import ScriptArguments
 
     defaults = {f.name: f.default for f in dataclasses.fields(OPDConfig)}
     defaults.update({f.name: f.default for f in dataclasses.fields(ScriptArguments) if f.name not in defaults})
@@ -76,8 +76,8 @@ def _command_lines(text: str, command: str, fenced: bool = True) -> list[str]:
 
 
 def _recipe_fields() -> set[str]:
-    from sead.config import OPDConfig
-    from sead.run import ScriptArguments
+    from sead.training.config import OPDConfig
+    from sead.training.recipe import ScriptArguments
 
     return {f.name for f in dataclasses.fields(OPDConfig)} | {f.name for f in dataclasses.fields(ScriptArguments)}
 

@@ -1,4 +1,4 @@
-"""Metrics and the evaluation pipeline (sead.evaluate, `sead eval`, `sead grade`)."""
+"""Metrics and the evaluation pipeline (sead.evaluation.evaluate, `sead eval`, `sead grade`)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from sead.benchmarks import BENCHMARKS
 from sead.cli import main
-from sead.errors import SeadError
-from sead.evaluate import (
-    EvalConfig,
-    avg_at_k,
-    evaluate_benchmark,
-    format_table,
-    mean_pass_at_k,
-    parse_k_spec,
-    pass_at_k,
-    pass_at_k_curve,
-    report_ks,
-)
+from sead.evaluation.benchmarks import BENCHMARKS
+from sead.evaluation.evaluate import EvalConfig, evaluate_benchmark, format_table, parse_k_spec
+from sead.grading.metrics import avg_at_k, mean_pass_at_k, pass_at_k, pass_at_k_curve, report_ks
+from sead.utils.errors import SeadError
 
 DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "math"
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"shared data not found at {DATA_DIR}")
@@ -229,7 +220,7 @@ def test_sead_eval_errors_are_clear(tmp_path, capsys):
 
 @needs_data
 def test_sead_eval_vllm_missing_is_clear(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("sead.sampling.vllm_installed", lambda: False)  # as on a machine without it
+    monkeypatch.setattr("sead.engines.vllm_engine.vllm_installed", lambda: False)  # as on a machine without it
     argv = [
         "eval",
         "--model",

@@ -7,9 +7,9 @@ import torch
 
 from _fused_problem import make_problem
 from _tiny import tiny_trainer
-from sead.fused import LMHead, fused_objective
-from sead.objective import logits_objective
-from sead.zones import FKL, MASKED, RKL, SKIP, zone_weights
+from sead.losses.fused import LMHead, fused_objective
+from sead.losses.objective import logits_objective
+from sead.method.zones import FKL, MASKED, RKL, SKIP, zone_weights
 
 
 def test_zone_weights_by_hand():

@@ -15,9 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _naive_zones import FKL, MASKED, RKL, SKIP, ref_zones  # noqa: E402
 from sead.losses import fused_sead_loss, sead_loss
-
-SKIP, RKL, FKL, MASKED = 0, 1, 2, -1
 
 
 # --------------------------------------------------------------------------- naive references
@@ -43,33 +42,6 @@ def _entropy(row, top_k, tau, support_row=None):
     return -math.fsum(math.exp(lp) * lp for lp in _log_softmax(row, tau))
 
 
-def _quantile(values, q):
-    v = sorted(values)
-    pos = q * (len(v) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (pos - lo) * (v[hi] - v[lo])
-
-
-def _zones(ht, hs, valid, q, s):
-    zones = [MASKED] * len(valid)
-    idx = [i for i in range(len(valid)) if valid[i]]
-    if not idx:
-        return zones
-    th = _quantile([ht[i] for i in idx], q)
-    others = []
-    for i in idx:
-        if ht[i] >= th:
-            zones[i] = FKL
-        else:
-            others.append(i)
-    n_skip = min(math.floor(s * len(idx)), len(others))
-    others.sort(key=lambda i: (hs[i], i))
-    for j, i in enumerate(others):
-        zones[i] = SKIP if j < n_skip else RKL
-    return zones
-
-
 def ref_sead_loss(student_logits, teacher_logits, mask, *, alpha=0.0, zones=True, teacher_quantile=0.9,
                   skip_fraction=0.5, entropy_top_k=None, temperature=1.0, normalize="kept", num_items=None,
                   entropy_support="teacher"):
@@ -85,7 +57,7 @@ def ref_sead_loss(student_logits, teacher_logits, mask, *, alpha=0.0, zones=True
     else:  # over its own top-k
         hs = [_entropy(r, entropy_top_k, tau) for r in S]
     if zones:
-        z = _zones(ht, hs, valid, teacher_quantile, skip_fraction)
+        z = ref_zones(ht, hs, valid, teacher_quantile, skip_fraction)
     else:
         z = [RKL if v else MASKED for v in valid]
     per = []

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from _fused_problem import make_problem  # noqa: E402
-from sead.fused import LMHead, fused_objective
-from sead.logit_transforms import IDENTITY, LogitTransform
-from sead.objective import logits_objective
-from sead.zones import MASKED, SKIP
+from sead.losses.fused import LMHead, fused_objective
+from sead.losses.objective import logits_objective
+from sead.method.logit_transforms import IDENTITY, LogitTransform
+from sead.method.zones import MASKED, SKIP
 
 
 def _logits(h, w, b, tf):

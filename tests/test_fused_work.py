@@ -86,7 +86,7 @@ class _Tiles(TorchDispatchMode):
 @pytest.mark.parametrize("gate,zones", [(True, False), (True, True), (False, True)])
 def test_no_model_gets_more_than_a_chunk_of_logits(estimator, gate, zones):
     # every estimator, with the sign gate and a reference head: no [N, V] tensor for any model, only [chunk, V] tiles
-    from sead.fused import LMHead, fused_objective
+    from sead.losses.fused import LMHead, fused_objective
 
     g = torch.Generator().manual_seed(5)
     b, t, chunk = 4, 10, 7
@@ -107,7 +107,7 @@ def test_no_model_gets_more_than_a_chunk_of_logits(estimator, gate, zones):
 def test_sign_gate_with_zones_projects_the_student_in_pass_a(gate):
     # with zones, pass A needs the student's log-normaliser for d_t of every valid token only when the gate is on
     # (consensus_frac counts them all); pass B projects the kept rows, the reference head included
-    from sead.fused import LMHead, fused_objective
+    from sead.losses.fused import LMHead, fused_objective
 
     g = torch.Generator().manual_seed(6)
     n = 40

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sead.divergences import forward_kl, reverse_kl, token_entropy
 from sead.losses import fused_sead_loss, sead_loss
-from sead.zones import MASKED, SKIP, zone_weights
+from sead.method.divergences import forward_kl, reverse_kl, token_entropy
+from sead.method.zones import MASKED, SKIP, zone_weights
 
 
 def _problem(seed, n, v=512, h=32, *, spread=True, bias=False, p_mask=1.0, dtype=torch.float32):
@@ -228,7 +228,7 @@ def test_bad_zone_precision_raises(bad):
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_follows_the_hardware(monkeypatch, native):
     # "auto" is exactly "bf16" where bf16 matmuls are native and exactly "exact" elsewhere
-    import sead.fused as fused_module
+    import sead.losses.fused as fused_module
 
     monkeypatch.setattr(fused_module, "fast_bf16_matmul", lambda device: native)
     problem = _problem(5, 256)
@@ -241,7 +241,7 @@ def test_auto_precision_follows_the_hardware(monkeypatch, native):
 
 
 def test_fast_bf16_matmul_reads_the_cpu_flags(monkeypatch):
-    from sead.fused import fast_bf16_matmul
+    from sead.losses.fused import fast_bf16_matmul
 
     for avx512_bf16, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)

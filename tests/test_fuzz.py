@@ -19,9 +19,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sead.curriculum import CompetenceCurriculum
 from sead.losses import fused_sead_loss, sead_loss
-from sead.objective import logits_objective
+from sead.losses.objective import logits_objective
+from sead.method.curriculum import CompetenceCurriculum
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

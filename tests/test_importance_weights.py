@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from _fused_problem import make_problem
-from sead.fused import LMHead, fused_objective
-from sead.fused_terms import importance_weight
-from sead.objective import logits_objective
-from sead.student_vllm import SamplerLogprobs
+from sead.engines.student_vllm import SamplerLogprobs
+from sead.losses.fused import LMHead, fused_objective
+from sead.losses.objective import logits_objective
+from sead.losses.terms import importance_weight
 
 
 def _sampler_logprobs(p, seed=5):

@@ -1,4 +1,4 @@
-"""Inherited TRL fields (issue 14): each one takes effect or is refused (sead.inherited).
+"""Inherited TRL fields (issue 14): each one takes effect or is refused (sead.training.inherited).
 
 Refused fields: a non-default value raises naming the field, its value and the knobs to use; the default
 passes. Works fields: the table names where each takes effect; the ones whose path runs through sead's own
@@ -16,9 +16,9 @@ from transformers import TrainingArguments
 from trl import DistillationConfig
 
 from _tiny import REPO, tiny_config, tiny_dataset, tiny_model, tiny_trainer, tokenizer
-from sead.config import OPDConfig
-from sead.errors import SeadError
-from sead.inherited import INHERITED_FIELDS, check_inherited_fields, markdown_table
+from sead.training.config import OPDConfig
+from sead.training.inherited import INHERITED_FIELDS, check_inherited_fields, markdown_table
+from sead.utils.errors import SeadError
 
 REFUSED = [e for e in INHERITED_FIELDS if not e.works]
 
@@ -59,7 +59,7 @@ def _trl_declared_fields() -> set[str]:
 def test_every_trl_declared_field_has_a_verdict():
     names = {e.name for e in INHERITED_FIELDS}
     missing = _trl_declared_fields() - names
-    assert not missing, f"fields of trl.DistillationConfig with no entry in sead.inherited: {sorted(missing)}"
+    assert not missing, f"fields of trl.DistillationConfig with no entry in sead.training.inherited: {sorted(missing)}"
     assert "beta" in names and len(_trl_declared_fields()) >= 36
 
 
@@ -179,7 +179,7 @@ def test_pad_to_multiple_of_survives_teacher_mixing(tmp_path, monkeypatch):
         tmp_path, method="sgopd", teacher_mix_rho0=1.0, teacher_num_generations=2, max_steps=10,
         pad_to_multiple_of=16, max_completion_length=6,
     )  # fmt: skip
-    from sead.trainer import OPDTrainer
+    from sead.training.trainer import OPDTrainer
 
     tr = OPDTrainer(
         tiny_model(0), tiny_model(1), args=cfg, train_dataset=tiny_dataset(8), processing_class=tok,
@@ -218,5 +218,5 @@ def test_pad_to_multiple_of_survives_teacher_mixing(tmp_path, monkeypatch):
 def test_docs_hold_the_table():
     text = (Path(REPO) / "docs" / "methods.md").read_text()
     assert markdown_table() in text, (
-        "docs/methods.md's 'Inherited TRL fields' table is out of date: paste sead.inherited.markdown_table()"
+        "docs/methods.md's 'Inherited TRL fields' table is out of date: paste sead.training.inherited.markdown_table()"
     )

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 from _tiny import sead_command, standard_recipe, subprocess_env, tiny_trainer
 from sead.commands.train import EXIT_INTERRUPTED
-from sead.interrupt import GracefulInterrupt
+from sead.training.interrupt import GracefulInterrupt
 
 
 class _SignalAt(TrainerCallback):

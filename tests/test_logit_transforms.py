@@ -1,4 +1,4 @@
-"""Output transforms (``sead.logit_transforms``): the reading rules by hand, the derivative against autograd,
+"""Output transforms (``sead.method.logit_transforms``): the reading rules by hand, the derivative against autograd,
 the loss on tiny real models whose forward transforms the logits (Gemma2 softcapping, Cohere ``logit_scale``,
 Granite ``logits_scaling``, Falcon-H1 ``lm_head_multiplier``) against the KL computed from ``model(...).logits``
 on both loss paths, and the start-up probe that refuses a model whose transform the loss does not know."""
@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sead.fused import LMHead, fused_objective
-from sead.logit_transforms import IDENTITY, LogitTransform, check_output_transform, logit_transform_of
-from sead.objective import logits_objective
+from sead.losses.fused import LMHead, fused_objective
+from sead.losses.objective import logits_objective
+from sead.method.logit_transforms import IDENTITY, LogitTransform, check_output_transform, logit_transform_of
 
 
 @pytest.mark.parametrize("fields,expected", [

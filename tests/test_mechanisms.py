@@ -1,12 +1,12 @@
-"""The mechanism numbers (sead.bench.mechanisms.summarize) on hand-built per-token scores."""
+"""The mechanism numbers (sead.experiments.mechanisms.summarize) on hand-built per-token scores."""
 
 import math
 
 import pytest
 import torch
 
-from sead.bench.mechanisms import RolloutScores, format_summary, summarize
-from sead.zones import FKL, RKL, SKIP
+from sead.experiments.mechanisms import RolloutScores, format_summary, summarize
+from sead.method.zones import FKL, RKL, SKIP
 
 NEG = -math.inf
 NAN = math.nan

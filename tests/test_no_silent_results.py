@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from _tiny import tiny_config, tiny_dataset, tiny_model, tiny_trainer, tokenizer
-from sead.config import OPDConfig
-from sead.errors import SeadError
-from sead.objective import logits_objective
+from sead.losses.objective import logits_objective
+from sead.training.config import OPDConfig
+from sead.utils.errors import SeadError
 
 CPU = {"use_cpu": True, "bf16": False, "report_to": []}
 
@@ -129,7 +129,7 @@ def test_planned_total_steps_is_known_before_training(tmp_path):
 def test_competence_window_defaults_to_one_step_of_rollouts(tmp_path):
     cfg = tiny_config(tmp_path, method="sead", per_device_train_batch_size=8, gradient_accumulation_steps=12)
     assert cfg.competence_window is None
-    from sead.trainer import OPDTrainer
+    from sead.training.trainer import OPDTrainer
 
     tr = OPDTrainer(tiny_model(0), tiny_model(1), args=cfg, train_dataset=tiny_dataset(16),
                     processing_class=tokenizer())
@@ -144,12 +144,12 @@ def test_sgopd_training_never_builds_full_logits(tmp_path, estimator, monkeypatc
     """Issue 12: a sign-gated run projects hidden states chunk by chunk; no `[B, T, V]` logits of student, teacher
     or reference. Every lm_head call (generation's, one position at a time) is recorded; the logits path is
     made to fail."""
-    import sead.trainer_loss
+    import sead.training.loss_glue
 
     def refuse(*args, **kwargs):
         raise AssertionError("the full-logits objective was called")
 
-    monkeypatch.setattr(sead.trainer_loss, "logits_objective", refuse)
+    monkeypatch.setattr(sead.training.loss_glue, "logits_objective", refuse)
     trainer = tiny_trainer(tmp_path, method="sgopd", estimator=estimator, estimator_top_k=4, max_steps=2,
                            teacher_mix_rho0=1.0)
     shapes = []

@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-import sead.trainer_loss as loss_glue
+import sead.training.loss_glue as loss_glue
 from _tiny import params, tiny_trainer, tokenizer
-from sead.errors import NonFiniteError
+from sead.utils.errors import NonFiniteError
 
 NAN, INF = float("nan"), float("inf")
 

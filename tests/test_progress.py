@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from sead.progress import LineProgress, format_duration, progress_bar, progress_mode
+from sead.utils.progress import LineProgress, format_duration, progress_bar, progress_mode
 
 
 class _Clock:
@@ -90,7 +90,7 @@ def test_train_progress_in_a_log(tmp_path, capsys, monkeypatch):
     import torch
 
     from _tiny import parity_reward, tiny_trainer
-    from sead.progress import TrainProgress
+    from sead.utils.progress import TrainProgress
 
     monkeypatch.setenv("SEAD_PROGRESS", "lines")
     torch.set_num_threads(1)
@@ -113,8 +113,8 @@ def test_no_future_warning_from_the_projects_own_settings(tmp_path):
     import torch
 
     from _tiny import tiny_dataset, tiny_model, tokenizer
-    from sead.config import OPDConfig
-    from sead.trainer import OPDTrainer
+    from sead.training.config import OPDConfig
+    from sead.training.trainer import OPDTrainer
 
     torch.set_num_threads(1)
     with warnings.catch_warnings(record=True) as caught:

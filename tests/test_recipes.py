@@ -33,8 +33,8 @@ def test_expected_recipes_exist():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
 def test_every_recipe_parses_and_builds_its_config(recipe):
-    from sead.config import OPDConfig
-    from sead.run import ScriptArguments
+    from sead.training.config import OPDConfig
+    from sead.training.recipe import ScriptArguments
 
     script, cfg = parse_recipe(recipe)
     assert isinstance(script, ScriptArguments) and isinstance(cfg, OPDConfig)
@@ -142,7 +142,7 @@ def test_accelerate_configs_cover_the_planner_strategies():
 
 # --------------------------------------------------------------------------- dataset column options
 def _script(**kw):
-    from sead.run import ScriptArguments
+    from sead.training.recipe import ScriptArguments
 
     return ScriptArguments(**kw)
 
@@ -150,8 +150,8 @@ def _script(**kw):
 def test_answer_column_source_reads_a_nested_field():
     from datasets import Dataset
 
-    from sead.config import OPDConfig
-    from sead.run import map_dataset_columns
+    from sead.training.config import OPDConfig
+    from sead.training.recipe import map_dataset_columns
 
     ds = Dataset.from_list([
         {"prompt": [{"role": "user", "content": "1+1?"}], "reward_model": {"ground_truth": "2", "style": "rule"}},
@@ -162,7 +162,7 @@ def test_answer_column_source_reads_a_nested_field():
     assert out["answer"] == ["2", "4"]
     assert out["prompt"] == ds["prompt"]  # conversations are left alone
 
-    from sead.errors import SeadError
+    from sead.utils.errors import SeadError
 
     with pytest.raises(SeadError, match="reward_model.missing"):
         map_dataset_columns(ds, _script(answer_column_source="reward_model.missing"), cfg)
@@ -173,8 +173,8 @@ def test_answer_column_source_reads_a_nested_field():
 def test_apply_chat_template_wraps_plain_prompts():
     from datasets import Dataset
 
-    from sead.config import OPDConfig
-    from sead.run import map_dataset_columns
+    from sead.training.config import OPDConfig
+    from sead.training.recipe import map_dataset_columns
 
     ds = Dataset.from_list([{"prompt": "What is 2+3?", "solution": "5"}])
     cfg = OPDConfig(output_dir="/tmp/x", use_cpu=True, bf16=False, method="opd", answer_column="solution")

@@ -1,4 +1,4 @@
-"""sead.sampling and sead.vllm_server without a real engine: the HF sampler against HF generate itself, the vLLM
+"""sead.engines.sampling and sead.engines.vllm_server without a real engine: the HF sampler against HF generate itself, the vLLM
 sampler with a stand-in engine, and the server client against a local stand-in HTTP server (answers, retries with
 backoff, clear errors). Real engines and a real server: tests/test_vllm.py."""
 
@@ -13,19 +13,11 @@ import pytest
 import torch
 
 from _tiny import tiny_model, tokenizer
-from sead.errors import SeadError
-from sead.sampling import (
-    HFSampler,
-    Sampling,
-    VLLMSampler,
-    as_sampler,
-    choose_backend,
-    eos_ids,
-    sample_ids,
-    sample_texts,
-    trim_completion,
-)
-from sead.vllm_server import ServerError, ServerSampler, sample_from_server
+from sead.engines.hf import HFSampler
+from sead.engines.sampling import Sampling, eos_ids, sample_ids, sample_texts, trim_completion
+from sead.engines.vllm_engine import VLLMSampler, as_sampler, choose_backend
+from sead.engines.vllm_server import ServerError, ServerSampler, sample_from_server
+from sead.utils.errors import SeadError
 
 
 def _prompts(tok):
@@ -84,7 +76,7 @@ def test_greedy_text_sampling_is_argmax_decoding():
 
 
 def test_generate_responses_is_the_sampling_layer():
-    from sead.generation import generate_responses
+    from sead.engines.hf import generate_responses
 
     tok = tokenizer()
     model = tiny_model(3).eval()

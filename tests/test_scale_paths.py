@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from _tiny import tiny_dataset, tiny_model, tokenizer
-from sead.config import OPDConfig
-from sead.errors import SeadError
-from sead.sampling import choose_backend
-from sead.trainer import OPDTrainer
-from sead.trainer_loss import full_tensor as _full_tensor
+from sead.engines.vllm_engine import choose_backend
+from sead.training.config import OPDConfig
+from sead.training.loss_glue import full_tensor as _full_tensor
+from sead.training.trainer import OPDTrainer
+from sead.utils.errors import SeadError
 
 
 def _cfg(tmp_path, **kw):
@@ -51,7 +51,7 @@ def test_teacher_backend_vllm_without_vllm_is_refused_with_advice(tmp_path):
 
 
 def test_the_trainer_refuses_a_vllm_teacher_when_vllm_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr("sead.sampling.vllm_installed", lambda: False)
+    monkeypatch.setattr("sead.engines.vllm_engine.vllm_installed", lambda: False)
     cfg = _cfg(tmp_path, method="sgopd", teacher_generation_backend="vllm", teacher_num_generations=2)
     with pytest.raises(SeadError, match="vLLM is not installed"):
         OPDTrainer(tiny_model(0), tiny_model(1), args=cfg, train_dataset=tiny_dataset(8), processing_class=tokenizer())
@@ -167,8 +167,8 @@ def test_components_that_need_verdicts_grade_even_without_pass_rate_logging(tmp_
 
 def test_the_teacher_engine_is_built_once_from_the_teachers_path(tmp_path, monkeypatch):
     built = []
-    monkeypatch.setattr("sead.trainer.choose_backend", lambda backend, field: backend)
-    monkeypatch.setattr("sead.trainer.vllm_engine", lambda source, **kw: built.append((source, kw)) or "engine")
+    monkeypatch.setattr("sead.training.trainer.choose_backend", lambda backend, field: backend)
+    monkeypatch.setattr("sead.training.trainer.vllm_engine", lambda source, **kw: built.append((source, kw)) or "engine")
     teacher = tiny_model(1)
     teacher.save_pretrained(tmp_path / "teacher")
     cfg = _cfg(tmp_path, method="sgopd", teacher_generation_backend="vllm", teacher_num_generations=2,

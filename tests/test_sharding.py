@@ -1,4 +1,4 @@
-"""The teacher and SG-OPD's reference sharded as the student is (sead.sharding), the refusal of launches that ask
+"""The teacher and SG-OPD's reference sharded as the student is (sead.training.sharding), the refusal of launches that ask
 for FSDP / DeepSpeed but would run replicated, and the rank-safe cold start (teacher_mix_picks).
 
 The 2-process test runs tests/_shard_frozen.py with torchrun (gloo, CPU): accelerate does not set up FSDP on CPU, so
@@ -17,9 +17,8 @@ import types
 import pytest
 
 from _tiny import REPO, subprocess_env, tiny_model
-from sead.errors import SeadError
 from sead.plan import facts_from_config, frozen_bytes
-from sead.sharding import (
+from sead.training.sharding import (
     check_sharding,
     frozen_copy,
     is_partitioned,
@@ -27,7 +26,8 @@ from sead.sharding import (
     requested_sharding,
     sharding_refusal,
 )
-from sead.trainer import teacher_mix_picks
+from sead.training.trainer import teacher_mix_picks
+from sead.utils.errors import SeadError
 
 
 # --------------------------------------------------------------------------- what the launch asks for

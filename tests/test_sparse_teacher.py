@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from _fused_problem import make_problem  # noqa: E402
-from sead.divergences import topk_forward_kl
-from sead.fused import LMHead, SparseTeacher, fused_objective
-from sead.gates import sign_gated_advantage
-from sead.objective import logits_objective
-from sead.zones import SKIP, zone_weights
+from sead.losses.fused import LMHead, SparseTeacher, fused_objective
+from sead.losses.objective import logits_objective
+from sead.method.divergences import topk_forward_kl
+from sead.method.gates import sign_gated_advantage
+from sead.method.zones import SKIP, zone_weights
 
 
 def served(p, k, shuffle=True):

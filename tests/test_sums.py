@@ -11,9 +11,9 @@ from collections import Counter
 
 import pytest
 
+from sead.grading.verifier import grade
 from sead.tasks import get_task
 from sead.tasks import sums as S
-from sead.verify import grade
 
 STEP_RE = re.compile(r"^ (\d(?:\+\d)+)=(\d+)((?: \+\d(?:\+\d)*=\d+)*) \\boxed\{(\d+)\}$")
 
@@ -227,7 +227,7 @@ def test_registry_and_task_object():
     assert all(d is not None for d in dists) and dists[-1] == {S.EOS: 1.0}
     for spec in (r.model for r in (*task.recipes(), *task.recipes(quick=True))):
         assert spec.hidden_size // spec.num_heads in (32, 64, 80, 96, 112, 128)
-    from sead.errors import SeadError
+    from sead.utils.errors import SeadError
 
     with pytest.raises(SeadError, match="unknown built-in task"):
         get_task("nope")

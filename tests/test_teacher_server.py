@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 from _teacher_server import FakeVLLM
 from _tiny import max_abs_diff, params, tiny_config, tiny_dataset, tiny_model, tokenizer
-from sead.errors import SeadError
-from sead.teacher_server import TeacherServer, TeacherServerError, parse_prompt_logprobs
-from sead.trainer import OPDTrainer
-from sead.vllm_server import sample_from_server
+from sead.engines.teacher_server import TeacherServer, TeacherServerError, parse_prompt_logprobs
+from sead.engines.vllm_server import sample_from_server
+from sead.training.trainer import OPDTrainer
+from sead.utils.errors import SeadError
 
 K = 8
 

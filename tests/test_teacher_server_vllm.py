@@ -28,9 +28,9 @@ from _tiny import (
     tiny_model,
     tokenizer,
 )
-from sead.teacher_server import TeacherServer, TeacherServerError
-from sead.trainer import OPDTrainer
-from sead.vllm_server import sample_from_server
+from sead.engines.teacher_server import TeacherServer, TeacherServerError
+from sead.engines.vllm_server import sample_from_server
+from sead.training.trainer import OPDTrainer
 
 pytestmark = [
     pytest.mark.slow,

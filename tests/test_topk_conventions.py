@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from sead.bench.topk_conventions import markdown, measure
-from sead.divergences import forward_kl, reverse_kl, topk_forward_kl, topk_reverse_kl
+from sead.method.divergences import forward_kl, reverse_kl, topk_forward_kl, topk_reverse_kl
 
 
 def _log_softmax(xs):

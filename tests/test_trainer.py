@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from _tiny import tiny_dataset, tiny_model, tokenizer
-from sead.config import OPDConfig
-from sead.curriculum import CompetenceCurriculum
 from sead.losses import fused_sead_loss, reverse_kl, sead_loss
-from sead.trainer import OPDTrainer
+from sead.method.curriculum import CompetenceCurriculum
+from sead.training.config import OPDConfig
+from sead.training.trainer import OPDTrainer
 
 
 def _cfg(tmp_path, **kw):
@@ -84,7 +84,7 @@ def test_logits_path_equals_fused_path(tmp_path):
 
 @pytest.mark.parametrize("precision,support", [("bf16", "own"), ("exact", "teacher"), ("auto", "teacher")])
 def test_the_fused_loss_gets_the_configured_zone_settings(tmp_path, monkeypatch, precision, support):
-    import sead.trainer_loss as loss_glue
+    import sead.training.loss_glue as loss_glue
 
     seen = []
     real = loss_glue.fused_objective
@@ -179,7 +179,7 @@ def test_curriculum_gate_and_pool_are_logged_and_pass_rate_drives_it(tmp_path):
 
 
 def test_sign_gate_scales_as_specified_inside_the_objective():
-    from sead.objective import logits_objective
+    from sead.losses.objective import logits_objective
 
     g = torch.Generator().manual_seed(0)
     s = torch.randn(2, 3, 7, generator=g, dtype=torch.float64).requires_grad_()
@@ -268,7 +268,7 @@ def test_each_method_and_estimator_trains_and_updates_the_student(tmp_path, meth
 
 
 def test_teacher_rollout_filters_default_to_the_students_and_are_checked(tmp_path):
-    from sead.errors import SeadError
+    from sead.utils.errors import SeadError
 
     assert _cfg(tmp_path).teacher_sampling_filters() == (1.0, 0)
     assert _cfg(tmp_path, top_p=0.8, top_k=5).teacher_sampling_filters() == (0.8, 5)

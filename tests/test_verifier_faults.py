@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-import sead.verify as verify
+import sead.grading.verifier as verify
 from _tiny import parity_reward, tiny_dataset, tiny_trainer
-from sead.rewards import RewardTimeout as _RewardTimeout
-from sead.rewards import call_time_bounded as _call_time_bounded
+from sead.grading.rewards import RewardTimeout as _RewardTimeout
+from sead.grading.rewards import call_time_bounded as _call_time_bounded
 
 BAD = "Q: 1+1=? A:"
 

@@ -1,4 +1,4 @@
-"""Answer extraction and time-bounded grading (sead.verify)."""
+"""Answer extraction and time-bounded grading (sead.grading.verifier)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from sead.errors import SeadError
-from sead.verify import (
+from sead.grading.verifier import (
     GRADE_COUNTER,
     GradeCounter,
     GradeResult,
@@ -20,6 +19,7 @@ from sead.verify import (
     math_reward,
     normalize_answer,
 )
+from sead.utils.errors import SeadError
 
 # ---------------------------------------------------------------------------------------------
 # Extraction

@@ -14,8 +14,7 @@ import json
 import pytest
 
 from sead.cli import main
-from sead.errors import SeadError
-from sead.verify import (
+from sead.grading.verifier import (
     EXTRACTION_MODES,
     TRAINING_MODE,
     GradeCounter,
@@ -25,6 +24,7 @@ from sead.verify import (
     make_math_reward,
     math_reward,
 )
+from sead.utils.errors import SeadError
 
 # A rollout cut off at the length limit mid-reasoning; its last number (42) happens to be the gold.
 TRUNCATED = "Let x be the number of apples. Then 6 * 7 = 42, and we still need to subtract the 42"
@@ -167,7 +167,7 @@ def test_default_reward_is_strict():
 
 
 def test_trainer_default_verifier_is_strict():
-    from sead.rewards import default_reward as _default_reward
+    from sead.grading.rewards import default_reward as _default_reward
 
     counter = GradeCounter()
     reward = _default_reward("answer", 5.0, counter)
@@ -194,9 +194,9 @@ def test_arithmetic_gold_completions_grade_correct_under_strict():
 
 
 def test_estimate_difficulty_grades_strictly():
-    import sead.difficulty as difficulty
+    import sead.data.difficulty as difficulty
 
-    class FakeSampler:  # any sampler of sead.sampling: token ids in, token ids out
+    class FakeSampler:  # any sampler of sead.engines.sampling: token ids in, token ids out
         def sample_ids(self, prompt_ids, sampling, progress=False):
             # prompt "p0": truncated rollouts ending in the gold; "p1": boxed gold on every sample
             return [list(TRUNCATED if ids == p0 else "\\boxed{42}") for ids in prompt_ids for _ in range(sampling.n)]
@@ -220,7 +220,7 @@ def test_estimate_difficulty_grades_strictly():
 
 
 def test_difficulty_prepass_grades_strictly(tmp_path):
-    from sead.difficulty import run_prepass
+    from sead.data.difficulty import run_prepass
 
     def generate(prompts, num_samples, seed):
         return [[TRUNCATED, "\\boxed{42}"] for _ in prompts]
@@ -233,7 +233,7 @@ def test_difficulty_prepass_grades_strictly(tmp_path):
 
 
 def test_difficulty_partial_from_before_strict_grading_is_refused(tmp_path):
-    from sead.difficulty import check_partial_settings
+    from sead.data.difficulty import check_partial_settings
 
     partial = tmp_path / "p.jsonl"
     partial.write_text(json.dumps({"index": 0, "correct": 1, "n": 2}) + "\n")
@@ -265,8 +265,8 @@ def test_sead_grade_mode_strict_and_auto(tmp_path, capsys):
 
 
 def test_eval_grade_mode_reaches_the_grader():
-    from sead.benchmarks import BENCHMARKS
-    from sead.evaluate import EvalConfig, evaluate_benchmark
+    from sead.evaluation.benchmarks import BENCHMARKS
+    from sead.evaluation.evaluate import EvalConfig, evaluate_benchmark
 
     bench = BENCHMARKS["gsm8k"]
     rows = [{"question": "q", "answer": "#### 42"}]

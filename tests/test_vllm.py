@@ -3,7 +3,7 @@ script bounded by a timeout so that an engine crash cannot take pytest down:
 
 - tests/_vllm_train.py: opd, sead and sgopd trained 3 steps with the student's rollouts in TRL's colocate engine,
   SG-OPD's cold-start teacher rollouts in a second engine of the teacher (two engines in one process);
-- tests/_vllm_text.py: sead.sampling's text callers (``sead eval``, ``sead difficulty``,
+- tests/_vllm_text.py: sead.engines.sampling's text callers (``sead eval``, ``sead difficulty``,
   ``estimate_difficulty``) on an engine and on a served model (``python -m vllm.entrypoints.openai.api_server``)
   next to HF generate, greedy, on the same tiny model; and TRL's server-mode client against that server.
 
@@ -24,9 +24,9 @@ import sys
 import pytest
 
 from _tiny import REPO, tiny_dataset, tiny_model, tokenizer, vllm_env
-from sead.config import OPDConfig
-from sead.errors import SeadError
-from sead.student_vllm import check_student_vllm
+from sead.engines.student_vllm import check_student_vllm
+from sead.training.config import OPDConfig
+from sead.utils.errors import SeadError
 
 needs_vllm = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (`make install` installs it)"
@@ -131,7 +131,7 @@ def test_sead_eval_backends_agree(text):
 def test_difficulty_backends_agree(text):
     expected = text["expected_difficulty"]
     assert 0.0 in expected and 1.0 in expected
-    assert text["library_difficulty_vllm"] == expected  # sead.difficulty.estimate_difficulty on a VLLMSampler
+    assert text["library_difficulty_vllm"] == expected  # sead.data.difficulty.estimate_difficulty on a VLLMSampler
     for backend in ("hf", "vllm", "server"):
         d = text["difficulty"][backend]
         assert d["code"] == 0 and d["column"] == expected, backend
@@ -149,7 +149,7 @@ def test_server_mode_is_refused_at_start_up_without_cuda(tmp_path):
     cfg = OPDConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], use_vllm=True,
                     vllm_mode="server", vllm_server_timeout=1)  # fmt: skip
     with pytest.raises(SeadError, match="vllm_mode: server needs CUDA.*vllm_mode: colocate"):
-        from sead.trainer import OPDTrainer
+        from sead.training.trainer import OPDTrainer
 
         OPDTrainer(tiny_model(0), tiny_model(1), args=cfg, train_dataset=tiny_dataset(8), processing_class=tokenizer())
     gpu = OPDConfig(output_dir=str(tmp_path), bf16=False, report_to=[], use_vllm=True, vllm_mode="server")

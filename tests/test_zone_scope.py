@@ -14,10 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _fused_problem import make_problem  # noqa: E402
-from sead.divergences import zone_entropies
-from sead.fused import LMHead, SparseTeacher, fused_objective, fused_zone_entropies
-from sead.objective import logits_objective
-from sead.zones import FKL, MASKED, SKIP, ZoneThresholds, sead_zones, zone_thresholds, zones_from_thresholds
+from sead.losses.fused import LMHead, SparseTeacher, fused_objective, fused_zone_entropies
+from sead.losses.objective import logits_objective
+from sead.method.divergences import zone_entropies
+from sead.method.zones import (
+    FKL,
+    MASKED,
+    SKIP,
+    ZoneThresholds,
+    sead_zones,
+    zone_thresholds,
+    zones_from_thresholds,
+)
 
 
 @st.composite

@@ -16,39 +16,7 @@ from sead.losses import sead_zones
 
 SETTINGS = settings(max_examples=50, deadline=None)
 
-SKIP, RKL, FKL, MASKED = 0, 1, 2, -1
-
-
-# --------------------------------------------------------------------------- naive reference
-def ref_quantile(values, q):
-    """Linear-interpolation quantile (numpy/torch default), written out."""
-    v = sorted(values)
-    pos = q * (len(v) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(v) - 1)
-    w = pos - lo
-    return v[lo] + w * (v[hi] - v[lo])
-
-
-def ref_zones(ht, hs, mask, q, s):
-    """Flat lists in, flat list of zone codes out. Ties in H_S are broken by position."""
-    n = len(mask)
-    zones = [MASKED] * n
-    valid = [i for i in range(n) if mask[i]]
-    if not valid:
-        return zones
-    th = ref_quantile([ht[i] for i in valid], q)
-    others = []
-    for i in valid:
-        if ht[i] >= th:
-            zones[i] = FKL
-        else:
-            others.append(i)
-    n_skip = min(math.floor(s * len(valid)), len(others))
-    others.sort(key=lambda i: (hs[i], i))
-    for j, i in enumerate(others):
-        zones[i] = SKIP if j < n_skip else RKL
-    return zones
+from _naive_zones import FKL, MASKED, RKL, SKIP, ref_quantile, ref_zones  # noqa: E402
 
 
 def _t(x, dtype=torch.float64):

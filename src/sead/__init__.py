@@ -1,21 +1,24 @@
 """sead: on-policy distillation (OPD, SEAD, SG-OPD) for Hugging Face models, on top of TRL.
 
 ``OPDConfig`` and ``OPDTrainer`` are imported lazily (they pull in TRL and transformers); the loss
-API lives in ``sead.losses``.
+API lives in ``sead.losses``. The package's layers: docs/architecture.md.
 """
 
-__version__ = "0.1.0"
+from sead import _deprecated
+from sead.utils.version import __version__
+
+_deprecated.install()  # the old flat import paths, for one release (sead._deprecated)
 
 __all__ = ["OPDConfig", "OPDTrainer", "__version__"]
 
 
 def __getattr__(name):
     if name == "OPDConfig":
-        from .config import OPDConfig
+        from sead.training.config import OPDConfig
 
         return OPDConfig
     if name == "OPDTrainer":
-        from .trainer import OPDTrainer
+        from sead.training.trainer import OPDTrainer
 
         return OPDTrainer
     raise AttributeError(f"module 'sead' has no attribute {name!r}")

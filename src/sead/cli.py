@@ -12,8 +12,8 @@ import importlib
 import importlib.util
 import sys
 
-from . import __version__
-from .errors import SeadError
+from sead.utils.errors import SeadError
+from sead.utils.version import __version__
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"sead {name}", description=commands[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(rest)
-    from .progress import quiet_library_bars_in_logs
+    from sead.utils.progress import quiet_library_bars_in_logs
 
     quiet_library_bars_in_logs()  # outside a terminal: no carriage-return bars from datasets / transformers / hub
     try:

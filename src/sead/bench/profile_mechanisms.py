@@ -2,7 +2,7 @@
 ``python -m sead.bench.profile_mechanisms [--task sums] [--quick] [--prompts N] [--json FILE] [--png FILE]``.
 
 Prepares (or loads from the cache) the task's teacher and student, samples one student rollout
-(temperature 1) per training prompt, and prints :func:`sead.bench.mechanisms.format_summary`: the teacher's
+(temperature 1) per training prompt, and prints :func:`sead.experiments.mechanisms.format_summary`: the teacher's
 entropy at forks and forced tokens, the zones' contents and disagreements, the teacher's entropy on
 failed vs passed rollouts, and the SG-OPD gate against the oracle. ``--teacher/--student DIR`` score
 other checkpoints (e.g. while designing a task).
@@ -18,22 +18,9 @@ from pathlib import Path
 import torch
 
 
-def measure(task, teacher, student, tokenizer, num_prompts: int = 512, seed: int = 0, levels=None) -> dict:
-    """Mechanism numbers of ``task`` on ``num_prompts`` training prompts (spread evenly over ``levels``)."""
-    from sead.config import OPDConfig
-
-    from .mechanisms import score_rollouts, summarize
-
-    defaults = {f: OPDConfig.__dataclass_fields__[f].default for f in ("teacher_quantile", "skip_fraction", "entropy_top_k", "entropy_support")}
-    ds = task.make_dataset(num_prompts, levels=levels or task.levels, seed=seed, split="train")
-    scores = score_rollouts(task, teacher, student, tokenizer, ds, seed=seed, **defaults)
-    return {"task": task.name, "prompts": num_prompts, "seed": seed, "zone_settings": defaults, **summarize(scores)}
-
-
 def main(argv: list[str]) -> int:
+    from sead.experiments.mechanisms import format_summary, measure
     from sead.tasks import DEFAULT_TASK, get_task
-
-    from .mechanisms import format_summary
 
     p = argparse.ArgumentParser(prog="python -m sead.bench.profile_mechanisms")
     p.add_argument("--task", default=DEFAULT_TASK)
@@ -65,7 +52,7 @@ def main(argv: list[str]) -> int:
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
     if a.png:
-        from sead.plots import plot_entropy_histogram
+        from sead.experiments.plots import plot_entropy_histogram
 
         plot_entropy_histogram(res["h_t_histogram"], a.png)
     return 0

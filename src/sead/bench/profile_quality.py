@@ -40,8 +40,10 @@ def draw_shares(difficulties: list[float], gates: list[float] | None) -> dict[fl
 
 
 def main(argv: list[str]) -> None:
-    from ..demo import SIZES, prepare_demo, run_variant
-    from .suite import QUALITY_VARIANTS
+    from sead.bench.suite import QUALITY_VARIANTS
+    from sead.experiments.runs import run_variant
+    from sead.experiments.seeds import prepare_demo
+    from sead.experiments.settings import SIZES
 
     seed = int(argv[0]) if argv else 0
     variants = argv[1:] or ["opd", "curriculum", "sead"]

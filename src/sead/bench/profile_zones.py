@@ -13,9 +13,9 @@ import sys
 
 import torch
 
-from sead.divergences import zone_entropies
+from sead.method.divergences import zone_entropies
+from sead.method.zones import FKL, RKL, SKIP, sead_zones
 from sead.tasks import DEFAULT_TASK, get_task
-from sead.zones import FKL, RKL, SKIP, sead_zones
 
 
 def main(argv: list[str]) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ..plots import plot_accuracy_curves
-from .common import LONG_RUN_S, SLOW_RUN_S
-from .suite import LOSS_IMPLS
+from sead.bench.suite import LOSS_IMPLS
+from sead.bench.worker import LONG_RUN_S, SLOW_RUN_S
+from sead.experiments.plots import plot_accuracy_curves
 
 
 def _runs_phrase(rows, reps: int) -> str:
@@ -80,7 +80,7 @@ def loss_section(res: dict, command: str) -> tuple[str, dict]:
         f"Command: `{command}`  ",
         f"Machine: {_machine_line(res['machine'])}; torch threads {res['threads']}; median of {_runs_phrase(rows, res['reps'])} after one warm-up (a warm-up over {LONG_RUN_S:g} s counts as the first timed run), each implementation in its own process; peak = peak RSS minus RSS before the call.",
         "",
-        f"`sead_fused`: the trainer's defaults: zones on (skip 50%, FKL 10%), alpha 0.5, zone entropies over the teacher's top-64 ids (`entropy_support: teacher`), zone pass precision `auto` ({auto}). One setting changed, at the goal shape only: `sead_fused_bf16zones`: `zone_precision: bf16` (the zone pass projects in bfloat16; loss and gradient exact given its zones); `sead_fused_ownsupport`: `entropy_support: own` (each model's own top-64, so the zone pass projects the student too). `opd_fused`: the same function with zones off (vanilla reverse KL). `sgopd_fused`: the SG-OPD preset's loss, fused (`sead.fused.fused_objective`: full estimator, sign gate, a frozen reference head, zones off; rollouts of 512 tokens, half of them verified correct); `sgopd_naive`: the same objective on full `[N, V]` student, teacher and reference logits (`sead.objective.logits_objective`), at the goal shape only. `trl_chunked`: `trl.trainer.distillation_trainer._chunked_divergence_loss`, beta=1 (its CPU path). `naive`: full `[N, V]` logits, reverse KL. Hidden size 512. Ratios are to TRL's and to our fused OPD loss's time in the same run.",
+        f"`sead_fused`: the trainer's defaults: zones on (skip 50%, FKL 10%), alpha 0.5, zone entropies over the teacher's top-64 ids (`entropy_support: teacher`), zone pass precision `auto` ({auto}). One setting changed, at the goal shape only: `sead_fused_bf16zones`: `zone_precision: bf16` (the zone pass projects in bfloat16; loss and gradient exact given its zones); `sead_fused_ownsupport`: `entropy_support: own` (each model's own top-64, so the zone pass projects the student too). `opd_fused`: the same function with zones off (vanilla reverse KL). `sgopd_fused`: the SG-OPD preset's loss, fused (`sead.losses.fused.fused_objective`: full estimator, sign gate, a frozen reference head, zones off; rollouts of 512 tokens, half of them verified correct); `sgopd_naive`: the same objective on full `[N, V]` student, teacher and reference logits (`sead.losses.objective.logits_objective`), at the goal shape only. `trl_chunked`: `trl.trainer.distillation_trainer._chunked_divergence_loss`, beta=1 (its CPU path). `naive`: full `[N, V]` logits, reverse KL. Hidden size 512. Ratios are to TRL's and to our fused OPD loss's time in the same run.",
         "",
         _table(["impl", "N", "V", "time s", "time / TRL", "time / opd_fused", "peak MB", "peak / TRL"], table),
         "",
@@ -256,9 +256,9 @@ def _teacher_lines(teacher: dict | None, k: int | None) -> list[str]:
 
 def mechanisms_section(res: dict, command: str, out_dir: Path) -> str:
     """The built-in task's mechanisms: measured on the prepared student's rollouts, and from training logs."""
-    from ..demo import POOL_MARKS
-    from ..plots import plot_entropy_histogram, plot_series
-    from .mechanisms import _nats, _pct
+    from sead.experiments.mechanisms import _nats, _pct
+    from sead.experiments.plots import plot_entropy_histogram, plot_series
+    from sead.experiments.runs import POOL_MARKS
 
     m = res.get("mechanisms")
     if not m:

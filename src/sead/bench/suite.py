@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..progress import progress_bar
-from . import quality as _quality
-from .common import machine_facts, median, run_worker, run_workers
+from sead.bench.common import machine_facts, median, run_worker
+from sead.experiments import settings as _quality
+from sead.experiments.workers import run_workers
+from sead.utils.progress import progress_bar
 
 LOSS_IMPLS = (
     "sead_fused",
@@ -96,12 +97,12 @@ def _start_step_teacher_server(stack: contextlib.ExitStack, tmp: Path) -> tuple[
 
     if importlib.util.find_spec("vllm") is None:
         return None, "vLLM is not installed (the sead_server row needs a vLLM server for its teacher)"
-    from .served import vllm_teacher_server
-    from .worker import SERVED_TOP_K, served_step_teacher
+    from sead.bench.served import vllm_teacher_server
+    from sead.bench.worker import SERVED_TOP_K, served_step_teacher
 
     folder = tmp / "served-teacher"
     served_step_teacher().save_pretrained(folder)
-    from ..tasks.arithmetic import build_tokenizer
+    from sead.tasks.arithmetic import build_tokenizer
 
     build_tokenizer().save_pretrained(folder)
     try:
@@ -139,7 +140,7 @@ def bench_step(quick: bool = False, threads: int = 1, progress: bool = True) -> 
     return {"benchmark": "step", "machine": machine_facts(), "threads": threads, "rows": rows}
 
 
-# Quality: the variants live in sead.bench.quality (runs go to long-lived worker processes, one run at a time each).
+# Quality: the variants live in sead.experiments.settings (runs go to long-lived worker processes, one run at a time each).
 QUALITY_VARIANTS = _quality.VARIANTS
 QUALITY_QUICK_VARIANTS = _quality.QUICK_VARIANTS
 QUALITY_DEFAULT_VARIANTS = _quality.DEFAULT_VARIANTS
@@ -169,8 +170,8 @@ def bench_quality(
     OPDConfig fields}`` (with a ``method``). ``mechanisms``: also measure the task's mechanisms on the
     prepared student's rollouts (:mod:`sead.bench.profile_mechanisms`).
     """
-    from ..demo import task_size
-    from ..tasks import DEFAULT_TASK, get_task
+    from sead.experiments.settings import task_size
+    from sead.tasks import DEFAULT_TASK, get_task
 
     task = task or DEFAULT_TASK
     size = task_size(task, quick)
@@ -209,7 +210,7 @@ def bench_quality(
         done = run_workers(run_jobs, jobs, progress, "bench quality")
     measured = None
     if mechanisms and size.get("mechanism_prompts"):
-        from .profile_mechanisms import measure
+        from sead.experiments.mechanisms import measure
 
         measured = measure(
             get_task(task), prepared.load_teacher(), prepared.load_student(), prepared.tokenizer,
@@ -249,7 +250,7 @@ def bench_quality(
 def summarize_quality(runs: dict[str, list[dict]], reference: str = "opd") -> dict[str, dict]:
     """Per variant and metric: mean and sd over seeds, and the paired difference against ``reference``
     (same seeds only) with its 95% interval."""
-    from .stats import mean_sd, paired_difference
+    from sead.bench.stats import mean_sd, paired_difference
 
     ref = {r["seed"]: r for r in runs.get(reference, [])}
     summary = {}

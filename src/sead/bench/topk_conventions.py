@@ -3,7 +3,7 @@
 On random logits of ``V`` ids, teacher ``z_T`` from one of two families, the student ``z_S = z_T + delta * g'``
 (``g' ~ N(0, 1)``): ``gaussian`` ``z_T = sigma * g`` (``g ~ N(0, 1)``; larger ``sigma`` = more peaked), and
 ``zipf`` ``z_T(v) = -a log rank(v)`` over a random ranking (``p_T`` of the r-th id ``~ r^-a``: LM-like heavy
-tails; larger ``a`` = more peaked). For each setting and each convention (``sead.divergences.topk_forward_kl`` /
+tails; larger ``a`` = more peaked). For each setting and each convention (``sead.method.divergences.topk_forward_kl`` /
 ``topk_reverse_kl``): the mean relative error of the per-token value against the exact KL over the
 vocabulary, ``mean_t |KL_k(t) - KL(t)| / KL(t)``, and the cosine between the per-token gradients w.r.t.
 the student's logits and the exact KL's (1 = same direction). Prints a markdown table (docs/methods.md).
@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from ..divergences import TOPK_CONVENTIONS, forward_kl, reverse_kl, topk_forward_kl, topk_reverse_kl
+from sead.method.divergences import TOPK_CONVENTIONS, forward_kl, reverse_kl, topk_forward_kl, topk_reverse_kl
 
 SETTINGS = (("gaussian", 2.0), ("gaussian", 4.0), ("gaussian", 8.0), ("zipf", 1.0), ("zipf", 1.5), ("zipf", 2.0))
 

@@ -1,5 +1,5 @@
-"""One measurement per process: ``python -m sead.bench.worker loss|step|quality-data|quality ...`` prints one
-JSON line.
+"""One measurement per process: ``python -m sead.bench.worker loss|step ...`` prints one JSON line (``serve``: jobs
+from stdin, :mod:`sead.experiments.workers`).
 
 Peak memory is the process's peak resident set (``ru_maxrss``) minus the resident set just before
 the measured work (after the inputs exist), so it counts what the implementation itself allocates.
@@ -15,8 +15,16 @@ import time
 
 import torch
 
-from sead.bench.common import LONG_RUN_S, SLOW_RUN_REPS, SLOW_RUN_S
-from sead.fused import fast_bf16_matmul
+from sead.experiments.worker import serve
+from sead.losses.fused import fast_bf16_matmul
+
+# A warm-up run longer than this (seconds) is timed as the first of the runs (see bench_loss).
+LONG_RUN_S = 10.0
+# Runs whose warm-up takes over SLOW_RUN_S are timed SLOW_RUN_REPS times at most (make bench's 90-minute budget:
+# 8 of the loss part's 26 minutes on 2026-12-01 were the 4th and 5th runs of implementations over 5 s; at over
+# 2 s, and with warm-ups over 10 s counted as a timed run, about 11 of the 26 are saved).
+SLOW_RUN_S = 2.0
+SLOW_RUN_REPS = 3
 
 
 def _rss_mb() -> float:
@@ -57,8 +65,8 @@ def _sgopd_inputs(h_s, w_s, mask, g):
 
 
 def _sgopd_fn(impl, h_s, w_s, h_t, w_t, mask, g):
-    from sead.fused import LMHead, fused_objective
-    from sead.objective import logits_objective
+    from sead.losses.fused import LMHead, fused_objective
+    from sead.losses.objective import logits_objective
 
     h_r, w_r, ids, correct, mask_BT = _sgopd_inputs(h_s, w_s, mask, g)
     shape = (*mask_BT.shape, -1)
@@ -171,8 +179,8 @@ def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threa
                teacher_url: str | None = None) -> dict:
     """Median optimizer-step time of one trainer on tiny random models (same models, data, seed for all)."""
     torch.set_num_threads(threads)
-    from sead.config import OPDConfig
     from sead.tasks.arithmetic import build_tokenizer, make_dataset
+    from sead.training.config import OPDConfig
 
     tok = build_tokenizer()
     model = step_model
@@ -216,7 +224,7 @@ def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threa
 
         trainer = DistillationTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=ds, processing_class=tok)
     else:
-        from sead.trainer import OPDTrainer
+        from sead.training.trainer import OPDTrainer
 
         trainer = OPDTrainer(student, teacher, args=cfg, train_dataset=ds, processing_class=tok)
     base = _rss_mb()
@@ -253,24 +261,10 @@ def main(argv=None) -> int:
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", default="/tmp/sead-bench-step")
     sp.add_argument("--teacher-url", default=None, help="sead_server: the vLLM server holding the teacher")
-    for name in ("quality-data", "quality"):
-        qp = sub.add_parser(name)
-        qp.add_argument("--task", required=True)
-        qp.add_argument("--seed", type=int, required=True)
-        qp.add_argument("--data", required=True, help="the seed's data directory")
-        qp.add_argument("--quick", action="store_true")
-        qp.add_argument("--cache-dir", default=None)
-        qp.add_argument("--threads", type=int, default=1)
-        if name == "quality":
-            qp.add_argument("--variant", required=True)
-            qp.add_argument("--steps", type=int, default=None)
-            qp.add_argument("--out", required=True)
-            qp.add_argument("--overrides", default=None, help="JSON object of OPDConfig fields")
-            qp.add_argument("--keep-log", action="store_true", help="write OUT/log_history.json")
     sub.add_parser("serve", help="run jobs (one JSON list of arguments per stdin line) until stdin closes")
     a = p.parse_args(argv)
     if a.what == "serve":
-        return serve(p)
+        return serve(p, _dispatch)
     print(json.dumps(_dispatch(a)))
     return 0
 
@@ -280,34 +274,7 @@ def _dispatch(a) -> dict:
         return bench_loss(a.impl, a.n, a.v, a.h, a.reps, a.threads)
     if a.what == "step":
         return bench_step(a.trainer, a.steps, a.batch, a.completion, a.threads, a.out, a.teacher_url)
-    from pathlib import Path
-
-    from .quality import prepare_seed, run_one
-
-    torch.set_num_threads(a.threads)
-    if a.what == "quality-data":
-        return prepare_seed(a.task, a.quick, a.seed, Path(a.data), a.cache_dir)
-    overrides = json.loads(a.overrides) if a.overrides else None
-    return run_one(a.task, a.quick, a.seed, a.variant, Path(a.data), Path(a.out), a.steps, a.cache_dir, overrides, a.keep_log)
-
-
-def serve(parser) -> int:
-    """Run one job per stdin line (a JSON list of this module's arguments) and print each result as one
-    ``RESULT_PREFIX`` line; a job that raises returns ``{"error": ...}`` and the next job runs."""
-    import traceback
-
-    from sead.bench.common import RESULT_PREFIX
-
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            res = _dispatch(parser.parse_args(json.loads(line)))
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported to the parent, which names the job
-            traceback.print_exc()
-            res = {"error": f"{type(exc).__name__}: {exc}"}
-        print(RESULT_PREFIX + json.dumps(res), flush=True)
-    return 0
+    raise SystemExit(f"unknown measurement {a.what!r}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import SeadError
+from sead.utils.errors import SeadError
 
 RESULTS_DIR = Path("benchmarks/results")
 
@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import suite
-    from ..bench.report import write_report
+    from sead.bench import suite
+    from sead.bench.report import write_report
 
     quick = " --quick" if args.quick else ""
     todo = {"all": ["loss", "step", "quality"], "report": []}.get(args.what, [args.what])

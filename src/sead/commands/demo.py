@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import SeadError
+from sead.utils.errors import SeadError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..tasks import DEFAULT_TASK, TASKS
+    from sead.tasks import DEFAULT_TASK, TASKS
 
     parser.add_argument(
         "--task", default=DEFAULT_TASK, choices=list(TASKS), help=f"built-in task (default {DEFAULT_TASK}; docs/task.md)"
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DemoOptions, format_mechanisms, format_table, run_demo
+    from sead.experiments.demo import DemoOptions, format_mechanisms, format_table, run_demo
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in ("opd", "sead", "sgopd")]

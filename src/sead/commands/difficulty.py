@@ -14,11 +14,11 @@ or, reading model, dataset columns, chat template and length from a recipe::
         --dataset-config all --out data/dapo17k.olmo3-7b-think-sft.difficulty.parquet
 
 Resumable: finished prompts are appended to ``OUT.partial.jsonl`` as each chunk completes (same
-format as :func:`sead.difficulty.estimate_difficulty`); a rerun with the same settings generates only
+format as :func:`sead.data.difficulty.estimate_difficulty`); a rerun with the same settings generates only
 the prompts not there yet. Generation uses vLLM when it is installed and a GPU is present
 (``--backend auto``), Hugging Face ``generate`` otherwise, or a running vLLM server (``--backend server
---server-url URL``); a progress bar shows prompts done and the ETA. The work is :mod:`sead.difficulty`'s
-(:func:`~sead.difficulty.run_prepass`) over a sampler of :mod:`sead.sampling`; this module reads the
+--server-url URL``); a progress bar shows prompts done and the ETA. The work is :mod:`sead.data.difficulty`'s
+(:func:`~sead.data.difficulty.run_prepass`) over a sampler of :mod:`sead.engines.sampling`; this module reads the
 settings and prints.
 """
 
@@ -31,8 +31,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import SeadError
-from .engine_args import add_engine_arguments, vllm_kwargs
+from sead.commands.engine_args import add_engine_arguments, vllm_kwargs
+from sead.utils.errors import SeadError
 
 OUTPUT_SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -194,8 +194,10 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import difficulty as prepass
-    from ..sampling import choose_backend, load_text_sampler, load_tokenizer
+    from sead.data import difficulty as prepass
+    from sead.engines.backends import load_text_sampler
+    from sead.engines.hf import load_tokenizer
+    from sead.engines.vllm_engine import choose_backend
 
     out = Path(args.out)
     if out.suffix not in OUTPUT_SUFFIXES:

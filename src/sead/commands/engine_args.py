@@ -7,8 +7,8 @@ import argparse
 import json
 from typing import Any
 
-from ..errors import SeadError
-from ..verify import EXTRACTION_MODES
+from sead.grading.verifier import EXTRACTION_MODES
+from sead.utils.errors import SeadError
 
 __all__ = ["add_engine_arguments", "add_mode_argument", "vllm_kwargs"]
 

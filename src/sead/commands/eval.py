@@ -12,9 +12,9 @@ import argparse
 import re
 from pathlib import Path
 
-from ..benchmarks import DATA_DIR_ENV, benchmark_names
-from ..verify import DEFAULT_TIMEOUT_SECONDS
-from .engine_args import add_engine_arguments, add_mode_argument, vllm_kwargs
+from sead.commands.engine_args import add_engine_arguments, add_mode_argument, vllm_kwargs
+from sead.evaluation.benchmarks import DATA_DIR_ENV, benchmark_names
+from sead.grading.verifier import DEFAULT_TIMEOUT_SECONDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +72,7 @@ def default_out_dir(model: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import EvalConfig, evaluate_model
+    from sead.evaluation.evaluate import EvalConfig, evaluate_model
 
     config = EvalConfig(
         model=args.model,

@@ -9,13 +9,13 @@ plus ``correct`` (list of bools) and ``pred`` (the extracted answers; null where
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import SeadError
-from ..verify import DEFAULT_TIMEOUT_SECONDS
-from .engine_args import add_mode_argument
+from sead.commands.engine_args import add_mode_argument
+from sead.grading.verifier import DEFAULT_TIMEOUT_SECONDS
+from sead.utils.errors import SeadError
+from sead.utils.jsonl import read_jsonl, write_jsonl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,22 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise SeadError(f"--input {str(path)!r} does not exist; give a jsonl file of responses.")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SeadError(
-                    f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove that line."
-                ) from err
-            if not isinstance(row, dict):
-                raise SeadError(
-                    f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}."
-                )
-            rows.append(row)
+    rows = read_jsonl(path)
     if not rows:
         raise SeadError(f"--input {str(path)!r} has no rows.")
     return rows
@@ -65,7 +50,7 @@ def row_responses(row: dict[str, Any], where: str) -> list[str]:
 
 
 def row_gold(row: dict[str, Any], benchmark, where: str) -> str:
-    from ..benchmarks import gold_answer_field
+    from sead.evaluation.benchmarks import gold_answer_field
 
     if benchmark is not None:
         try:
@@ -81,10 +66,10 @@ def row_gold(row: dict[str, Any], benchmark, where: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmarks import get_benchmark
-    from ..evaluate import avg_at_k, mean_pass_at_k, report_ks, summarize_grades
-    from ..progress import progress_bar
-    from ..verify import grade_many
+    from sead.evaluation.benchmarks import get_benchmark
+    from sead.grading.metrics import avg_at_k, mean_pass_at_k, report_ks, summarize_grades
+    from sead.grading.verifier import grade_groups
+    from sead.utils.progress import progress_bar
 
     in_path, out_path = Path(args.input), Path(args.output)
     benchmark = get_benchmark(args.benchmark) if args.benchmark else None
@@ -92,28 +77,17 @@ def run(args: argparse.Namespace) -> int:
     responses = [row_responses(row, f"{in_path}:row {i + 1}") for i, row in enumerate(rows)]
     golds = [row_gold(row, benchmark, f"{in_path}:row {i + 1}") for i, row in enumerate(rows)]
 
-    flat_responses = [r for group in responses for r in group]
-    flat_golds = [g for group, g in zip(responses, golds) for _ in group]
-    with progress_bar(total=len(flat_responses), desc="grading", unit="ans") as bar:
-        flat = grade_many(
-            flat_responses,
-            flat_golds,
-            timeout_seconds=args.timeout,
-            mode=args.mode,
-            num_workers=args.workers,
-            progress=bar.update,
+    with progress_bar(total=sum(map(len, responses)), desc="grading", unit="ans") as bar:
+        graded = grade_groups(
+            responses, golds, timeout_seconds=args.timeout, mode=args.mode, num_workers=args.workers, progress=bar.update
         )
+    flat = [r for group in graded for r in group]
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    correct: list[list[bool]] = []
-    i = 0
-    with out_path.open("w", encoding="utf-8") as fh:
-        for row, group in zip(rows, responses):
-            results = flat[i : i + len(group)]
-            i += len(group)
-            correct.append([r.correct for r in results])
-            out = dict(row, correct=correct[-1], pred=[r.pred for r in results])
-            fh.write(json.dumps(out, ensure_ascii=False) + "\n")
+    correct = [[r.correct for r in results] for results in graded]
+    write_jsonl(
+        out_path, (dict(row, correct=c, pred=[r.pred for r in results]) for row, c, results in zip(rows, correct, graded))
+    )
 
     k = min(len(group) for group in responses)
     counts = summarize_grades(flat)

@@ -52,7 +52,7 @@ def _parse_recipe(config: str, fields: list[str]):
     """The recipe's (ScriptArguments, OPDConfig), parsed without needing the recipe's hardware."""
     import torch
 
-    from .train import parse
+    from sead.commands.train import parse
 
     argv = ["--config", config] + list(fields or [])
     if not torch.cuda.is_available() and "--use_cpu" not in argv:
@@ -61,8 +61,8 @@ def _parse_recipe(config: str, fields: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import SeadError
-    from ..plan import format_plan, plan_recipe
+    from sead.plan import format_plan, plan_recipe
+    from sead.utils.errors import SeadError
 
     if args.gpus < 1:
         raise SeadError(f"--gpus must be >= 1; got {args.gpus}")

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 
-from ..errors import SeadError
+from sead.utils.errors import SeadError
 
 # Exit status after a SIGTERM/SIGINT that saved a checkpoint: resume with --resume_from_checkpoint.
 EXIT_INTERRUPTED = 3
@@ -57,8 +57,8 @@ def parse(argv: list[str]):
     import yaml
     from trl import TrlParser
 
-    from ..config import OPDConfig
-    from ..run import ScriptArguments
+    from sead.training.config import OPDConfig
+    from sead.training.recipe import ScriptArguments
 
     if "--config" in argv:
         path = argv[argv.index("--config") + 1] if argv.index("--config") + 1 < len(argv) else None
@@ -112,11 +112,11 @@ def _resume_target(value: str | None, output_dir: str) -> str | None:
 
 def use_line_progress(trainer) -> None:
     """Outside a terminal (a log file, CI, a cluster job), transformers' carriage-return bar would write every
-    update onto one line: replace it by :class:`sead.progress.TrainProgress` (a line now and then with step, loss,
+    update onto one line: replace it by :class:`sead.utils.progress.TrainProgress` (a line now and then with step, loss,
     pass rate and ETA). On a terminal the bar stays."""
     from transformers.trainer_callback import ProgressCallback
 
-    from ..progress import TrainProgress, progress_mode
+    from sead.utils.progress import TrainProgress, progress_mode
 
     if progress_mode() == "bar" or trainer.args.disable_tqdm:
         return
@@ -129,16 +129,16 @@ def run(args: argparse.Namespace) -> int:
     if "-h" in argv or "--help" in argv:
         from trl import TrlParser
 
-        from ..config import OPDConfig
-        from ..run import ScriptArguments
+        from sead.training.config import OPDConfig
+        from sead.training.recipe import ScriptArguments
 
         TrlParser((ScriptArguments, OPDConfig)).print_help()
         return 0
     script, cfg = parse(argv)
     resume = _resume_target(cfg.resume_from_checkpoint, cfg.output_dir)
-    from ..interrupt import GracefulInterrupt
-    from ..run import build_trainer
-    from ..teacher_server import TeacherServerError
+    from sead.engines.teacher_server import TeacherServerError
+    from sead.training.interrupt import GracefulInterrupt
+    from sead.training.recipe import build_trainer
 
     interrupt = GracefulInterrupt()
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from sead.errors import SeadError
+from sead.utils.errors import SeadError
 
 __all__ = ["TASKS", "DEFAULT_TASK", "get_task"]
 

@@ -20,7 +20,7 @@ Everything the demo needs without a download:
   clearly stronger than the student. :func:`prepare_models` trains them once and caches them
   (``save_pretrained``) under ``$SEAD_CACHE_DIR`` (default ``~/.cache/sead``), keyed by a hash of
   everything that determines the result (:mod:`sead.tasks.prepare`, shared with the ``sums`` task).
-- :func:`evaluate_accuracy`: greedy accuracy with the project's one grader, :func:`sead.verify.grade`.
+- :func:`evaluate_accuracy`: greedy accuracy with the project's one grader, :func:`sead.grading.verifier.grade`.
 """
 
 from __future__ import annotations
@@ -318,7 +318,7 @@ def build_tokenizer():
     with the same ids through ``AutoTokenizer.from_pretrained`` (as vLLM loads it). Nothing is added
     around the text when encoding (no BOS); ``padding_side="left"``.
     """
-    from .charset import build_char_tokenizer
+    from sead.tasks.charset import build_char_tokenizer
 
     return build_char_tokenizer(CHARACTERS, markers=(BOXED_TOKEN,), model_max_length=64)
 

@@ -25,10 +25,9 @@ from typing import Any
 
 import torch
 
-from sead.errors import SeadError
-
-from . import scoring, sft
-from .sft import ModelSpec, SFTSettings
+from sead.tasks import scoring, sft
+from sead.tasks.sft import ModelSpec, SFTSettings
+from sead.utils.errors import SeadError
 
 __all__ = ["Recipe", "PreparedModels", "BuiltinTask", "default_cache_dir", "save_atomically", "prepare_in_background"]
 
@@ -144,23 +143,24 @@ def save_atomically(model, tokenizer, metrics: dict, target: Path, progress: boo
     return metrics
 
 
-def _prepare_role(task_name: str, role: str, quick: bool, seed: int, cache_dir: str, num_threads: int) -> None:
-    """Child process of :func:`prepare_in_background`: train and cache one model."""
-    from . import get_task
+def _prepare_role(task_module: str, role: str, quick: bool, seed: int, cache_dir: str, num_threads: int) -> None:
+    """Child process of :func:`prepare_in_background`: train and cache one model of the task that ``task_module``
+    defines (its ``TASK``)."""
+    import importlib
 
     torch.set_num_threads(num_threads)
-    task = get_task(task_name)
+    task = importlib.import_module(task_module).TASK
     recipe = dict(zip(("teacher", "student"), task.recipes(quick)))[role]
     task.prepare_one(recipe, task.build_tokenizer(), seed, Path(cache_dir), progress=False)
 
 
-def prepare_in_background(task_name: str, role: str, quick: bool, seed: int, cache_dir: Path, num_threads: int = 1):
-    """Train and cache the ``role`` model (``"teacher"`` or ``"student"``) of a task in a second process;
+def prepare_in_background(task: BuiltinTask, role: str, quick: bool, seed: int, cache_dir: Path, num_threads: int = 1):
+    """Train and cache the ``role`` model (``"teacher"`` or ``"student"``) of ``task`` in a second process;
     returns the started :class:`multiprocessing.Process` (``join`` it, then check ``exitcode``)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    child = ctx.Process(target=_prepare_role, args=(task_name, role, quick, seed, str(cache_dir), num_threads), daemon=True)
+    child = ctx.Process(target=_prepare_role, args=(type(task).__module__, role, quick, seed, str(cache_dir), num_threads), daemon=True)
     child.start()
     return child
 
@@ -353,7 +353,7 @@ class BuiltinTask:
         child = None
         if parallel and read_metrics(self.entry_dir(teacher_recipe, seed, cache_dir), self.metrics_file) is None:
             if read_metrics(self.entry_dir(student_recipe, seed, cache_dir), self.metrics_file) is None:
-                child = prepare_in_background(self.name, "student", quick, seed, cache_dir, num_threads or 1)
+                child = prepare_in_background(self, "student", quick, seed, cache_dir, num_threads or 1)
         with threads:
             teacher_dir, teacher_metrics, teacher_hit = self.prepare_one(teacher_recipe, tokenizer, seed, cache_dir, progress)
             if child is not None:

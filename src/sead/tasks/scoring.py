@@ -1,12 +1,12 @@
 """Held-out scores of a built-in task's model: greedy accuracy, and avg@k / pass@k of sampled answers.
 
-Responses come from :func:`sead.generation.generate_responses` and are graded with the project's one
-grader, :func:`sead.verify.grade`; avg@k and pass@k are :mod:`sead.evaluate`'s estimators.
+Responses come from :func:`sead.engines.hf.generate_responses` and are graded with the project's one
+grader, :func:`sead.grading.verifier.grade`; avg@k and pass@k are :mod:`sead.evaluation.evaluate`'s estimators.
 """
 
 from __future__ import annotations
 
-from sead.generation import generate_responses
+from sead.engines.hf import generate_responses
 
 __all__ = ["evaluate_accuracy", "evaluate_sampled"]
 
@@ -21,7 +21,7 @@ def _check_dataset(dataset) -> None:
 
 def _grade_rows(responses, dataset) -> dict[int, list[list[bool]]]:
     """``{level: [[correct per sample] per prompt]}``."""
-    from sead.verify import TRAINING_MODE, grade
+    from sead.grading.verifier import TRAINING_MODE, grade
 
     by_level: dict[int, list[list[bool]]] = {}
     for samples, gold, level in zip(responses, dataset["answer"], dataset["level"]):
@@ -77,7 +77,7 @@ def evaluate_sampled(
     estimator ``1 - C(n-c, k) / C(n, k)`` is this indicator). Returns ``{"avg_at_k", "pass_at_k",
     "avg_at_k_by_level", "pass_at_k_by_level", "k", "temperature", "n"}``.
     """
-    from sead.evaluate import avg_at_k, mean_pass_at_k
+    from sead.grading.metrics import avg_at_k, mean_pass_at_k
 
     _check_dataset(dataset)
     if k < 1:

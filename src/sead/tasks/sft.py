@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..progress import progress_bar
+from sead.utils.progress import progress_bar
 
 __all__ = [
     "VLLM_HEAD_DIMS",

@@ -19,7 +19,7 @@ mechanisms SEAD and SG-OPD rely on exist in it:
 :class:`SumWalk` is the task's exact oracle: for any prefix of a completion it gives the distribution the
 training text draws the next token from (``None`` once the prefix has left every correct path), so forks,
 valid continuations and errors are known exactly. The final answer is unique, so the project's grader
-(:func:`sead.verify.grade`, the last ``\\boxed{}``) accepts every correct path.
+(:func:`sead.grading.verifier.grade`, the last ``\\boxed{}``) accepts every correct path.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from functools import cache
 
 from datasets import Dataset
 
-from .charset import SPECIAL_TOKENS
-from .prepare import BuiltinTask, Recipe
-from .sft import ModelSpec, SFTSettings, check_levels
+from sead.tasks.charset import SPECIAL_TOKENS
+from sead.tasks.prepare import BuiltinTask, Recipe
+from sead.tasks.sft import ModelSpec, SFTSettings, check_levels
 
 __all__ = [
     "LEVELS",
@@ -405,7 +405,7 @@ def build_tokenizer():
     """One token per character of :data:`CHARACTERS`, ``\\boxed{`` as one (ids: 4 specials, ``\\boxed{``,
     then the characters in order); byte-level, so a saved model folder reloads with the same ids through
     ``AutoTokenizer.from_pretrained`` (:func:`sead.tasks.charset.build_char_tokenizer`)."""
-    from .charset import build_char_tokenizer
+    from sead.tasks.charset import build_char_tokenizer
 
     return build_char_tokenizer(CHARACTERS, markers=(BOXED,), model_max_length=128)
 
@@ -429,7 +429,7 @@ _BOXED_INT = re.compile(re.escape(BOXED) + r"(\d+)\}")
 
 
 def boxed_int(text: str) -> int | None:
-    """The last ``\\boxed{N}`` integer of ``text`` (the probe's fast grader; evaluation uses :func:`sead.verify.grade`)."""
+    """The last ``\\boxed{N}`` integer of ``text`` (the probe's fast grader; evaluation uses :func:`sead.grading.verifier.grade`)."""
     found = _BOXED_INT.findall(text)
     return int(found[-1]) if found else None
 
@@ -439,7 +439,7 @@ def greedy_probe(tokenizer, levels: tuple[int, ...], size: int, seed: int, max_n
 
     Teacher forcing cannot score a task with several correct paths (the argmax at a fork follows one of
     them, the reference another), so the probe generates and checks the boxed sum."""
-    from sead.generation import generate_responses
+    from sead.engines.hf import generate_responses
 
     problems = sample_problems(size, levels=levels, seed=10_000 + seed, split="train")
 

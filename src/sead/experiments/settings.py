@@ -1,0 +1,182 @@
+"""What the quality experiment runs: each task's two sizes, the variants, and the ``OPDConfig`` of one run.
+
+Shared by ``sead demo`` (:mod:`sead.experiments.demo`) and ``sead bench quality`` (:mod:`sead.bench.suite`), so
+both train the same configurations from the same start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sead.utils.errors import SeadError
+
+__all__ = [
+    "DEFAULT_VARIANTS",
+    "QUICK_VARIANTS",
+    "SIZES",
+    "TASK_SIZES",
+    "VARIANTS",
+    "demo_config",
+    "task_of",
+    "task_size",
+]
+
+# Two sizes of the same pipeline per task. "quick" finishes in about a minute or two on 2 cores including
+# model preparation. ``sample_k`` answers per prompt at ``sample_temperature`` on the first ``num_sample``
+# held-out problems give avg@k and pass@k (0: not measured); ``mechanism_prompts`` student rollouts are
+# scored for the mechanism figures (0: not measured).
+TASK_SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "sums": {
+        "full": {
+            "num_prompts": 1024,
+            "num_test": 400,
+            "num_curve": 150,
+            "steps": 300,
+            # `sead bench quality` trains 250 steps: 11 variants x 5 seeds of 300 steps did not fit make bench's
+            # 90 minutes on 2 cores (116 min measured on 2026-12-01); the demo keeps 300.
+            "bench_steps": 250,
+            "batch": 64,
+            "lr": 5e-4,
+            "eval_every": 50,
+            "difficulty_rollouts": 8,
+            "sample_k": 8,
+            "sample_temperature": 1.0,
+            "num_sample": 200,
+            "mechanism_prompts": 512,
+        },
+        "quick": {
+            "num_prompts": 256,
+            "num_test": 150,
+            "num_curve": 90,
+            "steps": 30,
+            "batch": 32,
+            "lr": 5e-4,
+            "eval_every": 15,
+            "difficulty_rollouts": 2,
+            "sample_k": 4,
+            "sample_temperature": 1.0,
+            "num_sample": 60,
+            "mechanism_prompts": 128,
+        },
+    },
+    "arithmetic": {
+        "full": {
+            "num_prompts": 2048,
+            "num_test": 400,
+            "num_curve": 150,
+            "steps": 150,
+            "batch": 64,
+            "lr": 5e-4,
+            "eval_every": 25,
+            "difficulty_rollouts": 4,
+            "sample_k": 8,
+            "sample_temperature": 1.0,
+            "num_sample": 200,
+            "mechanism_prompts": 512,
+        },
+        "quick": {
+            "num_prompts": 512,
+            "num_test": 150,
+            "num_curve": 90,
+            "steps": 40,
+            "batch": 64,
+            "lr": 5e-4,
+            "eval_every": 20,
+            "difficulty_rollouts": 2,
+            "sample_k": 4,
+            "sample_temperature": 1.0,
+            "num_sample": 60,
+            "mechanism_prompts": 128,
+        },
+    },
+}
+#: The default task's sizes.
+SIZES = TASK_SIZES["sums"]
+
+
+def task_size(task: str, quick: bool) -> dict[str, Any]:
+    """A copy of the ``quick`` or ``full`` size of ``task``, with the task's name in it."""
+    from sead.tasks import TASKS
+
+    if task not in TASKS:
+        raise SeadError(f"unknown built-in task {task!r}; choose from {', '.join(TASKS)}")
+    return {**TASK_SIZES[task]["quick" if quick else "full"], "task": task}
+
+
+# The methods, the SEAD factorial (components added to vanilla OPD; all three = SEAD) and TRL's trainer.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "trl": {"method": "opd"},
+    "opd": {"method": "opd"},
+    "sgopd": {"method": "sgopd"},
+    "zones": {"method": "opd", "zones": True},
+    "anneal": {"method": "opd", "anneal": True},
+    "curriculum": {"method": "opd", "curriculum": True},
+    "zones+anneal": {"method": "opd", "zones": True, "anneal": True},
+    "zones+curriculum": {"method": "opd", "zones": True, "curriculum": True},
+    "anneal+curriculum": {"method": "opd", "anneal": True, "curriculum": True},
+    "sead": {"method": "sead"},
+    # Ablations that test why the zones remove the anneal's pass@k gain on this task (BENCHMARKS.md, analysis):
+    # without the skip zone (every token kept: zones+anneal then differs from anneal alone only in the FKL
+    # zone, which keeps plain forward KL instead of the anneal) ...
+    "zones+anneal/no-skip": {"method": "opd", "zones": True, "anneal": True, "skip_fraction": 0.0},
+    # ... and with the loss normalised over every token instead of the kept half (`loss_normalization: all`) ...
+    "zones+anneal/all-tokens": {"method": "opd", "zones": True, "anneal": True, "loss_normalization": "all"},
+    # ... and the test of the lead both point at: the FKL zone annealed from forward to reverse KL too
+    # (`fkl_zone_anneal`), instead of fixed forward KL.
+    "zones+anneal/fkl-annealed": {"method": "opd", "zones": True, "anneal": True, "fkl_zone_anneal": True},
+    # ... and SEAD itself with the annealed FKL zone (the curriculum added to the ablation above).
+    "sead/fkl-annealed": {"method": "sead", "fkl_zone_anneal": True},
+}
+#: What `sead bench quality` runs by default: the methods, the factorial, and the FKL-zone ablation (`--variants`
+#: runs the others: two were measured in a preliminary run, sead/fkl-annealed in a follow-up, BENCHMARKS.md).
+DEFAULT_VARIANTS = tuple(
+    v for v in VARIANTS if v not in ("zones+anneal/all-tokens", "zones+anneal/no-skip", "sead/fkl-annealed")
+)
+QUICK_VARIANTS = ("trl", "opd", "sead", "sgopd")
+
+
+def task_of(size: dict[str, Any]):
+    """The built-in task a size belongs to."""
+    from sead.tasks import get_task
+
+    return get_task(size.get("task", "sums"))
+
+
+def bench_size(task: str, quick: bool, steps: int | None) -> dict[str, Any]:
+    """:func:`task_size` with ``steps`` (when given) as its number of steps."""
+    size = task_size(task, quick)
+    if steps:
+        size["steps"] = steps
+    return size
+
+
+def demo_config(method: str, size: dict[str, Any], out_dir: Path, seed: int, steps: int, **overrides):
+    """The ``OPDConfig`` of one demo run (``recipes/demo.yaml`` holds the same values for ``sums``)."""
+    from sead.training.config import OPDConfig
+
+    fields = {
+        "output_dir": str(out_dir),
+        "method": method,
+        "max_steps": steps,
+        "per_device_train_batch_size": size["batch"],
+        "gradient_accumulation_steps": 1,
+        "learning_rate": size["lr"],
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "max_completion_length": task_of(size).max_new_tokens,
+        "temperature": 1.0,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "bf16": False,
+        "activation_checkpointing": False,
+        "use_cpu": True,
+        "seed": seed,
+        "disable_tqdm": True,
+        "competence_window": 2 * size["batch"],
+        "teacher_num_generations": 4,
+        "dataloader_num_workers": 0,
+    }
+    fields.update(overrides)
+    return OPDConfig(**fields)

@@ -1,0 +1,403 @@
+"""Memory planner: per-GPU memory of a recipe under DDP, DeepSpeed ZeRO-2 / ZeRO-3 and FSDP2.
+
+``sead plan --config recipes/X.yaml`` (see :mod:`sead.commands.plan`) reads a recipe, looks up the
+student's and teacher's architecture (a table of public config facts for the recipes' models, a
+``config.json`` given on the command line, a local checkpoint directory, or the built-in demo
+task's model specs: nothing is downloaded) and adds up, per GPU:
+
+- **static**: student weights, gradients and AdamW state (sharded as each strategy shards them), the
+  frozen teacher, the frozen reference model (SG-OPD with ``use_reference_model``), a runtime overhead;
+  a teacher served by vLLM (``teacher_server_url``) puts nothing of the teacher on the training GPUs: its own
+  GPUs are sized separately (:func:`plan_teacher_server`);
+- **rollout phase** (no gradients alive): the KV cache of HF ``generate`` for the local generation
+  batch (or the vLLM colocate reservation), and SG-OPD's teacher rollouts;
+- **training phase**: activations of one micro-batch (with or without activation checkpointing), the
+  teacher's forward, and the loss's working set (fused chunked loss: ``chunk x V`` tiles; otherwise
+  full ``[B*T, V]`` logits).
+
+The peak is the larger phase. Everything here is an estimate from first principles (the
+coefficients are listed in :data:`ASSUMPTIONS`); it was checked by hand, not against a GPU run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sead.plan.models import ModelFacts
+
+__all__ = ["ACCELERATE_CONFIGS", "ASSUMPTIONS", "STRATEGIES", "STRATEGY_NAMES", "GiB", "PlanInputs", "frozen_bytes", "plan_memory", "plan_teacher_server", "uses_fused_loss"]
+
+GiB = 1024**3
+STRATEGIES = ("ddp", "zero2", "fsdp2", "zero3")  # order of preference: simplest first
+ACCELERATE_CONFIGS = {
+    "ddp": "recipes/accelerate/ddp.yaml",
+    "zero2": "recipes/accelerate/deepspeed_zero2.yaml",
+    "zero3": "recipes/accelerate/deepspeed_zero3.yaml",
+    "fsdp2": "recipes/accelerate/fsdp2.yaml",
+}
+STRATEGY_NAMES = {"ddp": "DDP", "zero2": "ZeRO-2", "zero3": "ZeRO-3", "fsdp2": "FSDP2"}
+
+#: Coefficients of the estimate (documented in docs/scaling.md).
+ASSUMPTIONS = {
+    "runtime_overhead_gib": 2.0,  # CUDA context, NCCL buffers, allocator slack not counted elsewhere
+    "usable_fraction": 0.92,  # a plan fits when its peak is at most this fraction of the GPU's memory
+    "activation_elems_per_token_per_layer": "4*H + 2*q_dim + 2*kv_dim + 4*I (attention and gated-MLP tensors kept for backward; flash/SDPA attention, no T^2 scores)",
+    "checkpointed_activations": "one H-vector per token per layer, plus one layer recomputed in backward",
+    "naive_loss_tiles": 6,  # [B*T_c, V] fp32 tensors alive at once on the full-logits path (+1 with a reference model)
+    "fused_loss_tiles": 4,  # [chunk, V] fp32 tiles per chunk (sead.losses.fused)
+    "fused_sign_gate_loss_tiles": 9,  # [chunk, V] fp32 tiles per chunk of the fused sign-gated loss (three heads, gated target)
+    "gathered_layers": 2,  # ZeRO-3 / FSDP2: unsharded layers alive at once (current + prefetch)
+    "teacher_server_memory_utilization": 0.9,  # vLLM's default --gpu-memory-utilization on the server's GPUs
+}
+
+
+@dataclass
+class PlanInputs:
+    """Everything the estimate depends on (read from a recipe by :func:`plan_recipe`)."""
+
+    student: ModelFacts
+    teacher: ModelFacts
+    gpus: int = 8
+    gpu_memory_gib: float = 80.0
+    per_device_batch: int = 1
+    grad_accum: int = 1
+    prompt_tokens: int = 512
+    completion_tokens: int = 512
+    mixed_precision: bool = True  # bf16 or fp16
+    student_load_bytes: int = 4  # model_init_kwargs dtype (TRL's default: float32)
+    teacher_load_bytes: int = 4  # teacher_model_init_kwargs dtype (transformers' default: float32)
+    activation_checkpointing: bool = True
+    fused_loss: bool = True
+    sign_gate: bool = False
+    loss_chunk_size: int | None = None
+    reference_model: bool = False
+    teacher_mixing: bool = False
+    teacher_mix_rho0: float = 0.5
+    teacher_num_generations: int = 8
+    teacher_generation_batch_size: int | None = None  # HF teacher rollouts: sequences per generate call
+    teacher_vllm: bool = False  # SG-OPD teacher rollouts through a vLLM engine in each training process
+    teacher_vllm_gpu_memory_utilization: float = 0.3
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_sleep_mode: bool = False
+    vllm_tensor_parallel_size: int = 1
+    ds3_gather_for_generation: bool = True
+    optimizer_8bit: bool = False
+    teacher_served: bool = False  # teacher_server_url: no teacher on the training GPUs
+    teacher_server_top_k: int = 64
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seq_len(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def local_generation_batch(self) -> int:
+        """Prompts each GPU generates for at once (TRL's generation batch: micro-batch x accumulation)."""
+        return self.per_device_batch * self.grad_accum
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.per_device_batch * self.grad_accum * self.gpus
+
+
+def _student_bytes_per_param(strategy: str, inp: PlanInputs) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer) bytes per student parameter before sharding."""
+    deepspeed = strategy in ("zero2", "zero3")
+    moments = 2 if inp.optimizer_8bit else None
+    if deepspeed:
+        if inp.mixed_precision:  # bf16 module + fp32 master copy and fp32 Adam moments in the optimizer
+            return 2, 2, 4 + (moments or 8)
+        return 4, 4, moments or 8
+    w = inp.student_load_bytes  # DDP / FSDP2 train the parameters in their loaded dtype (autocast for bf16)
+    return w, w, moments or 2 * w
+
+
+def _shards(strategy: str, n: int) -> dict[str, int]:
+    """Divisor of each static component per strategy (1: replicated on every GPU). The frozen models (teacher,
+    reference) are placed by ``sead.training.sharding.prepare_frozen``: whole under DDP and ZeRO-2 (a stage-0 DeepSpeed
+    engine), partitioned under ZeRO-3, ``fully_shard``-ed per layer under FSDP2."""
+    return {
+        "ddp": {"weights": 1, "grads": 1, "optim": 1, "teacher": 1, "reference": 1},
+        "zero2": {"weights": 1, "grads": n, "optim": n, "teacher": 1, "reference": 1},
+        "zero3": {"weights": n, "grads": n, "optim": n, "teacher": n, "reference": n},
+        "fsdp2": {"weights": n, "grads": n, "optim": n, "teacher": n, "reference": n},
+    }[strategy]
+
+
+def frozen_bytes(strategy: str, num_params: int, load_bytes: int, gpus: int, mixed_precision: bool) -> int:
+    """Per-GPU bytes of a frozen model (teacher or reference) of ``num_params`` parameters loaded in ``load_bytes``
+    per parameter: ``num_params x b / d``, with ``d`` = ``gpus`` where it is sharded (ZeRO-3, FSDP2) else 1, and
+    ``b`` = 2 under DeepSpeed with bf16/fp16 (its engine casts the module to the half dtype) else ``load_bytes``
+    (DDP and FSDP2 keep the loaded dtype; FSDP2's mixed-precision policy casts only the gathered copy)."""
+    b = 2 if strategy in ("zero2", "zero3") and mixed_precision else load_bytes
+    return num_params * b // _shards(strategy, max(int(gpus), 1))["teacher"]
+
+
+def uses_fused_loss(cfg) -> bool:
+    """Whether a recipe's loss runs fused from hidden states (no ``[T, V]`` logits): ``use_fused_loss``, for every
+    estimator, with or without the sign gate (``sead.losses.fused.fused_objective``). Must agree with
+    ``sead.training.loss_glue.LossGlue._objective``."""
+    return bool(cfg.use_fused_loss)
+
+
+def _chunk_rows(vocab: int, chunk_size: int | None) -> int:
+    from sead.losses.fused import auto_chunk_size
+
+    return chunk_size or auto_chunk_size(vocab)
+
+
+def plan_memory(inp: PlanInputs) -> dict[str, Any]:
+    """Per-GPU bytes of every component for each strategy, the peaks, and the recommendation."""
+    s, t = inp.student, inp.teacher
+    n = max(int(inp.gpus), 1)
+    act_bytes = 2 if inp.mixed_precision else 4
+    B, T, Tc = inp.per_device_batch, inp.seq_len, inp.completion_tokens
+    tokens, loss_rows = B * T, B * Tc
+    G = inp.local_generation_batch
+    notes = list(inp.notes)
+
+    # ---- training-phase working set (independent of the strategy) --------------------------------
+    per_layer_s = tokens * s.activation_elems_per_token * act_bytes
+    if inp.activation_checkpointing:
+        activations = s.num_layers * tokens * s.hidden_size * act_bytes + per_layer_s
+    else:
+        activations = s.num_layers * per_layer_s
+    teacher_forward = tokens * t.activation_elems_per_token * 2 + loss_rows * t.hidden_size * 2
+    t_h = t.hidden_size
+    if inp.teacher_served:  # the server's answer instead: [N, k] ids and log-probs, [N] sampled log-probs
+        teacher_forward, t_h = loss_rows * (inp.teacher_server_top_k * 12 + 4), 0
+    reference_forward = (tokens * s.activation_elems_per_token * 2) if inp.reference_model else 0
+    V = s.vocab_size
+    if inp.fused_loss:
+        chunk = _chunk_rows(V, inp.loss_chunk_size)
+        ref_h = s.hidden_size if inp.reference_model else 0
+        tiles = ASSUMPTIONS["fused_sign_gate_loss_tiles" if inp.sign_gate else "fused_loss_tiles"]
+        loss = (
+            tiles * min(chunk, loss_rows) * V * 4  # [chunk, V] fp32 tiles
+            + V * (s.hidden_size + t_h + ref_h) * 4  # the heads cast to fp32
+            + V * s.hidden_size * 4  # fp32 gradient of the student head
+            + loss_rows * (2 * s.hidden_size + t_h + ref_h) * 4  # fp32 hidden states, student's gradient
+        )
+        loss_kind = f"fused{' sign-gated' if inp.sign_gate else ''}, {tiles} x {min(chunk, loss_rows)} x {V} tiles"
+    else:
+        tiles = ASSUMPTIONS["naive_loss_tiles"] + (1 if inp.reference_model else 0)
+        loss = tiles * loss_rows * V * 4
+        loss_kind = f"full logits, {tiles} x [{loss_rows}, {V}] fp32"
+    train_ws = activations + max(teacher_forward, reference_forward, loss)
+
+    # ---- rollout-phase working set ------------------------------------------------------------------
+    student_kv = s.kv_cache_bytes(T, G, 2 if inp.mixed_precision else 4)
+    if inp.teacher_mixing and not inp.teacher_served:  # a served teacher samples on its own GPUs
+        # the step's picks, the same number on every rank (at most ceil(rho0 x G)), generated in batches of
+        # teacher_generation_batch_size sequences
+        picked = math.ceil(inp.teacher_mix_rho0 * G)
+        teacher_seqs = picked * inp.teacher_num_generations
+        if inp.teacher_generation_batch_size:
+            teacher_seqs = min(teacher_seqs, inp.teacher_generation_batch_size)
+        teacher_kv = t.kv_cache_bytes(T, teacher_seqs, 2 if inp.mixed_precision else 4)
+    else:
+        teacher_seqs, teacher_kv = 0, 0
+    # A vLLM engine for the frozen teacher holds its share of the GPU all run long (no sleep mode, no sync).
+    teacher_vllm = 0
+    if inp.teacher_mixing and inp.teacher_vllm and not inp.teacher_served:
+        teacher_vllm = int(inp.teacher_vllm_gpu_memory_utilization * inp.gpu_memory_gib * GiB)
+        teacher_kv = 0
+        room = teacher_vllm - t.num_params * 2
+        per_seq = t.kv_cache_bytes(T, 1, 2)
+        if room < per_seq:
+            notes.append(
+                f"teacher vLLM engine: {inp.teacher_vllm_gpu_memory_utilization:g} x {inp.gpu_memory_gib:g} GiB leaves "
+                f"{max(room, 0) / GiB:.1f} GiB after the teacher's bf16 weights, less than one {T}-token sequence's "
+                f"KV cache ({per_seq / GiB:.1f} GiB): vLLM will refuse to start. Raise "
+                "teacher_vllm_gpu_memory_utilization, or set teacher_generation_backend: hf."
+            )
+    if inp.teacher_mixing and not inp.teacher_vllm:
+        notes.append(
+            "SG-OPD teacher rollouts with HF generate: under ZeRO-3 / FSDP2 the teacher is sharded, so every decode "
+            "step gathers it layer by layer over the GPUs (all ranks step together, synced_gpus): it fits, but "
+            f"{teacher_seqs} sequences of up to {Tc} tokens per call are slow."
+        )
+    vllm_reserved = 0
+    if inp.use_vllm and inp.vllm_mode == "colocate":
+        vllm_reserved = int(inp.vllm_gpu_memory_utilization * inp.gpu_memory_gib * GiB)
+        student_gen = 0
+    elif inp.use_vllm:  # server mode: generation runs on other GPUs
+        student_gen = 0
+    else:
+        student_gen = student_kv + G * V * 4
+
+    if inp.use_vllm and inp.vllm_mode == "colocate":
+        per_seq = s.kv_cache_bytes(T, 1, 2)
+        room = vllm_reserved - s.num_params * 2 // max(inp.vllm_tensor_parallel_size, 1)
+        at_once = int(room // per_seq) if per_seq else 0
+        if at_once < 1:
+            notes.append(
+                f"vLLM colocate: {inp.vllm_gpu_memory_utilization:g} x {inp.gpu_memory_gib:g} GiB leaves "
+                f"{max(room, 0) / GiB:.1f} GiB after the student's bf16 weights, less than one {T}-token sequence's "
+                f"KV cache ({per_seq / GiB:.1f} GiB): vLLM will refuse to start. Raise vllm_gpu_memory_utilization "
+                "or vllm_tensor_parallel_size, or lower vllm_max_model_length."
+            )
+        else:
+            notes.append(
+                f"vLLM colocate: {room / GiB:.1f} GiB of KV cache after the student's weights holds {min(at_once, G)} "
+                f"of the {G} local rollouts at full length ({per_seq / GiB:.2f} GiB each) at once."
+            )
+    overhead = int(ASSUMPTIONS["runtime_overhead_gib"] * GiB)
+    usable = ASSUMPTIONS["usable_fraction"] * inp.gpu_memory_gib * GiB
+    results: dict[str, Any] = {}
+    for strategy in STRATEGIES:
+        div = _shards(strategy, n)
+        wb, gb, ob = _student_bytes_per_param(strategy, inp)
+        P = s.num_params
+        weights = P * wb // div["weights"]
+        grads = P * gb // div["grads"]
+        optim = P * ob // div["optim"]
+        mixed = inp.mixed_precision
+        teacher = 0 if inp.teacher_served else frozen_bytes(strategy, t.num_params, inp.teacher_load_bytes, n, mixed)
+        reference = frozen_bytes(strategy, P, inp.student_load_bytes, n, mixed) if inp.reference_model else 0
+        gather = 0
+        if strategy in ("zero3", "fsdp2"):
+            t_bytes = 2 if strategy == "zero3" and mixed else inp.teacher_load_bytes
+            teacher_layer = 0 if inp.teacher_served else t.layer_params * t_bytes
+            gather = ASSUMPTIONS["gathered_layers"] * max(s.layer_params * wb, teacher_layer)
+        gen_extra = 0
+        if strategy == "zero3" and not inp.use_vllm and inp.ds3_gather_for_generation:
+            gen_extra = P * wb  # TRL gathers the whole student for HF generate under ZeRO-3
+        # Student and teacher rollouts run one after the other; with vllm_enable_sleep_mode TRL puts the student's
+        # engine to sleep (level 2: weights and KV cache released) right after its generation, so SG-OPD's teacher
+        # rollouts that follow do not share the GPU with it.
+        vllm_in_train = 0 if inp.vllm_sleep_mode else vllm_reserved
+        rollout_ws = max(vllm_reserved + student_gen + gen_extra, vllm_in_train + teacher_kv)
+        static = weights + optim + teacher + reference + overhead + gather
+        rollout_phase = static + teacher_vllm + rollout_ws
+        train_phase = static + grads + vllm_in_train + teacher_vllm + train_ws
+        peak = max(rollout_phase, train_phase)
+        results[strategy] = {
+            "components": {
+                "student weights": weights,
+                "student gradients": grads,
+                "optimizer (AdamW)": optim,
+                "teacher weights": teacher,
+                "reference weights": reference,
+                "sharding gather buffers": gather,
+                "runtime overhead": overhead,
+                "vLLM colocate reservation": vllm_reserved,
+                "rollout KV cache (HF generate)": student_gen,
+                "ZeRO-3 student gathered for generate": gen_extra,
+                "teacher rollouts KV cache": teacher_kv,
+                "teacher vLLM engine": teacher_vllm,
+                "activations (student)": activations,
+                "teacher forward": teacher_forward,
+                "reference forward": reference_forward,
+                "loss working set": loss,
+            },
+            "bytes_per_param": {"weights": wb, "grads": gb, "optim": ob},
+            "rollout_phase": rollout_phase,
+            "train_phase": train_phase,
+            "peak": peak,
+            "fits": peak <= usable,
+        }
+    fitting = [k for k in STRATEGIES if results[k]["fits"]]
+    recommended = fitting[0] if fitting else None
+    return {
+        "inputs": {
+            "gpus": n,
+            "gpu_memory_gib": inp.gpu_memory_gib,
+            "usable_gib": usable / GiB,
+            "per_device_train_batch_size": B,
+            "gradient_accumulation_steps": inp.grad_accum,
+            "prompts_per_step": inp.prompts_per_step,
+            "local_generation_batch": G,
+            "prompt_tokens": inp.prompt_tokens,
+            "completion_tokens": Tc,
+            "mixed_precision": inp.mixed_precision,
+            "activation_checkpointing": inp.activation_checkpointing,
+            "loss": loss_kind,
+            "use_vllm": inp.use_vllm,
+            "vllm_mode": inp.vllm_mode if inp.use_vllm else None,
+            "teacher_rollout_sequences": teacher_seqs,
+        },
+        "models": {
+            "student": {**asdict(s), "num_params": s.num_params},
+            "teacher": {**asdict(t), "num_params": t.num_params},
+        },
+        "strategies": results,
+        "fits": fitting,
+        "recommended": recommended,
+        "accelerate_config": ACCELERATE_CONFIGS.get(recommended) if recommended else None,
+        "advice": _advice(inp, results, recommended),
+        "teacher_server": plan_teacher_server(t, inp.seq_len, inp.gpu_memory_gib, inp.prompts_per_step)
+        if inp.teacher_served
+        else None,
+        "notes": notes,
+        "assumptions": ASSUMPTIONS,
+    }
+
+
+def plan_teacher_server(t: ModelFacts, seq_len: int, gpu_memory_gib: float, prompts_per_step: int) -> dict[str, Any]:
+    """GPUs of a vLLM server holding the teacher (``teacher_server_url``), apart from the training GPUs. For each
+    tensor-parallel size (1, 2, 4, 8): the KV cache left after the bf16 weight shards and a runtime overhead at
+    vLLM's default memory utilisation, in full-length sequences (the server scores each rollout as one prompt:
+    ``prompt_logprobs`` and one generated token). ``tensor_parallel_size``: the smallest with room for one."""
+    weights = t.num_params * 2
+    per_seq = t.kv_cache_bytes(seq_len + 1, 1, 2)
+    budget = ASSUMPTIONS["teacher_server_memory_utilization"] * gpu_memory_gib * GiB
+    overhead = ASSUMPTIONS["runtime_overhead_gib"] * GiB
+    at_once = {tp: max(int(tp * (budget - weights / tp - overhead) // per_seq), 0) for tp in (1, 2, 4, 8)}
+    fitting = [tp for tp, n in at_once.items() if n >= 1]
+    return {
+        "tensor_parallel_size": fitting[0] if fitting else None,
+        "sequences_at_once": at_once,
+        "weights": weights,
+        "sequence_kv": per_seq,
+        "sequences_per_step": prompts_per_step,
+        "max_model_len": seq_len + 1,
+    }
+
+
+def _advice(inp: PlanInputs, results: dict[str, Any], recommended: str | None) -> list[str]:
+    out = []
+    if recommended is None:
+        best = min(STRATEGIES, key=lambda k: results[k]["peak"])
+        comps = results[best]["components"]
+        biggest = sorted(comps.items(), key=lambda kv: -kv[1])[:3]
+        out.append(
+            f"nothing fits; the smallest peak is {STRATEGY_NAMES[best]} at {results[best]['peak'] / GiB:.1f} GiB, "
+            f"dominated by {', '.join(f'{k} ({v / GiB:.1f} GiB)' for k, v in biggest)}."
+        )
+        names = dict(biggest)
+        if names.get("teacher rollouts KV cache"):
+            out.append(
+                "SG-OPD's cold-start teacher rollouts (HF generate) need fewer sequences at once: set "
+                "teacher_generation_batch_size (sequences per generate call), or lower teacher_num_generations."
+            )
+        if names.get("rollout KV cache (HF generate)"):
+            out.append("student rollouts: use vLLM (use_vllm: true, vllm_mode: server or colocate).")
+        if names.get("activations (student)") and not inp.activation_checkpointing:
+            out.append("turn on activation_checkpointing.")
+        if names.get("loss working set") and not inp.fused_loss:
+            out.append(
+                "the full-logits loss path materialises [B*T, V] logits: lower per_device_train_batch_size "
+                "(raise gradient_accumulation_steps to keep the batch), or use the fused loss (use_fused_loss with "
+                "estimator: full or the sign gate)."
+            )
+        if names.get("teacher weights"):
+            out.append("shard the teacher (ZeRO-3 / FSDP2) or use more / larger GPUs (--gpus, --gpu-memory).")
+        if inp.reference_model:
+            out.append("SG-OPD: use_reference_model: false drops the reference copy (A = lambda * d).")
+    if inp.use_vllm and inp.vllm_mode == "server":
+        out.append(
+            f"vLLM server mode: start `trl vllm-serve --model <student>` on GPUs of its own; it holds the student "
+            f"({inp.student.num_params * 2 / GiB:.1f} GiB in bf16, / tensor parallel size) plus its KV cache. "
+            "This plan counts only the training GPUs."
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# From a recipe
+# ----------------------------------------------------------------------------------------------

@@ -1,0 +1,598 @@
+"""``OPDConfig``: TRL's ``DistillationConfig`` plus the knobs of vanilla OPD, SEAD and SG-OPD."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import DistillationConfig
+
+from sead.training.inherited import check_inherited_fields
+from sead.utils.errors import SeadError
+
+METHODS = ("opd", "sead", "sgopd")
+ESTIMATORS = ("full", "topk", "sampled")
+
+# Which components each preset switches on (any of them can be overridden one by one).
+PRESETS: dict[str, dict[str, bool]] = {
+    "opd": {
+        "zones": False,
+        "anneal": False,
+        "curriculum": False,
+        "sign_gate": False,
+        "teacher_mixing": False,
+    },
+    "sead": {"zones": True, "anneal": True, "curriculum": True, "sign_gate": False, "teacher_mixing": False},
+    "sgopd": {
+        "zones": False,
+        "anneal": False,
+        "curriculum": False,
+        "sign_gate": True,
+        "teacher_mixing": True,
+    },
+}
+
+# Defaults that METHODS.md marks as assumed (the papers' full texts were not available). docs/methods.md lists them.
+ASSUMED_DEFAULTS = {
+    "entropy_top_k": "64: zone entropies over the top-64 ids, renormalised",
+    "entropy_support": "'teacher': both entropies over the teacher's top-k ids (METHODS.md wording)",
+    "teacher_quantile": "0.9: FKL zone = top 10% teacher entropy",
+    "skip_fraction": "0.5: half of the valid tokens skipped",
+    "zone_scope": "'step': percentiles over every valid token of the optimizer step, all processes (the paper's 96 rollouts)",
+    "loss_normalization": "'kept': divide by the kept (non-skipped) tokens",
+    "alpha_start": "0.8 (secondary summary)",
+    "alpha_end": "0.0 (secondary summary)",
+    "anneal_in_rkl_zone_only": "True: FKL zone always FKL, RKL zone gets the annealed mix",
+    "competence_threshold": "0.6 pass rate over a running window",
+    "competence_window": "one optimizer step's rollouts (all ranks), at least 64",
+    "curriculum_num_buckets": "4 difficulty quantiles",
+    "curriculum_full_open_fraction": "0.8 of training: every prompt open by then",
+    "difficulty_num_rollouts": "8 rollouts per prompt at temperature 0.7",
+    "lambda_consensus": "1.8 (extrapolate)",
+    "lambda_conflict": "1.0 (two secondary sources: the best configuration is 1.8 / 1.0; 0.5 is the other reading)",
+    "teacher_mix_rho0": "0.5",
+    "teacher_mix_phase_fraction": "0.2 of training, linear decay",
+    "teacher_num_generations": "8 (G, secondary sources)",
+}
+
+
+@dataclass
+class OPDConfig(DistillationConfig):
+    r"""
+    Configuration for [`OPDTrainer`]: every field of `trl.DistillationConfig`, plus the fields below.
+    Fields left at `None` take the value of the `method` preset. Defaults marked *assumed* are not
+    fixed by the papers' available texts; see `docs/methods.md`.
+
+    Parameters:
+        > Method and estimator
+
+        method (`str`, *optional*, defaults to `"sead"`):
+            Preset: `"opd"` (vanilla on-policy distillation, reverse KL), `"sead"` (entropy zones + cosine
+            anneal + competence curriculum) or `"sgopd"` (sign gate + phased teacher sampling).
+        estimator (`str`, *optional*, defaults to `"full"`):
+            How the divergence is estimated per token: `"full"` (whole vocabulary), `"topk"` (teacher
+            top-`estimator_top_k` ids plus one tail bucket) or `"sampled"` (REINFORCE on the sampled token with
+            advantage `log pi_T(y_t) - log pi_S(y_t)`; the forward-KL parts of SEAD stay exact).
+        estimator_top_k (`int`, *optional*, defaults to `64`):
+            k of the `"topk"` estimator.
+        vllm_importance_sampling_correction (`bool`, *optional*, defaults to `True`):
+            With `estimator: sampled` and the student's rollouts from vLLM (`use_vllm`), weight each token's
+            `-sg(A_t) log pi_S(y_t)` by the truncated importance weight `min(pi_S(y_t) / q(y_t), cap)`, `q` the
+            engine's own log-prob of the token it sampled (it samples from its own numerics, bf16, not the
+            trainer's `pi_S`), as TRL's GRPO does (same name). `False`: treat vLLM's rollouts as drawn from `pi_S`.
+        vllm_importance_sampling_cap (`float`, *optional*, defaults to `3.0`):
+            The cap of those weights (TRL GRPO's `vllm_importance_sampling_clip_max` default).
+        topk_convention (`str`, *optional*, defaults to `"tail"`):
+            How the `"topk"` estimator treats the vocabulary outside the teacher's top-k (formulas in docs/methods.md):
+            `"tail"` (one tail bucket holding each model's remaining mass: the closest to the full KL), `"renormalized"`
+            (NeMo-RL: both distributions renormalised over the teacher's top-k), `"clamped"` (verl: the student's
+            full-vocabulary log-probs at the teacher's top-k, no tail, the per-token sum clamped at 0). The last two
+            reproduce those frameworks' numbers.
+        use_fused_loss (`bool`, *optional*, defaults to `True`):
+            Compute the loss from hidden states and lm_head weights chunk by chunk with `sead.losses.fused.fused_objective`,
+            for every estimator, with zones, anneal and the SG-OPD sign gate (student, teacher and reference heads):
+            never an `[N, V]` logits tensor, everything in fp32. `False` projects full `[B, T, V]` logits and uses
+            `sead.losses.objective.logits_objective` (the readable reference; not available with a served teacher).
+        loss_chunk_size (`int`, *optional*):
+            Tokens per chunk of the fused loss; `None` picks about 4M logits per tile.
+        zone_precision (`str`, *optional*, defaults to `"auto"`):
+            Precision of the fused loss's zone-deciding pass (zones on, training): `"bf16"` projects it with bfloat16
+            copies of the hidden states and lm_head weights (about a third of the cost of fp32 on GPUs and on CPUs with
+            AVX512-BF16 / AMX; on other CPUs torch emulates bf16 and it is 2.5x *slower* than fp32), `"exact"` in
+            fp32, `"auto"` picks `"bf16"` only where bf16 matmuls are native. The loss value and the gradient of the
+            kept tokens are computed in fp32 either way; with `"bf16"` a token whose entropy sits at a zone boundary
+            may land in the neighbouring zone (99.2-100% of tokens agree with `"exact"` in our tests). Our default,
+            not the papers'.
+
+        > SEAD: entropy zones (METHODS.md 1a)
+
+        zones (`bool`, *optional*):
+            Split tokens into skip / reverse-KL / forward-KL zones by joint teacher-student entropy.
+        teacher_quantile (`float`, *optional*, defaults to `0.9`):
+            Tokens with teacher entropy at or above this quantile form the forward-KL zone (*assumed*).
+        skip_fraction (`float`, *optional*, defaults to `0.5`):
+            Fraction of valid tokens (lowest student entropy outside the FKL zone) that get no gradient (*assumed*).
+        entropy_top_k (`int`, *optional*, defaults to `64`):
+            Zone entropies are computed over k ids renormalised (*assumed*); `None` or `0`: full vocabulary.
+        entropy_support (`str`, *optional*, defaults to `"teacher"`):
+            Which k ids (*assumed*, from METHODS.md's "computed over the teacher's top-k renormalised"): `"teacher"`:
+            `H_T` over the teacher's top-k logits and `H_S` over the student's logits at those same ids (the fused
+            loss then never projects the student over the vocabulary to decide zones: SEAD's loss costs about 0.75x
+            vanilla OPD's); `"own"`: each model over its own top-k.
+        zone_scope (`str`, *optional*, defaults to `"step"`):
+            Over which tokens the zone percentiles are taken (*assumed*; METHODS.md: "batch percentiles over valid tokens",
+            the batch of one optimizer step). `"step"`: every valid token of the optimizer step on every process (all
+            gradient-accumulation micro-batches), from an entropies-only pre-pass when the step's rollouts are ready
+            (one extra no-grad forward of student and teacher per rollout; a served teacher's log-probs are fetched
+            once and reused); each micro-batch's loss then applies the step's cuts. `"micro_batch"`: percentiles over
+            each micro-batch alone (free, but with `per_device_train_batch_size: 1` every rollout gets 10% FKL and 50%
+            skip however easy or hard it is). Evaluation always uses its own batch.
+        loss_normalization (`str`, *optional*, defaults to `"kept"`):
+            `"kept"`: divide the loss by the kept (non-skipped) token count (*assumed*); `"all"`: by all valid
+            tokens. In training the count is global: `global valid tokens x (1 - skip_fraction)` for `"kept"`.
+
+        > SEAD: cosine annealing (METHODS.md 1b)
+
+        anneal (`bool`, *optional*):
+            Mix `alpha * FKL + (1 - alpha) * RKL` with `alpha` annealed from `alpha_start` to `alpha_end` by a cosine
+            over the optimizer steps. With zones, only the RKL zone is mixed; the FKL zone stays forward KL.
+        alpha_start (`float`, *optional*, defaults to `0.8`):
+            Forward-KL weight at step 0 (*assumed*).
+        alpha_end (`float`, *optional*, defaults to `0.0`):
+            Forward-KL weight at the last step (*assumed*).
+        fkl_zone_anneal (`bool`, *optional*, defaults to `False`):
+            An ablation, not the papers' composition: with zones and `anneal`, the FKL zone too moves from forward to
+            reverse KL, its forward-KL weight following the same cosine from 1 to `alpha_end` (`False`, METHODS.md 1b:
+            the FKL zone is always forward KL).
+
+        > SEAD: competence-gated curriculum (METHODS.md 1c)
+
+        curriculum (`bool`, *optional*):
+            Sample only prompts whose difficulty is at most the gate `c(t)`; the gate opens as the rollout pass rate
+            on the open pool exceeds `competence_threshold`.
+        difficulty_column (`str`, *optional*, defaults to `"difficulty"`):
+            Dataset column with each prompt's difficulty in [0, 1] (`1 - pass rate` of the initial student, see
+            `sead difficulty`).
+        competence_threshold (`float`, *optional*, defaults to `0.6`):
+            Pass rate over the running window above which the gate moves to the next difficulty quantile (*assumed*).
+        competence_window (`int`, *optional*):
+            Number of recent rollouts in the running pass-rate window (*assumed*). `None` (default): the rollouts of
+            one optimizer step over all processes (`per_device_train_batch_size x gradient_accumulation_steps x
+            processes`, 96 in the paper setup), and at least 64, so that one step's verdicts never overflow the
+            window before the gate reads it.
+        curriculum_num_buckets (`int`, *optional*, defaults to `4`):
+            Number of difficulty quantiles the gate steps through (*assumed*).
+        curriculum_full_open_fraction (`float`, *optional*, defaults to `0.8`):
+            Floor schedule: every prompt is open by this fraction of training, whatever the competence (*assumed*).
+
+        > SG-OPD (METHODS.md 2)
+
+        sign_gate (`bool`, *optional*):
+            Per-token sign-consistency gate: extrapolate where the teacher's direction agrees with the verifier, damp
+            where it conflicts.
+        lambda_consensus (`float`, *optional*, defaults to `1.8`):
+            Gate value on consensus, `> 1` extrapolates (*assumed*).
+        lambda_conflict (`float`, *optional*, defaults to `1.0`):
+            Gate value on conflict (*assumed*). Two secondary sources, one of them a paper that reproduced SG-OPD with
+            "the original paper's best config", give 1.8 on consensus and 1.0 on conflict: conflict tokens get the
+            plain OPD update, not extrapolated. `0.5` (damped, towards the reference) is the other reading of
+            "interpolates".
+        use_reference_model (`bool`, *optional*, defaults to `True`):
+            Use the frozen initial student as reference (`A = d + (lambda - 1)(log pi_T - log pi_ref)`); `False` saves
+            its memory and uses `A = lambda * d`.
+        teacher_mixing (`bool`, *optional*):
+            Phased teacher sampling: for a fraction `rho` of prompts the teacher samples `teacher_num_generations`
+            rollouts; one the verifier accepts replaces the student's rollout.
+        teacher_mix_rho0 (`float`, *optional*, defaults to `0.5`):
+            Initial fraction `rho` of prompts offered a teacher rollout (*assumed*).
+        teacher_mix_phase_fraction (`float`, *optional*, defaults to `0.2`):
+            Fraction of training over which `rho` decays linearly to 0 (*assumed*).
+        teacher_num_generations (`int`, *optional*, defaults to `8`):
+            Teacher rollouts per selected prompt (G, *assumed*).
+        teacher_temperature (`float`, *optional*, defaults to `1.0`):
+            Sampling temperature of the teacher's rollouts.
+        teacher_top_p (`float`, *optional*):
+            Nucleus filter of the teacher's rollouts, in (0, 1]; `None`: the student's `top_p`, so a recipe that
+            truncates the student's sampling truncates the teacher's the same way.
+        teacher_top_k (`int`, *optional*):
+            Top-k filter of the teacher's rollouts (0: off); `None`: the student's `top_k`.
+        teacher_generation_batch_size (`int`, *optional*):
+            HF path: the teacher's cold-start rollouts are generated this many sequences (prompt x sample) per
+            `generate` call, so their KV cache is bounded by it; `None`: all of a step's picked sequences at once.
+            Every process makes the same number of calls (the number of picked prompts is the same on every rank),
+            as a sharded teacher's `generate` needs. `sead plan` counts `min(this, picked x G)` sequences.
+        teacher_generation_backend (`str`, *optional*, defaults to `"auto"`):
+            Engine of the teacher's rollouts: `"vllm"` (a `vllm.LLM` for the frozen teacher, built once in each
+            training process, one GPU each, like TRL's colocate mode at tensor-parallel size 1; needs vLLM and a
+            GPU), `"hf"` (the teacher's `generate`), or `"auto"`: vLLM when it is installed and CUDA is available, HF
+            otherwise. The teacher is frozen, so its engine never needs a weight sync; it needs room for the teacher's
+            whole bf16 weights on every GPU (`sead plan` counts it). Not run on a GPU here: see docs/scaling.md.
+        teacher_vllm_gpu_memory_utilization (`float`, *optional*, defaults to `0.3`):
+            Fraction of each GPU the teacher's vLLM engine may take (next to the trainer, and next to the student's
+            vLLM engine in colocate mode).
+
+        > Served teacher (a vLLM server instead of a local teacher)
+
+        teacher_server_url (`str`, *optional*):
+            Base address of a vLLM OpenAI-compatible server holding the teacher (e.g. `"http://10.0.0.5:8100"`). The
+            training processes then hold no teacher weights: each rollout's teacher log-probs come from the server
+            (`prompt_logprobs`: its top-`k` and the sampled token, `k` the larger of `estimator_top_k` and, with zones,
+            `entropy_top_k`), and SG-OPD's cold-start rollouts are sampled there (`n = teacher_num_generations`).
+            Estimators `"topk"` and `"sampled"` only (a server returns no full distribution); `temperature` must be
+            1.0 (its log-probs are the raw distribution). Start the server with `--max-logprobs` at least that `k`
+            (checked at start) and `--max-model-len` above the longest prompt + completion; docs/recipes.md gives the
+            command. Leave `teacher_model_name_or_path` unset.
+        teacher_server_model (`str`, *optional*):
+            The served model's name (its `--served-model-name`); `None`: the only model the server serves.
+        teacher_server_timeout (`float`, *optional*, defaults to `300.0`):
+            Seconds allowed per request to the server.
+        teacher_server_max_retries (`int`, *optional*, defaults to `5`):
+            Retries of a failed request (refused connection, timeout, HTTP 5xx/429, a malformed answer), with
+            exponential backoff; then training stops with a `TeacherServerError` after saving a checkpoint (`sead
+            train` exits with status 4). Never a silent zero loss.
+        teacher_server_backoff (`float`, *optional*, defaults to `2.0`):
+            Seconds before the first retry, doubled at each retry (at most 60).
+        teacher_server_startup_timeout (`float`, *optional*, defaults to `600.0`):
+            How long the trainer waits at start for the server's `/health` (a 32B teacher takes minutes to load).
+
+        > Prompts
+
+        max_prompt_length (`int`, *optional*):
+            Longest prompt, in tokens, a rollout may start from. Longer prompts are dropped from the training set
+            before the first step (with a warning giving their number); if every prompt is longer, training is refused.
+            `None`: the student's context (`max_position_embeddings`, or the tokenizer's `model_max_length` when
+            smaller) minus `max_completion_length`.
+
+        > Verifier
+
+        answer_column (`str`, *optional*, defaults to `"answer"`):
+            Dataset column holding the gold answer for the default verifier (math-verify on `\boxed{}`).
+        log_pass_rate (`bool`, *optional*, defaults to `True`):
+            Grade every student rollout with the verifier to log `rollout/pass_rate`, also when no component needs the
+            verdicts (vanilla OPD, SEAD without curriculum). `False` skips that grading (it costs the grader's time each
+            step: about 7% of a step in `sead bench step --quick`); components that need verdicts grade regardless.
+        correct_threshold (`float`, *optional*, defaults to `0.5`):
+            A rollout is correct when the sum of its rewards is at least this value.
+        grader_timeout (`float`, *optional*, defaults to `5.0`):
+            Seconds allowed per grade; a timeout or an exception marks the rollout incorrect and is counted
+            (`counters/grader_timeouts`, `counters/grader_errors` in the logs). The default verifier bounds each
+            grade in a worker process. A reward function of your own gets `grader_timeout` per rollout for a batch
+            call; a batch call that raises or overruns is retried one rollout at a time, each bounded by
+            `grader_timeout` (by `SIGALRM`, in the main thread: Python code is interrupted, C code is not).
+
+        > Numerical faults
+
+        nonfinite_policy (`str`, *optional*, defaults to `"error"`):
+            On NaN or inf in the hidden states or logits of either model, in the loss or in the gradients, the
+            optimizer step is never applied. `"error"`: training stops with a `NonFiniteError` (on every rank; the
+            `sead` CLI prints it and exits with status 2). `"skip"`: the step is dropped (no parameter or optimizer
+            state update; the step counter and learning-rate schedule advance) and counted in
+            `counters/nonfinite_skipped_steps`.
+    """
+
+    method: str = field(default="sead", metadata={"help": "Preset: 'opd', 'sead' or 'sgopd'."})
+    estimator: str = field(default="full", metadata={"help": "'full', 'topk' or 'sampled'."})
+    estimator_top_k: int = field(default=64, metadata={"help": "k of the 'topk' estimator."})
+    vllm_importance_sampling_correction: bool = field(
+        default=True, metadata={"help": "Sampled estimator on vLLM rollouts: truncated importance weights."}
+    )
+    vllm_importance_sampling_cap: float = field(default=3.0, metadata={"help": "Cap of those importance weights."})
+    topk_convention: str = field(
+        default="tail", metadata={"help": "'tail', 'renormalized' (NeMo-RL) or 'clamped' (verl)."}
+    )
+    use_fused_loss: bool = field(default=True, metadata={"help": "Fused chunked loss from hidden states."})
+    loss_chunk_size: int | None = field(
+        default=None, metadata={"help": "Tokens per chunk of the fused loss."}
+    )
+    zone_precision: str = field(
+        default="auto", metadata={"help": "Zone-deciding pass of the fused loss: 'auto', 'bf16' or 'exact'."}
+    )
+
+    zones: bool | None = field(default=None, metadata={"help": "Entropy zones (skip / RKL / FKL)."})
+    teacher_quantile: float = field(
+        default=0.9, metadata={"help": "Teacher-entropy quantile of the FKL zone."}
+    )
+    skip_fraction: float = field(default=0.5, metadata={"help": "Fraction of valid tokens skipped."})
+    entropy_top_k: int | None = field(
+        default=64, metadata={"help": "Top-k of the zone entropies; 0/None: full."}
+    )
+    entropy_support: str = field(
+        default="teacher", metadata={"help": "Ids of the zone entropies: the 'teacher''s top-k or each model's 'own'."}
+    )
+    zone_scope: str = field(
+        default="step", metadata={"help": "Zone percentiles over the optimizer 'step' (all processes) or each 'micro_batch'."}
+    )
+    loss_normalization: str = field(default="kept", metadata={"help": "'kept' or 'all'."})
+
+    anneal: bool | None = field(default=None, metadata={"help": "Cosine anneal from forward to reverse KL."})
+    alpha_start: float = field(default=0.8, metadata={"help": "Forward-KL weight at step 0."})
+    alpha_end: float = field(default=0.0, metadata={"help": "Forward-KL weight at the last step."})
+    fkl_zone_anneal: bool = field(
+        default=False, metadata={"help": "Ablation: anneal the FKL zone too (cosine from 1 to alpha_end)."}
+    )
+
+    curriculum: bool | None = field(default=None, metadata={"help": "Competence-gated curriculum."})
+    difficulty_column: str = field(
+        default="difficulty", metadata={"help": "Column with difficulty in [0, 1]."}
+    )
+    competence_threshold: float = field(
+        default=0.6, metadata={"help": "Pass rate that opens the next bucket."}
+    )
+    competence_window: int | None = field(
+        default=None, metadata={"help": "Rollouts in the running pass-rate window; None: one step's, at least 64."}
+    )
+    curriculum_num_buckets: int = field(default=4, metadata={"help": "Difficulty quantiles of the gate."})
+    curriculum_full_open_fraction: float = field(
+        default=0.8, metadata={"help": "All prompts open by this fraction."}
+    )
+
+    sign_gate: bool | None = field(default=None, metadata={"help": "SG-OPD per-token sign gate."})
+    lambda_consensus: float = field(default=1.8, metadata={"help": "Gate on consensus."})
+    lambda_conflict: float = field(default=1.0, metadata={"help": "Gate on conflict."})
+    use_reference_model: bool = field(default=True, metadata={"help": "Frozen initial student as reference."})
+    teacher_mixing: bool | None = field(
+        default=None, metadata={"help": "Phased teacher sampling (cold start)."}
+    )
+    teacher_mix_rho0: float = field(default=0.5, metadata={"help": "Initial teacher-mix ratio."})
+    teacher_mix_phase_fraction: float = field(
+        default=0.2, metadata={"help": "Cold-start fraction of training."}
+    )
+    teacher_num_generations: int = field(
+        default=8, metadata={"help": "Teacher rollouts per selected prompt."}
+    )
+    teacher_temperature: float = field(default=1.0, metadata={"help": "Teacher sampling temperature."})
+    teacher_top_p: float | None = field(
+        default=None, metadata={"help": "Teacher rollouts' top_p, in (0, 1] (None: the student's top_p)."}
+    )
+    teacher_top_k: int | None = field(
+        default=None, metadata={"help": "Teacher rollouts' top_k, 0 is off (None: the student's top_k)."}
+    )
+    teacher_generation_batch_size: int | None = field(
+        default=None, metadata={"help": "HF teacher rollouts: sequences per generate call (None: all at once)."}
+    )
+    teacher_generation_backend: str = field(
+        default="auto", metadata={"help": "Teacher rollouts: 'auto', 'vllm' or 'hf'."}
+    )
+    teacher_vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "GPU fraction of the teacher's vLLM engine."}
+    )
+
+    teacher_server_url: str | None = field(
+        default=None, metadata={"help": "vLLM server holding the teacher (no local teacher)."}
+    )
+    teacher_server_model: str | None = field(default=None, metadata={"help": "Served teacher model name."})
+    teacher_server_timeout: float = field(default=300.0, metadata={"help": "Seconds per server request."})
+    teacher_server_max_retries: int = field(default=5, metadata={"help": "Retries of a failed server request."})
+    teacher_server_backoff: float = field(default=2.0, metadata={"help": "Seconds before the first retry."})
+    teacher_server_startup_timeout: float = field(
+        default=600.0, metadata={"help": "Seconds to wait for the server's /health at start."}
+    )
+
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Longest prompt in tokens; longer ones are dropped. None: context - completion."}
+    )
+
+    answer_column: str = field(default="answer", metadata={"help": "Gold-answer column for the verifier."})
+    log_pass_rate: bool = field(default=True, metadata={"help": "Grade rollouts to log the pass rate."})
+    correct_threshold: float = field(
+        default=0.5, metadata={"help": "Reward sum at which a rollout is correct."}
+    )
+    grader_timeout: float = field(default=5.0, metadata={"help": "Seconds per grade."})
+    nonfinite_policy: str = field(default="error", metadata={"help": "'error' or 'skip'."})
+
+    def __post_init__(self):
+        self.method = str(self.method).lower()
+        if self.method not in METHODS:
+            raise SeadError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}.")
+        if self.estimator not in ESTIMATORS:
+            raise SeadError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {self.estimator!r}.")
+        for name, value in PRESETS[self.method].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.entropy_top_k == 0:
+            self.entropy_top_k = None
+        self._validate()
+        check_inherited_fields(self)  # TRL fields sead does not read are refused (sead.training.inherited)
+        self._current_checkpointing_name()
+        super().__post_init__()
+
+    def teacher_sampling_filters(self) -> tuple[float, int]:
+        """``(top_p, top_k)`` of the teacher's cold-start rollouts: its own settings, else the student's (``top_p`` /
+        ``top_k``, or ``generation_kwargs``, which TRL lets override them); ``top_k`` 0 or ``None``: off."""
+        student = {"top_p": self.top_p, "top_k": self.top_k, **(self.generation_kwargs or {})}  # TRL: kwargs win
+        top_p = self.teacher_top_p if self.teacher_top_p is not None else student["top_p"]
+        top_k = self.teacher_top_k if self.teacher_top_k is not None else student["top_k"]
+        return float(1.0 if top_p is None else top_p), int(top_k or 0)
+
+    def _current_checkpointing_name(self) -> None:
+        """TRL 1.16's configs default the deprecated ``gradient_checkpointing`` to ``True``; transformers 5 then warns
+        on every config that does not set ``activation_checkpointing`` (a FutureWarning the user did not cause). Carry
+        TRL's default over to the current name instead. A ``gradient_checkpointing`` the user set to another value
+        still goes through transformers' own deprecation path (and its warning)."""
+        if getattr(self, "activation_checkpointing", False) is None and self.gradient_checkpointing is True:
+            self.activation_checkpointing, self.gradient_checkpointing = True, None
+
+    def _validate(self) -> None:
+        unit = [
+            "teacher_quantile",
+            "skip_fraction",
+            "alpha_start",
+            "alpha_end",
+            "competence_threshold",
+            "curriculum_full_open_fraction",
+            "teacher_mix_rho0",
+            "teacher_mix_phase_fraction",
+        ]
+        for name in unit:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise SeadError(f"{name} must be in [0, 1]; got {value}.")
+        if self.teacher_top_p is not None and not 0.0 < self.teacher_top_p <= 1.0:
+            raise SeadError(f"teacher_top_p must be in (0, 1] (or null: the student's top_p); got {self.teacher_top_p}.")
+        if self.teacher_top_k is not None and self.teacher_top_k < 0:
+            raise SeadError(f"teacher_top_k must be >= 0 (0: off; null: the student's top_k); got {self.teacher_top_k}.")
+        positive = ["lambda_consensus", "lambda_conflict", "teacher_temperature", "grader_timeout",
+                    "vllm_importance_sampling_cap"]
+        for name in positive:
+            value = getattr(self, name)
+            if not value > 0:
+                raise SeadError(f"{name} must be > 0; got {value}.")
+        at_least_one = [
+            "estimator_top_k",
+            "curriculum_num_buckets",
+            "teacher_num_generations",
+        ]
+        for name in at_least_one:
+            value = getattr(self, name)
+            if value < 1:
+                raise SeadError(f"{name} must be >= 1; got {value}.")
+        if self.competence_window is not None and self.competence_window < 1:
+            raise SeadError(f"competence_window must be >= 1 (or null: one optimizer step's rollouts); got {self.competence_window}.")
+        self._check_sampled_estimator_is_on_policy()
+        if self.entropy_top_k is not None and self.entropy_top_k < 0:
+            raise SeadError(
+                f"entropy_top_k must be >= 0 (0 or null: full vocabulary); got {self.entropy_top_k}."
+            )
+        if self.loss_chunk_size is not None and self.loss_chunk_size < 1:
+            raise SeadError(f"loss_chunk_size must be >= 1; got {self.loss_chunk_size}.")
+        if self.teacher_generation_batch_size is not None and self.teacher_generation_batch_size < 1:
+            raise SeadError(
+                f"teacher_generation_batch_size must be >= 1 (null: all at once); got {self.teacher_generation_batch_size}."
+            )
+        if self.zone_precision not in ("auto", "bf16", "exact"):
+            raise SeadError(f"zone_precision must be 'auto', 'bf16' or 'exact'; got {self.zone_precision!r}.")
+        if self.topk_convention not in ("tail", "renormalized", "clamped"):
+            raise SeadError(
+                f"topk_convention must be 'tail', 'renormalized' (NeMo-RL) or 'clamped' (verl); got {self.topk_convention!r}."
+            )
+        if self.zone_scope not in ("step", "micro_batch"):
+            raise SeadError(f"zone_scope must be 'step' or 'micro_batch'; got {self.zone_scope!r}.")
+        if self.entropy_support not in ("teacher", "own"):
+            raise SeadError(
+                f"entropy_support must be 'teacher' (the teacher's top-k ids) or 'own' (each model's top-k); "
+                f"got {self.entropy_support!r}."
+            )
+        if self.loss_normalization not in ("kept", "all"):
+            raise SeadError(f"loss_normalization must be 'kept' or 'all'; got {self.loss_normalization!r}.")
+        if self.teacher_generation_backend not in ("auto", "vllm", "hf"):
+            raise SeadError(
+                f"teacher_generation_backend must be 'auto', 'vllm' or 'hf'; got {self.teacher_generation_backend!r}."
+            )
+        if not 0.0 < self.teacher_vllm_gpu_memory_utilization <= 1.0:
+            raise SeadError(
+                "teacher_vllm_gpu_memory_utilization must be in (0, 1]; "
+                f"got {self.teacher_vllm_gpu_memory_utilization}."
+            )
+        if self.teacher_server_url is not None:
+            self._validate_served_teacher()
+        if self.nonfinite_policy not in ("error", "skip"):
+            raise SeadError(f"nonfinite_policy must be 'error' or 'skip'; got {self.nonfinite_policy!r}.")
+        if self.max_steps is not None and self.max_steps < -1:
+            raise SeadError(
+                f"max_steps must be a positive number of steps (or -1: train for num_train_epochs); got {self.max_steps}."
+            )
+        if self.num_train_epochs is not None and self.num_train_epochs < 0:
+            raise SeadError(f"num_train_epochs must be >= 0; got {self.num_train_epochs}.")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length"):
+            value = getattr(self, name, None)
+            if value is not None and value < 1:
+                raise SeadError(f"{name} must be >= 1; got {value}.")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise SeadError(f"max_prompt_length must be >= 1 (or null: derived from the context); got {self.max_prompt_length}.")
+        for name in ("save_steps", "logging_steps", "eval_steps", "warmup_steps", "save_total_limit"):
+            value = getattr(self, name, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise SeadError(f"{name} must be >= 0; got {value}.")
+        if not self.temperature > 0:
+            raise SeadError(f"temperature (of the student's rollouts) must be > 0; got {self.temperature}.")
+        if self.learning_rate < 0:
+            raise SeadError(f"learning_rate must be >= 0; got {self.learning_rate}.")
+
+    def sampling_settings(self) -> dict[str, float | None]:
+        """What the student's rollouts are sampled with: TRL's ``temperature``, ``top_p``, ``top_k``, ``min_p`` and
+        ``repetition_penalty``, each overridden by ``generation_kwargs`` as TRL's generation does."""
+        kwargs = self.generation_kwargs if isinstance(self.generation_kwargs, dict) else {}
+        names = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+        return {name: kwargs.get(name, getattr(self, name, None)) for name in names}
+
+    def _check_sampled_estimator_is_on_policy(self) -> None:
+        """The sampled estimator ``-sg(A_t) log pi_S(y_t)`` is unbiased only for ``y ~ pi_S`` at the loss's temperature,
+        untruncated (METHODS.md 0). Refuse rollouts sampled from anything else rather than train on a biased gradient
+        (a toy check at 0.7 vs 1.0: expected gradient 0.70x the true norm, cosine 0.95)."""
+        if self.estimator != "sampled":
+            return
+        sampling = self.sampling_settings()
+        problems = []
+        if sampling["temperature"] is not None and float(sampling["temperature"]) != float(self.temperature):
+            problems.append(
+                f"rollouts are sampled at temperature {float(sampling['temperature']):g} (generation_kwargs) but the "
+                f"loss scores them at temperature {float(self.temperature):g} (`temperature`)"
+            )
+        if sampling["top_p"] is not None and float(sampling["top_p"]) < 1.0:
+            problems.append(f"top_p {sampling['top_p']:g} truncates the rollout distribution")
+        if sampling["top_k"] not in (None, 0, -1):
+            problems.append(f"top_k {sampling['top_k']} truncates the rollout distribution")
+        if sampling["min_p"] not in (None, 0, 0.0):
+            problems.append(f"min_p {sampling['min_p']:g} truncates the rollout distribution")
+        if sampling["repetition_penalty"] not in (None, 1, 1.0):
+            problems.append(f"repetition_penalty {sampling['repetition_penalty']:g} reshapes the rollout distribution")
+        if problems:
+            raise SeadError(
+                "estimator 'sampled' needs rollouts drawn from the student's own distribution at the loss temperature: "
+                + "; ".join(problems)
+                + ". Sample at the loss temperature without truncation (drop these from generation_kwargs), or use "
+                "estimator 'full' or 'topk', which do not depend on how the rollouts were drawn."
+            )
+
+    def _validate_served_teacher(self) -> None:
+        """What a served teacher cannot do, refused before anything loads."""
+        if not str(self.teacher_server_url).startswith(("http://", "https://")):
+            raise SeadError(
+                f"teacher_server_url must be an http(s) address such as http://127.0.0.1:8100; got {self.teacher_server_url!r}."
+            )
+        if self.estimator == "full":
+            raise SeadError(
+                "estimator: full needs the teacher's whole next-token distribution, but a teacher server returns only "
+                "its top-k log-probs (and the sampled token's): use estimator: topk (top-k + tail bucket) or sampled "
+                "with teacher_server_url, or a local teacher (teacher_model_name_or_path) for full."
+            )
+        if not self.use_fused_loss:
+            raise SeadError(
+                "use_fused_loss: false projects the teacher's full logits, which a teacher server does not return: "
+                "keep use_fused_loss: true with teacher_server_url (the fused loss takes the served top-k log-probs)."
+            )
+        if self.zones and self.entropy_top_k is None:
+            raise SeadError(
+                "zones over the full vocabulary (entropy_top_k: 0 or null) need the teacher's whole distribution, which "
+                "a teacher server does not return: set entropy_top_k (e.g. 64) with teacher_server_url."
+            )
+        if self.temperature != 1.0:
+            raise SeadError(
+                f"temperature {self.temperature:g} with teacher_server_url: the server's log-probs are the teacher's raw "
+                "distribution (temperature 1) and cannot be rescaled from its top-k. Set temperature: 1.0 and sample "
+                "the rollouts at another temperature through generation_kwargs (as the recipes do)."
+            )
+        if self.teacher_model_name_or_path:
+            raise SeadError(
+                "teacher_model_name_or_path and teacher_server_url are both set: the teacher is either loaded here or "
+                "served. Remove one."
+            )
+        for name in ("teacher_server_timeout", "teacher_server_backoff"):
+            if not getattr(self, name) > 0:
+                raise SeadError(f"{name} must be > 0; got {getattr(self, name)}.")
+        if self.teacher_server_max_retries < 0:
+            raise SeadError(f"teacher_server_max_retries must be >= 0; got {self.teacher_server_max_retries}.")
+        if self.teacher_server_startup_timeout < 0:
+            raise SeadError(f"teacher_server_startup_timeout must be >= 0; got {self.teacher_server_startup_timeout}.")
+
+    @property
+    def teacher_server_top_k(self) -> int:
+        """``k`` of the server's ``prompt_logprobs``: ``estimator_top_k``, or ``entropy_top_k`` with zones when larger."""
+        k = int(self.estimator_top_k)
+        if self.zones and self.entropy_top_k:
+            k = max(k, int(self.entropy_top_k))
+        return k
+
+    @property
+    def components(self) -> dict[str, bool]:
+        """The resolved on/off switches, e.g. for logging the ablation cell of a run."""
+        return {name: bool(getattr(self, name)) for name in PRESETS["opd"]}

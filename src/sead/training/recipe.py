@@ -1,0 +1,150 @@
+"""From a recipe to a ready ``OPDTrainer``: script arguments, data and model loading.
+
+``sead train --config recipes/X.yaml [--field value ...]`` parses ``ScriptArguments`` and
+``OPDConfig`` with TRL's ``TrlParser`` (YAML values replace defaults, CLI flags override YAML),
+then calls :func:`build_trainer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sead.data.datasets import answers_from_column, load_train_dataset
+from sead.training.config import OPDConfig
+from sead.training.startup import check_recipe, check_teacher_tokenizer
+
+__all__ = [
+    "ScriptArguments",
+    "map_dataset_columns",
+    "build_trainer",
+    "builtin_task_data",
+    "builtin_arithmetic",
+]
+
+
+@dataclass
+class ScriptArguments:
+    """What to train on, besides the training configuration.
+
+    Parameters:
+        model_name_or_path (`str`, *optional*):
+            Student: a hub id or a local `save_pretrained` directory.
+        builtin_task (`str`, *optional*):
+            A built-in task, `"sums"` (docs/task.md) or `"arithmetic"`. Prepares (or loads from cache) its teacher
+            and student and builds its dataset, so no model, teacher or dataset is needed.
+        builtin_quick (`bool`, *optional*, defaults to `False`):
+            With `builtin_task`, the smaller, faster variant.
+        builtin_num_prompts (`int`, *optional*, defaults to `1024`):
+            With `builtin_task`, the number of training prompts.
+        cache_dir (`str`, *optional*):
+            Where the built-in task caches its models (default `$SEAD_CACHE_DIR` or `~/.cache/sead`).
+        dataset_name (`str`, *optional*):
+            A hub dataset id, a local `.json`/`.jsonl`/`.parquet`/`.csv` file, or a `save_to_disk` directory.
+        dataset_config (`str`, *optional*):
+            Dataset configuration name (`load_dataset`'s `name`).
+        dataset_train_split (`str`, *optional*, defaults to `"train"`):
+            Split to train on.
+        prompt_column (`str`, *optional*, defaults to `"prompt"`):
+            Column holding the prompts; renamed to `prompt`.
+        difficulty_num_rollouts (`int`, *optional*, defaults to `8`):
+            K of the difficulty pre-pass the built-in task runs when the curriculum is on (*assumed* 8).
+        answer_column_source (`str`, *optional*):
+            Column holding the gold answers when it is not `answer_column` already: copied to `answer_column`
+            (an existing `answer_column` is replaced). A dotted path reads a nested field, e.g.
+            `reward_model.ground_truth` in verl-style datasets such as `BytedTsinghua-SIA/DAPO-Math-17k`.
+        apply_chat_template (`bool`, *optional*, defaults to `False`):
+            Wrap each plain-string prompt as one user message (`[{"role": "user", "content": prompt}]`), so the
+            trainer formats it with the tokenizer's chat template (and `chat_template_kwargs`), as it does for
+            conversational prompts. Use it for chat/instruct/thinking models; `sead difficulty --chat-template`
+            formats the pre-pass prompts the same way.
+    """
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Student model id or path."})
+    builtin_task: str | None = field(default=None, metadata={"help": "Built-in task: 'sums' or 'arithmetic'."})
+    builtin_quick: bool = field(default=False, metadata={"help": "Small, fast variant of the built-in task."})
+    builtin_num_prompts: int = field(
+        default=1024, metadata={"help": "Training prompts of the built-in task."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache of the built-in task's models."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub id, local file or directory."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column with the prompts."})
+    difficulty_num_rollouts: int = field(default=8, metadata={"help": "K of the difficulty pre-pass."})
+    answer_column_source: str | None = field(
+        default=None,
+        metadata={"help": "Column (dotted path for nested fields) copied to answer_column, e.g. reward_model.ground_truth."},
+    )
+    apply_chat_template: bool = field(
+        default=False,
+        metadata={"help": "Wrap plain-string prompts as a user message so the chat template is applied."},
+    )
+
+
+def map_dataset_columns(ds, script: ScriptArguments, cfg: OPDConfig):
+    """Apply ``answer_column_source`` and ``apply_chat_template`` (after :func:`load_train_dataset`)."""
+    if script.answer_column_source and script.answer_column_source != cfg.answer_column:
+        answers = answers_from_column(ds, script.answer_column_source, "answer_column_source")
+        if cfg.answer_column in ds.column_names:
+            ds = ds.remove_columns(cfg.answer_column)
+        ds = ds.add_column(cfg.answer_column, answers)
+    if script.apply_chat_template and len(ds) and isinstance(ds[0]["prompt"], str):
+        ds = ds.map(lambda row: {"prompt": [{"role": "user", "content": row["prompt"]}]})
+    return ds
+
+
+def builtin_task_data(script: ScriptArguments, cfg: OPDConfig, progress: bool = True):
+    """Teacher, student and training data of the built-in task ``script.builtin_task`` (difficulty column
+    included when the curriculum is on: the initial student's pass rate over K rollouts)."""
+    from sead.data.difficulty import estimate_difficulty
+    from sead.tasks import get_task
+
+    task = get_task(script.builtin_task)
+    prepared = task.prepare_models(cache_dir=script.cache_dir, quick=script.builtin_quick, seed=0, progress=progress)
+    ds = task.make_dataset(script.builtin_num_prompts, levels=prepared.levels, seed=cfg.seed, split="train")
+    if cfg.curriculum and cfg.difficulty_column not in ds.column_names:
+        difficulty = estimate_difficulty(
+            prepared.load_student(),
+            prepared.tokenizer,
+            ds["prompt"],
+            ds[cfg.answer_column],
+            num_rollouts=script.difficulty_num_rollouts,
+            max_new_tokens=cfg.max_completion_length,  # the rollouts' length of this run
+            batch_size=256,
+            prompts_per_chunk=256,
+            progress=progress,
+            seed=cfg.seed,
+        )
+        ds = ds.add_column(cfg.difficulty_column, difficulty)
+    return prepared, ds
+
+
+def builtin_arithmetic(script: ScriptArguments, cfg: OPDConfig, progress: bool = True):
+    """:func:`builtin_task_data` (kept under its old name; it serves every built-in task)."""
+    return builtin_task_data(script, cfg, progress)
+
+
+def build_trainer(script: ScriptArguments, cfg: OPDConfig, callbacks=None, progress: bool = True):
+    """Everything a recipe names, loaded and checked, as an ``OPDTrainer`` ready to ``train()``."""
+    from transformers import AutoTokenizer
+
+    from sead.tasks import TASKS
+    from sead.training.trainer import OPDTrainer
+
+    check_recipe(script, cfg, tuple(TASKS))
+    if script.builtin_task is not None:
+        prepared, ds = builtin_task_data(script, cfg, progress)
+        student, tokenizer = prepared.load_student(), prepared.tokenizer
+        teacher = None if cfg.teacher_server_url else prepared.load_teacher()
+    else:
+        ds = load_train_dataset(
+            script.dataset_name, script.dataset_config, script.dataset_train_split, script.prompt_column
+        )
+        ds = map_dataset_columns(ds, script, cfg)
+        tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path, padding_side="left")
+        if cfg.teacher_model_name_or_path:  # a served teacher's tokenizer is checked by the trainer, over HTTP
+            check_teacher_tokenizer(cfg.teacher_model_name_or_path, tokenizer)
+        student, teacher = script.model_name_or_path, cfg.teacher_model_name_or_path
+    return OPDTrainer(
+        student, teacher, args=cfg, train_dataset=ds, processing_class=tokenizer, callbacks=callbacks
+    )

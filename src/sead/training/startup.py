@@ -1,0 +1,256 @@
+"""Every refusal before the first step, in one place: the recipe, the inputs, the loaded models.
+
+Three moments, each checked once:
+
+- :func:`check_recipe` (``sead train``, from :func:`sead.training.recipe.build_trainer`): what a recipe names
+  exists and belongs together (a student, a teacher or a served one, a dataset; local paths; one tokenizer).
+- :func:`check_inputs` (first thing in ``OPDTrainer.__init__``, before any weight is loaded): the config type,
+  the dataset's columns, the teacher (local or served, and resolved from ``teacher_model_name_or_path``), one
+  vocabulary, a sharding the launcher can do, the student's vLLM mode. It returns the checked inputs
+  (:class:`CheckedInputs`) that the trainer is built from.
+- :func:`check_tokenizer_fits` and :func:`check_curriculum_opens` (after TRL has loaded the models): checks that
+  need the loaded student or the built curriculum.
+
+Field-by-field checks of the config itself are :meth:`sead.training.config.OPDConfig._validate` (run when the
+config is made) and :func:`sead.training.inherited.check_inherited_fields`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sead.engines.student_vllm import check_student_vllm
+from sead.grading.rewards import RewardFunc, default_reward
+from sead.grading.verifier import GradeCounter
+from sead.training.config import OPDConfig
+from sead.training.sharding import check_sharding
+from sead.utils.errors import SeadError
+
+__all__ = [
+    "CheckedInputs",
+    "check_curriculum_opens",
+    "check_dataset",
+    "check_inputs",
+    "check_recipe",
+    "check_teacher_tokenizer",
+    "check_tokenizer_fits",
+    "check_vocabularies",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# The recipe (sead train)
+# ----------------------------------------------------------------------------------------------
+
+
+def check_recipe(script, cfg: OPDConfig, tasks: tuple[str, ...]) -> None:
+    """Refuse a recipe (``ScriptArguments`` + ``OPDConfig``) that names no student, teacher or dataset, an unknown
+    built-in task (``tasks``: the known ones), or a local model directory that does not exist."""
+    if script.builtin_task is not None:
+        if script.builtin_task not in tasks:
+            raise SeadError(f"builtin_task must be one of {', '.join(tasks)}; got {script.builtin_task!r}")
+        return
+    if not script.model_name_or_path:
+        raise SeadError("model_name_or_path (the student) is required unless builtin_task is set.")
+    if not cfg.teacher_model_name_or_path and not cfg.teacher_server_url:
+        raise SeadError(
+            "teacher_model_name_or_path (or teacher_server_url, a served teacher) is required unless builtin_task "
+            "is set."
+        )
+    if not script.dataset_name:
+        raise SeadError("dataset_name is required unless builtin_task is set.")
+    for role, name in (
+        ("model_name_or_path", script.model_name_or_path),
+        ("teacher_model_name_or_path", cfg.teacher_model_name_or_path or ""),
+    ):
+        if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+            raise SeadError(f"{role}: the directory {name} does not exist.")
+
+
+def check_teacher_tokenizer(teacher_path: str, student_tokenizer) -> None:
+    """Refuse a teacher whose tokenizer maps text to different ids than the student's."""
+    from transformers import AutoTokenizer
+
+    try:
+        teacher_tok = AutoTokenizer.from_pretrained(teacher_path)
+    except Exception:
+        return  # no tokenizer shipped with the teacher: the vocabulary-size check in the trainer still runs
+    probe = "The answer is \\boxed{42}. 0123456789 +-*/=()"
+    if (
+        teacher_tok(probe, add_special_tokens=False)["input_ids"]
+        != student_tokenizer(probe, add_special_tokens=False)["input_ids"]
+    ):
+        raise SeadError(
+            f"the teacher at {teacher_path} tokenizes text differently from the student: on-policy distillation "
+            "compares next-token distributions over one shared vocabulary. Use a teacher from the same model family "
+            "(same tokenizer)."
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer's inputs, before any weight is loaded
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckedInputs:
+    """What :func:`check_inputs` hands the trainer.
+
+    Attributes:
+        teacher_model: the teacher as TRL takes it (a loaded model, or a hub id / path it loads), ``None`` with
+            ``teacher_server_url``.
+        teacher_source: the teacher's hub id or path, for SG-OPD's vLLM teacher engine (``None`` if unknown).
+        reward_funcs: the verifier's reward functions (the user's, or the default math-verify reward when the run
+            needs verdicts or logs the pass rate; may be empty).
+        grade_counter: counts the default reward's timeouts and errors.
+    """
+
+    teacher_model: Any
+    teacher_source: str | None
+    reward_funcs: list[RewardFunc]
+    grade_counter: GradeCounter
+
+
+def check_inputs(model, teacher_model, args, train_dataset, reward_funcs) -> CheckedInputs:
+    """Refuse, before any weight is loaded, inputs the run cannot use; return them checked and resolved."""
+    if not isinstance(args, OPDConfig):
+        raise SeadError(f"args must be an OPDConfig, got {type(args).__name__}")
+    needs_verdict = bool(args.curriculum or args.sign_gate or args.teacher_mixing)
+    columns = getattr(train_dataset, "column_names", None) or []
+    user_rewards = reward_funcs is not None
+    grade_counter = GradeCounter()
+    if not user_rewards and (needs_verdict or (args.log_pass_rate and args.answer_column in columns)):
+        reward_funcs = [default_reward(args.answer_column, args.grader_timeout, grade_counter)]
+    check_dataset(train_dataset, args, needs_answer=needs_verdict and not user_rewards)
+    if reward_funcs is None:
+        reward_funcs = []
+    funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+
+    if args.teacher_server_url and teacher_model is not None:
+        raise SeadError(
+            "teacher_server_url is set and a teacher_model was passed: the teacher is either served or local. "
+            "Pass teacher_model=None with a served teacher."
+        )
+    if teacher_model is None and not args.teacher_server_url:
+        if not args.teacher_model_name_or_path:
+            raise SeadError(
+                "no teacher: pass teacher_model= to OPDTrainer (a hub id, a local path or a loaded model), or set "
+                "teacher_model_name_or_path, or teacher_server_url for a teacher served by vLLM."
+            )
+        teacher_model = args.teacher_model_name_or_path  # loaded by TRL's __init__, like a teacher passed by name
+    check_vocabularies(model, teacher_model, args)
+    state = getattr(args, "distributed_state", None)
+    if state is not None:  # refuse a launch that asks for FSDP / DeepSpeed on CPU before loading any model
+        check_sharding(args, state.distributed_type, final=False)
+    check_student_vllm(args)  # server mode needs CUDA: refuse it before TRL waits for a server
+    teacher_source = (
+        teacher_model
+        if isinstance(teacher_model, str)
+        else getattr(getattr(teacher_model, "config", None), "_name_or_path", None)
+    )
+    return CheckedInputs(teacher_model, teacher_source, funcs, grade_counter)
+
+
+def check_dataset(dataset, args: OPDConfig, needs_answer: bool) -> None:
+    """Refuse, before any step, a dataset the run cannot use (missing columns, empty)."""
+    if dataset is None:
+        raise SeadError("train_dataset is required: a dataset with a `prompt` column.")
+    columns = getattr(dataset, "column_names", None) or []
+    if hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise SeadError("the training dataset is empty: it needs at least one row with a `prompt`.")
+    images = [c for c in ("image", "images") if c in columns]
+    if images:
+        raise SeadError(
+            f"the training dataset has an image column (`{images[0]}`): sead's losses run the models on token ids "
+            "only, so the student would be trained on distributions computed without the images. Vision-language "
+            "distillation is not supported: drop the column, or use TRL's DistillationTrainer."
+        )
+    if "prompt" not in columns:
+        raise SeadError(
+            f"the training dataset has no `prompt` column (columns: {', '.join(columns) or 'none'}). "
+            "Rename your question column to `prompt`."
+        )
+    if needs_answer and args.answer_column not in columns:
+        raise SeadError(
+            f"the verifier needs the gold answers in column `{args.answer_column}`, which the training dataset "
+            f"lacks (columns: {', '.join(columns)}). Set `answer_column`, or pass your own `reward_funcs`."
+        )
+    if args.curriculum and args.difficulty_column not in columns:
+        raise SeadError(
+            f"the curriculum needs a `{args.difficulty_column}` column (difficulty in [0, 1]). Compute it with "
+            "`sead difficulty`, or set `curriculum: false`."
+        )
+
+
+def _vocab_size(model, args: OPDConfig) -> int | None:
+    """The vocabulary size of a model object or of the config at a path / hub id (None if unknown)."""
+    if model is None:
+        return None
+    if isinstance(model, str):
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+        except Exception:  # not loadable here: TRL's own loading reports it
+            return None
+    else:
+        config = getattr(model, "config", None)
+    if config is None:
+        return None
+    size = getattr(config.get_text_config(), "vocab_size", None)
+    return int(size) if size is not None else None
+
+
+def check_vocabularies(model, teacher_model, args: OPDConfig) -> None:
+    """Refuse, before loading weights or training, a teacher whose vocabulary differs from the student's."""
+    student, teacher = _vocab_size(model, args), _vocab_size(teacher_model, args)
+    if student is not None and teacher is not None and student != teacher:
+        raise SeadError(
+            f"the student has a vocabulary of {student} tokens but the teacher has {teacher}: on-policy "
+            "distillation compares next-token distributions over one shared vocabulary. Use a teacher from the "
+            "student's model family (same tokenizer and vocab_size)."
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# After loading
+# ----------------------------------------------------------------------------------------------
+
+
+def check_tokenizer_fits(model, tokenizer) -> None:
+    """Refuse a tokenizer with more tokens than the student's vocabulary."""
+    student_vocab = model.config.get_text_config().vocab_size
+    if len(tokenizer) > student_vocab:
+        raise SeadError(
+            f"the tokenizer has {len(tokenizer)} tokens but the student's vocab_size is {student_vocab}: "
+            "they do not belong together. Use the student's own tokenizer."
+        )
+
+
+def check_curriculum_opens(curriculum, total_steps: int, column: str, num_buckets: int) -> None:
+    """Refuse a curriculum that opens no prompt at step 0, and warn when it opens every prompt there (its gate
+    at step 0 is the first difficulty quantile, computed with the run's planned length ``total_steps``): it would
+    order nothing, most often because the difficulty column is nearly constant (a pre-pass whose model solved
+    almost every prompt, or almost none). ``column``: the difficulty column, for the messages."""
+    cur, total = curriculum, total_steps
+    n_open, n = cur.open_indices(0, total).numel(), cur.difficulties.numel()
+    if n_open == 0:  # cannot happen with the quantile gate (its first bucket is always open); a guard
+        raise SeadError(
+            f"the curriculum opens no prompt at step 0 (gate {cur.gate(0, total):g}, lowest difficulty "
+            f"{float(cur.difficulties.min()):g} in column `{column}`): training would have "
+            "nothing to sample. Check the difficulty column (recompute it with `sead difficulty`) or set "
+            "`curriculum: false`."
+        )
+    if n > 1 and n_open == n:
+        lo, hi = float(cur.difficulties.min()), float(cur.difficulties.max())
+        warnings.warn(
+            f"sead: the curriculum opens all {n} prompts at step 0 (column `{column}` ranges "
+            f"{lo:g}..{hi:g}, gate {cur.gate(0, total):g}): it orders nothing (most often more than "
+            f"{100 // num_buckets}% of the prompts share the top difficulty, e.g. never solved "
+            "by the initial student). Recompute the column with more rollouts (`sead difficulty --num-rollouts`) "
+            "or another checkpoint, or set `curriculum: false`.",
+            stacklevel=3,
+        )

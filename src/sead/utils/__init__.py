@@ -1,0 +1,3 @@
+"""Layer 0, imports nothing of sead: errors the CLI prints as one paragraph (``errors``), progress bars and
+log lines (``progress``), the version (``version``).
+"""
