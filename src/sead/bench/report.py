@@ -170,12 +170,17 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
         row = [name, _mean_sd(s, "accuracy"), _paired(s, "accuracy"), _mean_sd(s, "auc"), _paired(s, "auc")]
         if k:
             row += [_mean_sd(s, "avg_at_k"), _paired(s, "avg_at_k"), _mean_sd(s, "pass_at_k"), _paired(s, "pass_at_k")]
-        row += [_by_level(runs), f"{s['wall_seconds_median']:.0f}"]
+        row += [_by_level(runs)]
+        if "train_seconds_median" in s:
+            row += [f"{s['train_seconds_median']:.0f}", f"{s.get('cost_vs_opd', float('nan')):.2f}x",
+                    _mean_sd(s, "acc_at_equal_time"), _paired(s, "acc_at_equal_time")]
         table.append(row)
     head = ["variant", "final acc %", "vs opd [95% CI]", "AUC %", "vs opd"]
     if k:
         head += [f"avg@{k} %", "vs opd", f"pass@{k} %", "vs opd"]
-    head += ["acc % by level (easy to hard)", "wall s"]
+    head += ["acc % by level (easy to hard)"]
+    if any("train_seconds_median" in s for s in summary.values()):
+        head += ["train s", "cost vs opd", "acc at equal time %", "vs opd"]
     curves = {}
     for name, runs in res["runs"].items():
         if not runs:
@@ -212,6 +217,7 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
             + (f", avg@{k} {100 * teacher['avg_at_k']:.1f}%, pass@{k} {100 * teacher['pass_at_k']:.1f}%." if k and "avg_at_k" in teacher else ".")
         )
     errors = [f"- failed run: {e}" for e in res.get("errors", [])]
+    power = _power_lines(res)
     wall = f" Wall time of this benchmark: {res['wall_seconds']:.0f} s ({res.get('jobs', 1)} runs at a time)." if "wall_seconds" in res else ""
     text = [
         f"## 3. Distillation quality on the built-in task `{res.get('task', 'arithmetic')}`",
@@ -230,10 +236,59 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
         "",
         _table(head, table),
         "",
+        "Cost: `train s` is each variant's median training time (wall seconds from its first step to its last, "
+        "the accuracy curve's evaluations excluded; two runs at a time on the 2 cores, so every variant ran under "
+        "the same load), `cost vs opd` its ratio to vanilla OPD's. `acc at equal time`: each run's accuracy curve "
+        "(on the curve subset) read at one training time for all, the cheapest variant's median, so that a variant "
+        "that costs more per step is compared after the same compute, not after the same steps.",
+        "",
+        *power,
         f"![accuracy vs step]({plot.name})",
         *errors,
     ]
     return "\n".join(text), goals
+
+
+def _power_lines(res: dict) -> list[str]:
+    """What the design can resolve: the evaluation's standard error next to the seed sd, the half-widths of the
+    paired intervals, the seeds a 2-point half-width would take, and SEAD's interaction term."""
+    from sead.bench.stats import binomial_se, seeds_for_half_width
+
+    summary, size = res["summary"], res.get("size", {})
+    opd = summary.get("opd")
+    lines = []
+    if opd and opd.get("accuracy_mean") is not None and size.get("num_test"):
+        se = binomial_se(opd["accuracy_mean"], size["num_test"])
+        pairs = [s["accuracy_vs_opd"] for n, s in summary.items() if n != "opd" and s.get("accuracy_vs_opd", {}).get("ci_low") is not None]
+        half = sorted(0.5 * (d["ci_high"] - d["ci_low"]) for d in pairs)
+        sds = sorted(d["sd"] for d in pairs)
+        lines.append(
+            f"Power: the evaluation's standard error at vanilla OPD's accuracy is {100 * se:.1f} points "
+            f"({size['num_test']} held-out problems, binomial), its seed sd {100 * opd.get('accuracy_std', 0.0):.1f}."
+        )
+        if half:
+            mid_sd = sds[len(sds) // 2]
+            need = seeds_for_half_width(mid_sd, 0.02)
+            lines[-1] += (
+                f" Paired against vanilla OPD over {res['seeds']} seeds, the 95% intervals on final accuracy have "
+                f"half-widths {100 * half[0]:.1f}-{100 * half[-1]:.1f} points (median {100 * half[len(half) // 2]:.1f}): "
+                "differences smaller than that are not resolved. At the median sd of the paired differences "
+                f"({100 * mid_sd:.1f} points), a half-width of 2 points would take "
+                + (f"{need} seeds." if need else "more than 1000 seeds.")
+            )
+    inter = res.get("interaction") or {}
+    if inter:
+        parts = [
+            f"{metric.replace('_', ' ')} {100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
+            for metric, d in inter.items() if d.get("ci_low") is not None
+        ]
+        if parts:
+            lines.append(
+                "SEAD's interaction (all three components together against the sum of each one's effect, per seed "
+                "`(sead - opd) - [(zones - opd) + (anneal - opd) + (curriculum - opd)]`, in points, 95% interval): "
+                + "; ".join(parts) + ". Positive: the components help more together than apart."
+            )
+    return [*(line for pair in zip(lines, [""] * len(lines)) for line in pair)]
 
 
 def _teacher_lines(teacher: dict | None, k: int | None) -> list[str]:

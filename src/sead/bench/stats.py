@@ -11,7 +11,15 @@ import math
 import statistics
 from collections.abc import Sequence
 
-__all__ = ["t_quantile_975", "mean_sd", "paired_difference"]
+__all__ = [
+    "binomial_se",
+    "interaction",
+    "mean_sd",
+    "paired_difference",
+    "seeds_for_half_width",
+    "t_quantile_975",
+    "value_at",
+]
 
 # t_{0.975, df}, df = 1..30 (standard tables)
 _T975 = (
@@ -52,3 +60,45 @@ def paired_difference(x: Sequence[float], y: Sequence[float]) -> dict[str, float
         return {"mean": mean, "sd": sd, "n": n, "ci_low": None, "ci_high": None}
     half = t_quantile_975(n - 1) * sd / math.sqrt(n)
     return {"mean": mean, "sd": sd, "n": n, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` measured on ``n`` independent problems: ``sqrt(p (1 - p) / n)``."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    return math.sqrt(p * (1.0 - p) / n)
+
+
+def seeds_for_half_width(sd: float, half_width: float, max_seeds: int = 1000) -> int | None:
+    """The fewest seeds ``n >= 2`` whose paired 95% interval ``t_{0.975, n-1} sd / sqrt(n)`` is at most
+    ``half_width`` for differences of sample sd ``sd`` (``None`` past ``max_seeds``)."""
+    if half_width <= 0:
+        raise ValueError(f"half_width must be > 0, got {half_width}")
+    for n in range(2, max_seeds + 1):
+        if t_quantile_975(n - 1) * sd / math.sqrt(n) <= half_width:
+            return n
+    return None
+
+
+def value_at(xs: Sequence[float], ys: Sequence[float], x: float) -> float | None:
+    """``y`` at ``x`` on the piecewise-linear curve through ``(xs, ys)`` (``xs`` increasing); ``None`` outside it."""
+    if len(xs) != len(ys) or not xs:
+        raise ValueError("value_at needs as many ys as xs, at least one")
+    if x < xs[0] or x > xs[-1]:
+        return None
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return float(ys[-1])
+
+
+def interaction(joint: Sequence[float], singles: Sequence[Sequence[float]], base: Sequence[float]) -> dict:
+    """The interaction of components over seeds: per seed ``(joint - base) - sum_c (single_c - base)``, with its 95%
+    interval (:func:`paired_difference` against 0). Positive: together they give more than the sum of their parts."""
+    n = len(base)
+    if len(joint) != n or any(len(s) != n for s in singles):
+        raise ValueError("interaction needs the same seeds in every variant")
+    terms = [(j - b) - sum(s[i] - b for s in singles) for i, (j, b) in enumerate(zip(joint, base))]
+    return paired_difference(terms, [0.0] * n)

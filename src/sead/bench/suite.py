@@ -170,14 +170,12 @@ def bench_quality(
     OPDConfig fields}`` (with a ``method``). ``mechanisms``: also measure the task's mechanisms on the
     prepared student's rollouts (:mod:`sead.bench.profile_mechanisms`).
     """
-    from sead.experiments.settings import task_size
+    from sead.experiments.settings import bench_size
     from sead.tasks import DEFAULT_TASK, get_task
 
     task = task or DEFAULT_TASK
-    size = task_size(task, quick)
-    steps = steps or size.pop("bench_steps", None)  # the benchmark's own length where the task sets one
-    if steps:
-        size["steps"] = steps
+    size = bench_size(task, quick, steps)  # the benchmark's own sizes where the task sets them (`bench_<key>`)
+    steps = size["steps"]
     seeds = seeds or (1 if quick else QUALITY_SEEDS)
     overrides = dict(overrides or {})
     variants = tuple(variants or (QUALITY_QUICK_VARIANTS if quick else QUALITY_DEFAULT_VARIANTS))
@@ -235,30 +233,58 @@ def bench_quality(
         "jobs": jobs,
         "size": size,
         "teacher": starts["0"].get("teacher"),
-        "prepared": {"teacher_accuracy": prepared.teacher_accuracy, "student_accuracy": prepared.student_accuracy,
-                     "teacher_by_level": prepared.teacher_accuracy_by_level, "student_by_level": prepared.student_accuracy_by_level},
+        "prepared": prepared_facts(prepared),
         "student_start": {s: starts[s]["student_start"] for s in sorted(starts, key=int)},
         "seed_data": {s: {k: v for k, v in starts[s].items() if k not in ("student_start", "teacher")} for s in starts},
         "mechanisms": measured,
         "summary": summarize_quality(runs),
+        "interaction": interaction_terms(runs),
         "runs": runs,
         "errors": errors,
         "wall_seconds": time.perf_counter() - t_start,
     }
 
 
+def prepared_facts(prepared) -> dict[str, Any]:
+    """What two machines compare: the prepared models' held-out accuracies (overall, by level) and SFT steps."""
+    out: dict[str, Any] = {}
+    for role in ("teacher", "student"):
+        metrics = (prepared.metrics or {}).get(role, {})
+        out[f"{role}_accuracy"] = getattr(prepared, f"{role}_accuracy")
+        out[f"{role}_by_level"] = getattr(prepared, f"{role}_accuracy_by_level")
+        out[f"{role}_steps"] = metrics.get("steps_run")
+        out[f"{role}_eval_size"] = metrics.get("eval_size")
+    return out
+
+
 def summarize_quality(runs: dict[str, list[dict]], reference: str = "opd") -> dict[str, dict]:
     """Per variant and metric: mean and sd over seeds, and the paired difference against ``reference``
-    (same seeds only) with its 95% interval."""
-    from sead.bench.stats import mean_sd, paired_difference
+    (same seeds only) with its 95% interval; the training time (median seconds, and its ratio to the reference's);
+    and the greedy accuracy of the curve at an equal training time for every variant (the cheapest variant's median
+    training time: each run's curve read there, ``acc_at_equal_time``)."""
+    from sead.bench.stats import mean_sd, paired_difference, value_at
 
+    def train_seconds(r) -> float | None:
+        return r.get("train_seconds")
+
+    medians = {n: median([train_seconds(r) for r in rs]) for n, rs in runs.items() if rs and all(train_seconds(r) for r in rs)}
+    budget = min(medians.values()) if medians else None
+    for rs in runs.values():
+        for r in rs:
+            if budget is not None and r.get("curve_seconds") and len(r["curve_seconds"]) == len(r["curve"]):
+                r["acc_at_equal_time"] = value_at(r["curve_seconds"], [p[1] for p in r["curve"]], budget)
     ref = {r["seed"]: r for r in runs.get(reference, [])}
     summary = {}
     for name, rs in runs.items():
         if not rs:
             continue
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "wall_seconds_median": median([r["wall_seconds"] for r in rs])}
-        for metric in QUALITY_METRICS:
+        if name in medians:
+            entry["train_seconds_median"] = medians[name]
+            entry["equal_time_budget_s"] = budget
+            if reference in medians:
+                entry["cost_vs_" + reference] = medians[name] / medians[reference]
+        for metric in (*QUALITY_METRICS, "acc_at_equal_time"):
             vals = [r[metric] for r in rs if r.get(metric) is not None]
             if not vals:
                 continue
@@ -269,6 +295,30 @@ def summarize_quality(runs: dict[str, list[dict]], reference: str = "opd") -> di
                 entry[f"{metric}_vs_{reference}"] = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
         summary[name] = entry
     return summary
+
+
+#: SEAD's three components as single variants, and all three together (the claim of an interaction).
+SEAD_COMPONENTS = ("zones", "anneal", "curriculum")
+
+
+def interaction_terms(runs: dict[str, list[dict]], joint: str = "sead", base: str = "opd") -> dict[str, dict]:
+    """Per metric, the interaction ``(joint - base) - sum_c (c - base)`` over the seeds every one of ``joint``,
+    ``base`` and the :data:`SEAD_COMPONENTS` ran, with its 95% interval (:func:`sead.bench.stats.interaction`);
+    empty when a variant is missing."""
+    from sead.bench.stats import interaction
+
+    names = (joint, base, *SEAD_COMPONENTS)
+    if any(not runs.get(n) for n in names):
+        return {}
+    by_seed = {n: {r["seed"]: r for r in runs[n]} for n in names}
+    seeds = sorted(set.intersection(*(set(v) for v in by_seed.values())))
+    out = {}
+    for metric in (*QUALITY_METRICS, "acc_at_equal_time"):
+        if len(seeds) < 2 or any(by_seed[n][s].get(metric) is None for n in names for s in seeds):
+            continue
+        values = {n: [by_seed[n][s][metric] for s in seeds] for n in names}
+        out[metric] = interaction(values[joint], [values[c] for c in SEAD_COMPONENTS], values[base])
+    return out
 
 
 def save_json(result: dict, path: str | Path) -> Path:

@@ -19,7 +19,7 @@ import torch
 
 from sead.experiments.mechanisms import format_summary, measure
 from sead.experiments.plots import plot_accuracy_curves, plot_entropy_histogram, plot_series
-from sead.experiments.runs import normalized_auc, run_variant, series, training_mechanisms
+from sead.experiments.runs import run_variant, series
 from sead.experiments.seeds import DemoData, evaluate_final, prepare_demo, save_data
 from sead.experiments.settings import task_of, task_size
 from sead.experiments.workers import run_workers
@@ -88,11 +88,9 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     for method in opts.methods if not results["methods"] else ():
         if opts.progress:
             print(f"[sead demo] training {method} for {steps} steps ...", flush=True)
-        res = run_variant(method, data, size, out / method, opts.seed, steps, overrides, progress=opts.progress)
-        res["curve"] = [[0, curve_start], *res["curve"]]
-        res["auc"] = normalized_auc([p[0] for p in res["curve"]], [p[1] for p in res["curve"]])
-        res["training_mechanisms"] = training_mechanisms(res["log_history"])
-        results["methods"][method] = res
+        results["methods"][method] = run_variant(
+            method, data, size, out / method, opts.seed, steps, overrides, progress=opts.progress, curve_start=curve_start
+        )
     results["total_seconds"] = time.perf_counter() - t0
     _write_outputs(results, out)
     return results

@@ -24,14 +24,26 @@ __all__ = ["AccuracyCurve", "normalized_auc", "run_one", "run_variant", "series"
 
 
 class AccuracyCurve(TrainerCallback):
-    """Greedy held-out accuracy every ``every`` optimizer steps (and at the last step)."""
+    """Greedy held-out accuracy every ``every`` optimizer steps (and at the last step), and the training time
+    spent until then: wall seconds since training began, the evaluations' own time excluded (``seconds``)."""
 
     def __init__(self, evaluate, every: int):
-        self.evaluate, self.every, self.points = evaluate, every, []
+        self.evaluate, self.every = evaluate, every
+        self.points: list[tuple[int, float]] = []
+        self.seconds: list[float] = []
+        self.eval_seconds = 0.0
+        self._start: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-            self.points.append((state.global_step, self.evaluate(model)["accuracy"]))
+            t = time.perf_counter()
+            accuracy = self.evaluate(model)["accuracy"]
+            self.seconds.append(t - (self._start if self._start is not None else t) - self.eval_seconds)
+            self.eval_seconds += time.perf_counter() - t
+            self.points.append((state.global_step, accuracy))
 
 
 def run_variant(
@@ -44,9 +56,11 @@ def run_variant(
     overrides: dict[str, Any] | None = None,
     trainer_cls=None,
     progress: bool = True,
+    curve_start: float | None = None,
 ) -> dict[str, Any]:
     """Train one configuration from the prepared student; return accuracy (greedy, avg@k, pass@k), curve,
-    logs and wall time."""
+    logs, wall time and training time. ``curve_start``: the student's accuracy on the curve subset before training
+    (the curve's point at step 0, second 0; measured once per seed)."""
     from sead.tasks import scoring
 
     task = task_of(size)
@@ -79,14 +93,22 @@ def run_variant(
         trainer.remove_callback(cb)
     trainer.add_callback(TrainProgress(f"{name}", enabled=progress))  # a compact bar, or lines in a log
     trainer.train()
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start  # the trainer's set-up, training and the curve's evaluations
     final = evaluate_final(trainer.model, data.prepared.tokenizer, data, size, seed=seed)
-    steps_, accs = zip(*curve.points) if curve.points else ((), ())
-    auc = normalized_auc([0, *steps_], [None, *accs])
+    # the curve from step 0 (None there: unknown without curve_start, and left out of the AUC)
+    points = [(0, curve_start), *curve.points]
+    seconds = [0.0, *curve.seconds]
+    auc = normalized_auc([p[0] for p in points], [p[1] for p in points])
+    if curve_start is None:
+        points, seconds = points[1:], seconds[1:]
     return {
         **final,
         "wall_seconds": wall,
-        "curve": [list(p) for p in curve.points],
+        # training alone: from the first step to the last, the curve's evaluations excluded
+        "train_seconds": curve.seconds[-1] if curve.seconds else wall - curve.eval_seconds,
+        "curve": [list(p) for p in points],
+        "curve_seconds": seconds,
+        "training_mechanisms": training_mechanisms(trainer.state.log_history),
         "auc": auc,
         "log_history": trainer.state.log_history,
         "config": {
@@ -158,12 +180,9 @@ def run_one(
     t0 = time.perf_counter()
     res = run_variant(
         variant, data, size, out, seed, size["steps"], config,
-        trainer_cls=_trl_trainer if variant == "trl" else None, progress=False,
+        trainer_cls=_trl_trainer if variant == "trl" else None, progress=False, curve_start=curve_start,
     )
-    res["curve"] = [[0, curve_start], *res["curve"]]
-    res["auc"] = normalized_auc([p[0] for p in res["curve"]], [p[1] for p in res["curve"]])
     history = res.pop("log_history")
-    res["training_mechanisms"] = training_mechanisms(history)
     if keep_log:
         out.mkdir(parents=True, exist_ok=True)
         (out / "log_history.json").write_text(json.dumps(history))

@@ -95,13 +95,18 @@ TASK_SIZES: dict[str, dict[str, dict[str, Any]]] = {
 SIZES = TASK_SIZES["sums"]
 
 
+#: A size key ``bench_<key>`` holds the quality benchmark's own value of ``<key>`` (:func:`bench_size`).
+BENCH_PREFIX = "bench_"
+
+
 def task_size(task: str, quick: bool) -> dict[str, Any]:
-    """A copy of the ``quick`` or ``full`` size of ``task``, with the task's name in it."""
+    """A copy of the ``quick`` or ``full`` size of ``task`` as the demo runs it, with the task's name in it."""
     from sead.tasks import TASKS
 
     if task not in TASKS:
         raise SeadError(f"unknown built-in task {task!r}; choose from {', '.join(TASKS)}")
-    return {**TASK_SIZES[task]["quick" if quick else "full"], "task": task}
+    size = TASK_SIZES[task]["quick" if quick else "full"]
+    return {**{k: v for k, v in size.items() if not k.startswith(BENCH_PREFIX)}, "task": task}
 
 
 # The methods, the SEAD factorial (components added to vanilla OPD; all three = SEAD) and TRL's trainer.
@@ -143,9 +148,12 @@ def task_of(size: dict[str, Any]):
     return get_task(size.get("task", "sums"))
 
 
-def bench_size(task: str, quick: bool, steps: int | None) -> dict[str, Any]:
-    """:func:`task_size` with ``steps`` (when given) as its number of steps."""
+def bench_size(task: str, quick: bool, steps: int | None = None) -> dict[str, Any]:
+    """The size ``sead bench quality`` runs: :func:`task_size` with the size's ``bench_<key>`` values in place of
+    ``<key>`` (more held-out problems, its own number of steps), and ``steps`` (when given) as its number of steps."""
     size = task_size(task, quick)
+    raw = TASK_SIZES[task]["quick" if quick else "full"]
+    size.update({k[len(BENCH_PREFIX) :]: v for k, v in raw.items() if k.startswith(BENCH_PREFIX)})
     if steps:
         size["steps"] = steps
     return size

@@ -29,7 +29,15 @@ from sead.tasks import scoring, sft
 from sead.tasks.sft import ModelSpec, SFTSettings
 from sead.utils.errors import SeadError
 
-__all__ = ["Recipe", "PreparedModels", "BuiltinTask", "default_cache_dir", "save_atomically", "prepare_in_background"]
+__all__ = [
+    "BuiltinTask",
+    "PreparedModels",
+    "Recipe",
+    "check_target",
+    "default_cache_dir",
+    "prepare_in_background",
+    "save_atomically",
+]
 
 
 @dataclass(frozen=True)
@@ -42,9 +50,32 @@ class Recipe:
     #: Levels of the held-out evaluation; ``None``: the SFT levels (or all of the task's levels).
     eval_levels: tuple[int, ...] | None = None
     eval_size: int = 400
+    #: ``(low, high)``: the held-out greedy accuracy the prepared model must have. Checked after training: a model
+    #: outside it is refused (not cached), so two machines that prepare the task get models of one quality, whatever
+    #: the rounding of their CPUs did to the steps (training itself stops at the probe target ``sft.stop_at_accuracy``,
+    #: not at a fixed step). ``None``: not checked.
+    target: tuple[float, float] | None = None
 
     def payload(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_target(recipe: Recipe, metrics: dict) -> None:
+    """Refuse a prepared model whose held-out accuracy is outside its recipe's ``target`` band."""
+    if recipe.target is None:
+        return
+    low, high = recipe.target
+    acc = metrics["accuracy"]
+    if not low <= acc <= high:
+        stop = recipe.sft.stop_at_accuracy
+        raise SeadError(
+            f"the prepared {metrics['task']} {recipe.role} has held-out greedy accuracy {100 * acc:.1f}% after "
+            f"{metrics['steps_run']} of at most {recipe.sft.steps} SFT steps, outside its target "
+            f"{100 * low:.0f}-{100 * high:.0f}%"
+            + (f" (training stops at a probe accuracy of {100 * stop:.0f}%)" if stop is not None else "")
+            + ". Nothing was cached. This should not happen on an x86 CPU; please report it with this message and "
+            "`python -c 'import torch; print(torch.__config__.show())'`."
+        )
 
 
 def default_cache_dir() -> Path:
@@ -306,6 +337,7 @@ class BuiltinTask:
             "train_seconds": train_seconds,
             "total_seconds": time.perf_counter() - start,
         }
+        check_target(recipe, metrics)
         return save_atomically(model, tokenizer, metrics, target, progress, self.metrics_file)
 
     def prepare_one(self, recipe: Recipe, tokenizer, seed: int, cache_dir: Path, progress: bool) -> tuple[Path, dict, bool]:

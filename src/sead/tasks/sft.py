@@ -108,6 +108,8 @@ class SFTSettings:
     stop_at_accuracy: float | None = None
     check_every: int = 10
     probe_size: int = 256
+    #: The probe runs only after this many steps (a model that cannot be near its target yet is not probed).
+    check_after: int = 0
 
 
 def build_model(spec: ModelSpec, tokenizer, seed: int = 0):
@@ -240,7 +242,7 @@ def train_sft(
         losses.append(loss.item())
         if step % 10 == 0 or step == settings.steps - 1:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
-        if settings.stop_at_accuracy is not None and (step + 1) % settings.check_every == 0:
+        if settings.stop_at_accuracy is not None and (step + 1) % settings.check_every == 0 and step + 1 > settings.check_after:
             accuracy = probe(model)
             model.train()
             if accuracy >= settings.stop_at_accuracy:

@@ -452,25 +452,38 @@ def greedy_probe(tokenizer, levels: tuple[int, ...], size: int, seed: int, max_n
     return probe
 
 
-# Sizes and steps, measured on a 2-core CPU shared with other jobs (one torch thread): the teacher (0.37M
-# parameters) learns every level; the student (0.11M) is trained on the three shorter levels only and stops
-# at a greedy probe accuracy, so that it starts weak overall and near 0 on 8 numbers, a length it never saw.
-# Held-out numbers: docs/task.md and BENCHMARKS.md.
+# Both models are trained to a probe target, not for a fixed number of steps, and their held-out accuracy is checked
+# against a band (``Recipe.target``): a fixed step count made the teacher 96.5% on one x86 CPU and 87.2% on another
+# (its accuracy climbs steeply near the end of training, and the CPUs' rounding moves that point). The probe is
+# greedy accuracy on 512 training problems of every level (``greedy_probe``); held-out numbers: docs/task.md.
+#
+# The teacher (0.37M parameters) stops once it solves 95% of the probe (about 1,100 of its 1,600-step schedule):
+# right at most, wrong on a part of the hardest level (the fallible teacher SG-OPD's gate needs).
 _TEACHER = Recipe(
     role="teacher",
     model=ModelSpec(hidden_size=96, num_layers=3, num_heads=3, intermediate_size=288, max_position_embeddings=128),
-    sft=SFTSettings(steps=1200, batch_size=64, lr=3e-3, level_weights=(1, 2, 3, 4)),
+    sft=SFTSettings(
+        steps=1600, batch_size=64, lr=3e-3, level_weights=(1, 2, 3, 4), stop_at_accuracy=0.95, check_every=50,
+        check_after=800, probe_size=512,
+    ),
+    eval_size=1000,
+    target=(0.92, 0.99),
 )
-#: The student's SFT stops when it solves this fraction of a probe of training problems (greedy, its levels).
-_STUDENT_TARGET = 0.5
+#: The student's SFT stops when it solves this fraction of the probe.
+_STUDENT_TARGET = 0.3
+# The student (0.11M parameters) is trained on every level, as the teacher, and stopped early, at 30% of the probe
+# (about 750 of a 3,000-step schedule): a student that is behind, not one that cannot learn the task (the same
+# recipe trained to its end reaches 97%: docs/task.md), so that distillation has a gap it can close.
 _STUDENT = Recipe(
     role="student",
     model=ModelSpec(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=192, max_position_embeddings=128),
     sft=SFTSettings(
-        steps=800, batch_size=64, lr=3e-3, levels=(1, 2, 3), level_weights=(4, 3, 2), stop_at_accuracy=_STUDENT_TARGET,
-        check_every=20, probe_size=128,
+        steps=3000, batch_size=64, lr=3e-3, level_weights=(1, 2, 3, 4), stop_at_accuracy=_STUDENT_TARGET,
+        check_every=25, probe_size=512,
     ),
     eval_levels=LEVELS,
+    eval_size=1000,
+    target=(0.22, 0.42),
 )
 _QUICK_TEACHER = Recipe(
     role="teacher",
@@ -482,8 +495,8 @@ _QUICK_STUDENT = Recipe(
     role="student",
     model=ModelSpec(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=192, max_position_embeddings=128),
     sft=SFTSettings(
-        steps=400, batch_size=32, lr=3e-3, levels=(1, 2), level_weights=(2, 1), stop_at_accuracy=_STUDENT_TARGET,
-        check_every=20, probe_size=64,
+        steps=1200, batch_size=32, lr=3e-3, levels=QUICK_LEVELS, level_weights=(1, 2, 3), stop_at_accuracy=_STUDENT_TARGET,
+        check_every=20, probe_size=128,
     ),
     eval_levels=QUICK_LEVELS,
     eval_size=300,
@@ -494,7 +507,7 @@ class SumsTask(BuiltinTask):
     """The ``sums`` task as a :class:`sead.tasks.prepare.BuiltinTask`."""
 
     name = "sums"
-    version = "1"
+    version = "2"
     levels = LEVELS
     quick_levels = QUICK_LEVELS
     level_descriptions = LEVEL_DESCRIPTIONS
