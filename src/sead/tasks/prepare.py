@@ -27,6 +27,7 @@ import torch
 
 from sead.tasks import scoring, sft
 from sead.tasks.sft import ModelSpec, SFTSettings
+from sead.utils.cache import default_cache_dir
 from sead.utils.errors import SeadError
 
 __all__ = ["Recipe", "PreparedModels", "BuiltinTask", "default_cache_dir", "save_atomically", "prepare_in_background"]
@@ -47,10 +48,6 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-def default_cache_dir() -> Path:
-    """``$SEAD_CACHE_DIR`` if set, else ``~/.cache/sead``."""
-    env = os.environ.get("SEAD_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "sead"
 
 
 @dataclass
