@@ -17,10 +17,10 @@ import torch
 
 from _tiny import (
     save_models,
-    swapped_tokenizer,
     sead_command,
     standard_recipe,
     subprocess_env,
+    swapped_tokenizer,
     tiny_config,
     tiny_dataset,
     tiny_model,

@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 
 from sead.data.datasets import answers_from_column, load_train_dataset
 from sead.training.config import OPDConfig
-from sead.training.startup import check_recipe, check_teacher_tokenizer, resolve_gguf_inputs, resolve_top_k_limits
+from sead.training.startup import (
+    check_recipe,
+    check_teacher_tokenizer,
+    resolve_gguf_inputs,
+    resolve_top_k_limits,
+)
 
 __all__ = [
     "ScriptArguments",

@@ -44,10 +44,10 @@ from sead.training.loss_glue import LossGlue
 from sead.training.served_glue import ServedTeacherGlue, StepEndSnapshot
 from sead.training.sharding import (
     FSDP,
-    load_teacher_like_trl,
     check_sharding,
     frozen_copy,
     is_partitioned,
+    load_teacher_like_trl,
     prepare_frozen,
     reload_model,
 )
