@@ -7,8 +7,9 @@
    its own student's weights into it); SG-OPD's teacher rollouts with HF generate (a second 30-layer engine would
    double the start-up).
 2. ``sead train`` (the command, in this process) runs recipes/smollm2-prune-distill.yaml for one step with vLLM
-   colocate rollouts; the student it saves is loaded by ``AutoModelForCausalLM`` and by a fresh vLLM engine
-   (``dtype=float32``), and both decode the same prompts greedily.
+   colocate rollouts; the student it saves is loaded by ``AutoModelForCausalLM`` and decodes two prompts greedily.
+3. ``python tests/_vllm_real.py --serve OUT.json``: the saved student in a fresh vLLM engine (``dtype=float32``, a
+   process of its own), greedy on the same prompts.
 
 Writes OUT.json: per method the losses and engine calls; the saved student's greedy token ids from HF and vLLM.
 """
@@ -87,7 +88,6 @@ def main(teacher: str, student: str, root: Path, out_path: Path) -> None:
     ])  # fmt: skip
     results["sead_train_rc"] = rc
     from transformers import AutoModelForCausalLM
-    from vllm import LLM, SamplingParams
 
     prompts = [list(tok.apply_chat_template(chat(q), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
                for q, _ in ADDITIONS[:2]]  # fmt: skip
@@ -99,15 +99,29 @@ def main(teacher: str, student: str, root: Path, out_path: Path) -> None:
             out = hf.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id)  # fmt: skip
             hf_ids.append(out[0, len(p):].tolist())
-    llm = LLM(model=str(saved), dtype="float32", gpu_memory_utilization=0.3, seed=0)
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0.0, max_tokens=12),
-                        use_tqdm=False)  # fmt: skip
+    results["saved"] = str(saved)
+    results["prompts"] = prompts
     results["hf_greedy"] = hf_ids
-    results["vllm_greedy"] = [list(o.outputs[0].token_ids) for o in outs]
     results["total_s"] = time.perf_counter() - t0
     out_path.write_text(json.dumps(results, indent=1))
 
 
+def serve(results_path: Path) -> None:
+    """The saved student in a fresh vLLM engine (a process of its own: ``sead train`` ended the first one's
+    process group), fp32, greedy on the same prompts; adds ``vllm_greedy`` to the results."""
+    from vllm import LLM, SamplingParams
+
+    results = json.loads(results_path.read_text())
+    llm = LLM(model=results["saved"], dtype="float32", gpu_memory_utilization=0.3, seed=0)
+    outs = llm.generate([{"prompt_token_ids": p} for p in results["prompts"]],
+                        SamplingParams(temperature=0.0, max_tokens=12), use_tqdm=False)  # fmt: skip
+    results["vllm_greedy"] = [list(o.outputs[0].token_ids) for o in outs]
+    results_path.write_text(json.dumps(results, indent=1))
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
+    if sys.argv[1] == "--serve":
+        serve(Path(sys.argv[2]))
+    else:
+        main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))

@@ -29,7 +29,8 @@ def _tied(model) -> bool:
 
 
 def test_gguf_student_rollouts_end_at_eos_are_graded_and_the_saved_student_reloads(smollm2, tmp_path):
-    """A student given as a GGUF file (``model_init_kwargs: {gguf_file: ...}``): its greedy rollouts through the
+    """A student and a teacher given as a GGUF file (``model_init_kwargs`` / ``teacher_model_init_kwargs: {gguf_file:
+    ...}``; converted once into the cache): the student's greedy rollouts through the
     chat template end at its own EOS (``<|im_end|>``), the verifier grades its real ``\\boxed{}`` answers (right and
     wrong ones), it trains a step, and the saved student reloads with ``AutoModelForCausalLM``, embeddings tied."""
     from datasets import Dataset
@@ -38,8 +39,10 @@ def test_gguf_student_rollouts_end_at_eos_are_graded_and_the_saved_student_reloa
     cfg = real_config(
         tmp_path / "out", method="opd", max_steps=1, per_device_train_batch_size=2, max_completion_length=24,
         generation_kwargs={"do_sample": False}, model_init_kwargs={"gguf_file": smollm2["gguf_file"]},
+        teacher_model_init_kwargs={"gguf_file": smollm2["gguf_file"]},
     )  # fmt: skip
-    trainer = OPDTrainer(smollm2["gguf_dir"], smollm2["student"], args=cfg, train_dataset=Dataset.from_list(rows))
+    trainer = OPDTrainer(smollm2["gguf_dir"], smollm2["gguf_dir"], args=cfg, train_dataset=Dataset.from_list(rows))
+    assert cfg.model_init_kwargs is None and cfg.teacher_model_init_kwargs is None  # resolved to the converted dir
     student = trainer.accelerator.unwrap_model(trainer.model)
     assert student.config.num_hidden_layers == 30 and getattr(student, "hf_quantizer", None) is None
     assert _tied(student)
@@ -176,3 +179,17 @@ def test_fused_objective_equals_the_full_logits_objective_on_the_real_pair(smoll
         assert losses["fused"] != 0
         assert losses["fused"] == pytest.approx(losses["logits"], rel=1e-4, abs=1e-6), (estimator, losses)
         assert losses["padded"] == pytest.approx(losses["fused"], rel=1e-6, abs=1e-8), (estimator, losses)
+
+
+def test_sead_eval_takes_a_gguf_file(smollm2, tmp_path):
+    """``sead eval --gguf-file``: the GGUF checkpoint is evaluated (through its converted directory)."""
+    from _real import GSM8K
+    from sead.cli import main
+
+    out = tmp_path / "eval"
+    rc = main(["eval", "--model", smollm2["gguf_dir"], "--gguf-file", smollm2["gguf_file"], "--benchmarks", "gsm8k",
+               "--limit", "1", "--k", "0", "--max-new-tokens", "4", "--data-dir", str(GSM8K.parent), "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["model"].startswith(str(smollm2["teacher"]).rsplit("/", 1)[0])
+    assert (out / "gsm8k.jsonl").is_file()

@@ -21,16 +21,17 @@ def ran(smollm2, tmp_path_factory):
     pytest.importorskip("vllm", reason="vLLM is not installed (`make install` installs it)")
     root = tmp_path_factory.mktemp("vllm_real")
     out = root / "out.json"
-    cmd = [sys.executable, str(REPO / "tests" / "_vllm_real.py"), smollm2["teacher"], smollm2["student"], str(root),
-           str(out)]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, env=vllm_env(), cwd=str(root), capture_output=True, text=True,
-                              timeout=SCRIPT_TIMEOUT_S)  # fmt: skip
-    except subprocess.TimeoutExpired as err:
-        tail = (err.stdout or "")[-3000:] if isinstance(err.stdout, str) else ""
-        pytest.fail(f"_vllm_real.py ran past {SCRIPT_TIMEOUT_S} s:\n{tail}")
-    if proc.returncode != 0 or not out.exists():
-        pytest.fail(f"_vllm_real.py exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-6000:]}")
+    script = str(REPO / "tests" / "_vllm_real.py")
+    for cmd in ([sys.executable, script, smollm2["teacher"], smollm2["student"], str(root), str(out)],
+                [sys.executable, script, "--serve", str(out)]):  # fmt: skip
+        try:
+            proc = subprocess.run(cmd, env=vllm_env(), cwd=str(root), capture_output=True, text=True,
+                                  timeout=SCRIPT_TIMEOUT_S)  # fmt: skip
+        except subprocess.TimeoutExpired as err:
+            tail = (err.stdout or "")[-3000:] if isinstance(err.stdout, str) else ""
+            pytest.fail(f"{' '.join(cmd[1:3])} ran past {SCRIPT_TIMEOUT_S} s:\n{tail}")
+        if proc.returncode != 0 or not out.exists():
+            pytest.fail(f"{' '.join(cmd[1:3])} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-6000:]}")
     return json.loads(out.read_text())
 
 

@@ -84,6 +84,10 @@ class OPDConfig(DistillationConfig):
     Fields left at `None` take the value of the `method` preset. Defaults marked *assumed* are not
     fixed by the papers' available texts; see `docs/methods.md`.
 
+    Two inherited defaults depend on the machine (said on one line when sead picks them): `bf16` left unset is
+    `True` where a GPU with bf16 is found (TRL's default) and `False` (fp32) elsewhere, where TRL's default would
+    stop the run; `dataloader_pin_memory` is `False` without a GPU.
+
     Parameters:
         > Method and estimator
 
