@@ -44,4 +44,5 @@ def smollm2(tmp_path_factory):
     gguf = REAL_CACHE / "checkpoints" / "smollm2-135m-instruct" / Path(CHECKPOINTS["smollm2-135m-instruct"].member).name
     student = tmp_path_factory.mktemp("smollm2") / "student"
     prune_checkpoint(str(teacher), str(student), every=10)
-    return {"teacher": str(teacher), "student": str(student), "gguf_dir": str(gguf.parent), "gguf_file": gguf.name}
+    return {"teacher": str(teacher), "student": str(student), "gguf_dir": str(gguf.parent), "gguf_file": gguf.name,
+            "cache": str(REAL_CACHE)}  # fmt: skip
