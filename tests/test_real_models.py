@@ -29,10 +29,10 @@ def _tied(model) -> bool:
 
 
 def test_gguf_student_rollouts_end_at_eos_are_graded_and_the_saved_student_reloads(smollm2, tmp_path, monkeypatch):
-    """A student and a teacher given as a GGUF file (``model_init_kwargs`` / ``teacher_model_init_kwargs: {gguf_file:
-    ...}``; converted once into the cache): the student's greedy rollouts through the
-    chat template end at its own EOS (``<|im_end|>``), the verifier grades its real ``\\boxed{}`` answers (right and
-    wrong ones), it trains a step, and the saved student reloads with ``AutoModelForCausalLM``, embeddings tied."""
+    """A student given as a GGUF file (``model_init_kwargs: {gguf_file: ...}``, converted once into the cache): its
+    greedy rollouts through the chat template end at its own EOS (``<|im_end|>``), the verifier grades its real
+    ``\\boxed{}`` answers (right and wrong ones), it trains a step, and the saved student reloads with
+    ``AutoModelForCausalLM``, embeddings tied. Then a teacher given as the GGUF file (``teacher_model_init_kwargs``)."""
     from datasets import Dataset
 
     monkeypatch.setenv("SEAD_CACHE_DIR", smollm2["cache"])  # the conversion `sead fetch` made: not made again
@@ -40,10 +40,10 @@ def test_gguf_student_rollouts_end_at_eos_are_graded_and_the_saved_student_reloa
     cfg = real_config(
         tmp_path / "out", method="opd", max_steps=1, per_device_train_batch_size=2, max_completion_length=24,
         generation_kwargs={"do_sample": False}, model_init_kwargs={"gguf_file": smollm2["gguf_file"]},
-        teacher_model_init_kwargs={"gguf_file": smollm2["gguf_file"]},
     )  # fmt: skip
-    trainer = OPDTrainer(smollm2["gguf_dir"], smollm2["gguf_dir"], args=cfg, train_dataset=Dataset.from_list(rows))
-    assert cfg.model_init_kwargs is None and cfg.teacher_model_init_kwargs is None  # resolved to the converted dir
+    # the teacher: the pruned copy (the same model as teacher would give a zero loss and no update)
+    trainer = OPDTrainer(smollm2["gguf_dir"], smollm2["student"], args=cfg, train_dataset=Dataset.from_list(rows))
+    assert cfg.model_init_kwargs is None  # resolved to the converted directory
     student = trainer.accelerator.unwrap_model(trainer.model)
     assert student.config.num_hidden_layers == 30 and getattr(student, "hf_quantizer", None) is None
     assert _tied(student)
@@ -72,6 +72,13 @@ def test_gguf_student_rollouts_end_at_eos_are_graded_and_the_saved_student_reloa
     assert _tied(reloaded)
     for k, v in _params(student).items():
         torch.testing.assert_close(dict(reloaded.named_parameters())[k], v, rtol=0, atol=0)
+
+    # a teacher given as the GGUF file (teacher_model_init_kwargs)
+    cfg = real_config(tmp_path / "t", method="opd", teacher_model_init_kwargs={"gguf_file": smollm2["gguf_file"]})
+    trainer = OPDTrainer(smollm2["student"], smollm2["gguf_dir"], args=cfg, train_dataset=Dataset.from_list(rows))
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
+    assert cfg.teacher_model_init_kwargs is None and teacher.config.num_hidden_layers == 30
+    assert getattr(teacher, "hf_quantizer", None) is None and teacher.config.name_or_path == smollm2["teacher"]
 
 
 @pytest.mark.parametrize("method", ["opd", "sead", "sgopd"])
