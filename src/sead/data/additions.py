@@ -3,8 +3,8 @@
 The prune-then-distill recipe (recipes/smollm2-prune-distill.yaml) trains on them. Each prompt is a conversation
 (the trainer applies the tokenizer's chat template): the worked example "What is 2 + 2?" -> "2 + 2 = 4. The answer
 is \\boxed{4}.", then the question "What is a + b?" (``a, b`` in 1..9). SmolLM2-135M-Instruct follows the example's
-format and answers 43 of 48 such questions right, greedy (BENCHMARKS.md); a copy keeping every third of its layers
-answers none. Of the 81 pairs ``(a, b)``, :data:`HELD_OUT` (16, drawn once with a fixed seed) are never in the
+format and answers all 64 test prompts right, greedy (BENCHMARKS.md, "Real checkpoints"); a copy keeping every third
+of its layers answers none. Of the 81 pairs ``(a, b)``, :data:`HELD_OUT` (16, drawn once with a fixed seed) are never in the
 training split: the test split asks only those.
 
 ``python -m sead.data.additions DIR`` writes ``DIR/additions-train.jsonl`` (512 rows) and ``additions-test.jsonl``
