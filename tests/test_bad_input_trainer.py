@@ -20,6 +20,7 @@ from _tiny import (
     sead_command,
     standard_recipe,
     subprocess_env,
+    swapped_tokenizer,
     tiny_config,
     tiny_dataset,
     tiny_model,
@@ -77,11 +78,20 @@ def test_vocabulary_mismatch_objects(tmp_path):
 
 
 def test_vocabulary_mismatch_paths(tmp_path):
-    student, teacher = save_models(tmp_path, teacher_vocab_size=40)
+    student, teacher = save_models(tmp_path, teacher_vocab_size=40, teacher_tokenizer=swapped_tokenizer(extra=2))
     _refused(
         "shared vocabulary", model=student, teacher_model=teacher, args=tiny_config(tmp_path / "o", method="opd"),
         train_dataset=tiny_dataset(8), processing_class=tokenizer(),
     )
+
+
+def test_vocabulary_sizes_differ_with_one_tokenizer_is_accepted(tmp_path):
+    """A teacher with more embedding rows and the student's tokenizer (a padded matrix) is not refused
+    (tests/test_vocabularies.py checks its loss)."""
+    student, teacher = save_models(tmp_path, teacher_vocab_size=40)
+    trainer = OPDTrainer(student, teacher, args=tiny_config(tmp_path / "o", method="opd"),
+                         train_dataset=tiny_dataset(8), processing_class=tokenizer())  # fmt: skip
+    assert trainer.shared_rows == 25
 
 
 def test_no_teacher_at_all_is_refused_at_start(tmp_path):
@@ -280,11 +290,11 @@ def test_cli_data_problems(recipe_dir, capsys):
 def test_cli_model_problems(tmp_path, capsys):
     (tmp_path / "t").mkdir()
     # vocabulary mismatch
-    student, teacher = save_models(tmp_path / "v", teacher_vocab_size=40)
+    student, teacher = save_models(tmp_path / "v", teacher_vocab_size=40, teacher_tokenizer=swapped_tokenizer(extra=2))
     recipe = standard_recipe(tmp_path, model_name_or_path=student, teacher_model_name_or_path=teacher)
     rc, err = _cli(["train", "--config", recipe], capsys)
     assert rc == 2
-    _assert_one_paragraph(err, "vocabulary of 25 tokens but the teacher has 40")
+    _assert_one_paragraph(err, "their vocabularies differ at")
     # same vocabulary size, different tokenizer: "3" and "7" swap ids in the teacher's tokenizer
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -309,7 +319,7 @@ def test_cli_subprocess_no_traceback(tmp_path):
                              capture_output=True, text=True, env=env, timeout=120)
     assert missing.returncode == 2
     _assert_one_paragraph(missing.stderr, "does not exist")
-    student, teacher = save_models(tmp_path / "m", teacher_vocab_size=40)
+    student, teacher = save_models(tmp_path / "m", teacher_vocab_size=40, teacher_tokenizer=swapped_tokenizer(extra=2))
     recipe = standard_recipe(tmp_path, model_name_or_path=student, teacher_model_name_or_path=teacher)
     mismatch = subprocess.run(sead_command("train", "--config", recipe), capture_output=True, text=True, env=env,
                               timeout=120)

@@ -22,7 +22,7 @@ SRC = REPO / "src"
 #: independent of each other. ``sead/__init__.py``, ``sead/cli.py`` and ``sead/_deprecated.py`` stand above all.
 LAYERS: list[tuple[str, ...]] = [
     ("utils",),
-    ("method",),
+    ("method", "checkpoints"),
     ("losses",),
     ("engines",),
     ("grading",),

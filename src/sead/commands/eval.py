@@ -20,6 +20,10 @@ from sead.grading.verifier import DEFAULT_TIMEOUT_SECONDS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory (save_pretrained) or hub name")
     parser.add_argument(
+        "--gguf-file", default=None,
+        help="a GGUF file in --model's directory (or a full path): converted once into the cache, then evaluated",
+    )  # fmt: skip
+    parser.add_argument(
         "--benchmarks",
         default="math500",
         help=f"comma-separated benchmarks, NAME or NAME=FILE_OR_HUB_NAME; one of: {', '.join(benchmark_names())}",
@@ -74,6 +78,11 @@ def default_out_dir(model: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from sead.evaluation.evaluate import EvalConfig, evaluate_model
 
+    if args.gguf_file:
+        from sead.checkpoints.gguf import resolve_gguf
+
+        out = args.out or default_out_dir(args.gguf_file.removesuffix(".gguf"))
+        args.model, args.out = resolve_gguf(args.model, args.gguf_file), out
     config = EvalConfig(
         model=args.model,
         benchmarks=args.benchmarks,

@@ -27,13 +27,18 @@ class HFSampler:
     the same distribution.
     """
 
-    def __init__(self, model, *, pad_token_id: int, eos_token_ids: Sequence[int], batch_size: int | None = None):
+    def __init__(
+        self, model, *, pad_token_id: int, eos_token_ids: Sequence[int], batch_size: int | None = None,
+        vocab_rows: int | None = None,
+    ):  # fmt: skip
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.pad_token_id = int(pad_token_id)
         self.eos_token_ids = [int(t) for t in eos_token_ids]
         self.batch_size = batch_size
+        #: ids at or above this are never sampled (a padded embedding matrix's rows past the shared vocabulary)
+        self.vocab_rows = vocab_rows
 
     def generation_config(self, sampling: Sampling):
         from transformers import GenerationConfig
@@ -41,6 +46,9 @@ class HFSampler:
         kwargs: dict[str, Any] = dict(
             max_new_tokens=sampling.max_new_tokens, pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_ids
         )
+        head = self.model.get_output_embeddings() if self.vocab_rows is not None else None
+        if head is not None and head.weight.shape[0] > self.vocab_rows:
+            kwargs.update(suppress_tokens=list(range(self.vocab_rows, head.weight.shape[0])))
         if sampling.greedy:
             kwargs.update(do_sample=False)
         else:

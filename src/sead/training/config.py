@@ -55,12 +55,38 @@ ASSUMED_DEFAULTS = {
 }
 
 
+def _accelerator() -> str | None:
+    """The accelerator torch sees (``"cuda"``, ``"xpu"``, ``"mps"``, ``"npu"``), or ``None`` on a CPU-only machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    for name in ("xpu", "mps", "npu"):
+        backend = getattr(torch, name, None) or getattr(torch.backends, name, None)
+        try:
+            if backend is not None and backend.is_available():
+                return name
+        except Exception:  # a backend stub that cannot answer: not there
+            continue
+    return None
+
+
+def _cuda_bf16() -> bool:
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    return bool(is_torch_bf16_gpu_available())
+
+
 @dataclass
 class OPDConfig(DistillationConfig):
     r"""
     Configuration for [`OPDTrainer`]: every field of `trl.DistillationConfig`, plus the fields below.
     Fields left at `None` take the value of the `method` preset. Defaults marked *assumed* are not
     fixed by the papers' available texts; see `docs/methods.md`.
+
+    Two inherited defaults depend on the machine (said on one line when sead picks them): `bf16` left unset is
+    `True` where a GPU with bf16 is found (TRL's default) and `False` (fp32) elsewhere, where TRL's default would
+    stop the run; `dataloader_pin_memory` is `False` without a GPU.
 
     Parameters:
         > Method and estimator
@@ -393,7 +419,30 @@ class OPDConfig(DistillationConfig):
         self._validate()
         check_inherited_fields(self)  # TRL fields sead does not read are refused (sead.training.inherited)
         self._current_checkpointing_name()
+        self._machine_defaults()
         super().__post_init__()
+
+    def _machine_defaults(self) -> None:
+        """Defaults that depend on the machine, said on one line when sead picks them.
+
+        - ``bf16`` left unset: TRL's default (``True`` unless ``fp16``) needs a GPU with bf16; transformers stops a
+          run without one ("Your setup doesn't support bf16/gpu"). Without a GPU, or on a GPU without bf16, the
+          default is fp32 (``bf16: false``). A recipe that sets ``bf16`` keeps it (``bf16: true`` with ``use_cpu:
+          true`` is CPU autocast).
+        - ``dataloader_pin_memory``: off without a GPU (pinning needs one; torch warns on every run otherwise)."""
+        from sead.utils.progress import note
+
+        accelerator = _accelerator()
+        if self.bf16 is None and not self.fp16:
+            if accelerator is None or (accelerator == "cuda" and not _cuda_bf16()):
+                self.bf16 = False
+                where = "no GPU" if accelerator is None else "the GPU has no bf16"
+                note(f"bf16 not set and {where}: training in fp32 (bf16: false).")
+            else:
+                self.bf16 = True
+                note(f"bf16 not set: training in bf16 mixed precision on {accelerator} (TRL's default).")
+        if accelerator is None or self.use_cpu:
+            self.dataloader_pin_memory = False
 
     def teacher_sampling_filters(self) -> tuple[float, int]:
         """``(top_p, top_k)`` of the teacher's cold-start rollouts: its own settings, else the student's (``top_p`` /

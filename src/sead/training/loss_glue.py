@@ -73,10 +73,16 @@ def project(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return F.linear(hidden, full_tensor(head.weight, hidden.dtype), full_tensor(head.bias))
 
 
-def _lm_head(model, hidden: torch.Tensor, transform: LogitTransform) -> LMHead:
+def _lm_head(model, hidden: torch.Tensor, transform: LogitTransform, rows: int | None = None) -> LMHead:
+    """``model``'s head over ``hidden``; with ``rows`` (a padded embedding matrix, one tokenizer), its first ``rows``
+    rows only: the distribution over the shared vocabulary ``softmax(z[:rows])`` (docs/methods.md, "Padded
+    vocabularies"). A slice is a view: a tied weight stays one tensor and its gradient reaches the whole matrix."""
     head = model.get_output_embeddings()
-    weight = full_tensor(head.weight, hidden.dtype)
-    return LMHead(hidden.to(weight.device), weight, full_tensor(head.bias), transform)
+    weight, bias = full_tensor(head.weight, hidden.dtype), full_tensor(head.bias)
+    if rows is not None and rows < weight.shape[0]:
+        weight = weight[:rows]
+        bias = None if bias is None else bias[:rows]
+    return LMHead(hidden.to(weight.device), weight, bias, transform)
 
 
 def _is_sharded_or_meta(model) -> bool:
@@ -176,7 +182,7 @@ class LossGlue:
         log-probs at every completion position (prefetched with the step's rollouts, or asked for now)."""
         if self.teacher_server is None:
             teacher, h_t = self._frozen_hidden(self.teacher_model, input_ids, attention_mask, logits_to_keep)
-            return _lm_head(teacher, h_t, self.logit_transforms["teacher"])
+            return _lm_head(teacher, h_t, self.logit_transforms["teacher"], self.shared_rows)
         if all(key in inputs for key in SERVED_KEYS):
             return SparseTeacher(*(inputs[key] for key in SERVED_KEYS))
         return self._served_sparse(inputs)
@@ -193,7 +199,19 @@ class LossGlue:
         if not (self.args.sign_gate and self.ref_model is not None):
             return None
         reference, h_ref = self._frozen_hidden(self.ref_model, input_ids, attention_mask, logits_to_keep)
-        return _lm_head(reference, h_ref, self.logit_transforms["reference"])
+        return _lm_head(reference, h_ref, self.logit_transforms["reference"], self.shared_rows)
+
+    def _loss_mask(self, inputs) -> torch.Tensor:
+        """The completion tokens the loss is taken over: TRL's ``completion_mask``, without tool-result tokens
+        (``tool_mask`` = 0: not the student's, as in TRL's own loss) and, with a padded embedding matrix, without
+        tokens outside the shared rows (a student with more rows than the teacher may sample one: the teacher has
+        no probability for it)."""
+        mask_BT = inputs["completion_mask"]
+        if inputs.get("tool_mask") is not None:
+            mask_BT = mask_BT * inputs["tool_mask"]
+        if self.shared_rows is not None:
+            mask_BT = mask_BT * (inputs["completion_ids"] < self.shared_rows).to(mask_BT.dtype)
+        return mask_BT
 
     # ---- TRL's hook -----------------------------------------------------------------------------------
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
@@ -208,12 +226,9 @@ class LossGlue:
                 inputs.pop(key, None)
         self._refuse_multimodal(inputs)
         input_ids, attention_mask, logits_to_keep = self._sequences(inputs)
-        # Tool-result tokens (TRL's `tool_mask` = 0) are not the student's: no loss there, as in TRL's own loss.
-        mask_BT = inputs["completion_mask"]
-        if inputs.get("tool_mask") is not None:
-            mask_BT = mask_BT * inputs["tool_mask"]
+        mask_BT = self._loss_mask(inputs)
         h_s = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
-        student = _lm_head(unwrapped_student, h_s, self.logit_transforms["student"])
+        student = _lm_head(unwrapped_student, h_s, self.logit_transforms["student"], self.shared_rows)
         teacher = self._teacher_input(inputs, input_ids, attention_mask, logits_to_keep)
         reference = self._reference_input(input_ids, attention_mask, logits_to_keep)
         mask_BT = mask_BT.to(student.weight.device)
@@ -290,15 +305,13 @@ class LossGlue:
                 part["completion_ids"] = torch.full_like(part["prompt_ids"][:, :1], pad_id)
                 part["completion_mask"] = torch.zeros_like(part["prompt_mask"][:, :1])
             input_ids, attention_mask, logits_to_keep = self._sequences(part)
-            mask_BT = part["completion_mask"]
-            if part.get("tool_mask") is not None:
-                mask_BT = mask_BT * part["tool_mask"]
+            mask_BT = self._loss_mask(part)
             with torch.no_grad():
                 h_s = self._forward_redirection(
                     wrapped, student_model, self._get_last_hidden_state, student_model,
                     input_ids, attention_mask, logits_to_keep,
                 )  # fmt: skip
-            student = _lm_head(student_model, h_s, self.logit_transforms["student"])
+            student = _lm_head(student_model, h_s, self.logit_transforms["student"], self.shared_rows)
             teacher = self._teacher_input(part, input_ids, attention_mask, logits_to_keep)
             if isinstance(teacher, SparseTeacher):
                 served.append(teacher)

@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 
 from sead.data.datasets import answers_from_column, load_train_dataset
 from sead.training.config import OPDConfig
-from sead.training.startup import check_recipe, check_teacher_tokenizer
+from sead.training.startup import (
+    check_recipe,
+    check_teacher_tokenizer,
+    resolve_gguf_inputs,
+    resolve_top_k_limits,
+)
 
 __all__ = [
     "ScriptArguments",
@@ -101,6 +106,8 @@ def builtin_task_data(script: ScriptArguments, cfg: OPDConfig, progress: bool = 
 
     task = get_task(script.builtin_task)
     prepared = task.prepare_models(cache_dir=script.cache_dir, quick=script.builtin_quick, seed=0, progress=progress)
+    # the run's top-k limits against the task's vocabulary before the pre-pass, for a local or served teacher alike
+    resolve_top_k_limits(cfg, _config_vocab(prepared.student_dir))
     ds = task.make_dataset(script.builtin_num_prompts, levels=prepared.levels, seed=cfg.seed, split="train")
     if cfg.curriculum and cfg.difficulty_column not in ds.column_names:
         difficulty = estimate_difficulty(
@@ -117,6 +124,15 @@ def builtin_task_data(script: ScriptArguments, cfg: OPDConfig, progress: bool = 
         )
         ds = ds.add_column(cfg.difficulty_column, difficulty)
     return prepared, ds
+
+
+def _config_vocab(model_dir) -> int | None:
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(str(model_dir)).get_text_config().vocab_size)
+    except Exception:  # the trainer's own check reads it again
+        return None
 
 
 def builtin_arithmetic(script: ScriptArguments, cfg: OPDConfig, progress: bool = True):
@@ -141,6 +157,10 @@ def build_trainer(script: ScriptArguments, cfg: OPDConfig, callbacks=None, progr
             script.dataset_name, script.dataset_config, script.dataset_train_split, script.prompt_column
         )
         ds = map_dataset_columns(ds, script, cfg)
+        # a GGUF checkpoint (gguf_file in the init kwargs): its converted directory from here on
+        script.model_name_or_path, cfg.teacher_model_name_or_path = resolve_gguf_inputs(
+            script.model_name_or_path, cfg.teacher_model_name_or_path, cfg
+        )
         tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path, padding_side="left")
         if cfg.teacher_model_name_or_path:  # a served teacher's tokenizer is checked by the trainer, over HTTP
             check_teacher_tokenizer(cfg.teacher_model_name_or_path, tokenizer)

@@ -246,3 +246,23 @@ def full_param_bytes(model: torch.nn.Module) -> int:
         numel = int(getattr(p, "ds_numel", 0)) or p.numel()  # DTensor.numel() is the global numel
         total += numel * p.element_size()
     return total
+
+
+def load_teacher_like_trl(teacher, args) -> torch.nn.Module:
+    """The teacher loaded as TRL's ``DistillationTrainer.__init__`` loads one given by name (``dtype`` from
+    ``teacher_model_init_kwargs`` as a torch dtype, ``teacher_model_revision``, ``device_map=None`` under DDP /
+    DeepSpeed, ``trust_remote_code``); a loaded model is returned as it is."""
+    if not isinstance(teacher, str):
+        return teacher
+    from trl.trainer.utils import create_model_from_path
+
+    kwargs = dict(args.teacher_model_init_kwargs or {})
+    dtype = kwargs.get("dtype")
+    kwargs["dtype"] = dtype if dtype in ("auto", None) or not isinstance(dtype, str) else getattr(torch, dtype)
+    if args.teacher_model_revision is not None:
+        kwargs.setdefault("revision", args.teacher_model_revision)
+    state = getattr(args, "distributed_state", None)
+    if state is not None and _kind(state.distributed_type) in ("MULTI_GPU", DEEPSPEED):
+        kwargs["device_map"] = None
+    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    return create_model_from_path(teacher, **kwargs)

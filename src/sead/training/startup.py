@@ -38,6 +38,9 @@ __all__ = [
     "check_teacher_tokenizer",
     "check_tokenizer_fits",
     "check_vocabularies",
+    "resolve_gguf_inputs",
+    "resolve_top_k_limits",
+    "tokenizer_difference",
 ]
 
 
@@ -70,23 +73,68 @@ def check_recipe(script, cfg: OPDConfig, tasks: tuple[str, ...]) -> None:
             raise SeadError(f"{role}: the directory {name} does not exist.")
 
 
-def check_teacher_tokenizer(teacher_path: str, student_tokenizer) -> None:
-    """Refuse a teacher whose tokenizer maps text to different ids than the student's."""
+CROSS_TOKENIZER_HINT = (
+    "On-policy distillation here compares next-token distributions over one shared vocabulary, so it needs a "
+    "teacher with the student's tokenizer (any embedding size). For a teacher with another tokenizer, use a "
+    "cross-tokenizer method: TRL's GOLDTrainer (trl.experimental.gold, Universal Logit Distillation)."
+)
+
+
+def tokenizer_difference(student_tok, teacher_tok) -> str | None:
+    """Where two tokenizers differ, in words (``None``: the same vocabulary and special tokens).
+
+    Compared: each id's token string over both vocabularies, added and special tokens included (the first
+    differing ids are named), and the EOS token. The pad token is not compared: a user often sets it on the
+    student's tokenizer (to the EOS), and it only fills positions no loss reads."""
+    n_s, n_t = len(student_tok), len(teacher_tok)
+    vocab_s, vocab_t = student_tok.get_vocab(), teacher_tok.get_vocab()
+    by_id_s = {i: t for t, i in vocab_s.items()}
+    by_id_t = {i: t for t, i in vocab_t.items()}
+    differing = [i for i in range(max(n_s, n_t)) if by_id_s.get(i) != by_id_t.get(i)]
+    if differing:
+        shown = ", ".join(f"id {i}: {by_id_s.get(i)!r} vs {by_id_t.get(i)!r}" for i in differing[:3])
+        more = f" (and {len(differing) - 3} more)" if len(differing) > 3 else ""
+        return (
+            f"their vocabularies differ at {len(differing)} ids ({n_s} tokens in the student's tokenizer, {n_t} in "
+            f"the teacher's); first, student vs teacher: {shown}{more}"
+        )
+    if student_tok.eos_token != teacher_tok.eos_token:  # where a rollout ends, for both models
+        return f"their eos_token differs: {student_tok.eos_token!r} (student) vs {teacher_tok.eos_token!r} (teacher)"
+    return None
+
+
+def load_tokenizer(path: str | None):
+    """The tokenizer saved at ``path`` (a directory or hub id), or ``None`` when there is none to load."""
+    if not path:
+        return None
     from transformers import AutoTokenizer
 
     try:
-        teacher_tok = AutoTokenizer.from_pretrained(teacher_path)
+        return AutoTokenizer.from_pretrained(path)
     except Exception:
-        return  # no tokenizer shipped with the teacher: the vocabulary-size check in the trainer still runs
+        return None
+
+
+def check_teacher_tokenizer(teacher_path: str, student_tokenizer) -> None:
+    """Refuse a teacher whose tokenizer is not the student's (:func:`tokenizer_difference`), or maps text to
+    different ids, naming the first differing tokens."""
+    teacher_tok = load_tokenizer(teacher_path)
+    if teacher_tok is None:
+        return  # no tokenizer shipped with the teacher: the vocabulary check in the trainer still runs
+    problem = tokenizer_difference(student_tokenizer, teacher_tok)
     probe = "The answer is \\boxed{42}. 0123456789 +-*/=()"
-    if (
-        teacher_tok(probe, add_special_tokens=False)["input_ids"]
-        != student_tokenizer(probe, add_special_tokens=False)["input_ids"]
-    ):
+    ids_t = teacher_tok(probe, add_special_tokens=False)["input_ids"]
+    ids_s = student_tokenizer(probe, add_special_tokens=False)["input_ids"]
+    if problem is None and ids_t != ids_s:
+        first = next((i for i, (a, b) in enumerate(zip(ids_s, ids_t)) if a != b), min(len(ids_s), len(ids_t)))
+        problem = (
+            f"they encode {probe!r} differently: from token {first} on, student ids {ids_s[first:first + 3]} vs "
+            f"teacher ids {ids_t[first:first + 3]}"
+        )
+    if problem is not None:
         raise SeadError(
-            f"the teacher at {teacher_path} tokenizes text differently from the student: on-policy distillation "
-            "compares next-token distributions over one shared vocabulary. Use a teacher from the same model family "
-            "(same tokenizer)."
+            f"the teacher at {teacher_path} tokenizes text differently from the student: {problem}. "
+            + CROSS_TOKENIZER_HINT
         )
 
 
@@ -106,15 +154,49 @@ class CheckedInputs:
         reward_funcs: the verifier's reward functions (the user's, or the default math-verify reward when the run
             needs verdicts or logs the pass rate; may be empty).
         grade_counter: counts the default reward's timeouts and errors.
+        model: the student as TRL takes it (a GGUF checkpoint replaced by its converted directory).
+        shared_rows: the embedding rows both models have when their sizes differ (one tokenizer, a padded
+            embedding matrix): the loss compares the distributions over rows ``0..shared_rows-1``. ``None``: the
+            same size.
     """
 
     teacher_model: Any
     teacher_source: str | None
     reward_funcs: list[RewardFunc]
     grade_counter: GradeCounter
+    model: Any = None
+    shared_rows: int | None = None
 
 
-def check_inputs(model, teacher_model, args, train_dataset, reward_funcs) -> CheckedInputs:
+def resolve_gguf_inputs(model, teacher_model, args: OPDConfig):
+    """``(model, teacher_model)`` with a GGUF checkpoint (``gguf_file`` in ``model_init_kwargs`` /
+    ``teacher_model_init_kwargs``) replaced by its plain directory, converted once into the cache
+    (:func:`sead.checkpoints.gguf.resolve_gguf`); the key is taken out of the config's kwargs, so TRL loads the
+    directory as any other."""
+    from sead.checkpoints.gguf import split_gguf_kwargs
+
+    for role, kwargs_field in (("model", "model_init_kwargs"), ("teacher", "teacher_model_init_kwargs")):
+        kwargs = getattr(args, kwargs_field, None)
+        if not (isinstance(kwargs, dict) and kwargs.get("gguf_file")):
+            continue
+        name = model if role == "model" else teacher_model
+        if not isinstance(name, str):
+            raise SeadError(
+                f"{kwargs_field} has a gguf_file, but the {role} was passed as a loaded model: give its directory "
+                "(or hub id) as a string, or drop gguf_file."
+            )
+        path, rest = split_gguf_kwargs(name, kwargs)
+        setattr(args, kwargs_field, rest or None)
+        if role == "model":
+            model = path
+        else:
+            teacher_model = path
+            if args.teacher_model_name_or_path == name:
+                args.teacher_model_name_or_path = path
+    return model, teacher_model
+
+
+def check_inputs(model, teacher_model, args, train_dataset, reward_funcs, processing_class=None) -> CheckedInputs:
     """Refuse, before any weight is loaded, inputs the run cannot use; return them checked and resolved."""
     if not isinstance(args, OPDConfig):
         raise SeadError(f"args must be an OPDConfig, got {type(args).__name__}")
@@ -141,7 +223,10 @@ def check_inputs(model, teacher_model, args, train_dataset, reward_funcs) -> Che
                 "teacher_model_name_or_path, or teacher_server_url for a teacher served by vLLM."
             )
         teacher_model = args.teacher_model_name_or_path  # loaded by TRL's __init__, like a teacher passed by name
-    check_vocabularies(model, teacher_model, args)
+    model, teacher_model = resolve_gguf_inputs(model, teacher_model, args)
+    shared_rows = check_vocabularies(model, teacher_model, args, processing_class)
+    # top-k of V <= k ids is the whole vocabulary: capped here, before any work, for a local and a served teacher alike
+    resolve_top_k_limits(args, shared_rows if shared_rows is not None else _vocab_size(model, args))
     state = getattr(args, "distributed_state", None)
     if state is not None:  # refuse a launch that asks for FSDP / DeepSpeed on CPU before loading any model
         check_sharding(args, state.distributed_type, final=False)
@@ -151,7 +236,7 @@ def check_inputs(model, teacher_model, args, train_dataset, reward_funcs) -> Che
         if isinstance(teacher_model, str)
         else getattr(getattr(teacher_model, "config", None), "_name_or_path", None)
     )
-    return CheckedInputs(teacher_model, teacher_source, funcs, grade_counter)
+    return CheckedInputs(teacher_model, teacher_source, funcs, grade_counter, model=model, shared_rows=shared_rows)
 
 
 def check_dataset(dataset, args: OPDConfig, needs_answer: bool) -> None:
@@ -185,34 +270,87 @@ def check_dataset(dataset, args: OPDConfig, needs_answer: bool) -> None:
         )
 
 
-def _vocab_size(model, args: OPDConfig) -> int | None:
-    """The vocabulary size of a model object or of the config at a path / hub id (None if unknown)."""
+def _model_config(model, args: OPDConfig):
+    """The config of a model object, or of the checkpoint at a path / hub id (``None`` if unknown)."""
     if model is None:
         return None
     if isinstance(model, str):
         from transformers import AutoConfig
 
         try:
-            config = AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+            return AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code)
         except Exception:  # not loadable here: TRL's own loading reports it
             return None
-    else:
-        config = getattr(model, "config", None)
+    return getattr(model, "config", None)
+
+
+def _vocab_size(model, args: OPDConfig) -> int | None:
+    """The embedding rows (``vocab_size``) of a model object or of the config at a path / hub id (None if unknown)."""
+    config = _model_config(model, args)
     if config is None:
         return None
     size = getattr(config.get_text_config(), "vocab_size", None)
     return int(size) if size is not None else None
 
 
-def check_vocabularies(model, teacher_model, args: OPDConfig) -> None:
-    """Refuse, before loading weights or training, a teacher whose vocabulary differs from the student's."""
+def _tokenizer_source(model) -> str | None:
+    """Where a model's tokenizer may be found: its path / hub id, or the directory a loaded model came from."""
+    if isinstance(model, str):
+        return model
+    path = getattr(getattr(model, "config", None), "_name_or_path", None) or getattr(model, "name_or_path", None)
+    return str(path) if path else None
+
+
+def check_vocabularies(model, teacher_model, args: OPDConfig, student_tokenizer=None) -> int | None:
+    """Refuse, before loading weights or training, a teacher whose vocabulary is not the student's; return the
+    embedding rows both models have when their sizes differ (``None``: the same size).
+
+    Models often pad their embedding matrix past the tokenizer (Qwen2.5-0.5B has 151,936 rows, Qwen2.5-7B 152,064,
+    one tokenizer of 151,665 tokens). Different row counts are accepted when both tokenizers are one
+    (:func:`tokenizer_difference`) and every token has a row in both models; the loss then compares the
+    distributions over the shared rows ``0..V-1``, ``V = min(V_S, V_T)`` (docs/methods.md, "Padded vocabularies")."""
     student, teacher = _vocab_size(model, args), _vocab_size(teacher_model, args)
-    if student is not None and teacher is not None and student != teacher:
+    if student is None or teacher is None or student == teacher:
+        return None
+    student_tok = student_tokenizer if student_tokenizer is not None else load_tokenizer(_tokenizer_source(model))
+    student_tok = getattr(student_tok, "tokenizer", student_tok)  # a processor's text tokenizer
+    teacher_tok = load_tokenizer(_tokenizer_source(teacher_model))
+    sizes = f"the student has a vocabulary of {student} tokens but the teacher has {teacher} (embedding rows)"
+    if student_tok is None or teacher_tok is None:
+        which = "student's" if student_tok is None else "teacher's"
         raise SeadError(
-            f"the student has a vocabulary of {student} tokens but the teacher has {teacher}: on-policy "
-            "distillation compares next-token distributions over one shared vocabulary. Use a teacher from the "
-            "student's model family (same tokenizer and vocab_size)."
+            f"{sizes}. Different embedding sizes are accepted for one tokenizer (a padded embedding matrix), but "
+            f"the {which} tokenizer could not be loaded to check that it is the same: save it next to the model "
+            "(tokenizer.save_pretrained(model_dir)) and pass the model by path, or pass the student's "
+            "processing_class."
         )
+    problem = tokenizer_difference(student_tok, teacher_tok)
+    if problem is not None:
+        raise SeadError(f"{sizes}, and the tokenizers are not one: {problem}. " + CROSS_TOKENIZER_HINT)
+    shared = min(student, teacher)
+    if len(student_tok) > shared:
+        raise SeadError(
+            f"{sizes}: the tokenizer has {len(student_tok)} tokens, more than the {shared} rows both models have. "
+            "Resize the smaller model's embeddings to the tokenizer (model.resize_token_embeddings(len(tokenizer)))."
+        )
+    return shared
+
+
+def resolve_top_k_limits(args: OPDConfig, vocab: int | None) -> list[str]:
+    """Cap ``estimator_top_k`` and ``entropy_top_k`` at the vocabulary both models share (``vocab`` ids), in
+    ``args``, before any work, for a local and a served teacher alike: the top-``k`` of ``V <= k`` ids is the whole
+    vocabulary (the top-k estimator's tail bucket is then empty, the zone entropies are the full entropies), which
+    a local teacher computes and a served teacher returns when asked for ``V`` log-probs. Returns one line per
+    field changed."""
+    notes: list[str] = []
+    if vocab is None:
+        return notes
+    for name in ("estimator_top_k", "entropy_top_k"):
+        k = getattr(args, name)
+        if k is not None and k > vocab:
+            setattr(args, name, int(vocab))
+            notes.append(f"{name} {k} > the {vocab}-token vocabulary: {vocab} (the whole vocabulary)")
+    return notes
 
 
 # ----------------------------------------------------------------------------------------------

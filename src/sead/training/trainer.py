@@ -47,6 +47,7 @@ from sead.training.sharding import (
     check_sharding,
     frozen_copy,
     is_partitioned,
+    load_teacher_like_trl,
     prepare_frozen,
     reload_model,
 )
@@ -173,8 +174,14 @@ class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
     ):
         if args is None:
             args = OPDConfig(output_dir="runs/opd")
-        checked = check_inputs(model, teacher_model, args, train_dataset, reward_funcs)
-        teacher_model, teacher_source = checked.teacher_model, checked.teacher_source
+        checked = check_inputs(model, teacher_model, args, train_dataset, reward_funcs, processing_class)
+        model, teacher_model, teacher_source = checked.model, checked.teacher_model, checked.teacher_source
+        self.shared_rows = checked.shared_rows
+        own_teacher = None
+        if self.shared_rows is not None and teacher_model is not None:
+            # TRL refuses different embedding sizes; sead compares the shared rows (one tokenizer, checked): the
+            # teacher is loaded here as TRL would load it and prepared after TRL's __init__ (_attach_teacher).
+            own_teacher, teacher_model = load_teacher_like_trl(teacher_model, args), None
         self.grader = VerdictGrader(checked.reward_funcs, args.grader_timeout, args.correct_threshold)
 
         # The frozen initial student (SG-OPD reference), copied before training changes anything.
@@ -198,6 +205,8 @@ class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
             if isinstance(err, SeadError) or "vocab_size" not in str(err):
                 raise
             raise SeadError(" ".join(str(err).split())) from err
+        if own_teacher is not None:
+            self._attach_teacher(own_teacher)
         self.sampler_logprobs = None
         if args.use_vllm:
             enable_cpu_weight_sync(self.vllm_generation)  # vLLM's CPU backend: TRL's weight sync as vLLM reloads
@@ -239,6 +248,16 @@ class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
         if self.teacher_server is not None:
             self._step_end_snapshot = StepEndSnapshot(self)
             self.add_callback(self._step_end_snapshot)
+
+    def _attach_teacher(self, teacher) -> None:
+        """The teacher as TRL's ``__init__`` prepares it (DeepSpeed: ``prepare_deepspeed``; otherwise
+        ``prepare_model(evaluation_mode=True)``), for a teacher sead loaded itself."""
+        from trl.models.utils import prepare_deepspeed
+
+        if self.is_deepspeed_enabled:
+            self.teacher_model = prepare_deepspeed(teacher, self.accelerator)
+        else:
+            self.teacher_model = self.accelerator.prepare_model(teacher, evaluation_mode=True)
 
     def _prepare_frozen_models(self, ref) -> None:
         """Teacher and reference sharded as the launcher shards the student (:mod:`sead.training.sharding`). TRL prepared the
@@ -513,6 +532,7 @@ class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
                 sampler = HFSampler(
                     teacher, pad_token_id=self._tokenizer.pad_token_id, eos_token_ids=self.eos_token_ids,
                     batch_size=self.args.teacher_generation_batch_size,  # bounded KV cache; the same calls on every rank
+                    vocab_rows=self.shared_rows,  # a padded teacher never samples a row the student lacks
                 )  # fmt: skip
                 seed = None
             top_p, top_k = self.args.teacher_sampling_filters()

@@ -214,3 +214,11 @@ def quiet_library_bars_in_logs() -> bool:
     transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
     return True
+
+
+def note(message: str, file: TextIO | None = None) -> None:
+    """One line ``sead: message`` on stderr, from the first process only (``RANK`` / ``LOCAL_RANK`` unset or 0):
+    what sead decided for the user (a default it picked, a limit it applied), not a warning."""
+    if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    print(f"sead: {message}", file=file or sys.stderr, flush=True)

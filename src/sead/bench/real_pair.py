@@ -1,0 +1,184 @@
+"""Measurements of a real pair (BENCHMARKS.md, "Real checkpoints"): SmolLM2-135M-Instruct and a depth-pruned copy.
+
+``python -m sead.bench.real_pair eval --model DIR --teacher DIR --data FILE.jsonl --out FILE.json``
+    greedy accuracy (the verifier on ``\\boxed{}`` answers) of ``--model`` on the chat prompts of ``--data``, and its
+    reverse KL to the teacher on its own greedy rollouts: the token mean of
+    ``KL(p_S || p_T) = sum_v p_S(v) (log p_S(v) - log p_T(v))`` (under the student's distribution, the full
+    49,152-token vocabulary, fp32) over the completion tokens, EOS included.
+``python -m sead.bench.real_pair step --student DIR --teacher DIR --data FILE.jsonl --rollouts hf|vllm --out FILE``
+    the median time of an optimizer step of recipes/smollm2-prune-distill.yaml's settings (vanilla OPD, 8 rollouts of
+    at most 24 tokens) with HF generate or TRL's vLLM colocate engine, and the process's peak memory (max RSS).
+``python -m sead.bench.real_pair loss --out FILE``
+    the loss benchmark's worker (``sead.bench.worker loss``, one process per measurement, as ``sead bench loss``) at
+    the real models' shapes: SmolLM2 (V = 49,152, hidden 576) and Gemma 3 270M (V = 262,144, hidden 640; random
+    weights of that shape: the loss's cost depends on the shapes only), TRL's chunked loss next to ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["evaluate_pair", "step_time"]
+
+
+def _rows(path: str, limit: int | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return rows[:limit] if limit else rows
+
+
+def evaluate_pair(model_dir: str, teacher_dir: str, data: str, max_new_tokens: int = 24, batch: int = 16,
+                  limit: int | None = None) -> dict:  # fmt: skip
+    """Greedy accuracy of ``model_dir`` on ``data`` and its reverse KL to ``teacher_dir`` (see the module doc)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sead.grading.verifier import grade
+
+    rows = _rows(data, limit)
+    tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    teacher = model if Path(teacher_dir).resolve() == Path(model_dir).resolve() else None
+    teacher = teacher or AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    correct, kl_sum, kl_tokens, texts = 0, 0.0, 0, []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, len(rows), batch):
+            part = rows[start : start + batch]
+            enc = tok.apply_chat_template([r["prompt"] for r in part], add_generation_prompt=True, padding=True,
+                                          return_tensors="pt", return_dict=True)  # fmt: skip
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                 eos_token_id=eos)  # fmt: skip
+            P = enc["input_ids"].shape[1]
+            comp = out[:, P:]
+            # completion mask: up to and including the first EOS
+            is_eos = comp == eos
+            after = (is_eos.cumsum(1) - is_eos.long()) > 0
+            mask_BT = (~after).long()
+            attn = torch.cat([enc["attention_mask"], mask_BT], 1)
+            z_s = model(input_ids=out, attention_mask=attn).logits[:, P - 1 : -1].float()
+            z_t = teacher(input_ids=out, attention_mask=attn).logits[:, P - 1 : -1].float()
+            logp_s, logp_t = torch.log_softmax(z_s, -1), torch.log_softmax(z_t, -1)
+            kl_BT = (logp_s.exp() * (logp_s - logp_t)).sum(-1)  # KL(p_S || p_T): under the student
+            kl_sum += float((kl_BT * mask_BT).sum())
+            kl_tokens += int(mask_BT.sum())
+            for row, ids, m in zip(part, comp, mask_BT):
+                text = tok.decode(ids[m.bool()], skip_special_tokens=True)
+                texts.append(text)
+                correct += bool(grade(text, row["answer"]).correct)
+    return {
+        "model": model_dir, "teacher": teacher_dir, "data": data, "n": len(rows),
+        "greedy_accuracy": correct / len(rows), "reverse_kl": kl_sum / max(kl_tokens, 1),
+        "completion_tokens": kl_tokens, "seconds": time.perf_counter() - t0, "examples": texts[:4],
+    }  # fmt: skip
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def step_time(student: str, teacher: str, data: str, rollouts: str, steps: int = 4, out_dir: str = "/tmp/sead-real-step") -> dict:
+    """Median optimizer-step time and peak memory of the recipe's settings with ``rollouts`` = ``hf`` or ``vllm``."""
+    from transformers import AutoTokenizer, TrainerCallback
+
+    from sead.data.datasets import load_train_dataset
+    from sead.training.config import OPDConfig
+    from sead.training.trainer import OPDTrainer
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.times, self.t = [], None
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.t)
+
+    vllm = {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3} if rollouts == "vllm" else {}
+    cfg = OPDConfig(
+        output_dir=out_dir, method="opd", max_steps=steps, per_device_train_batch_size=8, max_completion_length=24,
+        learning_rate=1e-4, lr_scheduler_type="constant", use_cpu=True, bf16=False, activation_checkpointing=False,
+        report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0, **vllm,
+    )  # fmt: skip
+    clock = Clock()
+    start = time.perf_counter()
+    trainer = OPDTrainer(student, teacher, args=cfg, train_dataset=load_train_dataset(data),
+                         processing_class=AutoTokenizer.from_pretrained(student, padding_side="left"),
+                         callbacks=[clock])  # fmt: skip
+    built = time.perf_counter()
+    trainer.train()
+    times = clock.times[1:] or clock.times  # the first step warms up
+    return {
+        "rollouts": rollouts, "steps": steps, "init_s": built - start, "step_times_s": clock.times,
+        "median_step_s": sorted(times)[len(times) // 2], "peak_rss_mb": _max_rss_mb(),
+        "threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
+#: (name, N tokens, V, hidden) of the real shapes, and the implementations measured there
+REAL_LOSS_SHAPES = (("smollm2", 2048, 49152, 576), ("gemma3-270m", 2048, 262144, 640))
+REAL_LOSS_IMPLS = ("trl_chunked", "opd_fused", "sead_fused", "naive")
+#: the naive loss holds [N, V] logits (and their softmax and gradient): at most this many elements
+NAIVE_MAX = 2048 * 49152
+
+
+def real_loss(reps: int = 3, threads: int = 2) -> dict:
+    """Forward+backward median time and peak memory of each implementation at :data:`REAL_LOSS_SHAPES`."""
+    from sead.bench.common import run_worker
+
+    rows = []
+    for name, n, v, h in REAL_LOSS_SHAPES:
+        for impl in REAL_LOSS_IMPLS:
+            n_run = min(n, NAIVE_MAX // v) if impl == "naive" else n
+            res = run_worker(["loss", impl, "--n", str(n_run), "--v", str(v), "--h", str(h), "--reps", str(reps),
+                              "--threads", str(threads)])  # fmt: skip
+            rows.append({**res, "model": name, "N_requested": n})
+            print(json.dumps(rows[-1]), flush=True)
+    return {"rows": rows, "reps": reps, "threads": threads}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sead.bench.real_pair")
+    sub = p.add_subparsers(dest="what", required=True)
+    e = sub.add_parser("eval")
+    e.add_argument("--model", required=True)
+    e.add_argument("--teacher", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--out", required=True)
+    s = sub.add_parser("step")
+    s.add_argument("--student", required=True)
+    s.add_argument("--teacher", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--rollouts", choices=["hf", "vllm"], required=True)
+    s.add_argument("--steps", type=int, default=4)
+    s.add_argument("--out", required=True)
+    lo = sub.add_parser("loss")
+    lo.add_argument("--reps", type=int, default=3)
+    lo.add_argument("--threads", type=int, default=2)
+    lo.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    if a.what == "eval":
+        res = evaluate_pair(a.model, a.teacher, a.data, limit=a.limit)
+    elif a.what == "loss":
+        res = real_loss(a.reps, a.threads)
+    else:
+        res = step_time(a.student, a.teacher, a.data, a.rollouts, a.steps)
+    from sead.bench.common import machine_facts
+
+    res["machine"] = machine_facts()
+    res["command"] = "python -m sead.bench.real_pair " + " ".join(sys.argv[1:] if argv is None else argv)
+    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
