@@ -25,6 +25,7 @@ from sead.losses.fused import LMHead, SparseTeacher, fused_objective, fused_zone
 from sead.losses.objective import logits_objective
 from sead.method.logit_transforms import IDENTITY, LogitTransform, check_output_transform, logit_transform_of
 from sead.method.zones import ZoneThresholds, zone_thresholds, zones_from_thresholds
+from sead.training.nonfinite import stand_in_loss
 from sead.utils.errors import NonFiniteError, SeadError
 
 __all__ = ["LossGlue", "MULTIMODAL_KEYS", "full_tensor", "project"]
@@ -171,12 +172,12 @@ class LossGlue:
             )
         return unwrapped, hidden
 
-    def _teacher_input(self, inputs, input_ids, attention_mask, logits_to_keep) -> LMHead | SparseTeacher:
-        """The teacher as the objective takes it: its hidden states and head, or a served teacher's top-k
-        log-probs at every completion position (prefetched with the step's rollouts, or asked for now)."""
+    def _teacher_forward(self, inputs, input_ids, attention_mask, logits_to_keep):
+        """The teacher's side of the loss: ``(model, hidden states)`` of a local teacher (its forward runs now), or
+        a served teacher's top-k log-probs at every completion position (prefetched with the step's rollouts, or
+        asked for now) as a :class:`SparseTeacher`."""
         if self.teacher_server is None:
-            teacher, h_t = self._frozen_hidden(self.teacher_model, input_ids, attention_mask, logits_to_keep)
-            return _lm_head(teacher, h_t, self.logit_transforms["teacher"])
+            return self._frozen_hidden(self.teacher_model, input_ids, attention_mask, logits_to_keep)
         if all(key in inputs for key in SERVED_KEYS):
             return SparseTeacher(*(inputs[key] for key in SERVED_KEYS))
         return self._served_sparse(inputs)
@@ -189,11 +190,35 @@ class LossGlue:
             self._served_top_k,
         )  # fmt: skip
 
-    def _reference_input(self, input_ids, attention_mask, logits_to_keep) -> LMHead | None:
+    def _reference_forward(self, input_ids, attention_mask, logits_to_keep):
+        """SG-OPD's reference: ``(model, hidden states)``, or ``None`` without the sign gate or a reference model."""
         if not (self.args.sign_gate and self.ref_model is not None):
             return None
-        reference, h_ref = self._frozen_hidden(self.ref_model, input_ids, attention_mask, logits_to_keep)
-        return _lm_head(reference, h_ref, self.logit_transforms["reference"])
+        return self._frozen_hidden(self.ref_model, input_ids, attention_mask, logits_to_keep)
+
+    def _heads(self, student, h_s, teacher, reference) -> tuple[LMHead, LMHead | SparseTeacher, LMHead | None]:
+        """The objective's inputs from the forwards' outputs (``teacher`` / ``reference``: ``(model, hidden)``, a
+        :class:`SparseTeacher` or ``None``). Under ZeRO-3 it runs inside :meth:`_gathered_heads`."""
+        t = self.logit_transforms
+        s_head = _lm_head(student, h_s, t["student"])
+        t_head = teacher if not isinstance(teacher, tuple) else _lm_head(*teacher, t["teacher"])
+        r_head = None if reference is None else _lm_head(*reference, t["reference"])
+        return s_head, t_head, r_head
+
+    @staticmethod
+    def _gathered_heads(student, teacher, reference, train: bool):
+        """The ``lm_head``s of the student, a local teacher and the reference readable for the loss
+        (:func:`sead.training.sharding.zero3_gathered`): under DeepSpeed ZeRO-3 their weights are empty outside
+        their modules' forwards. Entered after every forward has run (a model's forward partitions its parameters
+        again as it ends). ``train``: the student's head gets a gradient; the block runs inside the student's
+        forward, which then owns the head (gathered with it for the backward)."""
+        from sead.training.sharding import zero3_gathered
+
+        params = []
+        for model in (student, *(m[0] for m in (teacher, reference) if isinstance(m, tuple))):
+            head = model.get_output_embeddings()
+            params += [head.weight, head.bias]
+        return zero3_gathered(params, owner=student if train else None)
 
     # ---- TRL's hook -----------------------------------------------------------------------------------
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
@@ -213,20 +238,21 @@ class LossGlue:
         if inputs.get("tool_mask") is not None:
             mask_BT = mask_BT * inputs["tool_mask"]
         h_s = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
-        student = _lm_head(unwrapped_student, h_s, self.logit_transforms["student"])
-        teacher = self._teacher_input(inputs, input_ids, attention_mask, logits_to_keep)
-        reference = self._reference_input(input_ids, attention_mask, logits_to_keep)
-        mask_BT = mask_BT.to(student.weight.device)
+        t_side = self._teacher_forward(inputs, input_ids, attention_mask, logits_to_keep)
+        r_side = self._reference_forward(input_ids, attention_mask, logits_to_keep)
         alpha, common = self._loss_common(num_items_in_batch, inputs)
-        try:
-            self._check_finite(student, teacher, reference, mask_BT)
-            out = self._objective(student, teacher, reference, mask_BT, inputs, common)
-            if not torch.isfinite(out.loss.detach()):
-                raise NonFiniteError(f"the loss is {out.loss.item()}")
-        except ValueError as err:
-            if not (isinstance(err, NonFiniteError) or _NONFINITE_MESSAGE.search(str(err))):
-                raise
-            return self._refuse_nonfinite(str(err), h_s, unwrapped_student.get_output_embeddings(), mask_BT)
+        with self._gathered_heads(unwrapped_student, t_side, r_side, train=torch.is_grad_enabled()):
+            student, teacher, reference = self._heads(unwrapped_student, h_s, t_side, r_side)
+            mask_BT = mask_BT.to(student.weight.device)
+            try:
+                self._check_finite(student, teacher, reference, mask_BT)
+                out = self._objective(student, teacher, reference, mask_BT, inputs, common)
+                if not torch.isfinite(out.loss.detach()):
+                    raise NonFiniteError(f"the loss is {out.loss.item()}")
+            except ValueError as err:
+                if not (isinstance(err, NonFiniteError) or _NONFINITE_MESSAGE.search(str(err))):
+                    raise
+                return self._refuse_nonfinite(str(err), h_s, unwrapped_student.get_output_embeddings(), mask_BT)
         self._log_loss_stats(out.stats, alpha)
         return (
             out.loss,
@@ -298,20 +324,22 @@ class LossGlue:
                     wrapped, student_model, self._get_last_hidden_state, student_model,
                     input_ids, attention_mask, logits_to_keep,
                 )  # fmt: skip
-            student = _lm_head(student_model, h_s, self.logit_transforms["student"])
-            teacher = self._teacher_input(part, input_ids, attention_mask, logits_to_keep)
-            if isinstance(teacher, SparseTeacher):
-                served.append(teacher)
-            mask_BT = mask_BT.to(student.weight.device)
-            try:
-                h_t, h_s = fused_zone_entropies(
-                    student, teacher, mask_BT, entropy_top_k=args.entropy_top_k, entropy_support=args.entropy_support,
-                    temperature=self.temperature, chunk_size=args.loss_chunk_size, zone_precision=args.zone_precision,
-                )  # fmt: skip
-            except ValueError as err:
-                if not _NONFINITE_MESSAGE.search(str(err)):
-                    raise
-                continue  # its micro-batch's loss refuses the NaN (the step is dropped): no entropies from it
+            t_side = self._teacher_forward(part, input_ids, attention_mask, logits_to_keep)
+            if isinstance(t_side, SparseTeacher):
+                served.append(t_side)
+            with self._gathered_heads(student_model, t_side, None, train=False):
+                student, teacher, _ = self._heads(student_model, h_s, t_side, None)
+                mask_BT = mask_BT.to(student.weight.device)
+                try:
+                    h_t, h_s = fused_zone_entropies(
+                        student, teacher, mask_BT, entropy_top_k=args.entropy_top_k,
+                        entropy_support=args.entropy_support, temperature=self.temperature,
+                        chunk_size=args.loss_chunk_size, zone_precision=args.zone_precision,
+                    )  # fmt: skip
+                except ValueError as err:
+                    if not _NONFINITE_MESSAGE.search(str(err)):
+                        raise
+                    continue  # its micro-batch's loss refuses the NaN (the step is dropped): no entropies from it
             valid = mask_BT.bool()
             h_t_parts.append(h_t[valid].float())
             h_s_parts.append(h_s[valid].float())
@@ -368,16 +396,17 @@ class LossGlue:
                 raise NonFiniteError(f"{name} hidden states contain NaN or inf")
 
     def _refuse_nonfinite(self, reason: str, h_s, head_s, mask_BT):
-        """The micro-step's loss is replaced by an exact zero that still reaches every trainable parameter
-        (DDP expects a gradient for each); :class:`_NonFiniteGuard` then drops the whole optimizer step on
-        every rank, or stops training, per ``nonfinite_policy``."""
+        """The micro-step trains on a stand-in loss that reaches every trainable parameter (DDP expects a gradient
+        for each): an exact zero, or under DeepSpeed one with a NaN gradient, which DeepSpeed's own check drops
+        (:func:`sead.training.nonfinite.stand_in_loss`); :class:`sead.training.nonfinite.NonFiniteGuard` then drops
+        the whole optimizer step on every rank, or stops training, per ``nonfinite_policy``."""
         if not self.model.training and self.args.nonfinite_policy == "error":
             raise NonFiniteError(f"non-finite values during evaluation at step {self.state.global_step}: {reason}")
         if self.model.training and self._nonfinite_reason is None:
             self._nonfinite_reason = reason
-        zero = (h_s * 0).sum() + sum((p * 0).sum() for p in head_s.parameters() if p.requires_grad)
-        zero = torch.nan_to_num(zero, nan=0.0, posinf=0.0, neginf=0.0)
-        return zero, zero.detach(), mask_BT.sum()
+        poison = self.model.training and bool(getattr(self, "is_deepspeed_enabled", False))
+        loss = stand_in_loss(h_s, head_s.parameters(), poison=poison)
+        return loss, torch.zeros_like(loss).detach(), mask_BT.sum()
 
     def _log_loss_stats(self, stats: dict[str, float], alpha: float) -> None:
         mode = "train" if self.model.training else "eval"

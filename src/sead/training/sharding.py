@@ -26,8 +26,10 @@ A launch that asks for FSDP or DeepSpeed (``accelerate launch`` with such a conf
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -44,6 +46,7 @@ __all__ = [
     "frozen_copy",
     "reload_model",
     "is_partitioned",
+    "zero3_gathered",
     "local_param_bytes",
     "full_param_bytes",
 ]
@@ -124,6 +127,46 @@ def is_partitioned(model: torch.nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(hasattr(p, "ds_id") or isinstance(p, DTensor) for p in model.parameters())
+
+
+def _zero3_available(p: torch.Tensor) -> bool:
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    return p.ds_status == ZeroParamStatus.AVAILABLE
+
+
+@contextlib.contextmanager
+def zero3_gathered(params: Iterable[torch.Tensor | None], owner: torch.nn.Module | None = None) -> Iterator[None]:
+    """Every DeepSpeed ZeRO-3 partition among ``params`` whole on this rank for the ``with`` block; any other
+    parameter (whole, an FSDP2 ``DTensor``, ``None``) as it is.
+
+    Under ZeRO-3 a partitioned parameter's data is ``torch.empty(0)`` outside its module's forward, and sead's loss
+    reads the ``lm_head`` weights without calling ``lm_head.forward``. Inside the block the partitions not gathered
+    now are gathered read-only (``deepspeed.zero.GatheredParameters(..., modifier_rank=None)``, a collective: every
+    rank enters the block together) and partitioned again on exit.
+
+    ``owner``: the module whose forward runs the block and whose loss's gradient reaches ``params`` (the student,
+    whose ``_compute_loss`` runs inside its root module's forward). The parameters are registered as its external
+    parameters (``deepspeed.zero.register_external_parameter``, DeepSpeed's route for a parameter used outside its
+    module's forward): ZeRO-3 then gathers them with ``owner``'s own parameters for every later forward and for the
+    backward, and reduce-scatters their gradient. Those already gathered by ``owner``'s forward are left alone
+    (partitioning them inside it would break it).
+    """
+    zero = [p for p in params if p is not None and hasattr(p, "ds_id")]
+    if not zero:
+        yield
+        return
+    from deepspeed.runtime.zero import GatheredParameters, register_external_parameter
+
+    if owner is not None:
+        for p in zero:
+            register_external_parameter(owner, p)  # a no-op when already registered
+    missing = [p for p in zero if not _zero3_available(p)]
+    if not missing:
+        yield
+        return
+    with GatheredParameters(missing, modifier_rank=None):
+        yield
 
 
 def frozen_copy(model: torch.nn.Module, load=None) -> torch.nn.Module:
