@@ -11,7 +11,7 @@ outside their modules' forwards), as a 7B model's ``lm_head`` is.
 
 Per rank it writes into ``OUT/METHOD/``: ``w0.pt`` (the student before training), ``inputs-step{S}.pt`` (what the loss
 saw at step S: the batch and the normaliser), ``w-step{S}.pt`` (the student after step S, gathered), and
-``record.json`` (counters, whether the heads were empty at rest). At step :data:`NAN_STEP` rank 1's student hidden
+``record.json`` (counters, whether the heads were empty at rest). At step :data:`NAN_STEP` rank 1's teacher hidden
 states are NaN (``nonfinite_policy: skip``): that step must not be applied on either rank.
 
 argv: OUT METHOD
@@ -115,9 +115,11 @@ def main(out: str, method: str) -> None:
         return compute(unwrapped, inputs, num_items_in_batch)
 
     def last_hidden_state(model, *args, **kwargs):
+        # NaN in the teacher's hidden states: the student's stand-in loss then has an exactly zero gradient, so only
+        # the guard can keep rank 0's half of the step from being applied
         h = hidden(model, *args, **kwargs)
-        if rank == 1 and trainer.state.global_step + 1 == NAN_STEP and model is trainer.accelerator.unwrap_model(
-                trainer.model_wrapped) and torch.is_grad_enabled():
+        teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
+        if rank == 1 and trainer.state.global_step + 1 == NAN_STEP and model is teacher and trainer.model.training:
             h = h * float("nan")
         return h
 

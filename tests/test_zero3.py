@@ -7,7 +7,7 @@ the ``lm_head`` weights without calling ``lm_head.forward``: before the fix ever
 
 Checked against an independent replay: the same rollouts (what the loss saw on each rank) through an unsharded
 trainer in this process, gradients averaged over the two ranks, one SGD step ``w <- w - lr * g`` per step. Step 3
-has NaN student hidden states on rank 1 (``nonfinite_policy: skip``): it must not be applied on either rank.
+has NaN teacher hidden states on rank 1 (the student's stand-in loss then has an exactly zero gradient; ``nonfinite_policy: skip``): it must not be applied on either rank.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ def _replay(method: str, run_dir, tmp_path) -> dict[int, dict[str, torch.Tensor]
     """The student after each step, from the recorded inputs, without DeepSpeed: mean of the two ranks' gradients
     of the unsharded trainer's loss, then ``w - lr * g``; a step with a NaN rank is not applied."""
     from _zero3_train import LR, NAN_STEP, STEPS
-
     from sead.training.trainer import OPDTrainer
 
     cfg = tiny_config(tmp_path / method, method=method, max_steps=STEPS, per_device_train_batch_size=2,

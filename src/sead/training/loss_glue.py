@@ -101,7 +101,9 @@ class LossGlue:
         if _is_sharded_or_meta(model):
             return logit_transform_of(model.config)
         try:
-            with torch.no_grad():
+            # under the launch's autocast: a teacher prepared by accelerate already runs its forward in it, and the
+            # check's own projection must be computed the same way (else bf16 rounding reads as a transform)
+            with torch.no_grad(), self._autocast():
                 return check_output_transform(model)
         except ValueError as err:
             raise SeadError(
@@ -166,11 +168,23 @@ class LossGlue:
         reference gathers its parameters in its own forward, as TRL's teacher does)."""
         wrapped.eval()
         unwrapped = self.accelerator.unwrap_model(wrapped)
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             hidden = self._forward_redirection(
                 wrapped, unwrapped, self._get_last_hidden_state, unwrapped, input_ids, attention_mask, logits_to_keep
             )
         return unwrapped, hidden
+
+    def _autocast(self):
+        """The launch's mixed precision for a model forward sead runs itself (``accelerator.autocast()``: bf16 /
+        fp16 autocast under DDP, FSDP and one process; nothing under DeepSpeed, whose engine holds bf16 weights, or
+        without mixed precision).
+
+        accelerate applies mixed precision by wrapping each prepared model's instance ``forward`` in autocast. TRL's
+        ``_ForwardRedirection`` replaces that instance ``forward`` for the call it redirects, and the backbone
+        (``model.model``) is called directly: without this, every forward of student, teacher and reference ran in
+        fp32 under DDP (twice the activation memory ``sead plan`` counts, and no bf16 tensor-core matmuls). Only
+        the forwards: the loss itself projects in fp32 (:mod:`sead.losses.fused`)."""
+        return self.accelerator.autocast()
 
     def _teacher_forward(self, inputs, input_ids, attention_mask, logits_to_keep):
         """The teacher's side of the loss: ``(model, hidden states)`` of a local teacher (its forward runs now), or
@@ -237,7 +251,8 @@ class LossGlue:
         mask_BT = inputs["completion_mask"]
         if inputs.get("tool_mask") is not None:
             mask_BT = mask_BT * inputs["tool_mask"]
-        h_s = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
+        with self._autocast():
+            h_s = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
         t_side = self._teacher_forward(inputs, input_ids, attention_mask, logits_to_keep)
         r_side = self._reference_forward(input_ids, attention_mask, logits_to_keep)
         alpha, common = self._loss_common(num_items_in_batch, inputs)
@@ -283,7 +298,7 @@ class LossGlue:
             )  # fmt: skip
 
         def logits(head: LMHead) -> torch.Tensor:  # the readable path: full [B, T, V] logits, fp32
-            z = head.hidden @ head.weight.T
+            z = head.hidden.to(head.weight.dtype) @ head.weight.T  # bf16 hidden states of an autocast forward
             if head.bias is not None:
                 z = z + head.bias
             return head.transform(z.float())
@@ -319,7 +334,7 @@ class LossGlue:
             mask_BT = part["completion_mask"]
             if part.get("tool_mask") is not None:
                 mask_BT = mask_BT * part["tool_mask"]
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():  # the hidden states the loss will see (same precision)
                 h_s = self._forward_redirection(
                     wrapped, student_model, self._get_last_hidden_state, student_model,
                     input_ids, attention_mask, logits_to_keep,
