@@ -360,3 +360,31 @@ def test_sead_train_exits_4_with_a_checkpoint_when_the_server_fails(tmp_path, se
     server.fail_from = None
     assert main(["train", "--config", path, "--resume_from_checkpoint", "last"]) == 0
     assert "done, 3 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("width", [6, 0])
+def test_a_rank_whose_completions_are_all_empty_asks_the_server_as_often_as_the_others(tmp_path, server, width):
+    """zone_scope: step prefetches the served log-probs with the step's rollouts; every server request joins a
+    collective (`_ask_teacher_server`: one fault for every rank). A rank whose completions all have width 0 must
+    then ask exactly as often as a rank with text: once per micro-batch in the pre-pass, never again in the loss
+    (before, it dropped the prefetched answers and asked again inside the loss, alone: a hang under NCCL)."""
+    trainer = _served_trainer(tmp_path, server.url, zone_scope="step", max_steps=10)
+    calls = {"n": 0}
+    ask = trainer._ask_teacher_server
+
+    def counted(*args):
+        calls["n"] += 1
+        return ask(*args)
+
+    trainer._ask_teacher_server = counted
+    output = _inputs(trainer)
+    if width == 0:
+        output["completion_ids"] = output["completion_ids"][:, :0]
+        output["completion_mask"] = output["completion_mask"][:, :0]
+    trainer.model.train()
+    trainer._step_zone_cuts(output)
+    assert calls["n"] == 1  # one micro-batch of 4 rows
+    student = trainer.accelerator.unwrap_model(trainer.model)
+    loss, *_ = trainer._compute_loss(student, output, max(int(output["completion_mask"].sum()), 1))
+    assert calls["n"] == 1  # the loss used the prefetched answers
+    assert math.isfinite(loss.item()) and (loss.item() == 0.0) == (width == 0)

@@ -80,6 +80,24 @@ def _lm_head(model, hidden: torch.Tensor, transform: LogitTransform) -> LMHead:
     return LMHead(hidden.to(weight.device), weight, full_tensor(head.bias), transform)
 
 
+def _one_masked_column(inputs: dict[str, Any], pad_token_id: int) -> dict[str, Any]:
+    """A micro-batch whose completions are all empty (width 0), with one masked pad column instead: the shapes stay
+    valid (TRL's slicing by ``-logits_to_keep`` would otherwise keep the whole sequence). A served teacher's
+    prefetched answers get the same masked column (zeros: never read), so this micro-batch, like every other one of
+    the step, asks the server nothing more; the sampler's log-probs are dropped (nothing is sampled)."""
+    inputs = dict(inputs)
+    inputs["completion_ids"] = torch.full_like(inputs["prompt_ids"][:, :1], pad_token_id)
+    inputs["completion_mask"] = torch.zeros_like(inputs["prompt_mask"][:, :1])
+    for key in SERVED_KEYS:
+        if key in inputs:
+            t = inputs[key]
+            inputs[key] = t.new_zeros((t.shape[0], 1, *t.shape[2:]))
+    if inputs.get("tool_mask") is not None:
+        inputs["tool_mask"] = torch.ones_like(inputs["completion_mask"])
+    inputs.pop("sampler_logprobs", None)
+    return inputs
+
+
 def _is_sharded_or_meta(model) -> bool:
     from sead.training.sharding import is_partitioned
 
@@ -237,14 +255,7 @@ class LossGlue:
     # ---- TRL's hook -----------------------------------------------------------------------------------
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
         if inputs["completion_ids"].size(1) == 0:
-            # Every completion of this micro-batch is empty: one masked pad column keeps the shapes valid
-            # (TRL's slicing by `-logits_to_keep` would otherwise keep the whole sequence).
-            inputs = dict(inputs)
-            column = torch.full_like(inputs["prompt_ids"][:, :1], self._tokenizer.pad_token_id)
-            inputs["completion_ids"] = column
-            inputs["completion_mask"] = torch.zeros_like(inputs["prompt_mask"][:, :1])
-            for key in (*SERVED_KEYS, "sampler_logprobs"):
-                inputs.pop(key, None)
+            inputs = _one_masked_column(inputs, self._tokenizer.pad_token_id)
         self._refuse_multimodal(inputs)
         input_ids, attention_mask, logits_to_keep = self._sequences(inputs)
         # Tool-result tokens (TRL's `tool_mask` = 0) are not the student's: no loss there, as in TRL's own loss.
@@ -327,9 +338,7 @@ class LossGlue:
         for start in range(0, rows, step):
             part = {k: v[start : start + step] for k, v in output.items() if isinstance(v, torch.Tensor) and v.ndim > 0}
             if part["completion_ids"].size(1) == 0:  # one masked column: every process runs the same forwards
-                pad_id = self._tokenizer.pad_token_id
-                part["completion_ids"] = torch.full_like(part["prompt_ids"][:, :1], pad_id)
-                part["completion_mask"] = torch.zeros_like(part["prompt_mask"][:, :1])
+                part = _one_masked_column(part, self._tokenizer.pad_token_id)
             input_ids, attention_mask, logits_to_keep = self._sequences(part)
             mask_BT = part["completion_mask"]
             if part.get("tool_mask") is not None:
@@ -370,7 +379,9 @@ class LossGlue:
             zones = zones_from_thresholds(pooled[:, 0], pooled[:, 1], torch.ones(pooled.shape[0]), cuts)
             self._metrics["train"]["sead/step_scope_tokens"].append(float(pooled.shape[0]))
             self._metrics["train"]["sead/step_frac_skip"].append(float((zones == 0).double().mean()))
-        if served and output["completion_ids"].size(1) > 0:
+        if served:
+            # kept on every rank, also where every completion is empty (width 0): whether the loss asks the server
+            # again must be the same on every rank (each request joins a collective, `_ask_teacher_server`)
             self._keep_served(output, served)
 
     def _gather_rows(self, rows_NC: torch.Tensor) -> torch.Tensor:
