@@ -252,7 +252,17 @@ class LossGlue:
             params += [head.weight, head.bias]
         return zero3_gathered(params, owner=student if train else None)
 
-    # ---- TRL's hook -----------------------------------------------------------------------------------
+    # ---- TRL's hooks ----------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's ``compute_loss``; after a loss without gradients (evaluation) an FSDP2 student is resharded
+        (:func:`sead.training.sharding.reshard_fsdp2`: its root unit would stay gathered until the next backward)."""
+        from sead.training.sharding import reshard_fsdp2
+
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if not torch.is_grad_enabled():
+            reshard_fsdp2(model)
+        return out
+
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
         if inputs["completion_ids"].size(1) == 0:
             inputs = _one_masked_column(inputs, self._tokenizer.pad_token_id)

@@ -40,6 +40,7 @@ __all__ = [
     "requested_sharding",
     "sharding_refusal",
     "check_sharding",
+    "fsdp_offload_refusal",
     "deepspeed_stage",
     "prepare_frozen",
     "shard_frozen_fsdp2",
@@ -47,6 +48,7 @@ __all__ = [
     "reload_model",
     "is_partitioned",
     "zero3_gathered",
+    "reshard_fsdp2",
     "local_param_bytes",
     "full_param_bytes",
 ]
@@ -101,14 +103,52 @@ def sharding_refusal(
     )
 
 
-def check_sharding(args, distributed_type: Any, environ=None, final: bool = True) -> None:
-    """Raise :class:`SeadError` with :func:`sharding_refusal`'s reason when the launch's sharding would not happen."""
+def _offloads(cpu_offload: Any) -> bool:
+    """Whether an FSDP plugin's ``cpu_offload`` keeps the parameter shards on the CPU (FSDP2: ``CPUOffloadPolicy``;
+    FSDP1: ``CPUOffload(offload_params=True)``; ``OffloadPolicy()`` is FSDP2's no-offload)."""
+    if isinstance(cpu_offload, bool):
+        return cpu_offload
+    if type(cpu_offload).__name__ == "CPUOffloadPolicy":
+        return True
+    return bool(getattr(cpu_offload, "offload_params", False))
+
+
+def fsdp_offload_refusal(args, environ=None, plugin=None) -> str | None:
+    """Why an FSDP launch with parameter offload (``fsdp_offload_params: true``: ``FSDP_OFFLOAD_PARAMS`` from
+    ``accelerate launch``, ``TrainingArguments.fsdp`` with ``offload``, or the plugin's ``cpu_offload``) is refused.
+
+    With offload every FSDP shard lives in CPU memory between forwards. FSDP copies a unit's shards to the GPU for
+    its own forward, but sead's loss gathers the ``lm_head`` weights itself, outside their forwards
+    (``full_tensor()`` in :mod:`sead.training.loss_glue`): the gather would start from CPU shards (NCCL takes GPU
+    tensors only) and the loss would run where the gathered head lies, on the CPU."""
+    env = os.environ if environ is None else environ
+    asked = str(env.get("FSDP_OFFLOAD_PARAMS", "false")).lower() in _TRUE
+    asked = asked or "offload" in str(getattr(args, "fsdp", "") or "")
+    asked = asked or (plugin is not None and _offloads(getattr(plugin, "cpu_offload", None)))
+    if not asked:
+        return None
+    return (
+        "fsdp_offload_params: true is not supported: the FSDP shards of the student, the teacher and the reference "
+        "would live in CPU memory, and sead's loss gathers the lm_head weights itself, outside their forwards "
+        "(the gather would start from CPU shards, and the loss would run on the CPU). Set fsdp_offload_params: "
+        "false in the accelerate config (recipes/accelerate/fsdp2.yaml); `sead plan` says what FSDP2 needs per GPU "
+        "without it."
+    )
+
+
+def check_sharding(args, distributed_type: Any, environ=None, final: bool = True, plugin=None) -> None:
+    """Raise :class:`SeadError` with :func:`sharding_refusal`'s reason when the launch's sharding would not happen,
+    or :func:`fsdp_offload_refusal`'s for an FSDP launch with parameter offload (``plugin``: the accelerator's FSDP
+    plugin, once it exists)."""
+    requested = requested_sharding(args, environ)
     reason = sharding_refusal(
-        requested_sharding(args, environ),
+        requested,
         distributed_type,
         use_cpu=bool(getattr(args, "use_cpu", False)),
         final=final,
     )
+    if reason is None and (requested == FSDP or plugin is not None):
+        reason = fsdp_offload_refusal(args, environ, plugin)
     if reason:
         raise SeadError(reason)
 
@@ -167,6 +207,20 @@ def zero3_gathered(params: Iterable[torch.Tensor | None], owner: torch.nn.Module
         return
     with GatheredParameters(missing, modifier_rank=None):
         yield
+
+
+def reshard_fsdp2(model: torch.nn.Module) -> None:
+    """Every FSDP2 unit of ``model`` back to its shards (``FSDPModule.reshard()``; nothing for any other model).
+
+    FSDP2 keeps the root unit (embeddings, final norm, ``lm_head``) gathered after its forward, to be used at once by
+    the backward, which reshards it. After a forward without a backward (evaluation) it stays gathered: whole on
+    every rank until the next training backward, and plain ``Parameter``s where every other code path (TRL's vLLM
+    weight sync calls ``full_tensor()`` on each parameter, a sharded checkpoint) expects ``DTensor`` shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def frozen_copy(model: torch.nn.Module, load=None) -> torch.nn.Module:

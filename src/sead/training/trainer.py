@@ -207,7 +207,8 @@ class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
         """Teacher and reference sharded as the launcher shards the student (:mod:`sead.training.sharding`). TRL prepared the
         teacher already: with DeepSpeed (stage 3 partitions it), otherwise with ``prepare_model(evaluation_mode=True)``,
         which under FSDP neither wraps nor shards it: sharded here."""
-        check_sharding(self.args, self.accelerator.distributed_type)
+        check_sharding(self.args, self.accelerator.distributed_type,
+                       plugin=getattr(self.accelerator.state, "fsdp_plugin", None))
         if self.teacher_model is not None and str(self.accelerator.distributed_type).endswith(FSDP):
             self.teacher_model = prepare_frozen(self.teacher_model, self.accelerator)
         self.ref_model = None
