@@ -400,11 +400,11 @@ def test_a_rank_whose_completions_are_all_empty_asks_the_server_as_often_as_the_
 
 def test_the_parser_equals_the_per_entry_loop_it_replaced_on_random_answers():
     """The parser reads vLLM's order (most likely first) without sorting when it is strictly decreasing, and sorts
-    by (-logprob, rank, id) otherwise: the same output as the per-entry loop (sead.bench.served_cost keeps it to time
+    by (-logprob, rank, id) otherwise: the same output as the per-entry loop (sead.bench.served keeps it to time
     against) on answers with ties, shuffled entries, and the sequence's token inside or outside the top-k."""
     import random
 
-    from sead.bench.served_cost import parse_prompt_logprobs_loop
+    from sead.bench.served import parse_prompt_logprobs_loop
 
     rng = random.Random(0)
     for trial in range(200):

@@ -88,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
                     results[what] = json.loads(p.read_text())
                     commands[what] = results[what].get("command", f"sead bench {what}")
                     break
+        for what, name in (("served", "served_cost.json"), ("gpu", "gpu_check.json")):  # measured by their scripts
+            p = args.results_dir / name
+            if p.exists():
+                results[what] = json.loads(p.read_text())
         analysis_path = args.results_dir / "analysis.md"
         analysis = analysis_path.read_text() if analysis_path.exists() else ""
         write_report(results, commands, args.report, analysis)
