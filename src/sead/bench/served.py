@@ -165,6 +165,23 @@ def _median(fn, repeats: int, warm: bool = True) -> tuple[float, list[float], An
     return statistics.median(times), times, out
 
 
+PARSE_REPEATS = 11  # the client's parsers take milliseconds: more runs, before and after taken in turns
+
+
+def _interleaved(before, after, repeats: int = PARSE_REPEATS) -> tuple[list[float], list[float]]:
+    """Times of ``before()`` and ``after()`` taken in turns (a burst of load on a shared machine hits both), after
+    one warm-up of each; checks that they return the same."""
+    if before() != after():
+        raise AssertionError("the two parsers disagree")
+    t_before, t_after = [], []
+    for _ in range(repeats):
+        for fn, times in ((before, t_before), (after, t_after)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return t_before, t_after
+
+
 def _row(what: str, k: int | None, times: list[float], n: int, **extra) -> dict[str, Any]:
     med = statistics.median(times)
     return {"what": what, "k": k, "times_s": times, "median_s": med, "s_per_1000_positions": med / n * 1000, **extra}
@@ -273,12 +290,12 @@ def part_server(model: str, n: int, repeats: int, skip_tokenizer: bool) -> list[
             _, times, body = _median(ask, repeats, warm=k is None)
             extra_cols: dict[str, Any] = {"body_mb": len(body) / 1e6}
             if k is not None:
-                _, t_json, answer = _median(lambda b=body: json.loads(b), repeats)
+                _, t_json, answer = _median(lambda b=body: json.loads(b), PARSE_REPEATS)
                 plp = answer["choices"][0]["prompt_logprobs"]
-                _, t_old, old = _median(lambda p=plp, k=k: parse_prompt_logprobs_loop(p, seq, start, k), repeats)
-                _, t_new, new = _median(lambda p=plp, k=k: parse_prompt_logprobs(p, seq, start, k), repeats)
-                if old != new:
-                    raise AssertionError(f"the parsers disagree at k={k}")
+                t_old, t_new = _interleaved(
+                    lambda p=plp, k=k: parse_prompt_logprobs_loop(p, seq, start, k),
+                    lambda p=plp, k=k: parse_prompt_logprobs(p, seq, start, k),
+                )
                 parsed = n - start
                 extra_cols.update({
                     "json_loads_s_per_1000": statistics.median(t_json) / n * 1000,
@@ -381,6 +398,29 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
+def _before_after(rows: list[dict[str, Any]]) -> str | None:
+    """The before / after table: ``request + json.loads + parser`` per k, for the default server with the old
+    parser and the ``--skip-tokenizer-init`` server with the new one (``None`` unless both were measured)."""
+    by = {(r["what"], r["k"]): r for r in rows}
+    default, skip = "vllm server (default)", "vllm server, --skip-tokenizer-init"
+    ks = [k for k in KS if (default, k) in by and (skip, k) in by]
+    if not ks:
+        return None
+
+    def total(r, parser):
+        return r["s_per_1000_positions"] + r["json_loads_s_per_1000"] + r[f"parse_{parser}_s_per_1000"]
+
+    hf = {r["k"]: r for r in rows if r["what"].startswith("hf")}
+    out = ["| k | before | after | after / before | plain prefill (server) | HF forward |", "|---|---|---|---|---|---|"]
+    plain = by.get((default, None))
+    for k in ks:
+        b, a = total(by[(default, k)], "before"), total(by[(skip, k)], "after")
+        p = f"{plain['s_per_1000_positions']:.2f}" if plain else "-"
+        h = f"{hf[k]['s_per_1000_positions']:.2f}" if k in hf else "-"
+        out.append(f"| {k} | {b:.2f} | {a:.2f} | {a / b:.2f}x | {p} | {h} |")
+    return "\n".join(out)
+
+
 # ---- BENCHMARKS.md ------------------------------------------------------------------------------------------------
 def served_section(res: dict[str, Any]) -> str:
     """BENCHMARKS.md's served-teacher section from this benchmark's JSON."""
@@ -405,6 +445,7 @@ def served_section(res: dict[str, Any]) -> str:
                 f"| {r['what']} | {r['k']} | {r['json_loads_s_per_1000']:.3f} | {r['parse_before_s_per_1000']:.3f} | "
                 f"{r['parse_after_s_per_1000']:.3f} | {r['parse_after_s_per_1000'] / r['parse_before_s_per_1000']:.2f}x |"
             )
+    summary = _before_after(rows)
     profiles = [r for r in res["rows"] if r["what"].endswith("cProfile")]
     prof = ["| profiled request (k = 64) | wall s | decoding the returned tokens s | other log-prob objects s | torch kernels s |",
             "|---|---|---|---|---|"]  # fmt: skip
@@ -422,10 +463,18 @@ def served_section(res: dict[str, Any]) -> str:
         "after one warm-up; prefix caching off everywhere (vLLM answers a repeated prompt from its prefix cache "
         "without a prefill, but never a `prompt_logprobs` request). Each path in a process of its own "
         "(sead/bench/served.py).",
+        *([] if summary is None else [
+            "Before and after, per 1,000 positions (seconds): a served teacher's request as the trainer sent it "
+            "(the default server, the per-entry parser) and as it sends it now (`--skip-tokenizer-init`, "
+            "docs/recipes.md; the list parser), each the server's answer + `json.loads` + the parser; next to a plain "
+            "prefill of the same tokens on the same server and a local teacher's HF forward at the same k:",
+            summary]),
         "\n".join(table),
         "The client's side of the same answers (seconds per 1,000 positions: `json.loads` of the whole body, then the "
-        "parser over the completion's positions, the last three quarters of the sequence):",
+        "parser over the completion's positions, the last three quarters of the sequence; the parsers' medians of "
+        f"{PARSE_REPEATS} runs taken in turns, before and after):",
         "\n".join(parse),
         "Where the offline engine's time goes at k = 64 (cProfile of one request, seconds):",
         "\n".join(prof),
+        "What these numbers mean, and what was changed: docs/scaling.md, \"What a served teacher costs\".",
     ])  # fmt: skip
