@@ -148,6 +148,14 @@ def run(method: str, out_dir: str, **overrides) -> dict:
     rec["max_grad_diff"] = max(float((grads[k] - ref_grads[k]).abs().max()) for k in ref_grads)
     rec["max_grad"] = max(float(g.abs().max()) for g in ref_grads.values())
     rec["teacher_at_rest_is_sharded"] = all(isinstance(p, DTensor) for p in trainer.teacher_model.parameters())
+    # an evaluation's loss (no backward follows): FSDP2 keeps its root unit gathered unless the trainer reshards it
+    trainer.model.eval()
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, inputs)
+    rec["student_at_rest_after_a_no_grad_loss_is_sharded"] = all(
+        isinstance(p, DTensor) for p in trainer.model.parameters()
+    )
+    trainer.model.train()
     if method == "sgopd":
         rec["cold_start"] = cold_start(trainer)
     return rec

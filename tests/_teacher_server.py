@@ -27,11 +27,13 @@ class FakeVLLM:
     rollouts (default: ``n`` times the tokens of ``"12"`` + EOS)."""
 
     def __init__(self, model, tokenizer, *, max_logprobs: int = 8, name: str = "tiny-teacher", max_model_len: int = 128,
-                 tokenize_shift: int = 0, port: int = 0, sample_fn=None, slow_seconds: float = 1.0):
+                 tokenize_shift: int = 0, port: int = 0, sample_fn=None, slow_seconds: float = 1.0,
+                 skip_tokenizer_init: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_logprobs, self.name, self.max_model_len = max_logprobs, name, max_model_len
         self.tokenize_shift = tokenize_shift
+        self.skip_tokenizer_init = skip_tokenizer_init  # answer /tokenize as `--skip-tokenizer-init` does
         self.faults: list[str] = []
         self.fail_from: int | None = None
         self.completions_requests = 0
@@ -72,6 +74,9 @@ class FakeVLLM:
             def do_POST(self):
                 payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 owner.requests.append((self.path, payload))
+                if self.path == "/tokenize" and owner.skip_tokenizer_init:  # vLLM 0.30's answer, seen on a real one
+                    message = "Tokenizer not available when `skip_tokenizer_init=True`"
+                    return self._send(400, {"error": {"message": message, "type": "BadRequestError", "code": 400}})
                 if self.path == "/tokenize":
                     ids = owner.tokenizer(payload["prompt"], add_special_tokens=False)["input_ids"]
                     return self._send(200, {"tokens": [i + owner.tokenize_shift for i in ids], "max_model_len": owner.max_model_len})

@@ -14,6 +14,10 @@ REAL_CACHE = Path(os.environ.get("SEAD_CACHE_DIR") or Path.home() / ".cache" / "
 
 
 def pytest_configure(config):
+    # tests import transformers / accelerate before sead: DeepSpeed's choice on a CPU-only torch, without its warning
+    from sead.utils.deepspeed_env import choose_cpu_for_deepspeed
+
+    choose_cpu_for_deepspeed()
     # Tests that prepare the arithmetic task's models share this cache (a clean one per session unless the
     # caller set SEAD_CACHE_DIR), so the quick models are trained once per `make test`.
     if "SEAD_CACHE_DIR" not in os.environ:

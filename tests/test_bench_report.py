@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sead.bench.profile_quality import draw_shares
+from sead.bench.profiles.quality import draw_shares
 from sead.bench.report import write_report
 
 MACHINE = {
@@ -262,3 +262,51 @@ def test_a_goal_met_exactly_is_met_despite_float_rounding():
     assert value > 0.02
     text = goals_section({"opd_minus_trl_abs": (value, 0.02)})
     assert "| met |" in text and "missed" not in text
+
+
+def test_served_teacher_and_gpu_sections_hand_computed(tmp_path):
+    """The served teacher's section: seconds per 1,000 positions = median / tokens x 1,000, ratios to the same
+    path's plain prefill and to the HF forward, the parser's after / before; the GPU section: times and peaks over
+    TRL's, or, with no device check run (or only its --small run), that no GPU was lent."""
+    served = {
+        "command": "python -m sead.bench.served --model M", "tokens": 2000, "repeats": 3,
+        "machine": {"date": "2026-12-03 00:00 UTC", "cores": 2, "python": "3.11", "torch": "2.13",
+                    "vllm": "0.30.0", "load_avg_1min_at_each_part": [1.0]},
+        "rows": [
+            {"what": "vllm server (default)", "k": None, "times_s": [4.0], "median_s": 4.0, "s_per_1000_positions": 2.0,
+             "body_mb": 0.001},
+            {"what": "vllm server (default)", "k": 64, "times_s": [6.0], "median_s": 6.0, "s_per_1000_positions": 3.0,
+             "body_mb": 8.8, "json_loads_s_per_1000": 0.1, "parse_before_s_per_1000": 0.08,
+             "parse_after_s_per_1000": 0.05},
+            {"what": "vllm server, --skip-tokenizer-init", "k": 64, "times_s": [5.0], "median_s": 5.0,
+             "s_per_1000_positions": 2.5, "body_mb": 8.8, "json_loads_s_per_1000": 0.1,
+             "parse_before_s_per_1000": 0.08, "parse_after_s_per_1000": 0.05},
+            {"what": "hf forward (a local teacher)", "k": None, "times_s": [8.0], "median_s": 8.0,
+             "s_per_1000_positions": 4.0},
+            {"what": "hf forward (a local teacher), lm_head + log_softmax + topk", "k": 64, "times_s": [9.0],
+             "median_s": 9.0, "s_per_1000_positions": 4.5},
+        ],
+    }  # fmt: skip
+    cmds = {"loss": "sead bench loss", "step": "sead bench step", "quality": "sead bench quality"}
+    text = write_report({"served": served}, cmds, tmp_path / "BENCHMARKS.md").read_text()
+    # 6 / 4 = 1.50x its plain request, 6 / 8 = 0.75x the HF forward; parser 0.05 / 0.08 = 0.62x (0.625)
+    assert "| vllm server (default) | 64 | 3.00 | 1.50x | 0.75x | 8.8 |" in text
+    assert "| vllm server (default) | 64 | 0.100 | 0.080 | 0.050 | 0.62x |" in text
+    # before: 3.0 + 0.1 + 0.08 = 3.18; after: 2.5 + 0.1 + 0.05 = 2.65; 2.65 / 3.18 = 0.83x; plain 2.0, HF at k 64 4.5
+    assert "| 64 | 3.18 | 2.65 | 0.83x | 2.00 | 4.50 |" in text
+    assert "No GPU was lent to issue 24" in text
+    gpu = {"small": False, "passed": True, "command": "python -m sead.bench.gpu_check",
+           "environment": {"date": "d", "device": "cuda", "gpu": "H200", "cuda": "12.8", "torch": "2.11",
+                           "transformers": "5.17", "trl": "1.16.0"},
+           "losses": {"rows": [{"impl": "opd_fused", "N": 16384, "V": 151936, "median_s": 0.3, "peak_mb": 900.0},
+                               {"impl": "trl_chunked", "N": 16384, "V": 151936, "median_s": 0.2, "peak_mb": 600.0}],
+                      "checks": {"opd_fused_vs_trl_rel_diff": 1e-3, "opd_fused_vs_trl_ok": True}},
+           "steps": {"rows": [{"method": "opd", "params": 494e6, "tokens": 5120, "median_s": 0.5, "peak_mb": 9000.0,
+                               "loss_bf16": 1.0, "loss_fp32": 1.01, "rel_diff": 0.0099}],
+                     "checks": {"opd_loss_vs_fp32_ok": True}}}  # fmt: skip
+    text = write_report({"gpu": gpu}, cmds, tmp_path / "B2.md").read_text()
+    assert "| opd_fused | 16384 | 151936 | 0.300 | 1.50x | 900 | 1.50x |" in text  # 0.3 / 0.2, 900 / 600
+    assert "| opd | 494M | 5120 | 0.500 | 9000 | 1.00000 | 1.01000 | 9.90e-03 | yes |" in text
+    assert "No GPU was lent" not in text and "Verdict: passed" in text
+    small = write_report({"gpu": {**gpu, "small": True}}, cmds, tmp_path / "B3.md").read_text()
+    assert "No GPU was lent to issue 24" in small

@@ -208,7 +208,8 @@ def test_served_teacher_puts_nothing_on_the_training_gpus_and_sizes_the_server()
         assert c["teacher weights"] == c["teacher rollouts KV cache"] == c["teacher vLLM engine"] == 0
         assert c["teacher forward"] == 16384 * (64 * 12 + 4)  # [N, 64] ids (8 B) and log-probs (4 B), [N] log-probs
     assert local["strategies"]["fsdp2"]["components"]["teacher weights"] == t.num_params * 2 // 6
-    assert served["strategies"]["fsdp2"]["components"]["sharding gather buffers"] == 2 * s.layer_params * 4
+    # two student layers gathered, in bf16 (FSDP2's mixed-precision param_dtype) though the shards are fp32
+    assert served["strategies"]["fsdp2"]["components"]["sharding gather buffers"] == 2 * s.layer_params * 2
     V = 100278
     assert served["strategies"]["ddp"]["components"]["loss working set"] == (
         4 * 128 * V * 4 + V * 4096 * 4 + V * 4096 * 4 + 16384 * 2 * 4096 * 4
@@ -334,3 +335,56 @@ def test_the_olmo3_paper_recipes_fit_one_node_of_8_x_80_gib(method, capsys):
     # the recipe's header names the launcher and the verdict the plan gives
     header = recipe.read_text().split("\n\n")[0]
     assert "recipes/accelerate/fsdp2.yaml" in header and "--gpus 8 --gpu-memory 80" in header
+
+
+# --------------------------------------------------------------------------- FSDP2: no_sync and the fp32 upcast
+def test_student_state_per_launcher_by_hand_with_fsdp2_no_sync_and_upcast():
+    """A bf16-loaded OLMo-3 7B student, bf16 mixed precision, 12 micro-batches per step, 8 GPUs, by hand per launcher:
+
+    - DDP trains the bf16 parameters as loaded (autocast): 2 + 2 + 4 bytes per parameter;
+    - ZeRO-2 / ZeRO-3: bf16 module + fp32 master and moments (2 + 2 + 12), sharded as each stage shards;
+    - FSDP2: accelerate upcasts the trainable parameters to fp32 (4 + 4 + 8, / N), and during accumulation HF's
+      `no_sync` leaves FSDP2 holding every gradient unsharded in bf16 (P x 2, whole on every GPU), which
+      `sync_each_batch` or a single micro-batch removes."""
+    s, t = lookup_model("allenai/Olmo-3-7B-Think-SFT"), lookup_model("allenai/Olmo-3-32B-Think")
+    P, N = s.num_params, 8
+    base = dict(student=s, teacher=t, gpus=N, grad_accum=12, mixed_precision=True, student_load_bytes=2,
+                teacher_load_bytes=2, prompt_tokens=1024, completion_tokens=4096)  # fmt: skip
+    plan = plan_memory(PlanInputs(**base))
+    expected = {  # (weights, gradients, optimizer, unsharded gradients)
+        "ddp": (P * 2, P * 2, P * 4, 0),
+        "zero2": (P * 2, P * 2 // N, P * 12 // N, 0),
+        "zero3": (P * 2 // N, P * 2 // N, P * 12 // N, 0),
+        "fsdp2": (P * 4 // N, P * 4 // N, P * 8 // N, P * 2),
+    }
+    for strategy, (w, g, o, u) in expected.items():
+        r = plan["strategies"][strategy]
+        c = r["components"]
+        got = (c["student weights"], c["student gradients"], c["optimizer (AdamW)"],
+               c["FSDP2 unsharded gradients (no_sync)"])  # fmt: skip
+        assert got == (w, g, o, u), strategy
+        # the training phase holds all of them (and the rollout phase none of the gradients)
+        working = max(c["teacher forward"], c["reference forward"], c["loss working set"])
+        static = (w + o + c["teacher weights"] + c["reference weights"] + c["runtime overhead"]
+                  + c["sharding gather buffers"])  # fmt: skip
+        assert r["train_phase"] == static + g + u + c["activations (student)"] + working, strategy
+    assert P * 2 / GiB == pytest.approx(13.6, abs=0.05)  # the 7B's unsharded bf16 gradients
+    # the gathered FSDP2 / ZeRO-3 layers are bf16 copies under mixed precision: two of the larger layer
+    assert plan["strategies"]["fsdp2"]["components"]["sharding gather buffers"] == 2 * max(s.layer_params * 2,
+                                                                                           t.layer_params * 2)
+    assert any("sync_each_batch: true" in n and "13.6 GiB" in n for n in plan["notes"])
+    for fields in ({"sync_each_batch": True}, {"grad_accum": 1}):
+        other = plan_memory(PlanInputs(**{**base, **fields}))["strategies"]["fsdp2"]
+        assert other["components"]["FSDP2 unsharded gradients (no_sync)"] == 0
+    fp32 = plan_memory(PlanInputs(**{**base, "mixed_precision": False, "student_load_bytes": 4}))
+    assert fp32["strategies"]["fsdp2"]["components"]["FSDP2 unsharded gradients (no_sync)"] == P * 4
+
+
+def test_sead_plan_reads_sync_each_batch_from_the_recipe(tmp_path, capsys):
+    recipe = (REPO / "recipes" / "olmo3-7b-32b-sead.yaml").read_text()
+    path = tmp_path / "sync.yaml"
+    path.write_text(recipe + "\naccelerator_config:\n  gradient_accumulation_kwargs:\n    sync_each_batch: true\n")
+    for config, unsharded in ((REPO / "recipes" / "olmo3-7b-32b-sead.yaml", 13.6), (path, 0.0)):
+        assert main(["plan", "--config", str(config), "--json"]) == 0
+        fsdp2 = json.loads(capsys.readouterr().out)["strategies"]["fsdp2"]
+        assert fsdp2["components"]["FSDP2 unsharded gradients (no_sync)"] / GiB == pytest.approx(unsharded, abs=0.05)

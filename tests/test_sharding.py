@@ -61,6 +61,26 @@ def test_a_launch_that_asks_for_sharding_but_would_run_replicated_is_refused():
     check_sharding(args, "MULTI_CPU", {})  # nothing asked: DDP as launched
 
 
+def test_fsdp_with_parameter_offload_is_refused_at_start_up(tmp_path, monkeypatch):
+    """`fsdp_offload_params: true` keeps every shard in CPU memory; the loss gathers the lm_heads itself, outside
+    their forwards, so it would gather CPU shards (and run on the CPU): refused, naming the field, from the launch's
+    environment before loading and from the accelerator's plugin once it exists."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    args = types.SimpleNamespace(use_cpu=False, fsdp=None, deepspeed=None)
+    with pytest.raises(SeadError, match="fsdp_offload_params: true is not supported"):
+        check_sharding(args, "MULTI_GPU", {"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}, final=False)
+    check_sharding(args, "MULTI_GPU", {"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "false"}, final=False)
+    offload = FullyShardedDataParallelPlugin(fsdp_version=2, cpu_offload=True)
+    plain = FullyShardedDataParallelPlugin(fsdp_version=2, cpu_offload=False)
+    with pytest.raises(SeadError, match="fsdp_offload_params"):
+        check_sharding(args, "FSDP", {"ACCELERATE_USE_FSDP": "true"}, plugin=offload)
+    check_sharding(args, "FSDP", {"ACCELERATE_USE_FSDP": "true"}, plugin=plain)
+    fsdp1 = FullyShardedDataParallelPlugin(fsdp_version=1, cpu_offload=True)
+    with pytest.raises(SeadError, match="fsdp_offload_params"):
+        check_sharding(args, "FSDP", {}, plugin=fsdp1)
+
+
 def test_the_trainer_refuses_fsdp_on_cpu(tmp_path, monkeypatch):
     from _tiny import tiny_trainer
 
@@ -165,6 +185,7 @@ def test_teacher_and_reference_hold_half_their_bytes_per_rank_and_the_step_is_un
             # the plan's per-GPU bytes: P x 4 / 2, against the measured shard (uneven rows: within 1%)
             assert frozen_bytes("fsdp2", facts.num_params, 4, 2, False) == pytest.approx(fsdp["local"], rel=0.01)
         assert rec["teacher_at_rest_is_sharded"]
+        assert rec["student_at_rest_after_a_no_grad_loss_is_sharded"]  # what TRL's vLLM weight sync reads next
         assert rec["sharded_loss"] == pytest.approx(rec["unsharded_loss"], rel=1e-6, abs=1e-9)
         assert rec["max_grad_diff"] <= 1e-6 and rec["max_grad"] > 1e-4  # a real gradient, reproduced
     for role in roles:

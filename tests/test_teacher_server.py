@@ -183,6 +183,14 @@ def test_check_refuses_a_teacher_with_another_tokenizer(teacher):
         _client(srv.url).check(K)  # without a tokenizer to compare, no check
 
 
+def test_a_server_started_with_skip_tokenizer_init_is_accepted_with_a_warning(teacher):
+    """`--skip-tokenizer-init` (the server decodes no returned token to text: the cheaper answers,
+    docs/scaling.md) has no /tokenize: the tokenizer cannot be compared, which is said, and the run goes on."""
+    with FakeVLLM(teacher, tokenizer(), max_logprobs=K, skip_tokenizer_init=True) as srv:
+        with pytest.warns(UserWarning, match="skip-tokenizer-init"):
+            _client(srv.url).check(K, tokenizer=tokenizer())
+
+
 def test_wait_until_ready_times_out_with_advice():
     client = _client(f"http://127.0.0.1:{_free_port()}")
     with pytest.raises(TeacherServerError, match=r"did not answer /health within 0.2 s.*teacher_server_startup_timeout"):
@@ -360,3 +368,60 @@ def test_sead_train_exits_4_with_a_checkpoint_when_the_server_fails(tmp_path, se
     server.fail_from = None
     assert main(["train", "--config", path, "--resume_from_checkpoint", "last"]) == 0
     assert "done, 3 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("width", [6, 0])
+def test_a_rank_whose_completions_are_all_empty_asks_the_server_as_often_as_the_others(tmp_path, server, width):
+    """zone_scope: step prefetches the served log-probs with the step's rollouts; every server request joins a
+    collective (`_ask_teacher_server`: one fault for every rank). A rank whose completions all have width 0 must
+    then ask exactly as often as a rank with text: once per micro-batch in the pre-pass, never again in the loss
+    (before, it dropped the prefetched answers and asked again inside the loss, alone: a hang under NCCL)."""
+    trainer = _served_trainer(tmp_path, server.url, zone_scope="step", max_steps=10)
+    calls = {"n": 0}
+    ask = trainer._ask_teacher_server
+
+    def counted(*args):
+        calls["n"] += 1
+        return ask(*args)
+
+    trainer._ask_teacher_server = counted
+    output = _inputs(trainer)
+    if width == 0:
+        output["completion_ids"] = output["completion_ids"][:, :0]
+        output["completion_mask"] = output["completion_mask"][:, :0]
+    trainer.model.train()
+    trainer._step_zone_cuts(output)
+    assert calls["n"] == 1  # one micro-batch of 4 rows
+    student = trainer.accelerator.unwrap_model(trainer.model)
+    loss, *_ = trainer._compute_loss(student, output, max(int(output["completion_mask"].sum()), 1))
+    assert calls["n"] == 1  # the loss used the prefetched answers
+    assert math.isfinite(loss.item()) and (loss.item() == 0.0) == (width == 0)
+
+
+def test_the_parser_equals_the_per_entry_loop_it_replaced_on_random_answers():
+    """The parser reads vLLM's order (most likely first) without sorting when it is strictly decreasing, and sorts
+    by (-logprob, rank, id) otherwise: the same output as the per-entry loop (sead.bench.served keeps it to time
+    against) on answers with ties, shuffled entries, and the sequence's token inside or outside the top-k."""
+    import random
+
+    from sead.bench.served import parse_prompt_logprobs_loop
+
+    rng = random.Random(0)
+    for trial in range(200):
+        k, n = rng.choice([1, 2, 8]), rng.randrange(2, 12)
+        seq = [rng.randrange(50) for _ in range(n)]
+        answer = [None]
+        for p in range(1, n):
+            ids = rng.sample([i for i in range(50) if i != seq[p]], k)  # k distinct ids besides the token
+            lps = sorted((-round(rng.random() * 3, 1) for _ in range(k + 1)), reverse=True)  # rounded: ties
+            if rng.random() < 0.5:  # the token inside the top-k: k entries
+                ids[rng.randrange(k)] = seq[p]
+                lps = lps[:k]
+            else:  # outside: the k, then the token with the lowest log-prob
+                ids = ids + [seq[p]]
+            entries = [(str(i), {"logprob": lp, "rank": r + 1}) for r, (i, lp) in enumerate(zip(ids, lps))]
+            if rng.random() < 0.3:
+                rng.shuffle(entries)
+            answer.append(dict(entries))
+        got = parse_prompt_logprobs(answer, seq, 1, k)
+        assert got == parse_prompt_logprobs_loop(answer, seq, 1, k), trial

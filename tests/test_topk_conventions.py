@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from sead.bench.topk_conventions import markdown, measure
+from sead.bench.profiles.topk_conventions import markdown, measure
 from sead.method.divergences import forward_kl, reverse_kl, topk_forward_kl, topk_reverse_kl
 
 

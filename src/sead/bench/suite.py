@@ -168,7 +168,7 @@ def bench_quality(
     for ``jobs`` long-lived worker processes (one job at a time each, one torch thread each; a process is reused
     so that it imports torch and TRL once; each job seeds its own run). ``overrides`` adds variants: ``{name:
     OPDConfig fields}`` (with a ``method``). ``mechanisms``: also measure the task's mechanisms on the
-    prepared student's rollouts (:mod:`sead.bench.profile_mechanisms`).
+    prepared student's rollouts (:mod:`sead.bench.profiles.mechanisms`).
     """
     from sead.experiments.settings import bench_size
     from sead.tasks import DEFAULT_TASK, get_task

@@ -88,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
                     results[what] = json.loads(p.read_text())
                     commands[what] = results[what].get("command", f"sead bench {what}")
                     break
+        for what, name in (("served", "served_cost.json"), ("gpu", "gpu_check.json")):  # measured by their scripts
+            p = args.results_dir / name
+            if p.exists():
+                results[what] = json.loads(p.read_text())
         # hand-written sections kept through a regeneration: the analysis, the real checkpoints' measurements
         parts = [args.results_dir / "analysis.md", args.results_dir / "real" / "real_checkpoints.md"]
         analysis = "\n\n".join(p.read_text().strip() for p in parts if p.exists())

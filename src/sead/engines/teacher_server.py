@@ -59,33 +59,25 @@ class _Malformed(ValueError):
     """An answer that does not have the shape this client expects (retried like a server fault)."""
 
 
-def _position(entry: Any, token: int, top_k: int, vocab_size: int | None, where: str):
-    """``(ids[k], logprobs[k], logprob of token)`` from one position's ``{id: {logprob, rank}}`` dict."""
-    if not isinstance(entry, dict):
-        raise _Malformed(f"{where}: expected a dict of log-probs, got {type(entry).__name__}")
-    items = []
+def _sorted_position(ids: list[int], lps: list[float], values: list, where: str, entry) -> tuple[list, list]:
+    """One position's ids and log-probs in the order ``(-logprob, rank, id)``, for a position whose log-probs are
+    not strictly decreasing as vLLM lists them (ties, or another order)."""
+    try:
+        ranks = [float(v.get("rank") or math.inf) for v in values]
+    except (TypeError, ValueError, AttributeError) as err:
+        raise _Malformed(f"{where}: bad rank in {entry!r}") from err
+    order = sorted(range(len(ids)), key=lambda j: (-lps[j], ranks[j], ids[j]))
+    return [ids[j] for j in order], [lps[j] for j in order]
+
+
+def _check_values(entry: Any, vocab_size: int | None, where: str) -> None:
+    """Every log-prob of a position finite and at most 0 (1e-4 of rounding), every id in ``[0, vocab_size)``."""
     for key, value in entry.items():
-        try:
-            tid, lp = int(key), float(value["logprob"])
-            rank = float(value.get("rank") or math.inf)
-        except (TypeError, ValueError, KeyError) as err:
-            raise _Malformed(f"{where}: bad entry {key!r}: {value!r}") from err
+        tid, lp = int(key), float(value["logprob"])
         if not math.isfinite(lp) or lp > 1e-4:
             raise _Malformed(f"{where}: log-prob {lp} of token {tid} is not a finite log-probability")
         if tid < 0 or (vocab_size is not None and tid >= vocab_size):
             raise _Malformed(f"{where}: token id {tid} is outside the vocabulary of {vocab_size}")
-        items.append((tid, lp, rank))
-    actual = next((x for x in items if x[0] == token), None)
-    if actual is None:
-        raise _Malformed(f"{where}: no log-prob for the sequence's token {token}")
-    if len(items) == top_k + 1:
-        top = [x for x in items if x[0] != token]  # the actual token came on top of the k
-    elif len(items) == top_k:
-        top = items  # the actual token is one of the k
-    else:
-        raise _Malformed(f"{where}: {len(items)} log-probs, expected {top_k} or {top_k + 1}")
-    top.sort(key=lambda x: (-x[1], x[2], x[0]))
-    return [x[0] for x in top], [x[1] for x in top], actual[1]
 
 
 def parse_prompt_logprobs(
@@ -93,19 +85,51 @@ def parse_prompt_logprobs(
 ) -> tuple[list[list[int]], list[list[float]], list[float]]:
     """Positions ``start .. len(sequence) - 1`` of one choice's ``prompt_logprobs``: per position the top-k
     ids and log-probs (most likely first) and the log-prob of ``sequence[p]``. Raises ``ValueError`` on an
-    answer of another shape (wrong length, a null or a missing entry, k entries that do not fit)."""
+    answer of another shape (wrong length, a null or a missing entry, k entries that do not fit, a value out of
+    range).
+
+    vLLM lists a position's entries most likely first (its own token first when it is not among the k, then the k
+    by rank): they are sorted by ``(-logprob, rank, id)`` only where they are not strictly decreasing. A 17k-token
+    rollout at k = 64 has over a million entries, so the per-entry work is list comprehensions and one range check
+    over all of them (``min`` / ``max``); a position is looked at again only to name a bad value."""
     if not isinstance(prompt_logprobs, list) or len(prompt_logprobs) != len(sequence):
         n = len(prompt_logprobs) if isinstance(prompt_logprobs, list) else type(prompt_logprobs).__name__
         raise _Malformed(f"prompt_logprobs has {n} positions for a sequence of {len(sequence)} tokens")
     if start < 1:
         raise ValueError("the first token of a sequence has no teacher log-prob: start must be >= 1")
-    ids, lps, sampled = [], [], []
+    out_ids, out_lps, sampled, flat_ids, flat_lps = [], [], [], [], []
+    k1 = top_k + 1
     for p in range(start, len(sequence)):
-        i, lp, s = _position(prompt_logprobs[p], int(sequence[p]), top_k, vocab_size, f"position {p}")
-        ids.append(i)
-        lps.append(lp)
-        sampled.append(s)
-    return ids, lps, sampled
+        entry, token = prompt_logprobs[p], int(sequence[p])
+        if not isinstance(entry, dict):
+            raise _Malformed(f"position {p}: expected a dict of log-probs, got {type(entry).__name__}")
+        try:
+            ids = list(map(int, entry))
+            values = list(entry.values())
+            lps = [float(v["logprob"]) for v in values]
+        except (TypeError, ValueError, KeyError) as err:
+            raise _Malformed(f"position {p}: bad entry in {entry!r}") from err
+        try:
+            at = ids.index(token)
+        except ValueError:
+            raise _Malformed(f"position {p}: no log-prob for the sequence's token {token}") from None
+        sampled.append(lps[at])
+        flat_ids += ids
+        flat_lps += lps
+        if len(ids) == k1:  # the actual token came on top of the k
+            del ids[at], lps[at], values[at]
+        elif len(ids) != top_k:
+            raise _Malformed(f"position {p}: {len(ids)} log-probs, expected {top_k} or {k1}")
+        if top_k > 1 and (sorted(lps, reverse=True) != lps or len(set(lps)) != top_k):
+            ids, lps = _sorted_position(ids, lps, values, f"position {p}", entry)
+        out_ids.append(ids)
+        out_lps.append(lps)
+    bad_lp = flat_lps and (max(flat_lps) > 1e-4 or not all(map(math.isfinite, flat_lps)))
+    bad_id = flat_ids and (min(flat_ids) < 0 or (vocab_size is not None and max(flat_ids) >= vocab_size))
+    if bad_lp or bad_id:  # name the first bad position
+        for p in range(start, len(sequence)):
+            _check_values(prompt_logprobs[p], vocab_size, f"position {p}")
+    return out_ids, out_lps, sampled
 
 
 def _valid_lengths(completion_mask_BT: torch.Tensor) -> list[int]:
@@ -249,6 +273,13 @@ class TeacherServer:
                 parse=lambda d: [int(t) for t in d["tokens"]],
             )  # fmt: skip
         except TeacherServerError as err:
+            if "Tokenizer not available" in str(err):  # started with --skip-tokenizer-init: ids in, ids out
+                warnings.warn(
+                    f"sead: the teacher server at {self.url} runs without a tokenizer (--skip-tokenizer-init): "
+                    "that the teacher tokenizes text like the student was not checked; the vocabulary size still is.",
+                    stacklevel=2,
+                )
+                return
             if "HTTP 404" not in str(err):
                 raise
             warnings.warn(f"sead: the teacher server has no /tokenize; its tokenizer was not checked ({err})", stacklevel=2)

@@ -27,7 +27,7 @@ from typing import Any
 
 from sead.plan.models import ModelFacts
 
-__all__ = ["ACCELERATE_CONFIGS", "ASSUMPTIONS", "STRATEGIES", "STRATEGY_NAMES", "GiB", "PlanInputs", "frozen_bytes", "plan_memory", "plan_teacher_server", "uses_fused_loss"]
+__all__ = ["ACCELERATE_CONFIGS", "ASSUMPTIONS", "STRATEGIES", "STRATEGY_NAMES", "GiB", "PlanInputs", "frozen_bytes", "fsdp2_unsharded_grad_bytes", "plan_memory", "plan_teacher_server", "uses_fused_loss"]
 
 GiB = 1024**3
 STRATEGIES = ("ddp", "zero2", "fsdp2", "zero3")  # order of preference: simplest first
@@ -86,6 +86,7 @@ class PlanInputs:
     vllm_tensor_parallel_size: int = 1
     ds3_gather_for_generation: bool = True
     optimizer_8bit: bool = False
+    sync_each_batch: bool = False  # accelerator_config.gradient_accumulation_kwargs.sync_each_batch
     teacher_served: bool = False  # teacher_server_url: no teacher on the training GPUs
     teacher_server_top_k: int = 64
     notes: list[str] = field(default_factory=list)
@@ -105,15 +106,38 @@ class PlanInputs:
 
 
 def _student_bytes_per_param(strategy: str, inp: PlanInputs) -> tuple[int, int, int]:
-    """(weights, gradients, optimizer) bytes per student parameter before sharding."""
+    """(weights, gradients, optimizer) bytes per student parameter before sharding.
+
+    DeepSpeed with bf16/fp16: a half-precision module, an fp32 master copy and two fp32 moments (2, 2, 4 + 8).
+    DDP trains the parameters in their loaded dtype ``w`` (autocast computes in bf16): ``(w, w, 2w)``. FSDP2 under
+    mixed precision trains fp32 shards whatever the loaded dtype: accelerate's ``fsdp2_prepare_model`` upcasts every
+    trainable parameter to fp32 (its ``MixedPrecisionPolicy`` casts only the gathered copy to bf16): (4, 4, 8)."""
     deepspeed = strategy in ("zero2", "zero3")
     moments = 2 if inp.optimizer_8bit else None
     if deepspeed:
         if inp.mixed_precision:  # bf16 module + fp32 master copy and fp32 Adam moments in the optimizer
             return 2, 2, 4 + (moments or 8)
         return 4, 4, moments or 8
-    w = inp.student_load_bytes  # DDP / FSDP2 train the parameters in their loaded dtype (autocast for bf16)
+    w = inp.student_load_bytes
+    if strategy == "fsdp2" and inp.mixed_precision:
+        w = 4  # accelerate upcasts trainable parameters to fp32 under FSDP2 mixed precision
     return w, w, moments or 2 * w
+
+
+def fsdp2_unsharded_grad_bytes(inp: PlanInputs) -> int:
+    """Per-GPU bytes of FSDP2's unsharded gradients during gradient accumulation: ``P x b``, ``b`` = 2 under bf16 /
+    fp16 mixed precision (the policy's ``param_dtype`` = ``reduce_dtype``, accelerate's setting) else the trained
+    dtype; 0 with one micro-batch per step or ``sync_each_batch``.
+
+    HF's Trainer runs every micro-batch but the last of an optimizer step under ``accelerator.no_sync``; for FSDP2
+    that is ``set_requires_gradient_sync(False)``: no reduce-scatter, each unit keeps its *unsharded* gradient
+    (accumulated in ``reduce_dtype``) until the step's last micro-batch. ``sync_each_batch: true``
+    (``accelerator_config.gradient_accumulation_kwargs``) reduce-scatters every micro-batch instead: no unsharded
+    copy, one gradient reduce-scatter per micro-batch instead of per step."""
+    if inp.grad_accum <= 1 or inp.sync_each_batch:
+        return 0
+    b = 2 if inp.mixed_precision else _student_bytes_per_param("fsdp2", inp)[1]
+    return inp.student.num_params * b
 
 
 def _shards(strategy: str, n: int) -> dict[str, int]:
@@ -261,9 +285,12 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
         reference = frozen_bytes(strategy, P, inp.student_load_bytes, n, mixed) if inp.reference_model else 0
         gather = 0
         if strategy in ("zero3", "fsdp2"):
-            t_bytes = 2 if strategy == "zero3" and mixed else inp.teacher_load_bytes
+            # the gathered copy: bf16 under mixed precision (ZeRO-3's module, FSDP2's param_dtype), else as held
+            t_bytes = 2 if mixed else inp.teacher_load_bytes
+            s_bytes = 2 if mixed else wb
             teacher_layer = 0 if inp.teacher_served else t.layer_params * t_bytes
-            gather = ASSUMPTIONS["gathered_layers"] * max(s.layer_params * wb, teacher_layer)
+            gather = ASSUMPTIONS["gathered_layers"] * max(s.layer_params * s_bytes, teacher_layer)
+        unsharded_grads = fsdp2_unsharded_grad_bytes(inp) if strategy == "fsdp2" else 0
         gen_extra = 0
         if strategy == "zero3" and not inp.use_vllm and inp.ds3_gather_for_generation:
             gen_extra = P * wb  # TRL gathers the whole student for HF generate under ZeRO-3
@@ -274,12 +301,13 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
         rollout_ws = max(vllm_reserved + student_gen + gen_extra, vllm_in_train + teacher_kv)
         static = weights + optim + teacher + reference + overhead + gather
         rollout_phase = static + teacher_vllm + rollout_ws
-        train_phase = static + grads + vllm_in_train + teacher_vllm + train_ws
+        train_phase = static + grads + unsharded_grads + vllm_in_train + teacher_vllm + train_ws
         peak = max(rollout_phase, train_phase)
         results[strategy] = {
             "components": {
                 "student weights": weights,
                 "student gradients": grads,
+                "FSDP2 unsharded gradients (no_sync)": unsharded_grads,
                 "optimizer (AdamW)": optim,
                 "teacher weights": teacher,
                 "reference weights": reference,
@@ -301,6 +329,21 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
             "peak": peak,
             "fits": peak <= usable,
         }
+    unsharded = results["fsdp2"]["components"]["FSDP2 unsharded gradients (no_sync)"]
+    if unsharded:
+        notes.append(
+            f"FSDP2 with {inp.grad_accum} micro-batches per step: HF's Trainer runs all but the last under no_sync, "
+            f"where FSDP2 keeps every gradient unsharded ({unsharded / GiB:.1f} GiB per GPU, counted in the training "
+            "phase with the sharded ones: an upper bound). accelerator_config: {gradient_accumulation_kwargs: "
+            f"{{sync_each_batch: true}}}} reduce-scatters every micro-batch instead: {unsharded / GiB:.1f} GiB less, "
+            f"{inp.grad_accum} gradient reduce-scatters per step instead of one."
+        )
+    if inp.mixed_precision and inp.student_load_bytes == 2:
+        notes.append(
+            "the student loads in bf16: under DDP it trains in pure bf16 (bf16 weights, gradients and AdamW moments, "
+            "no fp32 master weights); under FSDP2 accelerate upcasts its trainable parameters to fp32 (counted: 16 "
+            "bytes per parameter / N); DeepSpeed keeps fp32 master weights."
+        )
     fitting = [k for k in STRATEGIES if results[k]["fits"]]
     recommended = fitting[0] if fitting else None
     return {

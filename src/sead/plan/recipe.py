@@ -24,6 +24,15 @@ def _init_dtype_bytes(kwargs: Any, auto_bytes: int, default: int) -> int:
     return _dtype_bytes(dtype, default)
 
 
+def _sync_each_batch(cfg) -> bool:
+    """``accelerator_config.gradient_accumulation_kwargs.sync_each_batch`` of a parsed config (an ``AcceleratorConfig``
+    or a dict)."""
+    acc = getattr(cfg, "accelerator_config", None)
+    kwargs = acc.get("gradient_accumulation_kwargs") if isinstance(acc, dict) else getattr(
+        acc, "gradient_accumulation_kwargs", None)  # fmt: skip
+    return bool((kwargs or {}).get("sync_each_batch", False))
+
+
 def plan_recipe(
     script,
     cfg,
@@ -65,11 +74,6 @@ def plan_recipe(
             "the teacher loads in float32 (no dtype in teacher_model_init_kwargs): set teacher_model_init_kwargs: "
             "{dtype: bfloat16} to halve it."
         )
-    if mixed and student_bytes == 2:
-        notes.append(
-            "the student loads in bf16: under DDP/FSDP2 it trains in pure bf16 (bf16 AdamW moments, no fp32 master "
-            "weights); DeepSpeed keeps fp32 master weights."
-        )
     ckpt = getattr(cfg, "activation_checkpointing", None)
     if ckpt is None:
         ckpt = cfg.gradient_checkpointing
@@ -107,6 +111,7 @@ def plan_recipe(
         vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
         ds3_gather_for_generation=bool(cfg.ds3_gather_for_generation),
         optimizer_8bit="8bit" in str(getattr(cfg.optim, "value", cfg.optim)),
+        sync_each_batch=_sync_each_batch(cfg),
         teacher_served=served,
         teacher_server_top_k=cfg.teacher_server_top_k,
         notes=notes,

@@ -97,8 +97,8 @@ def format_plan(plan: dict[str, Any]) -> str:
             )
         if r in ("zero3", "fsdp2"):
             lines.append(
-                "  caution: not run on GPUs. FSDP2 sharding of student, teacher and reference ran on 2 CPU processes "
-                "(gloo); ZeRO-3 has not run at all (docs/scaling.md, 'What is sharded where')."
+                "  caution: not run on GPUs. FSDP2 sharding of student, teacher and reference and DeepSpeed ZeRO-3 "
+                "training ran on 2 CPU processes only (gloo; docs/scaling.md, 'What is sharded where')."
             )
     else:
         lines.append("recommended: none of DDP / ZeRO-2 / FSDP2 / ZeRO-3 fits.")

@@ -197,7 +197,7 @@ def join_background(child, what: str) -> None:
     if child.exitcode != 0:
         raise SeadError(
             f"training the {what} in a second process failed (exit code {child.exitcode}); run "
-            "`python -m sead.bench.profile_mechanisms` or prepare_models(parallel=False) to see the error here"
+            "`python -m sead.bench.profiles.mechanisms` or prepare_models(parallel=False) to see the error here"
         )
 
 

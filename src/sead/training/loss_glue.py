@@ -25,6 +25,7 @@ from sead.losses.fused import LMHead, SparseTeacher, fused_objective, fused_zone
 from sead.losses.objective import logits_objective
 from sead.method.logit_transforms import IDENTITY, LogitTransform, check_output_transform, logit_transform_of
 from sead.method.zones import ZoneThresholds, zone_thresholds, zones_from_thresholds
+from sead.training.nonfinite import stand_in_loss
 from sead.utils.errors import NonFiniteError, SeadError
 
 __all__ = ["LossGlue", "MULTIMODAL_KEYS", "full_tensor", "project"]
@@ -85,6 +86,24 @@ def _lm_head(model, hidden: torch.Tensor, transform: LogitTransform, rows: int |
     return LMHead(hidden.to(weight.device), weight, bias, transform)
 
 
+def _one_masked_column(inputs: dict[str, Any], pad_token_id: int) -> dict[str, Any]:
+    """A micro-batch whose completions are all empty (width 0), with one masked pad column instead: the shapes stay
+    valid (TRL's slicing by ``-logits_to_keep`` would otherwise keep the whole sequence). A served teacher's
+    prefetched answers get the same masked column (zeros: never read), so this micro-batch, like every other one of
+    the step, asks the server nothing more; the sampler's log-probs are dropped (nothing is sampled)."""
+    inputs = dict(inputs)
+    inputs["completion_ids"] = torch.full_like(inputs["prompt_ids"][:, :1], pad_token_id)
+    inputs["completion_mask"] = torch.zeros_like(inputs["prompt_mask"][:, :1])
+    for key in SERVED_KEYS:
+        if key in inputs:
+            t = inputs[key]
+            inputs[key] = t.new_zeros((t.shape[0], 1, *t.shape[2:]))
+    if inputs.get("tool_mask") is not None:
+        inputs["tool_mask"] = torch.ones_like(inputs["completion_mask"])
+    inputs.pop("sampler_logprobs", None)
+    return inputs
+
+
 def _is_sharded_or_meta(model) -> bool:
     from sead.training.sharding import is_partitioned
 
@@ -106,7 +125,9 @@ class LossGlue:
         if _is_sharded_or_meta(model):
             return logit_transform_of(model.config)
         try:
-            with torch.no_grad():
+            # under the launch's autocast: a teacher prepared by accelerate already runs its forward in it, and the
+            # check's own projection must be computed the same way (else bf16 rounding reads as a transform)
+            with torch.no_grad(), self._autocast():
                 return check_output_transform(model)
         except ValueError as err:
             raise SeadError(
@@ -171,18 +192,30 @@ class LossGlue:
         reference gathers its parameters in its own forward, as TRL's teacher does)."""
         wrapped.eval()
         unwrapped = self.accelerator.unwrap_model(wrapped)
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             hidden = self._forward_redirection(
                 wrapped, unwrapped, self._get_last_hidden_state, unwrapped, input_ids, attention_mask, logits_to_keep
             )
         return unwrapped, hidden
 
-    def _teacher_input(self, inputs, input_ids, attention_mask, logits_to_keep) -> LMHead | SparseTeacher:
-        """The teacher as the objective takes it: its hidden states and head, or a served teacher's top-k
-        log-probs at every completion position (prefetched with the step's rollouts, or asked for now)."""
+    def _autocast(self):
+        """The launch's mixed precision for a model forward sead runs itself (``accelerator.autocast()``: bf16 /
+        fp16 autocast under DDP, FSDP and one process; nothing under DeepSpeed, whose engine holds bf16 weights, or
+        without mixed precision).
+
+        accelerate applies mixed precision by wrapping each prepared model's instance ``forward`` in autocast. TRL's
+        ``_ForwardRedirection`` replaces that instance ``forward`` for the call it redirects, and the backbone
+        (``model.model``) is called directly: without this, every forward of student, teacher and reference ran in
+        fp32 under DDP (twice the activation memory ``sead plan`` counts, and no bf16 tensor-core matmuls). Only
+        the forwards: the loss itself projects in fp32 (:mod:`sead.losses.fused`)."""
+        return self.accelerator.autocast()
+
+    def _teacher_forward(self, inputs, input_ids, attention_mask, logits_to_keep):
+        """The teacher's side of the loss: ``(model, hidden states)`` of a local teacher (its forward runs now), or
+        a served teacher's top-k log-probs at every completion position (prefetched with the step's rollouts, or
+        asked for now) as a :class:`SparseTeacher`."""
         if self.teacher_server is None:
-            teacher, h_t = self._frozen_hidden(self.teacher_model, input_ids, attention_mask, logits_to_keep)
-            return _lm_head(teacher, h_t, self.logit_transforms["teacher"], self.shared_rows)
+            return self._frozen_hidden(self.teacher_model, input_ids, attention_mask, logits_to_keep)
         if all(key in inputs for key in SERVED_KEYS):
             return SparseTeacher(*(inputs[key] for key in SERVED_KEYS))
         return self._served_sparse(inputs)
@@ -195,11 +228,36 @@ class LossGlue:
             self._served_top_k,
         )  # fmt: skip
 
-    def _reference_input(self, input_ids, attention_mask, logits_to_keep) -> LMHead | None:
+    def _reference_forward(self, input_ids, attention_mask, logits_to_keep):
+        """SG-OPD's reference: ``(model, hidden states)``, or ``None`` without the sign gate or a reference model."""
         if not (self.args.sign_gate and self.ref_model is not None):
             return None
-        reference, h_ref = self._frozen_hidden(self.ref_model, input_ids, attention_mask, logits_to_keep)
-        return _lm_head(reference, h_ref, self.logit_transforms["reference"], self.shared_rows)
+        return self._frozen_hidden(self.ref_model, input_ids, attention_mask, logits_to_keep)
+
+    def _heads(self, student, h_s, teacher, reference) -> tuple[LMHead, LMHead | SparseTeacher, LMHead | None]:
+        """The objective's inputs from the forwards' outputs (``teacher`` / ``reference``: ``(model, hidden)``, a
+        :class:`SparseTeacher` or ``None``). Under ZeRO-3 it runs inside :meth:`_gathered_heads`."""
+        t = self.logit_transforms
+        rows = self.shared_rows
+        s_head = _lm_head(student, h_s, t["student"], rows)
+        t_head = teacher if not isinstance(teacher, tuple) else _lm_head(*teacher, t["teacher"], rows)
+        r_head = None if reference is None else _lm_head(*reference, t["reference"], rows)
+        return s_head, t_head, r_head
+
+    @staticmethod
+    def _gathered_heads(student, teacher, reference, train: bool):
+        """The ``lm_head``s of the student, a local teacher and the reference readable for the loss
+        (:func:`sead.training.sharding.zero3_gathered`): under DeepSpeed ZeRO-3 their weights are empty outside
+        their modules' forwards. Entered after every forward has run (a model's forward partitions its parameters
+        again as it ends). ``train``: the student's head gets a gradient; the block runs inside the student's
+        forward, which then owns the head (gathered with it for the backward)."""
+        from sead.training.sharding import zero3_gathered
+
+        params = []
+        for model in (student, *(m[0] for m in (teacher, reference) if isinstance(m, tuple))):
+            head = model.get_output_embeddings()
+            params += [head.weight, head.bias]
+        return zero3_gathered(params, owner=student if train else None)
 
     def _loss_mask(self, inputs) -> torch.Tensor:
         """The completion tokens the loss is taken over: TRL's ``completion_mask``, without tool-result tokens
@@ -213,35 +271,40 @@ class LossGlue:
             mask_BT = mask_BT * (inputs["completion_ids"] < self.shared_rows).to(mask_BT.dtype)
         return mask_BT
 
-    # ---- TRL's hook -----------------------------------------------------------------------------------
+    # ---- TRL's hooks ----------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's ``compute_loss``; after a loss without gradients (evaluation) an FSDP2 student is resharded
+        (:func:`sead.training.sharding.reshard_fsdp2`: its root unit would stay gathered until the next backward)."""
+        from sead.training.sharding import reshard_fsdp2
+
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if not torch.is_grad_enabled():
+            reshard_fsdp2(model)
+        return out
+
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
         if inputs["completion_ids"].size(1) == 0:
-            # Every completion of this micro-batch is empty: one masked pad column keeps the shapes valid
-            # (TRL's slicing by `-logits_to_keep` would otherwise keep the whole sequence).
-            inputs = dict(inputs)
-            column = torch.full_like(inputs["prompt_ids"][:, :1], self._tokenizer.pad_token_id)
-            inputs["completion_ids"] = column
-            inputs["completion_mask"] = torch.zeros_like(inputs["prompt_mask"][:, :1])
-            for key in (*SERVED_KEYS, "sampler_logprobs"):
-                inputs.pop(key, None)
+            inputs = _one_masked_column(inputs, self._tokenizer.pad_token_id)
         self._refuse_multimodal(inputs)
         input_ids, attention_mask, logits_to_keep = self._sequences(inputs)
         mask_BT = self._loss_mask(inputs)
-        h_s = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
-        student = _lm_head(unwrapped_student, h_s, self.logit_transforms["student"], self.shared_rows)
-        teacher = self._teacher_input(inputs, input_ids, attention_mask, logits_to_keep)
-        reference = self._reference_input(input_ids, attention_mask, logits_to_keep)
-        mask_BT = mask_BT.to(student.weight.device)
+        with self._autocast():
+            h_s = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
+        t_side = self._teacher_forward(inputs, input_ids, attention_mask, logits_to_keep)
+        r_side = self._reference_forward(input_ids, attention_mask, logits_to_keep)
         alpha, common = self._loss_common(num_items_in_batch, inputs)
-        try:
-            self._check_finite(student, teacher, reference, mask_BT)
-            out = self._objective(student, teacher, reference, mask_BT, inputs, common)
-            if not torch.isfinite(out.loss.detach()):
-                raise NonFiniteError(f"the loss is {out.loss.item()}")
-        except ValueError as err:
-            if not (isinstance(err, NonFiniteError) or _NONFINITE_MESSAGE.search(str(err))):
-                raise
-            return self._refuse_nonfinite(str(err), h_s, unwrapped_student.get_output_embeddings(), mask_BT)
+        with self._gathered_heads(unwrapped_student, t_side, r_side, train=torch.is_grad_enabled()):
+            student, teacher, reference = self._heads(unwrapped_student, h_s, t_side, r_side)
+            mask_BT = mask_BT.to(student.weight.device)
+            try:
+                self._check_finite(student, teacher, reference, mask_BT)
+                out = self._objective(student, teacher, reference, mask_BT, inputs, common)
+                if not torch.isfinite(out.loss.detach()):
+                    raise NonFiniteError(f"the loss is {out.loss.item()}")
+            except ValueError as err:
+                if not (isinstance(err, NonFiniteError) or _NONFINITE_MESSAGE.search(str(err))):
+                    raise
+                return self._refuse_nonfinite(str(err), h_s, unwrapped_student.get_output_embeddings(), mask_BT)
         self._log_loss_stats(out.stats, alpha)
         return (
             out.loss,
@@ -272,7 +335,7 @@ class LossGlue:
             )  # fmt: skip
 
         def logits(head: LMHead) -> torch.Tensor:  # the readable path: full [B, T, V] logits, fp32
-            z = head.hidden @ head.weight.T
+            z = head.hidden.to(head.weight.dtype) @ head.weight.T  # bf16 hidden states of an autocast forward
             if head.bias is not None:
                 z = z + head.bias
             return head.transform(z.float())
@@ -301,30 +364,30 @@ class LossGlue:
         for start in range(0, rows, step):
             part = {k: v[start : start + step] for k, v in output.items() if isinstance(v, torch.Tensor) and v.ndim > 0}
             if part["completion_ids"].size(1) == 0:  # one masked column: every process runs the same forwards
-                pad_id = self._tokenizer.pad_token_id
-                part["completion_ids"] = torch.full_like(part["prompt_ids"][:, :1], pad_id)
-                part["completion_mask"] = torch.zeros_like(part["prompt_mask"][:, :1])
+                part = _one_masked_column(part, self._tokenizer.pad_token_id)
             input_ids, attention_mask, logits_to_keep = self._sequences(part)
             mask_BT = self._loss_mask(part)
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():  # the hidden states the loss will see (same precision)
                 h_s = self._forward_redirection(
                     wrapped, student_model, self._get_last_hidden_state, student_model,
                     input_ids, attention_mask, logits_to_keep,
                 )  # fmt: skip
-            student = _lm_head(student_model, h_s, self.logit_transforms["student"], self.shared_rows)
-            teacher = self._teacher_input(part, input_ids, attention_mask, logits_to_keep)
-            if isinstance(teacher, SparseTeacher):
-                served.append(teacher)
-            mask_BT = mask_BT.to(student.weight.device)
-            try:
-                h_t, h_s = fused_zone_entropies(
-                    student, teacher, mask_BT, entropy_top_k=args.entropy_top_k, entropy_support=args.entropy_support,
-                    temperature=self.temperature, chunk_size=args.loss_chunk_size, zone_precision=args.zone_precision,
-                )  # fmt: skip
-            except ValueError as err:
-                if not _NONFINITE_MESSAGE.search(str(err)):
-                    raise
-                continue  # its micro-batch's loss refuses the NaN (the step is dropped): no entropies from it
+            t_side = self._teacher_forward(part, input_ids, attention_mask, logits_to_keep)
+            if isinstance(t_side, SparseTeacher):
+                served.append(t_side)
+            with self._gathered_heads(student_model, t_side, None, train=False):
+                student, teacher, _ = self._heads(student_model, h_s, t_side, None)
+                mask_BT = mask_BT.to(student.weight.device)
+                try:
+                    h_t, h_s = fused_zone_entropies(
+                        student, teacher, mask_BT, entropy_top_k=args.entropy_top_k,
+                        entropy_support=args.entropy_support, temperature=self.temperature,
+                        chunk_size=args.loss_chunk_size, zone_precision=args.zone_precision,
+                    )  # fmt: skip
+                except ValueError as err:
+                    if not _NONFINITE_MESSAGE.search(str(err)):
+                        raise
+                    continue  # its micro-batch's loss refuses the NaN (the step is dropped): no entropies from it
             valid = mask_BT.bool()
             h_t_parts.append(h_t[valid].float())
             h_s_parts.append(h_s[valid].float())
@@ -340,7 +403,9 @@ class LossGlue:
             zones = zones_from_thresholds(pooled[:, 0], pooled[:, 1], torch.ones(pooled.shape[0]), cuts)
             self._metrics["train"]["sead/step_scope_tokens"].append(float(pooled.shape[0]))
             self._metrics["train"]["sead/step_frac_skip"].append(float((zones == 0).double().mean()))
-        if served and output["completion_ids"].size(1) > 0:
+        if served:
+            # kept on every rank, also where every completion is empty (width 0): whether the loss asks the server
+            # again must be the same on every rank (each request joins a collective, `_ask_teacher_server`)
             self._keep_served(output, served)
 
     def _gather_rows(self, rows_NC: torch.Tensor) -> torch.Tensor:
@@ -381,16 +446,17 @@ class LossGlue:
                 raise NonFiniteError(f"{name} hidden states contain NaN or inf")
 
     def _refuse_nonfinite(self, reason: str, h_s, head_s, mask_BT):
-        """The micro-step's loss is replaced by an exact zero that still reaches every trainable parameter
-        (DDP expects a gradient for each); :class:`_NonFiniteGuard` then drops the whole optimizer step on
-        every rank, or stops training, per ``nonfinite_policy``."""
+        """The micro-step trains on a stand-in loss that reaches every trainable parameter (DDP expects a gradient
+        for each): an exact zero, or under DeepSpeed one with a NaN gradient, which DeepSpeed's own check drops
+        (:func:`sead.training.nonfinite.stand_in_loss`); :class:`sead.training.nonfinite.NonFiniteGuard` then drops
+        the whole optimizer step on every rank, or stops training, per ``nonfinite_policy``."""
         if not self.model.training and self.args.nonfinite_policy == "error":
             raise NonFiniteError(f"non-finite values during evaluation at step {self.state.global_step}: {reason}")
         if self.model.training and self._nonfinite_reason is None:
             self._nonfinite_reason = reason
-        zero = (h_s * 0).sum() + sum((p * 0).sum() for p in head_s.parameters() if p.requires_grad)
-        zero = torch.nan_to_num(zero, nan=0.0, posinf=0.0, neginf=0.0)
-        return zero, zero.detach(), mask_BT.sum()
+        poison = self.model.training and bool(getattr(self, "is_deepspeed_enabled", False))
+        loss = stand_in_loss(h_s, head_s.parameters(), poison=poison)
+        return loss, torch.zeros_like(loss).detach(), mask_BT.sum()
 
     def _log_loss_stats(self, stats: dict[str, float], alpha: float) -> None:
         mode = "train" if self.model.training else "eval"

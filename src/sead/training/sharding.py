@@ -26,8 +26,10 @@ A launch that asks for FSDP or DeepSpeed (``accelerate launch`` with such a conf
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -38,12 +40,15 @@ __all__ = [
     "requested_sharding",
     "sharding_refusal",
     "check_sharding",
+    "fsdp_offload_refusal",
     "deepspeed_stage",
     "prepare_frozen",
     "shard_frozen_fsdp2",
     "frozen_copy",
     "reload_model",
     "is_partitioned",
+    "zero3_gathered",
+    "reshard_fsdp2",
     "local_param_bytes",
     "full_param_bytes",
 ]
@@ -98,14 +103,52 @@ def sharding_refusal(
     )
 
 
-def check_sharding(args, distributed_type: Any, environ=None, final: bool = True) -> None:
-    """Raise :class:`SeadError` with :func:`sharding_refusal`'s reason when the launch's sharding would not happen."""
+def _offloads(cpu_offload: Any) -> bool:
+    """Whether an FSDP plugin's ``cpu_offload`` keeps the parameter shards on the CPU (FSDP2: ``CPUOffloadPolicy``;
+    FSDP1: ``CPUOffload(offload_params=True)``; ``OffloadPolicy()`` is FSDP2's no-offload)."""
+    if isinstance(cpu_offload, bool):
+        return cpu_offload
+    if type(cpu_offload).__name__ == "CPUOffloadPolicy":
+        return True
+    return bool(getattr(cpu_offload, "offload_params", False))
+
+
+def fsdp_offload_refusal(args, environ=None, plugin=None) -> str | None:
+    """Why an FSDP launch with parameter offload (``fsdp_offload_params: true``: ``FSDP_OFFLOAD_PARAMS`` from
+    ``accelerate launch``, ``TrainingArguments.fsdp`` with ``offload``, or the plugin's ``cpu_offload``) is refused.
+
+    With offload every FSDP shard lives in CPU memory between forwards. FSDP copies a unit's shards to the GPU for
+    its own forward, but sead's loss gathers the ``lm_head`` weights itself, outside their forwards
+    (``full_tensor()`` in :mod:`sead.training.loss_glue`): the gather would start from CPU shards (NCCL takes GPU
+    tensors only) and the loss would run where the gathered head lies, on the CPU."""
+    env = os.environ if environ is None else environ
+    asked = str(env.get("FSDP_OFFLOAD_PARAMS", "false")).lower() in _TRUE
+    asked = asked or "offload" in str(getattr(args, "fsdp", "") or "")
+    asked = asked or (plugin is not None and _offloads(getattr(plugin, "cpu_offload", None)))
+    if not asked:
+        return None
+    return (
+        "fsdp_offload_params: true is not supported: the FSDP shards of the student, the teacher and the reference "
+        "would live in CPU memory, and sead's loss gathers the lm_head weights itself, outside their forwards "
+        "(the gather would start from CPU shards, and the loss would run on the CPU). Set fsdp_offload_params: "
+        "false in the accelerate config (recipes/accelerate/fsdp2.yaml); `sead plan` says what FSDP2 needs per GPU "
+        "without it."
+    )
+
+
+def check_sharding(args, distributed_type: Any, environ=None, final: bool = True, plugin=None) -> None:
+    """Raise :class:`SeadError` with :func:`sharding_refusal`'s reason when the launch's sharding would not happen,
+    or :func:`fsdp_offload_refusal`'s for an FSDP launch with parameter offload (``plugin``: the accelerator's FSDP
+    plugin, once it exists)."""
+    requested = requested_sharding(args, environ)
     reason = sharding_refusal(
-        requested_sharding(args, environ),
+        requested,
         distributed_type,
         use_cpu=bool(getattr(args, "use_cpu", False)),
         final=final,
     )
+    if reason is None and (requested == FSDP or plugin is not None):
+        reason = fsdp_offload_refusal(args, environ, plugin)
     if reason:
         raise SeadError(reason)
 
@@ -124,6 +167,60 @@ def is_partitioned(model: torch.nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(hasattr(p, "ds_id") or isinstance(p, DTensor) for p in model.parameters())
+
+
+def _zero3_available(p: torch.Tensor) -> bool:
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    return p.ds_status == ZeroParamStatus.AVAILABLE
+
+
+@contextlib.contextmanager
+def zero3_gathered(params: Iterable[torch.Tensor | None], owner: torch.nn.Module | None = None) -> Iterator[None]:
+    """Every DeepSpeed ZeRO-3 partition among ``params`` whole on this rank for the ``with`` block; any other
+    parameter (whole, an FSDP2 ``DTensor``, ``None``) as it is.
+
+    Under ZeRO-3 a partitioned parameter's data is ``torch.empty(0)`` outside its module's forward, and sead's loss
+    reads the ``lm_head`` weights without calling ``lm_head.forward``. Inside the block the partitions not gathered
+    now are gathered read-only (``deepspeed.zero.GatheredParameters(..., modifier_rank=None)``, a collective: every
+    rank enters the block together) and partitioned again on exit.
+
+    ``owner``: the module whose forward runs the block and whose loss's gradient reaches ``params`` (the student,
+    whose ``_compute_loss`` runs inside its root module's forward). The parameters are registered as its external
+    parameters (``deepspeed.zero.register_external_parameter``, DeepSpeed's route for a parameter used outside its
+    module's forward): ZeRO-3 then gathers them with ``owner``'s own parameters for every later forward and for the
+    backward, and reduce-scatters their gradient. Those already gathered by ``owner``'s forward are left alone
+    (partitioning them inside it would break it).
+    """
+    zero = [p for p in params if p is not None and hasattr(p, "ds_id")]
+    if not zero:
+        yield
+        return
+    from deepspeed.runtime.zero import GatheredParameters, register_external_parameter
+
+    if owner is not None:
+        for p in zero:
+            register_external_parameter(owner, p)  # a no-op when already registered
+    missing = [p for p in zero if not _zero3_available(p)]
+    if not missing:
+        yield
+        return
+    with GatheredParameters(missing, modifier_rank=None):
+        yield
+
+
+def reshard_fsdp2(model: torch.nn.Module) -> None:
+    """Every FSDP2 unit of ``model`` back to its shards (``FSDPModule.reshard()``; nothing for any other model).
+
+    FSDP2 keeps the root unit (embeddings, final norm, ``lm_head``) gathered after its forward, to be used at once by
+    the backward, which reshards it. After a forward without a backward (evaluation) it stays gathered: whole on
+    every rank until the next training backward, and plain ``Parameter``s where every other code path (TRL's vLLM
+    weight sync calls ``full_tensor()`` on each parameter, a sharded checkpoint) expects ``DTensor`` shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def frozen_copy(model: torch.nn.Module, load=None) -> torch.nn.Module:

@@ -26,7 +26,6 @@ import warnings
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DistillationTrainer
 from trl.trainer.utils import RepeatSampler, pad
@@ -41,6 +40,7 @@ from sead.method.curriculum import CompetenceCurriculum
 from sead.method.schedules import cosine_anneal, teacher_mix_ratio
 from sead.training.config import OPDConfig
 from sead.training.loss_glue import LossGlue
+from sead.training.nonfinite import NonFiniteGuard
 from sead.training.served_glue import ServedTeacherGlue, StepEndSnapshot
 from sead.training.sharding import (
     FSDP,
@@ -52,7 +52,7 @@ from sead.training.sharding import (
     reload_model,
 )
 from sead.training.startup import check_curriculum_opens, check_inputs, check_tokenizer_fits
-from sead.utils.errors import NonFiniteError, SeadError
+from sead.utils.errors import SeadError
 
 __all__ = ["OPDTrainer"]
 
@@ -103,43 +103,6 @@ class EpochSeededRepeatSampler(RepeatSampler):
         if self.shuffle:
             self.generator = torch.Generator().manual_seed(int(self.seed or 0) * 1_000_003 + self.epoch)
         return super().__iter__()
-
-
-class _NonFiniteGuard(TrainerCallback):
-    """Never applies a step with non-finite values (METHODS: numerical faults).
-
-    Just before the optimizer step, every rank learns whether any rank saw NaN or inf this step, in the
-    logits or the loss (flagged by ``_compute_loss``) or in the accumulated gradients. If so, the step is
-    dropped on every rank: with ``nonfinite_policy="error"`` training stops with a
-    :class:`~sead.utils.errors.NonFiniteError`; with ``"skip"`` the gradients are discarded (the optimizer skips
-    parameters without a gradient: no update, no change to its moments) and ``nonfinite_skipped_steps``
-    counts it. Deciding at this single point keeps all ranks in step.
-    """
-
-    def __init__(self, trainer: OPDTrainer):
-        self.trainer = trainer
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        t = self.trainer
-        reason = t._nonfinite_reason
-        if reason is None:
-            grads = [p.grad for p in t.model.parameters() if p.grad is not None]
-            if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-                reason = "the gradients contain NaN or inf"
-        flag = torch.tensor(0.0 if reason is None else 1.0, device=t.accelerator.device)
-        if t.accelerator.num_processes > 1:
-            flag = t.accelerator.reduce(flag, reduction="sum")
-        t._nonfinite_reason = None
-        if flag.item() == 0:
-            return
-        t.model.zero_grad(set_to_none=True)
-        if t.args.nonfinite_policy == "error":
-            raise NonFiniteError(
-                f"non-finite values at step {state.global_step + 1}: "
-                f"{reason or 'on another process'}. The step was not applied. Lower the learning rate, check "
-                "the teacher and the data, or set `nonfinite_policy: skip` to drop such steps and go on."
-            )
-        t.sead_counters["nonfinite_skipped_steps"] += 1
 
 
 class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
@@ -243,7 +206,7 @@ class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
         self.grade_counter = checked.grade_counter
         self.sead_counters = {"nonfinite_skipped_steps": 0, "grader_timeouts": 0, "grader_errors": 0}
         self._nonfinite_reason: str | None = None
-        self.add_callback(_NonFiniteGuard(self))
+        self.add_callback(NonFiniteGuard(self))
         self._step_end_snapshot = None
         if self.teacher_server is not None:
             self._step_end_snapshot = StepEndSnapshot(self)
@@ -263,7 +226,8 @@ class OPDTrainer(LossGlue, ServedTeacherGlue, DistillationTrainer):
         """Teacher and reference sharded as the launcher shards the student (:mod:`sead.training.sharding`). TRL prepared the
         teacher already: with DeepSpeed (stage 3 partitions it), otherwise with ``prepare_model(evaluation_mode=True)``,
         which under FSDP neither wraps nor shards it: sharded here."""
-        check_sharding(self.args, self.accelerator.distributed_type)
+        check_sharding(self.args, self.accelerator.distributed_type,
+                       plugin=getattr(self.accelerator.state, "fsdp_plugin", None))
         if self.teacher_model is not None and str(self.accelerator.distributed_type).endswith(FSDP):
             self.teacher_model = prepare_frozen(self.teacher_model, self.accelerator)
         self.ref_model = None

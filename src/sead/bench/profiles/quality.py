@@ -1,4 +1,4 @@
-"""What the curriculum feeds the student: ``python -m sead.bench.profile_quality [SEED [VARIANT ...]]``.
+"""What the curriculum feeds the student: ``python -m sead.bench.profiles.quality [SEED [VARIANT ...]]``.
 
 Runs one seed of the quality benchmark (``sead bench quality``: same prepared student, same data, same
 steps) for the given variants (default ``opd curriculum sead``) and keeps the training logs. Prints a

@@ -1,4 +1,4 @@
-"""How far each top-k convention is from the exact full-vocabulary KL: ``python -m sead.bench.topk_conventions``.
+"""How far each top-k convention is from the exact full-vocabulary KL: ``python -m sead.bench.profiles.topk_conventions``.
 
 On random logits of ``V`` ids, teacher ``z_T`` from one of two families, the student ``z_S = z_T + delta * g'``
 (``g' ~ N(0, 1)``): ``gaussian`` ``z_T = sigma * g`` (``g ~ N(0, 1)``; larger ``sigma`` = more peaked), and
@@ -72,7 +72,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sead.bench.topk_conventions", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m sead.bench.profiles.topk_conventions", description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=256, help="tokens per setting")
     p.add_argument("--v", type=int, default=32768, help="vocabulary size")
     p.add_argument("--k", type=int, default=64, help="top-k")

@@ -1,5 +1,5 @@
-"""Which tokens the zones skip, at the start of training: ``python -m sead.bench.profile_zones [N_PROMPTS [TASK]]``
-(default task: the demo's; ``python -m sead.bench.profile_mechanisms`` measures more, against the task's oracle).
+"""Which tokens the zones skip, at the start of training: ``python -m sead.bench.profiles.zones [N_PROMPTS [TASK]]``
+(default task: the demo's; ``python -m sead.bench.profiles.mechanisms`` measures more, against the task's oracle).
 
 Samples one rollout per training prompt from the prepared demo student (temperature 1), scores it with
 both models, decides SEAD's zones (top-64 entropies, teacher quantile 0.9, skip 0.5) over the teacher's

@@ -1,4 +1,4 @@
-"""Where the fused losses spend their time: ``python -m sead.bench.profile_loss [N V H [ROUNDS]]``.
+"""Where the fused losses spend their time: ``python -m sead.bench.profiles.loss [N V H [ROUNDS]]``.
 
 Runs ``torch.profiler`` over one forward+backward of the fused vanilla OPD loss and the fused SEAD loss
 (zone entropies over the teacher's top-k or each model's own; zone pass in fp32 or bf16; after one

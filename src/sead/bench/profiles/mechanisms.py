@@ -1,5 +1,5 @@
 """Measure a built-in task's mechanisms on the prepared student's rollouts:
-``python -m sead.bench.profile_mechanisms [--task sums] [--quick] [--prompts N] [--json FILE] [--png FILE]``.
+``python -m sead.bench.profiles.mechanisms [--task sums] [--quick] [--prompts N] [--json FILE] [--png FILE]``.
 
 Prepares (or loads from the cache) the task's teacher and student, samples one student rollout
 (temperature 1) per training prompt, and prints :func:`sead.experiments.mechanisms.format_summary`: the teacher's
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     from sead.experiments.mechanisms import format_summary, measure
     from sead.tasks import DEFAULT_TASK, get_task
 
-    p = argparse.ArgumentParser(prog="python -m sead.bench.profile_mechanisms")
+    p = argparse.ArgumentParser(prog="python -m sead.bench.profiles.mechanisms")
     p.add_argument("--task", default=DEFAULT_TASK)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--prompts", type=int, default=512)
