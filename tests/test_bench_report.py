@@ -81,12 +81,12 @@ def test_report_ratios_and_verdicts_are_hand_computed(tmp_path):
     assert _goal(text, "fused SEAD loss peak memory") == ("0.07x", "met")
     assert _goal(text, "fused SEAD loss time / our fused") == ("1.20x", "**missed**")
     # one-setting variants: rows with their ratios to TRL (3 / 12, 5.5 / 12) and to opd_fused (3 / 5, 5.5 / 5)
-    assert "| sead_fused_bf16zones | 4096 | 32768 | 3.00 | 0.25x | 0.60x | 320 | 0.05x |" in text
-    assert "| sead_fused_ownsupport | 4096 | 32768 | 5.50 | 0.46x | 1.10x | 330 | 0.06x |" in text
+    assert "| sead_fused_bf16zones | 4096 | 32768 | 512 | 3.00 | 0.25x | 0.60x | 320 | 0.05x |" in text
+    assert "| sead_fused_ownsupport | 4096 | 32768 | 512 | 5.50 | 0.46x | 1.10x | 330 | 0.06x |" in text
     # SG-OPD: 400 / 8000 = 0.05 <= 0.1 met; its time next to opd_fused: 6.5 / 5 = 1.30x, 16 / 12, 8000 / 6000
     assert _goal(text, "fused SG-OPD loss peak memory") == ("0.05x", "met")
-    assert "| sgopd_fused | 4096 | 32768 | 6.50 | 0.54x | 1.30x | 400 | 0.07x |" in text
-    assert "| sgopd_naive | 4096 | 32768 | 16.00 | 1.33x | 3.20x | 8000 | 1.33x |" in text
+    assert "| sgopd_fused | 4096 | 32768 | 512 | 6.50 | 0.54x | 1.30x | 400 | 0.07x |" in text
+    assert "| sgopd_naive | 4096 | 32768 | 512 | 16.00 | 1.33x | 3.20x | 8000 | 1.33x |" in text
     # 55 / 50 = 1.10 missed; 51 / 50 = 1.02 met
     assert _goal(text, "OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, default") == ("1.10x", "**missed**")
     assert _goal(text, "OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, log_pass_rate") == ("1.02x", "met")
@@ -99,7 +99,7 @@ def test_report_ratios_and_verdicts_are_hand_computed(tmp_path):
     assert _goal(text, "SG-OPD pass@k")[0].startswith("+7.0 pts") and _goal(text, "SG-OPD pass@k")[1] == "**missed**"
     assert _goal(text, "abs(our opd - TRL)")[0].startswith("+1.0 pts") and _goal(text, "abs(our opd - TRL)")[1] == "met"
     # loss table: time / TRL and peak / TRL of the naive row: 10 / 12, 4000 / 6000
-    assert "| naive | 4096 | 32768 | 10.00 | 0.83x | 2.00x | 4000 | 0.67x |" in text
+    assert "| naive | 4096 | 32768 | 512 | 10.00 | 0.83x | 2.00x | 4000 | 0.67x |" in text
     # quality: trl's per-level accuracy is the mean over its seeds: (100 + 80) / 2, (0 + 20) / 2; mean 50.0, sd 0.0
     row = next(line for line in text.splitlines() if line.startswith("| trl |") and "±" in line)
     assert row.startswith("| trl | 50.0 ± 0.0 | -1.0 [-13.7, +11.7] |") and "| 90/10 | 3 |" in row
@@ -136,24 +136,28 @@ def test_loss_bench_measures_each_shape_once_and_extras_at_the_goal_shape(monkey
     calls = []
 
     def fake_worker(args):
-        impl, n, v = args[1], int(args[3]), int(args[5])
-        calls.append((impl, n, v))
+        impl, n, v, h = args[1], int(args[3]), int(args[5]), int(args[7])
+        calls.append((impl, n, v, h))
         return {"impl": impl, "time_s": 1.0, "peak_mb": 1.0}
 
     monkeypatch.setattr(suite, "run_worker", fake_worker)
     monkeypatch.setattr(suite, "machine_facts", lambda: MACHINE)
-    res = suite.bench_loss(progress=False)
+    res = suite.bench_loss(progress=False, shapes=[(1024, 131072, 512), (4096, 131072, 512), (4096, 32768, 512)])
     assert len(calls) == len(set(calls))  # nothing measured twice
     # naive at V=131072 is shrunk to N=1024 for both requested N, measured once, reported for both
-    assert calls.count(("naive", 1024, 131072)) == 1
+    assert calls.count(("naive", 1024, 131072, 512)) == 1
     naive_rows = [r for r in res["rows"] if r["impl"] == "naive" and r["V"] == 131072]
     assert [(r["N"], r["N_requested"]) for r in naive_rows] == [(1024, 1024), (1024, 4096)]
-    extras = {(n, v) for impl, n, v in calls if impl in suite.LOSS_EXTRA_IMPLS}
+    extras = {(n, v, h) for impl, n, v, h in calls if impl in suite.LOSS_EXTRA_IMPLS}
     assert extras == {suite.LOSS_GOAL_SHAPE}
-    # every main implementation at every shape
-    for n, v in suite.LOSS_SHAPES_FULL:
+    # every main implementation at every shape of the full run, the real checkpoints' (V, H) with their names
+    calls.clear()
+    res = suite.bench_loss(progress=False)
+    for n, v, h in suite.LOSS_SHAPES_FULL:
         for impl in ("sead_fused", "opd_fused", "sgopd_fused", "trl_chunked"):
-            assert (impl, n, v) in calls
+            assert (impl, n, v, h) in calls
+    assert {r["model"] for r in res["rows"] if r["V"] == 262144} == {"Gemma 3 270M"}
+    assert {r["H"] for r in res["rows"] if r["V"] == 49152} == {576}
     # the quick run measures every implementation, the SG-OPD rows included, at its one shape
     calls.clear()
     res = suite.bench_loss(quick=True, progress=False)

@@ -8,10 +8,8 @@
 ``python -m sead.bench.real_pair step --student DIR --teacher DIR --data FILE.jsonl --rollouts hf|vllm --out FILE``
     the median time of an optimizer step of recipes/smollm2-prune-distill.yaml's settings (vanilla OPD, 8 rollouts of
     at most 24 tokens) with HF generate or TRL's vLLM colocate engine, and the process's peak memory (max RSS).
-``python -m sead.bench.real_pair loss --out FILE``
-    the loss benchmark's worker (``sead.bench.worker loss``, one process per measurement, as ``sead bench loss``) at
-    the real models' shapes: SmolLM2 (V = 49,152, hidden 576) and Gemma 3 270M (V = 262,144, hidden 640; random
-    weights of that shape: the loss's cost depends on the shapes only), TRL's chunked loss next to ours.
+The fused loss at the real models' shapes (SmolLM2: V = 49,152, hidden 576; Gemma 3 270M: V = 262,144, hidden 640)
+is part of ``sead bench loss`` (:data:`sead.bench.suite.LOSS_SHAPES_FULL`).
 """
 
 from __future__ import annotations
@@ -122,28 +120,6 @@ def step_time(student: str, teacher: str, data: str, rollouts: str, steps: int =
     }  # fmt: skip
 
 
-#: (name, N tokens, V, hidden) of the real shapes, and the implementations measured there
-REAL_LOSS_SHAPES = (("smollm2", 2048, 49152, 576), ("gemma3-270m", 2048, 262144, 640))
-REAL_LOSS_IMPLS = ("trl_chunked", "opd_fused", "sead_fused", "naive")
-#: the naive loss holds [N, V] logits (and their softmax and gradient): at most this many elements
-NAIVE_MAX = 2048 * 49152
-
-
-def real_loss(reps: int = 3, threads: int = 2) -> dict:
-    """Forward+backward median time and peak memory of each implementation at :data:`REAL_LOSS_SHAPES`."""
-    from sead.bench.common import run_worker
-
-    rows = []
-    for name, n, v, h in REAL_LOSS_SHAPES:
-        for impl in REAL_LOSS_IMPLS:
-            n_run = min(n, NAIVE_MAX // v) if impl == "naive" else n
-            res = run_worker(["loss", impl, "--n", str(n_run), "--v", str(v), "--h", str(h), "--reps", str(reps),
-                              "--threads", str(threads)])  # fmt: skip
-            rows.append({**res, "model": name, "N_requested": n})
-            print(json.dumps(rows[-1]), flush=True)
-    return {"rows": rows, "reps": reps, "threads": threads}
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sead.bench.real_pair")
     sub = p.add_subparsers(dest="what", required=True)
@@ -160,15 +136,9 @@ def main(argv=None) -> int:
     s.add_argument("--rollouts", choices=["hf", "vllm"], required=True)
     s.add_argument("--steps", type=int, default=4)
     s.add_argument("--out", required=True)
-    lo = sub.add_parser("loss")
-    lo.add_argument("--reps", type=int, default=3)
-    lo.add_argument("--threads", type=int, default=2)
-    lo.add_argument("--out", required=True)
     a = p.parse_args(argv)
     if a.what == "eval":
         res = evaluate_pair(a.model, a.teacher, a.data, limit=a.limit)
-    elif a.what == "loss":
-        res = real_loss(a.reps, a.threads)
     else:
         res = step_time(a.student, a.teacher, a.data, a.rollouts, a.steps)
     from sead.bench.common import machine_facts

@@ -45,23 +45,24 @@ def _same_n(row: dict, ref: dict | None) -> bool:
 
 def loss_section(res: dict, command: str) -> tuple[str, dict]:
     rows = [r for r in res["rows"] if "error" not in r]
-    by = {(r["impl"], r["N_requested"], r["V"]): r for r in rows}
-    shapes = sorted({(r["N_requested"], r["V"]) for r in rows}, key=lambda s: (s[1], s[0]))
+    by = {(r["impl"], r["N_requested"], r["V"], r.get("H", 512)): r for r in rows}
+    shapes = sorted({(r["N_requested"], r["V"], r.get("H", 512)) for r in rows}, key=lambda s: (s[1], s[0]))
     table = []
     impls = LOSS_IMPLS
-    for n, v in shapes:
-        trl, opd = by.get(("trl_chunked", n, v)), by.get(("opd_fused", n, v))
+    for n, v, h in shapes:
+        trl, opd = by.get(("trl_chunked", n, v, h)), by.get(("opd_fused", n, v, h))
         for impl in impls:
-            r = by.get((impl, n, v))
+            r = by.get((impl, n, v, h))
             if r is None:
                 continue
             ratio_t = f"{r['time_s'] / trl['time_s']:.2f}x" if _same_n(r, trl) else "-"
             ratio_o = f"{r['time_s'] / opd['time_s']:.2f}x" if _same_n(r, opd) else "-"
             ratio_m = f"{r['peak_mb'] / trl['peak_mb']:.2f}x" if _same_n(r, trl) and trl["peak_mb"] > 0 else "-"
-            table.append([impl, str(r["N"]), str(v), f"{r['time_s']:.2f}", ratio_t, ratio_o, f"{r['peak_mb']:.0f}", ratio_m])
+            shape = f"{v} ({r['model']})" if r.get("model") else str(v)
+            table.append([impl, str(r["N"]), shape, str(h), f"{r['time_s']:.2f}", ratio_t, ratio_o, f"{r['peak_mb']:.0f}", ratio_m])
     errors = [f"- {r['impl']} N={r['N']} V={r['V']}: {r['error']}" for r in res["rows"] if "error" in r]
     goals = {}
-    key = (4096, 32768)
+    key = (4096, 32768, 512)
     s, o, t, nv = (by.get((i, *key)) for i in ("sead_fused", "opd_fused", "trl_chunked", "naive"))
     if s and t:
         goals["sead_time_vs_trl"] = (s["time_s"] / t["time_s"], 0.4)
@@ -80,9 +81,9 @@ def loss_section(res: dict, command: str) -> tuple[str, dict]:
         f"Command: `{command}`  ",
         f"Machine: {_machine_line(res['machine'])}; torch threads {res['threads']}; median of {_runs_phrase(rows, res['reps'])} after one warm-up (a warm-up over {LONG_RUN_S:g} s counts as the first timed run), each implementation in its own process; peak = peak RSS minus RSS before the call.",
         "",
-        f"`sead_fused`: the trainer's defaults: zones on (skip 50%, FKL 10%), alpha 0.5, zone entropies over the teacher's top-64 ids (`entropy_support: teacher`), zone pass precision `auto` ({auto}). One setting changed, at the goal shape only: `sead_fused_bf16zones`: `zone_precision: bf16` (the zone pass projects in bfloat16; loss and gradient exact given its zones); `sead_fused_ownsupport`: `entropy_support: own` (each model's own top-64, so the zone pass projects the student too). `opd_fused`: the same function with zones off (vanilla reverse KL). `sgopd_fused`: the SG-OPD preset's loss, fused (`sead.losses.fused.fused_objective`: full estimator, sign gate, a frozen reference head, zones off; rollouts of 512 tokens, half of them verified correct); `sgopd_naive`: the same objective on full `[N, V]` student, teacher and reference logits (`sead.losses.objective.logits_objective`), at the goal shape only. `trl_chunked`: `trl.trainer.distillation_trainer._chunked_divergence_loss`, beta=1 (its CPU path). `naive`: full `[N, V]` logits, reverse KL. Hidden size 512. Ratios are to TRL's and to our fused OPD loss's time in the same run.",
+        f"`sead_fused`: the trainer's defaults: zones on (skip 50%, FKL 10%), alpha 0.5, zone entropies over the teacher's top-64 ids (`entropy_support: teacher`), zone pass precision `auto` ({auto}). One setting changed, at the goal shape only: `sead_fused_bf16zones`: `zone_precision: bf16` (the zone pass projects in bfloat16; loss and gradient exact given its zones); `sead_fused_ownsupport`: `entropy_support: own` (each model's own top-64, so the zone pass projects the student too). `opd_fused`: the same function with zones off (vanilla reverse KL). `sgopd_fused`: the SG-OPD preset's loss, fused (`sead.losses.fused.fused_objective`: full estimator, sign gate, a frozen reference head, zones off; rollouts of 512 tokens, half of them verified correct); `sgopd_naive`: the same objective on full `[N, V]` student, teacher and reference logits (`sead.losses.objective.logits_objective`), at the goal shape only. `trl_chunked`: `trl.trainer.distillation_trainer._chunked_divergence_loss`, beta=1 (its CPU path). `naive`: full `[N, V]` logits, reverse KL. Hidden size H: 512, and at the vocabularies of two real checkpoints their own (SmolLM2-135M: V 49,152, H 576; Gemma 3 270M: V 262,144, H 640), on random weights of those shapes. Ratios are to TRL's and to our fused OPD loss's time in the same run.",
         "",
-        _table(["impl", "N", "V", "time s", "time / TRL", "time / opd_fused", "peak MB", "peak / TRL"], table),
+        _table(["impl", "N", "V", "H", "time s", "time / TRL", "time / opd_fused", "peak MB", "peak / TRL"], table),
         "",
         *(f"- {n}" for n in sorted(set(res.get("notes", [])))),
         *errors,
@@ -170,7 +171,7 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
         row = [name, _mean_sd(s, "accuracy"), _paired(s, "accuracy"), _mean_sd(s, "auc"), _paired(s, "auc")]
         if k:
             row += [_mean_sd(s, "avg_at_k"), _paired(s, "avg_at_k"), _mean_sd(s, "pass_at_k"), _paired(s, "pass_at_k")]
-        row += [_by_level(runs)]
+        row += [_by_level(runs), f"{s['wall_seconds_median']:.0f}"]
         if "train_seconds_median" in s:
             row += [f"{s['train_seconds_median']:.0f}", f"{s.get('cost_vs_opd', float('nan')):.2f}x",
                     _mean_sd(s, "acc_at_equal_time"), _paired(s, "acc_at_equal_time")]
@@ -178,7 +179,7 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
     head = ["variant", "final acc %", "vs opd [95% CI]", "AUC %", "vs opd"]
     if k:
         head += [f"avg@{k} %", "vs opd", f"pass@{k} %", "vs opd"]
-    head += ["acc % by level (easy to hard)"]
+    head += ["acc % by level (easy to hard)", "wall s"]
     if any("train_seconds_median" in s for s in summary.values()):
         head += ["train s", "cost vs opd", "acc at equal time %", "vs opd"]
     curves = {}

@@ -27,14 +27,18 @@ LOSS_IMPLS = (
 )
 # One-setting variants of the fused SEAD loss and the full-logits SG-OPD reference, measured only at the goal
 # shape (in --quick at its one shape).
-LOSS_GOAL_SHAPE = (4096, 32768)
+LOSS_GOAL_SHAPE = (4096, 32768, 512)
 LOSS_EXTRA_IMPLS = ("sead_fused_bf16zones", "sead_fused_ownsupport", "sgopd_naive")
 # Implementations that hold [N, V] logits: shrunk to NAIVE_MAX_ELEMENTS.
 FULL_LOGITS_IMPLS = ("naive", "sgopd_naive")
-# Shapes of the loss benchmark (hidden 512). The naive path needs several [N, V] fp32 tensors:
-# at N=4096, V=131072 that is ~2 GB each, so it is measured at N=1024 there (said in the report).
-LOSS_SHAPES_FULL = [(1024, 32768), (4096, 32768), (1024, 131072), (4096, 131072)]
-LOSS_SHAPES_QUICK = [(1024, 32768)]
+# Shapes of the loss benchmark, (N tokens, V vocabulary, H hidden): two at hidden 512, then the vocabularies and hidden
+# sizes of two real checkpoints, SmolLM2-135M (V 49,152, H 576) and Gemma 3 270M (V 262,144, H 640), at fewer tokens
+# (time grows as N x V x H: these two take about as long as the first). The naive path needs several [N, V] fp32
+# tensors, so it is measured at fewer tokens where they would not fit (said in the report).
+LOSS_SHAPES_FULL = [(1024, 32768, 512), (4096, 32768, 512), (1024, 49152, 576), (256, 262144, 640)]
+LOSS_SHAPES_QUICK = [(1024, 32768, 512)]
+#: The real checkpoint each (V, H) of LOSS_SHAPES_FULL comes from.
+LOSS_SHAPE_MODELS = {(49152, 576): "SmolLM2-135M", (262144, 640): "Gemma 3 270M"}
 NAIVE_MAX_ELEMENTS = 4096 * 32768
 
 
@@ -45,19 +49,23 @@ def bench_loss(
     shapes = shapes or (LOSS_SHAPES_QUICK if quick else LOSS_SHAPES_FULL)
     reps = reps or (3 if quick else 5)
     rows, notes = [], []
+    shapes = [tuple(s) if len(s) == 3 else (*s, 512) for s in shapes]
     goal = shapes[0] if quick else LOSS_GOAL_SHAPE
-    jobs = [(impl, n, v) for n, v in shapes for impl in LOSS_IMPLS if (n, v) == goal or impl not in LOSS_EXTRA_IMPLS]
-    measured: dict[tuple[str, int, int], dict] = {}
-    for impl, n, v in progress_bar(jobs, desc="bench loss", disable=not progress):
+    jobs = [(impl, *shape) for shape in shapes for impl in LOSS_IMPLS if shape == goal or impl not in LOSS_EXTRA_IMPLS]
+    measured: dict[tuple[str, int, int, int], dict] = {}
+    for impl, n, v, h in progress_bar(jobs, desc="bench loss", disable=not progress):
         n_run = n
         if impl in FULL_LOGITS_IMPLS and n * v > NAIVE_MAX_ELEMENTS:
             n_run = NAIVE_MAX_ELEMENTS // v
             notes.append(f"{impl} at V={v}: measured at N={n_run} instead of N={n} (its [N, V] logits would not fit)")
-        if (impl, n_run, v) not in measured:  # a shrunk naive shape may repeat one already measured
-            res = run_worker(["loss", impl, "--n", str(n_run), "--v", str(v), "--reps", str(reps), "--threads", str(threads)])
+        if (impl, n_run, v, h) not in measured:  # a shrunk naive shape may repeat one already measured
+            res = run_worker(
+                ["loss", impl, "--n", str(n_run), "--v", str(v), "--h", str(h), "--reps", str(reps), "--threads", str(threads)]
+            )
             res.setdefault("impl", impl)
-            measured[(impl, n_run, v)] = res
-        rows.append({**measured[(impl, n_run, v)], "N": n_run, "V": v, "N_requested": n})
+            measured[(impl, n_run, v, h)] = res
+        rows.append({**measured[(impl, n_run, v, h)], "N": n_run, "V": v, "H": h, "N_requested": n,
+                     "model": LOSS_SHAPE_MODELS.get((v, h))})  # fmt: skip
     return {"benchmark": "loss", "machine": machine_facts(), "reps": reps, "threads": threads, "rows": rows, "notes": notes}
 
 
@@ -249,7 +257,7 @@ def prepared_facts(prepared) -> dict[str, Any]:
     """What two machines compare: the prepared models' held-out accuracies (overall, by level) and SFT steps."""
     out: dict[str, Any] = {}
     for role in ("teacher", "student"):
-        metrics = (prepared.metrics or {}).get(role, {})
+        metrics = (getattr(prepared, "metrics", None) or {}).get(role, {})
         out[f"{role}_accuracy"] = getattr(prepared, f"{role}_accuracy")
         out[f"{role}_by_level"] = getattr(prepared, f"{role}_accuracy_by_level")
         out[f"{role}_steps"] = metrics.get("steps_run")
