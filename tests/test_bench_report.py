@@ -41,9 +41,9 @@ def _results():
         ],
     }
 
-    def run(seed, acc, levels, avg=0.3, pas=0.7):
+    def run(seed, acc, levels, avg=0.3, pas=0.7, secs=5.0):
         return {"seed": seed, "accuracy": acc, "accuracy_by_level": levels, "curve": [[0, 0.4], [10, acc]], "auc": 0.45,
-                "avg_at_k": avg, "pass_at_k": pas, "wall_seconds": 3.0}
+                "avg_at_k": avg, "pass_at_k": pas, "wall_seconds": 3.0, "train_seconds": secs, "curve_seconds": [0.0, secs]}
 
     from sead.bench.suite import summarize_quality
 
@@ -51,7 +51,7 @@ def _results():
         "trl": [run(0, 0.50, {"1": 1.0, "2": 0.0}), run(1, 0.50, {"1": 0.8, "2": 0.2})],
         "opd": [run(0, 0.50, {"1": 1.0, "2": 0.1}), run(1, 0.52, {"1": 1.0, "2": 0.1})],
         # paired: +0.07 and +0.05 -> mean +0.06, sd 0.01414, t(1) = 12.706: half width 0.1271
-        "sead": [run(0, 0.57, {"1": 1.0, "2": 0.3}), run(1, 0.57, {"1": 1.0, "2": 0.3})],
+        "sead": [run(0, 0.57, {"1": 1.0, "2": 0.3}, secs=4.0), run(1, 0.57, {"1": 1.0, "2": 0.3}, secs=4.0)],
         # avg@k +0.02 both seeds (interval of width 0), pass@k +0.10 and +0.04
         "sgopd": [run(0, 0.51, {"1": 1.0, "2": 0.1}, 0.32, 0.80), run(1, 0.53, {"1": 1.0, "2": 0.1}, 0.32, 0.74)],
     }
@@ -59,6 +59,7 @@ def _results():
         "machine": MACHINE, "steps": 10, "seeds": 2, "task": "sums",
         "size": {"batch": 8, "num_test": 40, "sample_k": 8, "sample_temperature": 1.0, "num_sample": 20},
         "student_start": {"0": {"accuracy": 0.4}, "1": {"accuracy": 0.4}},
+        "teacher": {"accuracy": 0.9, "accuracy_by_level": {"1": 1.0, "2": 0.8}},
         "summary": summarize_quality(runs),
         "runs": runs,
     }
@@ -104,7 +105,22 @@ def test_report_ratios_and_verdicts_are_hand_computed(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| trl |") and "±" in line)
     assert row.startswith("| trl | 50.0 ± 0.0 | -1.0 [-13.7, +11.7] |") and "| 90/10 | 3 |" in row
     assert "| sead | 57.0 ± 0.0 | +6.0 [-6.7, +18.7] |" in text
+    # pooled over the 4 x 2 design: residuals +-0.005 everywhere, SS 8 * 0.005^2 = 2e-4 on df 3, sigma 0.008165;
+    # a pair's half-width t(3) * sigma * sqrt(2 / 2) = 3.182 * 0.008165 = 0.0260; 2 points would take 3 seeds
+    # (df 6: 2.447 * 0.008165 * sqrt(2 / 3) = 0.0163)
+    assert "| sead | 57.0 ± 0.0 | +6.0 [-6.7, +18.7] | +6.0 [+3.4, +8.6] |" in text
+    assert "residual sd of final accuracy is 0.8 points and a paired difference's 95% half-width 2.6 points" in text
+    assert "would take 3 seeds per variant" in text
+    # gap closed with start 40% and teacher 90%: opd (51 - 40) / 50 = 22%, sead (57 - 40) / 50 = 34%
+    assert "opd 22%" in text and "sead 34%" in text
+    assert "lowest later point is 51.0% at step 10 (no dip below the start)" in text
     assert (tmp_path / "bench_quality_curves.png").stat().st_size > 0
+    # equal compute: sead trains in 4 s, opd in 5 s (cost 0.80x); at the cheapest median (4 s) opd's curve reads
+    # 0.4 + (0.50 - 0.4) * 4 / 5 = 0.48 and 0.4 + (0.52 - 0.4) * 4 / 5 = 0.496: 48.8 +- 1.1
+    row = next(line for line in text.splitlines() if line.startswith("| opd |") and "±" in line)
+    assert "| 5 | 1.00x | 48.8 ± 1.1 |" in row
+    assert "| 4 | 0.80x | 57.0 ± 0.0 | +8.2 [" in next(line for line in text.splitlines() if line.startswith("| sead |") and "±" in line)
+    assert (tmp_path / "bench_quality_curves_time.png").stat().st_size > 0 and "bench_quality_curves_time.png" in text
     assert text.rstrip().endswith("hand text")
     assert text.count("Machine: 2026-12-01 00:00 UTC, 2 cores") == 3
 

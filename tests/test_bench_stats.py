@@ -96,3 +96,80 @@ def test_quality_bench_runs_every_seed_and_variant_and_pairs_by_seed(monkeypatch
     assert '"skip_fraction": 0.0' in calls[1][1][1][calls[1][1][1].index("--overrides") + 1]
     with pytest.raises(ValueError, match="unknown quality variant"):
         suite.bench_quality(variants=("nope",), progress=False)
+
+
+def test_block_residual_sd_matches_a_least_squares_fit_of_the_additive_model():
+    import numpy as np
+
+    from sead.bench.stats import block_residual_sd
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(0.5, 0.05, size=(6, 3)) + np.arange(3)[None, :] * 0.1  # 6 variants x 3 seeds, a seed effect
+    # naive reference: regress y on one-hot variant and seed columns, residual sum of squares / (V-1)(S-1)
+    n_v, n_s = table.shape
+    design = np.zeros((n_v * n_s, n_v + n_s))
+    for v in range(n_v):
+        for s in range(n_s):
+            design[v * n_s + s, v] = 1.0
+            design[v * n_s + s, n_v + s] = 1.0
+    y = table.reshape(-1)
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    rss = float(((y - design @ coef) ** 2).sum())
+    sigma, df = block_residual_sd(table.tolist())
+    assert df == (n_v - 1) * (n_s - 1) == 10
+    assert sigma == pytest.approx(math.sqrt(rss / df), rel=1e-9)
+    # a seed effect shared by all variants is not noise: adding one leaves sigma alone
+    shifted = table + np.array([0.3, -0.2, 0.0])[None, :]
+    assert block_residual_sd(shifted.tolist())[0] == pytest.approx(sigma, rel=1e-9)
+    with pytest.raises(ValueError, match="block design"):
+        block_residual_sd([[0.1, 0.2]])
+
+
+def test_contrast_hand_computed():
+    from sead.bench.stats import contrast
+
+    # (1, -1) on means 0.6, 0.5 with sigma 0.02 over 2 seeds, df 9: half = 2.262 * 0.02 * sqrt(2 / 2) = 0.04524
+    d = contrast([0.6, 0.5], [1, -1], 0.02, 9, 2)
+    assert d["mean"] == pytest.approx(0.1) and d["half_width"] == pytest.approx(0.04524, abs=1e-5)
+    assert d["ci_low"] == pytest.approx(0.1 - 0.04524, abs=1e-5)
+    # SEAD's interaction sead + 2 opd - zones - anneal - curriculum: sum c^2 = 8
+    inter = contrast([0.7, 0.5, 0.55, 0.52, 0.51], [1, 2, -1, -1, -1], 0.02, 9, 2)
+    assert inter["mean"] == pytest.approx(0.7 + 1.0 - 0.55 - 0.52 - 0.51)
+    assert inter["half_width"] == pytest.approx(2.262 * 0.02 * 2.0, abs=1e-6)
+
+
+def test_pooled_intervals_agree_with_the_per_seed_interaction_and_pairs():
+    from sead.bench.stats import interaction
+    from sead.bench.suite import pooled_intervals
+
+    acc = {  # variant -> accuracy per seed (3 seeds)
+        "opd": [0.50, 0.55, 0.52], "zones": [0.51, 0.57, 0.52], "anneal": [0.53, 0.56, 0.55],
+        "curriculum": [0.49, 0.55, 0.53], "sead": [0.56, 0.60, 0.55], "trl": [0.50, 0.54, 0.53],
+    }
+    runs = {n: [{"seed": s, "accuracy": v} for s, v in enumerate(vals)] for n, vals in acc.items()}
+    runs["partial"] = [{"seed": 0, "accuracy": 0.9}]  # missing seeds: left out of the design
+    out = pooled_intervals(runs, "accuracy")
+    assert out["variants"] == ["opd", "zones", "anneal", "curriculum", "sead", "trl"] and out["df"] == 10
+    per_seed = interaction(acc["sead"], [acc["zones"], acc["anneal"], acc["curriculum"]], acc["opd"])
+    assert out["interaction"]["mean"] == pytest.approx(per_seed["mean"])  # same point estimate, pooled interval
+    mean_diff = sum(a - b for a, b in zip(acc["sead"], acc["opd"])) / 3
+    assert out["vs_opd"]["sead"]["mean"] == pytest.approx(mean_diff)
+    assert out["pair_half_width"] == pytest.approx(out["vs_opd"]["sead"]["half_width"])
+    need = out["seeds_for_half_width"]["seeds"]
+    assert need is not None and need >= 2
+    assert pooled_intervals({"opd": runs["opd"]}) == {}
+
+
+def test_binomial_se_seeds_needed_and_curve_reading_hand_computed():
+    from sead.bench.stats import binomial_se, interaction, seeds_for_half_width, value_at
+
+    assert binomial_se(0.38, 400) == pytest.approx(math.sqrt(0.38 * 0.62 / 400))  # 2.43 points: the figure
+    assert binomial_se(0.5, 4000) == pytest.approx(0.0079, abs=1e-4)  # <= 0.8 point at 4000 problems
+    # sd 2: n=6 gives 2.571 * 2 / sqrt(6) = 2.099 > 2; n=7 gives 2.447 * 2 / sqrt(7) = 1.850
+    assert seeds_for_half_width(2.0, 2.0) == 7
+    assert seeds_for_half_width(0.0, 2.0) == 2 and seeds_for_half_width(100.0, 0.01, max_seeds=50) is None
+    assert value_at([0, 10, 20], [0.3, 0.5, 0.4], 15) == pytest.approx(0.45)
+    assert value_at([0, 10], [0.3, 0.5], 11) is None
+    # interaction per seed: (0.6 - 0.5) - [(0.52 - 0.5) + (0.53 - 0.5) + (0.51 - 0.5)] = 0.04
+    res = interaction([0.6, 0.7], [[0.52, 0.62], [0.53, 0.63], [0.51, 0.61]], [0.5, 0.6])
+    assert res["mean"] == pytest.approx(0.04) and res["sd"] == pytest.approx(0.0, abs=1e-12)

@@ -425,3 +425,31 @@ def test_the_parser_equals_the_per_entry_loop_it_replaced_on_random_answers():
             answer.append(dict(entries))
         got = parse_prompt_logprobs(answer, seq, 1, k)
         assert got == parse_prompt_logprobs_loop(answer, seq, 1, k), trial
+
+
+def test_builtin_task_checks_the_server_before_its_difficulty_pre_pass(tmp_path, server, monkeypatch):
+    """The server's --max-logprobs is checked before the built-in task's pre-pass (minutes of rollouts), as the
+    vocabulary's top-k limits are: a run that cannot start is refused before any work."""
+    import types
+
+    import sead.data.difficulty
+    import sead.tasks
+    from sead.training.recipe import ScriptArguments, builtin_task_data
+
+    student_dir = tmp_path / "student"
+    tiny_model(0).save_pretrained(student_dir)
+    tokenizer().save_pretrained(student_dir)
+    calls = []
+    prepared = types.SimpleNamespace(student_dir=student_dir, tokenizer=tokenizer(), levels=(1,))
+    task = types.SimpleNamespace(
+        prepare_models=lambda **kw: prepared,
+        make_dataset=lambda *a, **kw: calls.append("dataset") or tiny_dataset(4),
+    )
+    monkeypatch.setattr(sead.tasks, "get_task", lambda name: task)
+    monkeypatch.setattr(sead.data.difficulty, "estimate_difficulty", lambda *a, **kw: calls.append("pre-pass"))
+    cfg = tiny_config(tmp_path, method="sead", estimator="topk", estimator_top_k=12, entropy_top_k=12,
+                      teacher_server_url=server.url, teacher_server_backoff=0.01, teacher_server_max_retries=1,
+                      teacher_server_startup_timeout=5)
+    with pytest.raises(TeacherServerError, match="--max-logprobs 12"):
+        builtin_task_data(ScriptArguments(builtin_task="sums"), cfg, progress=False)
+    assert calls == []  # neither the training prompts nor the pre-pass were started

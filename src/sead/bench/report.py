@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from sead.bench.suite import LOSS_IMPLS
+from sead.bench.suite import LOSS_IMPLS, pooled_intervals
 from sead.bench.worker import LONG_RUN_S, SLOW_RUN_S
 from sead.experiments.plots import plot_accuracy_curves
 
@@ -159,16 +159,26 @@ def _paired(s: dict, metric: str) -> str:
     return f"{100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
 
 
+def _interval(d: dict | None) -> str:
+    """``+1.2 [-0.4, +2.8]`` from a contrast (:func:`sead.bench.stats.contrast`), in points; ``-`` without one."""
+    if not d:
+        return "-"
+    return f"{100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
+
+
 def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
     summary = res["summary"]
     starts = res["student_start"]
     start_values = [v["accuracy"] if isinstance(v, dict) else v for v in starts.values()]
     start = statistics.mean(start_values) if start_values else float("nan")
     k = res.get("size", {}).get("sample_k")
+    pooled = res.get("pooled") or {"accuracy": pooled_intervals(res["runs"], "accuracy")}
+    pooled_acc = (pooled.get("accuracy") or {}).get("vs_opd", {})
     table = []
     for name, s in summary.items():
         runs = res["runs"][name]
-        row = [name, _mean_sd(s, "accuracy"), _paired(s, "accuracy"), _mean_sd(s, "auc"), _paired(s, "auc")]
+        row = [name, _mean_sd(s, "accuracy"), _paired(s, "accuracy"), _interval(pooled_acc.get(name)),
+               _mean_sd(s, "auc"), _paired(s, "auc")]
         if k:
             row += [_mean_sd(s, "avg_at_k"), _paired(s, "avg_at_k"), _mean_sd(s, "pass_at_k"), _paired(s, "pass_at_k")]
         row += [_by_level(runs), f"{s['wall_seconds_median']:.0f}"]
@@ -176,7 +186,7 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
             row += [f"{s['train_seconds_median']:.0f}", f"{s.get('cost_vs_opd', float('nan')):.2f}x",
                     _mean_sd(s, "acc_at_equal_time"), _paired(s, "acc_at_equal_time")]
         table.append(row)
-    head = ["variant", "final acc %", "vs opd [95% CI]", "AUC %", "vs opd"]
+    head = ["variant", "final acc %", "vs opd [95% CI]", "vs opd, pooled sd", "AUC %", "vs opd"]
     if k:
         head += [f"avg@{k} %", "vs opd", f"pass@{k} %", "vs opd"]
     head += ["acc % by level (easy to hard)", "wall s"]
@@ -188,7 +198,16 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
             continue
         steps = [p[0] for p in runs[0]["curve"]]
         curves[name] = [(st, statistics.mean(r["curve"][i][1] for r in runs)) for i, st in enumerate(steps)]
-    plot = plot_accuracy_curves(curves, out_dir / "bench_quality_curves.png", title="Held-out accuracy vs step (mean over seeds)")
+    lines = {"teacher": (res.get("teacher") or {}).get("accuracy"), "student start": start}
+    lines = {k: v for k, v in lines.items() if v is not None and v == v}
+    plot = plot_accuracy_curves(curves, out_dir / "bench_quality_curves.png", title="Held-out accuracy vs step (mean over seeds)",
+                                reference=lines)
+    timed = _curves_by_time(res["runs"])
+    time_plot = None
+    if timed:
+        time_plot = plot_accuracy_curves(timed, out_dir / "bench_quality_curves_time.png", reference=lines,
+                                         title="Held-out accuracy vs training time (mean over seeds)",
+                                         xlabel="training seconds (median over seeds; the curve's evaluations excluded)")
     goals = {}
     opd = summary.get("opd")
     if opd is not None:
@@ -243,11 +262,44 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
         "(on the curve subset) read at one training time for all, the cheapest variant's median, so that a variant "
         "that costs more per step is compared after the same compute, not after the same steps.",
         "",
+        *_gap_lines(summary, curves, start, (res.get("teacher") or {}).get("accuracy")),
         *power,
         f"![accuracy vs step]({plot.name})",
+        *([f"![accuracy vs training time]({time_plot.name})"] if time_plot else []),
         *errors,
     ]
     return "\n".join(text), goals
+
+
+def _curves_by_time(runs: dict) -> dict:
+    """Per variant the mean accuracy curve against the median (over seeds) training seconds at each point: the
+    same curves as the step plot, on the axis of equal compute (empty when the runs recorded no times)."""
+    out = {}
+    for name, rs in runs.items():
+        if not rs or not all(r.get("curve_seconds") and len(r["curve_seconds"]) == len(r["curve"]) for r in rs):
+            continue
+        n = min(len(r["curve"]) for r in rs)
+        out[name] = [(statistics.median(r["curve_seconds"][i] for r in rs), statistics.mean(r["curve"][i][1] for r in rs))
+                     for i in range(n)]
+    return out
+
+
+def _gap_lines(summary: dict, curves: dict, start: float, teacher: float | None) -> list[str]:
+    """How much of the student-to-teacher gap each variant closed, ``(final - start) / (teacher - start)``, and the
+    lowest point of vanilla OPD's mean accuracy curve against its start (a dip below the start: the step size)."""
+    if teacher is None or not teacher > start:
+        return []
+    closed = [f"{name} {100 * (s['accuracy_mean'] - start) / (teacher - start):.0f}%" for name, s in summary.items()
+              if s.get("accuracy_mean") is not None]
+    line = (f"Gap closed, `(final - start) / (teacher - start)` with the student at {100 * start:.1f}% and the teacher "
+            f"at {100 * teacher:.1f}%: " + ", ".join(closed) + ".")
+    curve = curves.get("opd")
+    if curve and len(curve) > 1:
+        low_step, low = min(curve[1:], key=lambda p: p[1])
+        line += (f" Vanilla OPD's mean curve starts at {100 * curve[0][1]:.1f}% (the curve subset) and its lowest later "
+                 f"point is {100 * low:.1f}% at step {low_step}"
+                 + (" (no dip below the start)." if low >= curve[0][1] else f" ({100 * (low - curve[0][1]):+.1f} points: a dip below the start)."))
+    return [line, ""]
 
 
 def _power_lines(res: dict) -> list[str]:
@@ -277,6 +329,17 @@ def _power_lines(res: dict) -> list[str]:
                 f"({100 * mid_sd:.1f} points), a half-width of 2 points would take "
                 + (f"{need} seeds." if need else "more than 1000 seeds.")
             )
+    pooled = (res.get("pooled") or {}).get("accuracy") or pooled_intervals(res.get("runs", {}), "accuracy")
+    if pooled:
+        need = pooled["seeds_for_half_width"]["seeds"]
+        lines.append(
+            f"Pooled over the design ({len(pooled['variants'])} variants x {len(pooled['seeds'])} seeds, additive "
+            f"variant + seed model, {pooled['df']} degrees of freedom; column `vs opd, pooled sd`): the residual sd of "
+            f"final accuracy is {100 * pooled['sigma']:.1f} points and a paired difference's 95% half-width "
+            f"{100 * pooled['pair_half_width']:.1f} points; a half-width of 2 points would take "
+            + (f"{need} seeds per variant at this sd." if need else "more than 1000 seeds.")
+            + (f" SEAD's interaction on this pooled sd: {_interval(pooled['interaction'])}." if pooled.get("interaction") else "")
+        )
     inter = res.get("interaction") or {}
     if inter:
         parts = [

@@ -3,6 +3,10 @@
 Runs of two variants with the same seed share the prepared models, the training prompts, the difficulty
 pre-pass and the held-out problems, so their difference is paired: per seed ``d_s = x_s - y_s``, and the
 interval is Student's t on the differences, ``mean(d) +- t_{0.975, n-1} * sd(d) / sqrt(n)``.
+
+With few seeds that interval is wide (t_{0.975, 1} = 12.7): :func:`block_residual_sd` and :func:`contrast` read
+every variant's runs as one randomized block design (variants x seeds, additive model ``y_vs = mu + a_v + b_s + e``)
+and pool the residual variance over all variants, ``(V - 1)(S - 1)`` degrees of freedom instead of ``S - 1``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections.abc import Sequence
 
 __all__ = [
     "binomial_se",
+    "block_residual_sd",
+    "contrast",
     "interaction",
     "mean_sd",
     "paired_difference",
@@ -102,3 +108,37 @@ def interaction(joint: Sequence[float], singles: Sequence[Sequence[float]], base
         raise ValueError("interaction needs the same seeds in every variant")
     terms = [(j - b) - sum(s[i] - b for s in singles) for i, (j, b) in enumerate(zip(joint, base))]
     return paired_difference(terms, [0.0] * n)
+
+
+def block_residual_sd(table: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """Residual sd and degrees of freedom of the additive two-way model of a randomized block design,
+    ``table[v][s]`` = variant ``v`` with seed ``s`` (every variant with the same seeds)::
+
+        sigma^2 = sum_vs (y_vs - ybar_v. - ybar_.s + ybar_..)^2 / ((V - 1)(S - 1))
+
+    (the variant-by-seed interaction is the error term; V >= 2 variants, S >= 2 seeds)."""
+    rows = [[float(x) for x in row] for row in table]
+    n_v = len(rows)
+    n_s = len(rows[0]) if rows else 0
+    if n_v < 2 or n_s < 2 or any(len(r) != n_s for r in rows):
+        raise ValueError(f"a block design needs >= 2 variants with the same >= 2 seeds; got {[len(r) for r in rows]}")
+    grand = sum(map(sum, rows)) / (n_v * n_s)
+    row_mean = [sum(r) / n_s for r in rows]
+    col_mean = [sum(r[s] for r in rows) / n_v for s in range(n_s)]
+    ss = sum((rows[v][s] - row_mean[v] - col_mean[s] + grand) ** 2 for v in range(n_v) for s in range(n_s))
+    df = (n_v - 1) * (n_s - 1)
+    return math.sqrt(ss / df), df
+
+
+def contrast(means: Sequence[float], coefficients: Sequence[float], sigma: float, df: int, n_seeds: int) -> dict:
+    """A contrast ``L = sum_i c_i mean_i`` of variant means over ``n_seeds`` seeds, with its 95% interval from the
+    pooled residual sd: ``L +- t_{0.975, df} * sigma * sqrt(sum_i c_i^2 / n_seeds)``. A paired difference is
+    ``c = (1, -1)``; SEAD's interaction ``sead + 2 opd - zones - anneal - curriculum`` is ``c = (1, 2, -1, -1, -1)``.
+    ``{"mean", "half_width", "ci_low", "ci_high", "df"}``."""
+    if len(means) != len(coefficients) or not means:
+        raise ValueError("contrast needs one coefficient per mean")
+    if n_seeds < 1:
+        raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
+    value = sum(c * m for c, m in zip(coefficients, means))
+    half = t_quantile_975(df) * sigma * math.sqrt(sum(c * c for c in coefficients) / n_seeds)
+    return {"mean": value, "half_width": half, "ci_low": value - half, "ci_high": value + half, "df": df}

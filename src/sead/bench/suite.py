@@ -154,7 +154,7 @@ QUALITY_QUICK_VARIANTS = _quality.QUICK_VARIANTS
 QUALITY_DEFAULT_VARIANTS = _quality.DEFAULT_VARIANTS
 #: Metrics of a quality run summarised over seeds and paired against vanilla OPD.
 QUALITY_METRICS = ("accuracy", "auc", "avg_at_k", "pass_at_k")
-QUALITY_SEEDS = 5
+QUALITY_SEEDS = 2
 
 
 def bench_quality(
@@ -247,6 +247,7 @@ def bench_quality(
         "mechanisms": measured,
         "summary": summarize_quality(runs),
         "interaction": interaction_terms(runs),
+        "pooled": {m: pooled_intervals(runs, m) for m in ("accuracy", "avg_at_k", "pass_at_k")},
         "runs": runs,
         "errors": errors,
         "wall_seconds": time.perf_counter() - t_start,
@@ -326,6 +327,37 @@ def interaction_terms(runs: dict[str, list[dict]], joint: str = "sead", base: st
             continue
         values = {n: [by_seed[n][s][metric] for s in seeds] for n in names}
         out[metric] = interaction(values[joint], [values[c] for c in SEAD_COMPONENTS], values[base])
+    return out
+
+
+def pooled_intervals(runs: dict[str, list[dict]], metric: str = "accuracy", reference: str = "opd",
+                     joint: str = "sead", half_width: float = 0.02) -> dict[str, Any]:
+    """``metric`` of every variant that ran all the seeds they share, read as one randomized block design
+    (:func:`sead.bench.stats.block_residual_sd`): the pooled residual sd, each variant's difference against
+    ``reference`` and SEAD's interaction ``(joint - ref) - sum_c (c - ref)`` as contrasts with 95% intervals on
+    ``(V - 1)(S - 1)`` degrees of freedom, the half-width of one paired difference, and the seeds a ``half_width``
+    half-width would take at this sd. Empty when fewer than two variants or seeds qualify."""
+    from sead.bench.stats import block_residual_sd, contrast, t_quantile_975
+
+    by_seed = {n: {r["seed"]: r[metric] for r in rs if r.get(metric) is not None} for n, rs in runs.items() if rs}
+    if reference not in by_seed:
+        return {}
+    seeds = sorted(by_seed[reference])
+    names = [n for n, v in by_seed.items() if all(s in v for s in seeds)]
+    if len(names) < 2 or len(seeds) < 2:
+        return {}
+    sigma, df = block_residual_sd([[by_seed[n][s] for s in seeds] for n in names])
+    means = {n: sum(by_seed[n][s] for s in seeds) / len(seeds) for n in names}
+    out: dict[str, Any] = {"metric": metric, "sigma": sigma, "df": df, "seeds": seeds, "variants": names}
+    out[f"vs_{reference}"] = {n: contrast([means[n], means[reference]], [1, -1], sigma, df, len(seeds))
+                               for n in names if n != reference}
+    out["pair_half_width"] = t_quantile_975(df) * sigma * (2 / len(seeds)) ** 0.5
+    parts = (joint, reference, *SEAD_COMPONENTS)
+    if all(p in means for p in parts):
+        out["interaction"] = contrast([means[p] for p in parts], [1, 2, -1, -1, -1], sigma, df, len(seeds))
+    need = next((n for n in range(2, 1001) if t_quantile_975((len(names) - 1) * (n - 1)) * sigma * (2 / n) ** 0.5
+                 <= half_width), None)
+    out["seeds_for_half_width"] = {"half_width": half_width, "seeds": need}
     return out
 
 

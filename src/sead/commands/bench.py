@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--report", type=Path, default=Path("BENCHMARKS.md"), help="report to regenerate")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where JSON results are kept")
-    parser.add_argument("--seeds", type=int, default=None, help="quality: number of seeds (default 5, quick 1)")
+    parser.add_argument("--seeds", type=int, default=None, help="quality: number of seeds (default 2: what fits in make bench's 90 minutes; quick 1)")
     parser.add_argument("--task", default=None, help="quality: built-in task (default sums; docs/task.md)")
     parser.add_argument("--jobs", type=int, default=2, help="quality: runs at a time (one process, one thread each)")
     parser.add_argument("--variants", default=None, help="quality: comma-separated variants (default: the full factorial)")

@@ -19,9 +19,10 @@ def plot_accuracy_curves(
     *,
     title: str = "Held-out accuracy vs training step",
     reference: Mapping[str, float] | None = None,
+    xlabel: str = "optimizer step",
 ) -> Path:
-    """One line per method: ``curves[method] = [(step, accuracy), ...]``; ``reference`` draws
-    horizontal lines (e.g. the teacher)."""
+    """One line per method: ``curves[method] = [(step, accuracy), ...]`` (or ``(seconds, accuracy)`` with another
+    ``xlabel``); ``reference`` draws horizontal lines (e.g. the teacher)."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, points in curves.items():
         if points:
@@ -30,11 +31,11 @@ def plot_accuracy_curves(
     for name, value in (reference or {}).items():
         ax.axhline(100 * value, ls="--", lw=1, color="gray")
         ax.text(0, 100 * value, f" {name}", va="bottom", color="gray", fontsize=8)
-    ax.set_xlabel("optimizer step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 

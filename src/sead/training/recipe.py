@@ -107,7 +107,12 @@ def builtin_task_data(script: ScriptArguments, cfg: OPDConfig, progress: bool = 
     task = get_task(script.builtin_task)
     prepared = task.prepare_models(cache_dir=script.cache_dir, quick=script.builtin_quick, seed=0, progress=progress)
     # the run's top-k limits against the task's vocabulary before the pre-pass, for a local or served teacher alike
-    resolve_top_k_limits(cfg, _config_vocab(prepared.student_dir))
+    vocab = _config_vocab(prepared.student_dir)
+    resolve_top_k_limits(cfg, vocab)
+    if cfg.teacher_server_url and vocab is not None:  # the server's limits too, before the pre-pass's minutes
+        from sead.training.served_glue import connect_teacher_server
+
+        connect_teacher_server(cfg, vocab, prepared.tokenizer)
     ds = task.make_dataset(script.builtin_num_prompts, levels=prepared.levels, seed=cfg.seed, split="train")
     if cfg.curriculum and cfg.difficulty_column not in ds.column_names:
         difficulty = estimate_difficulty(

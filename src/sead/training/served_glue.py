@@ -62,31 +62,38 @@ class StepEndSnapshot(TrainerCallback):
         return True
 
 
+def connect_teacher_server(args, vocab: int, tokenizer=None, max_sequence_length: int | None = None) -> TeacherServer:
+    """The served teacher's client for ``args`` (an ``OPDConfig`` with ``teacher_server_url``), checked: it answers,
+    serves the model, holds ``max_sequence_length`` tokens, returns the ``min(teacher_server_top_k, vocab)``
+    log-probs the run needs (``--max-logprobs``) and tokenizes like ``tokenizer``. Raises
+    :class:`TeacherServerError` naming what to change. The built-in task calls it before its difficulty pre-pass,
+    the trainer again before step 0."""
+    server = TeacherServer(
+        args.teacher_server_url,
+        args.teacher_server_model,
+        timeout=args.teacher_server_timeout,
+        max_retries=args.teacher_server_max_retries,
+        backoff=args.teacher_server_backoff,
+        vocab_size=vocab,
+    )
+    server.wait_until_ready(args.teacher_server_startup_timeout)
+    server.check(min(args.teacher_server_top_k, vocab), tokenizer=tokenizer, max_sequence_length=max_sequence_length)
+    return server
+
+
 class ServedTeacherGlue:
     """Mixin of :class:`sead.training.trainer.OPDTrainer` for ``teacher_server_url``."""
 
     def _connect_teacher_server(self) -> TeacherServer:
-        """The served teacher's client, checked before any step: it answers, serves the model, holds the run's
-        sequences, returns the ``k`` log-probs the run needs (``--max-logprobs``) and tokenizes like the student."""
+        """The served teacher's client, checked before any step (:func:`connect_teacher_server`)."""
         args = self.args
         vocab = int(self.model.config.get_text_config().vocab_size)
-        server = TeacherServer(
-            args.teacher_server_url,
-            args.teacher_server_model,
-            timeout=args.teacher_server_timeout,
-            max_retries=args.teacher_server_max_retries,
-            backoff=args.teacher_server_backoff,
-            vocab_size=vocab,
-        )
         self._served_top_k = min(args.teacher_server_top_k, vocab)
         limit = self.prompt_length_limit()
-        server.wait_until_ready(args.teacher_server_startup_timeout)
-        server.check(
-            self._served_top_k,
-            tokenizer=self._tokenizer,
+        return connect_teacher_server(
+            args, vocab, self._tokenizer,
             max_sequence_length=None if limit is None else limit + int(self.max_completion_length or 0),
         )
-        return server
 
     def _ask_teacher_server(self, fn, *args):
         """``fn(*args)`` (a teacher-server call), every rank learning whether any rank's call failed: then all of
