@@ -94,7 +94,7 @@ def test_report_ratios_and_verdicts_are_hand_computed(tmp_path):
     # paired differences against opd: sead +6.0 (>= 4.8 met), sgopd accuracy +1.0, avg@k +2.0 (met, >= 2),
     # pass@k +7.0 (missed, >= 7.5); |trl - opd| = |(0.0 - 0.02) / 2| = 1.0 (met)
     assert _goal(text, "SEAD accuracy")[1] == "met"
-    assert _goal(text, "SEAD accuracy")[0].startswith("+6.0 pts (paired, 95% CI [-6.7, +18.7], 2 seeds)")
+    assert _goal(text, "SEAD accuracy")[0] == "+6.0 pts (paired, 95% CI [-6.7, +18.7], 2 seeds; pooled over the design [+3.4, +8.6])"
     assert _goal(text, "SG-OPD accuracy")[0].startswith("+1.0 pts") and _goal(text, "SG-OPD accuracy")[1] == "**missed**"
     assert _goal(text, "SG-OPD avg@k")[0].startswith("+2.0 pts") and _goal(text, "SG-OPD avg@k")[1] == "met"
     assert _goal(text, "SG-OPD pass@k")[0].startswith("+7.0 pts") and _goal(text, "SG-OPD pass@k")[1] == "**missed**"

@@ -203,3 +203,28 @@ def test_sead_eval_takes_a_gguf_file(smollm2, tmp_path, monkeypatch):
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["model"] == smollm2["teacher"]  # the directory the GGUF file was converted into
     assert (out / "gsm8k.jsonl").is_file()
+
+
+def test_sead_difficulty_takes_a_gguf_file_from_the_flag_or_the_recipe(smollm2, tmp_path):
+    """`sead difficulty` reads a GGUF checkpoint where `sead train` and `sead eval` do: `--gguf-file`, or the recipe's
+    `model_init_kwargs.gguf_file`; the pre-pass then samples the converted directory (the same one, cached)."""
+    import argparse
+
+    import yaml
+
+    from sead.checkpoints.gguf import resolve_gguf
+    from sead.commands import difficulty as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    converted = resolve_gguf(smollm2["gguf_dir"], smollm2["gguf_file"])
+    s = cmd.resolve_settings(parser.parse_args(["--model", smollm2["gguf_dir"], "--gguf-file", smollm2["gguf_file"],
+                                                "--dataset", "d.jsonl", "--out", "o.parquet"]))
+    assert s["model"] == converted and AutoTokenizer.from_pretrained(s["model"]).eos_token == "<|im_end|>"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model_name_or_path": smollm2["gguf_dir"],
+                                      "model_init_kwargs": {"gguf_file": smollm2["gguf_file"]}}))
+    s = cmd.resolve_settings(parser.parse_args(["--config", str(recipe), "--dataset", "d.jsonl", "--out", "o.parquet"]))
+    assert s["model"] == converted
+    s = cmd.resolve_settings(parser.parse_args(["--model", smollm2["student"], "--dataset", "d.jsonl", "--out", "o.parquet"]))
+    assert s["model"] == smollm2["student"]  # a plain directory stays as it is

@@ -172,7 +172,7 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
     start_values = [v["accuracy"] if isinstance(v, dict) else v for v in starts.values()]
     start = statistics.mean(start_values) if start_values else float("nan")
     k = res.get("size", {}).get("sample_k")
-    pooled = res.get("pooled") or {"accuracy": pooled_intervals(res["runs"], "accuracy")}
+    pooled = res.get("pooled") or {m: pooled_intervals(res["runs"], m) for m in ("accuracy", "avg_at_k", "pass_at_k")}
     pooled_acc = (pooled.get("accuracy") or {}).get("vs_opd", {})
     table = []
     for name, s in summary.items():
@@ -220,10 +220,10 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
         ):
             d = summary.get(name, {}).get(f"{metric}_vs_opd")
             if d:
-                goals[key] = (d["mean"], target, d)
+                goals[key] = (d["mean"], target, {**d, "pooled": (pooled.get(metric) or {}).get("vs_opd", {}).get(name)})
         trl = summary.get("trl", {}).get("accuracy_vs_opd")
         if trl:
-            goals["opd_minus_trl_abs"] = (abs(trl["mean"]), 0.02, trl)
+            goals["opd_minus_trl_abs"] = (abs(trl["mean"]), 0.02, {**trl, "pooled": (pooled.get("accuracy") or {}).get("vs_opd", {}).get("trl")})
     seeds_line = ", ".join(f"{100 * v:.1f}" for v in start_values)
     sampled = (
         f" avg@{k} / pass@{k}: {k} answers per problem sampled at temperature {res['size'].get('sample_temperature')} on "
@@ -509,7 +509,10 @@ def goals_section(goals: dict[str, tuple[float, float]]) -> str:
         measured = fmt(value)
         if paired and paired[0].get("ci_low") is not None:
             d = paired[0]
-            measured += f" (paired, 95% CI [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}], {d['n']} seeds)"
+            measured += f" (paired, 95% CI [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}], {d['n']} seeds"
+            if d.get("pooled"):
+                measured += f"; pooled over the design [{100 * d['pooled']['ci_low']:+.1f}, {100 * d['pooled']['ci_high']:+.1f}]"
+            measured += ")"
         rows.append([label, f"{op} {fmt(target)}", measured, _verdict(ok)])
     return "\n".join(["## Goals", "", _table(["goal", "target", "measured", "verdict"], rows)])
 

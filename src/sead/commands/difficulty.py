@@ -46,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", default=None, help="the initial student: hub id or save_pretrained directory")
     parser.add_argument(
+        "--gguf-file", default=None,
+        help="a GGUF file in --model's directory (or a full path): converted once into the cache, then sampled "
+        "(default: the recipe's model_init_kwargs.gguf_file)",
+    )  # fmt: skip
+    parser.add_argument(
         "--dataset", default=None, help="hub dataset id, .jsonl/.json/.parquet/.csv file or save_to_disk directory"
     )
     parser.add_argument("--dataset-config", default=None, help="dataset configuration name (hub datasets)")
@@ -178,6 +183,11 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     }
     if not settings["model"]:
         raise SeadError("--model is required (or a --config recipe with model_name_or_path)")
+    gguf = args.gguf_file or (recipe.get("model_init_kwargs") or {}).get("gguf_file")
+    if gguf:  # the converted directory stands for the GGUF file from here on, as in `sead train` and `sead eval`
+        from sead.checkpoints.gguf import resolve_gguf
+
+        settings["model"] = resolve_gguf(str(settings["model"]), gguf)
     if not settings["dataset"]:
         raise SeadError("--dataset is required (or a --config recipe with dataset_name)")
     if settings["num_rollouts"] < 1:
