@@ -24,10 +24,12 @@ def plot_accuracy_curves(
     """One line per method: ``curves[method] = [(step, accuracy), ...]`` (or ``(seconds, accuracy)`` with another
     ``xlabel``); ``reference`` draws horizontal lines (e.g. the teacher)."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, points in curves.items():
+    # more lines than the default cycle's 10 colours: tab20, so that no two share one
+    colors = plt.get_cmap("tab20").colors if len(curves) > 10 else [None] * len(curves)
+    for (name, points), color in zip(curves.items(), colors):
         if points:
             steps, accs = zip(*points)
-            ax.plot(steps, [100 * a for a in accs], marker="o", ms=3, label=name)
+            ax.plot(steps, [100 * a for a in accs], marker="o", ms=3, label=name, color=color)
     for name, value in (reference or {}).items():
         ax.axhline(100 * value, ls="--", lw=1, color="gray")
         ax.text(0, 100 * value, f" {name}", va="bottom", color="gray", fontsize=8)
