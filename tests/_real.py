@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from _tiny import FAST
+
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO / ".." / "shared" / "data" / "math" / "gsm8k.jsonl"
 
@@ -48,23 +50,9 @@ def gsm8k_dataset(n: int):
     return Dataset.from_list(gsm8k_rows(n))
 
 
-#: One trainer step of the real pair in seconds, not minutes: 2 rollouts of a few tokens per step.
-REAL = dict(
-    use_cpu=True,
-    bf16=False,
-    activation_checkpointing=False,
-    report_to=[],
-    per_device_train_batch_size=2,
-    max_completion_length=8,
-    disable_tqdm=True,
-    logging_steps=1,
-    save_strategy="no",
-    learning_rate=1e-4,
-    lr_scheduler_type="constant",
-    seed=0,
-    teacher_num_generations=1,
-    competence_window=4,
-)
+#: One trainer step of the real pair in seconds, not minutes: the tiny models' settings (``_tiny.FAST``) with 2
+#: rollouts of a few tokens per step and a real model's learning rate.
+REAL = dict(FAST, per_device_train_batch_size=2, learning_rate=1e-4, teacher_num_generations=1, competence_window=4)
 
 
 def real_config(output_dir, **overrides):

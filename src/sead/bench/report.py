@@ -237,7 +237,7 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
             + (f", avg@{k} {100 * teacher['avg_at_k']:.1f}%, pass@{k} {100 * teacher['pass_at_k']:.1f}%." if k and "avg_at_k" in teacher else ".")
         )
     errors = [f"- failed run: {e}" for e in res.get("errors", [])]
-    power = _power_lines(res)
+    power = _power_lines(res, pooled.get("accuracy") or {})
     wall = f" Wall time of this benchmark: {res['wall_seconds']:.0f} s ({res.get('jobs', 1)} runs at a time)." if "wall_seconds" in res else ""
     text = [
         f"## 3. Distillation quality on the built-in task `{res.get('task', 'arithmetic')}`",
@@ -302,9 +302,10 @@ def _gap_lines(summary: dict, curves: dict, start: float, teacher: float | None)
     return [line, ""]
 
 
-def _power_lines(res: dict) -> list[str]:
+def _power_lines(res: dict, pooled: dict) -> list[str]:
     """What the design can resolve: the evaluation's standard error next to the seed sd, the half-widths of the
-    paired intervals, the seeds a 2-point half-width would take, and SEAD's interaction term."""
+    paired intervals, the seeds a 2-point half-width would take (``pooled``: the design's pooled intervals of
+    final accuracy, :func:`sead.bench.suite.pooled_intervals`), and SEAD's interaction term."""
     from sead.bench.stats import binomial_se, seeds_for_half_width
 
     summary, size = res["summary"], res.get("size", {})
@@ -329,7 +330,6 @@ def _power_lines(res: dict) -> list[str]:
                 f"({100 * mid_sd:.1f} points), a half-width of 2 points would take "
                 + (f"{need} seeds." if need else "more than 1000 seeds.")
             )
-    pooled = (res.get("pooled") or {}).get("accuracy") or pooled_intervals(res.get("runs", {}), "accuracy")
     if pooled:
         need = pooled["seeds_for_half_width"]["seeds"]
         lines.append(
