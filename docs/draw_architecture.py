@@ -24,18 +24,20 @@ from test_layers import LAYERS, import_graph, layer_of  # noqa: E402
 HOLDS = {
     "utils": "errors, progress",
     "method": "divergences, zones, gates,\nschedules, curriculum",
-    "losses": "fused objective,\nfull-logits references",
+    "losses": "LossSpec, fused objective,\nfull-logits reference",
     "engines": "sampling: HF, vLLM,\nvLLM server, served teacher",
-    "grading": "verifier, rewards, metrics",
+    "grading": "answers, verifier,\nrewards, metrics",
     "data": "datasets,\ndifficulty pre-pass",
     "tasks": "built-in tasks\n(sums, arithmetic)",
+    "components": "a step's parts: zone cuts,\nteacher mix, served teacher",
+    "checkpoints": "fetch, GGUF, prune",
     "training": "OPDTrainer, OPDConfig,\nstart-up checks, recipe",
     "evaluation": "benchmarks,\nsead eval",
     "plan": "memory planner\n(sead plan)",
     "experiments": "quality experiment, demo",
     "bench": "sead bench",
     "commands": "one module per\nsead subcommand",
-    "(top)": "sead (OPDConfig, OPDTrainer), sead.cli,\nold import paths (sead._deprecated)",
+    "(top)": "sead (OPDConfig, OPDTrainer),\nsead.cli",
 }
 
 

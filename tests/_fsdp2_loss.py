@@ -24,9 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from trl.models.utils import _ForwardRedirection  # noqa: E402
 
 from _tiny import tiny_model  # noqa: E402
-from sead.losses.fused import fused_sead_loss  # noqa: E402
-from sead.training.loss_glue import full_tensor as _full_tensor  # noqa: E402
-from sead.training.loss_glue import project as _project  # noqa: E402
+from sead.losses.fused import LMHead, fused_sead_loss  # noqa: E402
+from sead.training.forwards import full_tensor as _full_tensor  # noqa: E402
 
 
 def loss_of(student, teacher, ids_BT, mask_BT, redirect=None):
@@ -41,7 +40,8 @@ def loss_of(student, teacher, ids_BT, mask_BT, redirect=None):
         sharded = isinstance(head_t.weight, DTensor)
         w_s, w_t = _full_tensor(head_s.weight, h_s.dtype), _full_tensor(head_t.weight, h_t.dtype)
         out = fused_sead_loss(h_s, w_s, h_t, w_t, mask_BT, alpha=0.5, entropy_top_k=None, skip_fraction=0.5)
-        teacher_logits = _project(head_t, h_t)  # the logits path (top-k / sampled estimators, sign gate)
+        # the full-logits path (use_fused_loss: false): the gathered weight's logits, as the trainer projects them
+        teacher_logits = LMHead(h_t, w_t, _full_tensor(head_t.bias)).full_logits()
         return out.loss, sharded, teacher_logits
 
     with torch.no_grad():

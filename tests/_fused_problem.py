@@ -23,3 +23,39 @@ def make_problem(seed, B=3, T=7, V=13, Hs=5, Ht=6, bias=False, p_mask=0.8, scale
     correct = torch.rand(B, generator=g) < 0.5
     correct[0], correct[-1] = True, False
     return dict(hs=hs, ws=ws, bs=bs, ht=ht, wt=wt, bt=bt, hr=hr, wr=wr, br=br, mask=mask, ids=ids, correct=correct)
+
+
+# The per-call tensors of the objectives; every other keyword is a spec option (LossSpec.from_options).
+TENSOR_KEYS = ("correct", "reference", "ref_logits", "sampler_logprobs", "num_items")
+
+
+def spec_of(**options):
+    """A spec from flat keyword options, and the per-call tensors among them: ``(spec, tensors)``."""
+    from sead.losses.spec import LossSpec
+
+    tensors = {k: options.pop(k) for k in TENSOR_KEYS if k in options}
+    return LossSpec.from_options(**options), tensors
+
+
+def fused(student, teacher, mask, completion_ids=None, **options):
+    """``fused_objective`` with flat keyword options (as the tests write them)."""
+    from sead.losses.fused import fused_objective
+
+    spec, tensors = spec_of(**options)
+    return fused_objective(spec, student, teacher, mask, completion_ids, **tensors)
+
+
+def on_logits(student_logits, teacher_logits, mask, completion_ids=None, **options):
+    """``logits_objective`` with flat keyword options."""
+    from sead.losses.objective import logits_objective
+
+    spec, tensors = spec_of(**options)
+    return logits_objective(spec, student_logits, teacher_logits, mask, completion_ids, **tensors)
+
+
+def zone_entropies_of(student, teacher, mask, **options):
+    """``fused_zone_entropies`` with flat keyword options."""
+    from sead.losses.fused import fused_zone_entropies
+
+    spec, _ = spec_of(**options)
+    return fused_zone_entropies(spec, student, teacher, mask)

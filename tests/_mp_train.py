@@ -43,30 +43,31 @@ def main(argv: list[str]) -> None:
     record = _Record()
     trainer = build_trainer(script, cfg, callbacks=[record], progress=False)
     if parity:
-        trainer.reward_funcs = [_parity_reward]
+        trainer.grader.funcs = [_parity_reward]
     rank = trainer.accelerator.process_index
 
-    draw = trainer._curriculum_inputs
+    cur = trainer.curriculum
+    if cur is not None:
+        draw = cur.draw  # the trainer's draw from the open pool: the global draw and this rank's slice of it
 
-    def curriculum_inputs(local_batch):
-        step, total = trainer.state.global_step, trainer.total_steps
-        cur = trainer.curriculum
-        row = record.row(step + 1)
-        row["gate"] = cur.gate(step, total)
-        row["open_pool"] = cur.open_indices(step, total).tolist()
-        row["global_draw"] = cur.draw(step, total, local_batch * trainer.accelerator.num_processes)
-        inputs = draw(local_batch)
-        row["local_prompts"] = [x["prompt"] for x in inputs]
-        return inputs
+        def recorded_draw(step, total, n):
+            indices = draw(step, total, n)
+            row = record.row(step + 1)
+            row["gate"] = cur.gate(step, total)
+            row["open_pool"] = cur.open_indices(step, total).tolist()
+            row["global_draw"] = list(indices)
+            k = n // trainer.accelerator.num_processes
+            row["local_prompts"] = [trainer.train_dataset[i]["prompt"] for i in indices[rank * k : (rank + 1) * k]]
+            return indices
 
-    trainer._curriculum_inputs = curriculum_inputs
+        cur.draw = recorded_draw
 
     compute = trainer._compute_loss
 
     def compute_loss(unwrapped, inputs, num_items_in_batch):
         row = record.row(trainer.state.global_step + 1)
         row.setdefault("num_items_in_batch", []).append(float(num_items_in_batch))
-        row.setdefault("normaliser", []).append(float(trainer._loss_num_items(num_items_in_batch)))
+        row.setdefault("normaliser", []).append(float(trainer.spec.normaliser(num_items_in_batch)))
         row.setdefault("local_tokens", []).append(int(inputs["completion_mask"].sum()))
         return compute(unwrapped, inputs, num_items_in_batch)
 
@@ -76,9 +77,9 @@ def main(argv: list[str]) -> None:
 
     def step_zone_cuts(output):
         cuts(output)
-        from sead.training.loss_glue import ZONE_CUT_KEYS
-
-        record.row(trainer.state.global_step + 1)["zone_cuts"] = [float(output[k]) for k in ZONE_CUT_KEYS]
+        step = trainer.state.global_step
+        got = trainer.zone_cuts.cuts_at(step)
+        record.row(step + 1)["zone_cuts"] = [got.teacher_entropy, got.student_entropy_cut]
 
     trainer._step_zone_cuts = step_zone_cuts
 

@@ -1,5 +1,5 @@
 """Run by ``torchrun --nproc_per_node 2`` from tests/test_sharding.py: the teacher and the SG-OPD reference sharded
-by the trainer's own preparation (``OPDTrainer._prepare_frozen_models`` -> ``sead.training.sharding.prepare_frozen``) on two
+by the trainer's own preparation (``OPDTrainer._shard_frozen_models`` -> ``sead.training.sharding.prepare_frozen``) on two
 gloo CPU processes, and what that changes.
 
 accelerate never sets up FSDP on CPU (it runs it as DDP), so the trainer is built as accelerate builds it here
@@ -136,7 +136,7 @@ def run(method: str, out_dir: str, **overrides) -> dict:
     real = trainer.accelerator
     trainer.accelerator = FSDP2Standin()
     try:
-        trainer._prepare_frozen_models(None)
+        trainer._shard_frozen_models(None)
         trainer.model = fsdp2_prepare_model(trainer.accelerator, trainer.model)
     finally:
         trainer.accelerator = real
@@ -187,9 +187,9 @@ def cold_start(trainer) -> dict:
                 "completion_ids": torch.full((2, 3), 7),
                 "completion_mask": torch.ones(2, 3, dtype=torch.long),
             }
-            rho = trainer.current_rho()
+            rho = trainer.schedules.rho(step, trainer.total_steps)
             n_before = len(seen_synced)
-            _, _, mixed = trainer._mix_teacher_rollouts(rows, output, [False, False])
+            mixed = trainer._mix_teacher_rollouts(rows, output, [False, False]).mixed
             steps.append({
                 "step": step, "rho": rho, "generated": len(seen_synced) > n_before, "mixed": sum(mixed),
                 "old_count": old_pick_count(rho, 2, trainer.args.seed, step, rank),

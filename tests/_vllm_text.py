@@ -12,7 +12,8 @@ On one tiny model (head dimension 32, saved in fp32 with the byte-level task tok
   elsewhere.
 
 - the same model served by ``python -m vllm.entrypoints.openai.api_server`` (fp32, 127.0.0.1, started first so
-  that it boots while the engine work runs, stopped by its pid at the end): greedy token ids from
+  that it boots while the engine work runs, again on a fresh port if another process took its port first,
+  stopped by its pid at the end): greedy token ids from
   :func:`sead.engines.vllm_server.sample_from_server`, ``sead eval`` and ``sead difficulty`` with ``--backend server``,
   and TRL's own ``VLLMClient``: its generation, and its weight-sync set-up on this CPU.
 
@@ -26,7 +27,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,18 +35,17 @@ from pathlib import Path
 
 import torch
 
+from _ports import free_port, retry_on_port_collision
+
 torch.set_num_threads(1)
 
 MAX_NEW = 12
 SERVER_START_TIMEOUT_S = 240
 
 
-def start_server(model_dir: Path, log: Path):
-    """``(process, url)``: the OpenAI-compatible server on a free local port, with the dev endpoints and the
+def start_server(model_dir: Path, log: Path, port: int):
+    """``(process, url)``: the OpenAI-compatible server on local ``port``, with the dev endpoints and the
     weight-transfer engine TRL's client asks for (``VLLM_SERVER_DEV_MODE``, ``--weight-transfer-config``)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
     env["VLLM_SERVER_DEV_MODE"] = "1"
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host",
@@ -56,11 +55,51 @@ def start_server(model_dir: Path, log: Path):
     return proc, f"http://127.0.0.1:{port}"
 
 
-def wait_for(url: str, proc, timeout: float) -> float:
+def stop_server(proc) -> None:
+    """The server and its engine process, by the group of its pid (gone already: nothing to stop)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+class Server:
+    """The vLLM server, started on a free port at once (it boots while the engine work runs). :meth:`ready` waits
+    for it; a server that exited because another process took its port between the probe and its bind (its log
+    names the address in use) is started again on a fresh port (tests/_ports.py)."""
+
+    def __init__(self, model_dir: Path, log: Path):
+        self.model_dir, self.log = model_dir, log
+        self.port = free_port()
+        self.proc, self.url = start_server(model_dir, log, self.port)
+
+    def ready(self, timeout: float) -> str:
+        """The server's address, once it answers /health."""
+
+        def attempt(port: int) -> str:
+            if port != self.port:
+                stop_server(self.proc)
+                self.port = port
+                self.proc, self.url = start_server(self.model_dir, self.log, port)
+            wait_for(self.url, self.proc, timeout, self.log)
+            return self.url
+
+        return retry_on_port_collision(attempt, first_port=self.port)
+
+    def stop(self) -> None:
+        stop_server(self.proc)
+
+
+def wait_for(url: str, proc, timeout: float, log: Path | None = None) -> float:
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"the vLLM server exited with {proc.returncode} before answering /health")
+            tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+            raise RuntimeError(f"the vLLM server exited with {proc.returncode} before answering /health:\n{tail}")
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as r:
                 if r.status == 200:
@@ -107,18 +146,14 @@ def main(root: Path, out_path: Path) -> None:
     model.eval()
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    server, url = start_server(model_dir, root / "server.log")
+    server = Server(model_dir, root / "server.log")
     try:
-        run_all(root, out_path, model, tok, model_dir, server, url, t0)
+        run_all(root, out_path, model, tok, model_dir, server, t0)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its engine process, by the group of its pid
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        server.stop()
 
 
-def run_all(root, out_path, model, tok, model_dir, server, url, t0) -> None:
+def run_all(root, out_path, model, tok, model_dir, server, t0) -> None:
     from _tiny import write_jsonl
     from sead.cli import main as sead
     from sead.data.difficulty import estimate_difficulty
@@ -167,7 +202,7 @@ def run_all(root, out_path, model, tok, model_dir, server, url, t0) -> None:
     # sead eval: greedy answers per backend
     bench = write_jsonl([{"question": p, "answer": f"#### {g}"} for p, g in zip(prompts, golds)], root / "b.jsonl")
     res["eval"] = {}
-    wait_for(url, server, SERVER_START_TIMEOUT_S)
+    url = server.ready(SERVER_START_TIMEOUT_S)
     res["server_ready_after_s"] = time.perf_counter() - t0  # since the script started (the server: right after)
     res["server_ids"] = sample_from_server(url, None, ids, 1, 0.0, MAX_NEW, None)
     res["server_sampled"] = [sample_from_server(url, None, ids[:2], 3, 1.0, MAX_NEW, 11) for _ in range(2)]

@@ -47,7 +47,7 @@ def main(root: Path, out_path: Path) -> None:
     from transformers import AutoModelForCausalLM
     from transformers.generation.utils import GenerationMixin
 
-    import sead.training.trainer
+    import sead.components.teacher_rollouts
     from _tiny import VLLM_HEADS, parity_reward, save_models, tiny_config, tiny_dataset, tokenizer
     from sead.training.trainer import OPDTrainer
 
@@ -75,8 +75,9 @@ def main(root: Path, out_path: Path) -> None:
         return engines[kwargs["model"]]
 
     trl_vllm.LLM = shared_student_engine
-    build_teacher_engine = sead.training.trainer.vllm_engine
-    sead.training.trainer.vllm_engine = lambda source, **kw: counted(build_teacher_engine(source, **kw), "teacher")
+    build_teacher_engine = sead.components.teacher_rollouts.vllm_engine
+    sead.components.teacher_rollouts.vllm_engine = lambda source, **kw: counted(build_teacher_engine(source, **kw),
+                                                                                  "teacher")
 
     def no_hf_generate(*args, **kwargs):
         raise AssertionError("HF generate ran: every rollout must come from a vLLM engine")
@@ -128,7 +129,7 @@ def main(root: Path, out_path: Path) -> None:
             "teacher_mixed_frac": [h.get("sgopd/teacher_mixed_frac") for h in logs],
             "student_engine_calls": calls["student"] - before["student"],
             "teacher_engine_calls": calls["teacher"] - before["teacher"],
-            "teacher_engine": trainer.teacher_llm is not None,
+            "teacher_engine": trainer.teacher_mix is not None and trainer.teacher_mix.sample.engine is not None,
             "engine_dtype": str(engine.llm.llm_engine.model_config.dtype),
             "gap_to_trained": logprob_gap(engine.llm, student, probe),
             "gap_to_initial": logprob_gap(engine.llm, initial, probe),

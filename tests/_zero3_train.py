@@ -111,7 +111,10 @@ def main(out: str, method: str) -> None:
     def compute_loss(unwrapped, inputs, num_items_in_batch):
         step = trainer.state.global_step + 1
         kept = {k: v.detach().cpu().clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-        torch.save({"inputs": kept, "num_items": float(num_items_in_batch)}, out_dir / f"inputs-step{step}-rank{rank}.pt")
+        zones = trainer.step_spec().zones  # zone_scope: step: the cuts of the whole step (both ranks' tokens)
+        cuts = None if zones is None or zones.cuts is None else [zones.cuts.teacher_entropy, zones.cuts.student_entropy_cut]
+        torch.save({"inputs": kept, "num_items": float(num_items_in_batch), "zone_cuts": cuts},
+                   out_dir / f"inputs-step{step}-rank{rank}.pt")
         return compute(unwrapped, inputs, num_items_in_batch)
 
     def last_hidden_state(model, *args, **kwargs):

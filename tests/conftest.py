@@ -6,6 +6,18 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# The property tests' profiles, loaded here (before any test module builds its `settings(...)`, which inherits every
+# field it does not set from the profile loaded at that moment). `ci`, the default: the same examples on every run
+# (derandomized, no example database), a failure printed with its reproduction blob. `explore`
+# (`HYPOTHESIS_PROFILE=explore make test`): fresh random examples each run, failures kept in `.hypothesis/`.
+# The tests set their own deadline (None) and max_examples; the profiles leave max_examples to them.
+# Both build on Hypothesis' `default` profile, not on whatever it loaded itself (its own `ci` when $CI is set).
+_DEFAULT = settings.get_profile("default")
+settings.register_profile("ci", _DEFAULT, derandomize=True, database=None, print_blob=True, deadline=None)
+settings.register_profile("explore", _DEFAULT, derandomize=False, print_blob=True, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 #: Where the real checkpoints live between sessions: the caller's SEAD_CACHE_DIR, else ~/.cache/sead (read before
 #: pytest_configure points SEAD_CACHE_DIR at a fresh directory for the built-in task's models). `make test` fetches

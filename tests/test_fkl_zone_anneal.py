@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _fused_problem import make_problem
+from _fused_problem import fused, make_problem, on_logits
 from _tiny import tiny_trainer
-from sead.losses.fused import LMHead, fused_objective
-from sead.losses.objective import logits_objective
+from sead.losses.fused import LMHead
 from sead.method.zones import FKL, MASKED, RKL, SKIP, zone_weights
 
 
@@ -28,15 +27,15 @@ def test_fused_equals_logits_path_with_an_annealed_fkl_zone(estimator):
     kw = dict(estimator=estimator, estimator_top_k=5, zones=True, alpha=0.3, fkl_zone_alpha=0.45,
               teacher_quantile=0.7, skip_fraction=0.3, entropy_top_k=None)
     hs = p["hs"].clone().requires_grad_()
-    out = fused_objective(LMHead(hs, p["ws"]), LMHead(p["ht"], p["wt"]), p["mask"], p["ids"], **kw)
+    out = fused(LMHead(hs, p["ws"]), LMHead(p["ht"], p["wt"]), p["mask"], p["ids"], **kw)
     (g,) = torch.autograd.grad(out.loss, hs)
     hs2 = p["hs"].clone().requires_grad_()
-    ref = logits_objective(hs2 @ p["ws"].T, p["ht"] @ p["wt"].T, p["mask"], p["ids"], **kw)
+    ref = on_logits(hs2 @ p["ws"].T, p["ht"] @ p["wt"].T, p["mask"], p["ids"], **kw)
     (g_ref,) = torch.autograd.grad(ref.loss, hs2)
     assert torch.equal(out.zones, ref.zones) and bool((out.zones == FKL).any())
     torch.testing.assert_close(out.loss, ref.loss, atol=1e-10, rtol=1e-9)
     torch.testing.assert_close(g, g_ref, atol=1e-10, rtol=1e-9)
-    default = logits_objective(hs2 @ p["ws"].T, p["ht"] @ p["wt"].T, p["mask"], p["ids"],
+    default = on_logits(hs2 @ p["ws"].T, p["ht"] @ p["wt"].T, p["mask"], p["ids"],
                                **{**kw, "fkl_zone_alpha": 1.0})
     assert abs(float(default.loss) - float(ref.loss)) > 1e-6  # the knob changes the FKL zone's loss
 
@@ -44,11 +43,12 @@ def test_fused_equals_logits_path_with_an_annealed_fkl_zone(estimator):
 def test_trainer_schedule(tmp_path):
     tr = tiny_trainer(tmp_path, method="sead", max_steps=10, fkl_zone_anneal=True)
     tr.state.max_steps = 10
-    assert tr.current_fkl_zone_alpha() == pytest.approx(1.0)
+    # the spec the loss takes at each step
+    assert tr.step_spec().zones.fkl_zone_alpha == pytest.approx(1.0)
     tr.state.global_step = 5
-    assert tr.current_fkl_zone_alpha() == pytest.approx(0.5)  # the cosine from 1 to alpha_end = 0, half-way
+    assert tr.step_spec().zones.fkl_zone_alpha == pytest.approx(0.5)  # the cosine from 1 to alpha_end = 0, half-way
     tr.state.global_step = 10
-    assert tr.current_fkl_zone_alpha() == pytest.approx(0.0)
+    assert tr.step_spec().zones.fkl_zone_alpha == pytest.approx(0.0)
     plain = tiny_trainer(tmp_path / "p", method="sead", max_steps=10)
     plain.state.global_step = 5
-    assert plain.current_fkl_zone_alpha() == 1.0  # default: the FKL zone is always forward KL
+    assert plain.step_spec().zones.fkl_zone_alpha == 1.0  # default: the FKL zone is always forward KL

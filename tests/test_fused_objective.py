@@ -11,9 +11,8 @@ import itertools
 import pytest
 import torch
 
-from _fused_problem import make_problem  # noqa: E402
-from sead.losses.fused import LMHead, fused_objective
-from sead.losses.objective import logits_objective
+from _fused_problem import fused, make_problem, on_logits  # noqa: E402
+from sead.losses.fused import LMHead
 from sead.method.logit_transforms import IDENTITY, LogitTransform
 from sead.method.zones import MASKED, SKIP
 
@@ -28,12 +27,12 @@ def run_both(p, *, tf_s=IDENTITY, tf_t=IDENTITY, tf_r=IDENTITY, reference=False,
     fused_in = [None if x is None else x.clone().requires_grad_(True) for x in (p["hs"], p["ws"], p["bs"])]
     naive_in = [None if x is None else x.clone().requires_grad_(True) for x in (p["hs"], p["ws"], p["bs"])]
     ref_head = LMHead(p["hr"], p["wr"], p["br"], tf_r) if reference else None
-    fused = fused_objective(
+    out = fused(
         LMHead(*fused_in, tf_s), LMHead(p["ht"], p["wt"], p["bt"], tf_t), p["mask"], p["ids"],
         correct=p["correct"], reference=ref_head, chunk_size=chunk_size, **kw,
     )
     ref_logits = _logits(p["hr"], p["wr"], p["br"], tf_r) if reference else None
-    naive = logits_objective(
+    naive = on_logits(
         _logits(*naive_in, tf_s), _logits(p["ht"], p["wt"], p["bt"], tf_t), p["mask"], p["ids"],
         correct=p["correct"], ref_logits=ref_logits, **kw,
     )
@@ -43,7 +42,7 @@ def run_both(p, *, tf_s=IDENTITY, tf_t=IDENTITY, tf_r=IDENTITY, reference=False,
         gs = iter(torch.autograd.grad(out.loss, present, allow_unused=True))
         return [None if x is None else next(gs) for x in inputs]
 
-    return fused, grads(fused, fused_in), naive, grads(naive, naive_in)
+    return out, grads(out, fused_in), naive, grads(naive, naive_in)
 
 
 def assert_agree(fused, g_fused, naive, g_naive, tol=1e-9):
@@ -85,12 +84,12 @@ def test_fused_objective_matches_logits_objective(case, reference):
     p = make_problem(seed, bias=seed % 2 == 0)
     kw = dict(case, estimator_top_k=4, alpha=0.3, teacher_quantile=0.8, skip_fraction=0.4,
               entropy_top_k=5, temperature=0.8 if seed % 3 else 1.0)
-    fused, gf, naive, gn = run_both(p, reference=reference, **kw)
-    assert_agree(fused, gf, naive, gn)
+    out, gf, naive, gn = run_both(p, reference=reference, **kw)
+    assert_agree(out, gf, naive, gn)
     if case["sign_gate"]:
-        assert 0 < fused.stats["consensus_frac"] < 1  # both branches of the gate were exercised
+        assert 0 < out.stats["consensus_frac"] < 1  # both branches of the gate were exercised
     if case["zones"]:
-        assert bool((fused.zones == SKIP).any())
+        assert bool((out.zones == SKIP).any())
 
 
 TRANSFORMS = [
@@ -107,8 +106,8 @@ def test_output_transforms_in_the_fused_path(name, tf_s, tf_t, estimator, gate, 
     p = make_problem(101, bias=True)
     kw = dict(estimator=estimator, sign_gate=gate, zones=zones, estimator_top_k=4, alpha=0.4,
               entropy_top_k=5, temperature=0.9)
-    fused, gf, naive, gn = run_both(p, tf_s=tf_s, tf_t=tf_t, tf_r=tf_s, reference=gate, **kw)
-    assert_agree(fused, gf, naive, gn)
+    out, gf, naive, gn = run_both(p, tf_s=tf_s, tf_t=tf_t, tf_r=tf_s, reference=gate, **kw)
+    assert_agree(out, gf, naive, gn)
 
 
 @pytest.mark.parametrize("support,top_k", [("teacher", 5), ("own", 5), ("teacher", None)])
@@ -117,21 +116,21 @@ def test_entropy_support_and_normalisers(support, top_k, normalize, num_items):
     p = make_problem(7)
     kw = dict(estimator="topk", sign_gate=True, zones=True, estimator_top_k=3, alpha=0.5, entropy_top_k=top_k,
               entropy_support=support, normalize=normalize, num_items=num_items)
-    fused, gf, naive, gn = run_both(p, reference=True, chunk_size=5, **kw)
-    assert_agree(fused, gf, naive, gn)
+    out, gf, naive, gn = run_both(p, reference=True, chunk_size=5, **kw)
+    assert_agree(out, gf, naive, gn)
 
 
 def test_no_grad_one_pass_gives_the_same_values():
     p = make_problem(11, bias=True)
     kw = dict(estimator="sampled", sign_gate=True, zones=True, alpha=0.2, entropy_top_k=5)
-    fused, _, naive, _ = run_both(p, reference=True, **kw)
+    out, _, naive, _ = run_both(p, reference=True, **kw)
     with torch.no_grad():
-        again = fused_objective(
+        again = fused(
             LMHead(p["hs"], p["ws"], p["bs"]), LMHead(p["ht"], p["wt"], p["bt"]), p["mask"], p["ids"],
             correct=p["correct"], reference=LMHead(p["hr"], p["wr"], p["br"]), chunk_size=3, **kw,
         )
-    assert torch.equal(again.zones, fused.zones)
-    torch.testing.assert_close(again.loss, fused.loss.detach(), rtol=1e-10, atol=1e-12)
+    assert torch.equal(again.zones, out.zones)
+    torch.testing.assert_close(again.loss, out.loss.detach(), rtol=1e-10, atol=1e-12)
     assert again.stats == pytest.approx(naive.stats, rel=1e-9)
 
 
@@ -141,13 +140,13 @@ def test_fp32_inputs_are_computed_in_fp32_and_bf16_in_fp32():
     p = make_problem(13)
     bf = {k: (v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in p.items()}
     hs = bf["hs"].clone().requires_grad_(True)
-    out = fused_objective(LMHead(hs, bf["ws"]), LMHead(bf["ht"], bf["wt"]), p["mask"], p["ids"],
+    out = fused(LMHead(hs, bf["ws"]), LMHead(bf["ht"], bf["wt"]), p["mask"], p["ids"],
                           estimator="sampled", sign_gate=True, correct=p["correct"])
     assert out.loss.dtype == torch.float32
     (g,) = torch.autograd.grad(out.loss, hs)
     assert g.dtype == torch.bfloat16
     f32 = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in bf.items()}
-    naive = logits_objective(f32["hs"] @ f32["ws"].T, f32["ht"] @ f32["wt"].T, p["mask"], p["ids"],
+    naive = on_logits(f32["hs"] @ f32["ws"].T, f32["ht"] @ f32["wt"].T, p["mask"], p["ids"],
                              estimator="sampled", sign_gate=True, correct=p["correct"])
     torch.testing.assert_close(out.loss, naive.loss, rtol=1e-5, atol=1e-6)
     assert out.stats["consensus_frac"] == naive.stats["consensus_frac"]
@@ -163,18 +162,18 @@ def test_fp32_inputs_are_computed_in_fp32_and_bf16_in_fp32():
 def test_bad_options_are_refused_by_name(kw, match):
     p = make_problem(3)
     with pytest.raises(ValueError, match=match):
-        fused_objective(LMHead(p["hs"], p["ws"]), LMHead(p["ht"], p["wt"]), p["mask"], **kw)
+        fused(LMHead(p["hs"], p["ws"]), LMHead(p["ht"], p["wt"]), p["mask"], **kw)
 
 
 def test_bad_ids_and_verdicts_are_refused():
     p = make_problem(3)
     args = (LMHead(p["hs"], p["ws"]), LMHead(p["ht"], p["wt"]), p["mask"])
     with pytest.raises(ValueError, match="completion_ids"):
-        fused_objective(*args, p["ids"] + 100, estimator="sampled")
+        fused(*args, p["ids"] + 100, estimator="sampled")
     with pytest.raises(ValueError, match="correct"):
-        fused_objective(*args, p["ids"], sign_gate=True)
+        fused(*args, p["ids"], sign_gate=True)
     with pytest.raises(ValueError, match="correct"):
-        fused_objective(*args, p["ids"], sign_gate=True, correct=torch.ones(5, dtype=torch.bool))
+        fused(*args, p["ids"], sign_gate=True, correct=torch.ones(5, dtype=torch.bool))
     with pytest.raises(ValueError, match="reference_weight"):
-        fused_objective(*args, p["ids"], sign_gate=True, correct=p["correct"],
+        fused(*args, p["ids"], sign_gate=True, correct=p["correct"],
                         reference=LMHead(p["hr"], p["wr"][:-1]))

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from _fused_problem import fused  # noqa: E402
 from sead.losses import fused_sead_loss
 
 V, HS, HT = 50, 6, 10  # distinct widths tell the student's projections from the teacher's
@@ -86,7 +87,7 @@ class _Tiles(TorchDispatchMode):
 @pytest.mark.parametrize("gate,zones", [(True, False), (True, True), (False, True)])
 def test_no_model_gets_more_than_a_chunk_of_logits(estimator, gate, zones):
     # every estimator, with the sign gate and a reference head: no [N, V] tensor for any model, only [chunk, V] tiles
-    from sead.losses.fused import LMHead, fused_objective
+    from sead.losses.fused import LMHead
 
     g = torch.Generator().manual_seed(5)
     b, t, chunk = 4, 10, 7
@@ -95,7 +96,7 @@ def test_no_model_gets_more_than_a_chunk_of_logits(estimator, gate, zones):
     h_t, w_t = torch.randn(b, t, HT, generator=g, dtype=torch.float64), torch.randn(V, HT, generator=g, dtype=torch.float64)
     ids = torch.randint(0, V, (b, t), generator=g)
     with _Tiles() as tiles:
-        out = fused_objective(LMHead(h_s, w_s), LMHead(h_t, w_t), torch.ones(b, t), ids, estimator=estimator,
+        out = fused(LMHead(h_s, w_s), LMHead(h_t, w_t), torch.ones(b, t), ids, estimator=estimator,
                               estimator_top_k=5, sign_gate=gate, correct=torch.tensor([True, False, True, False]),
                               reference=LMHead(h_s.detach() * 0.9, w_s.detach()), zones=zones, entropy_top_k=8,
                               chunk_size=chunk, alpha=0.3)
@@ -107,7 +108,7 @@ def test_no_model_gets_more_than_a_chunk_of_logits(estimator, gate, zones):
 def test_sign_gate_with_zones_projects_the_student_in_pass_a(gate):
     # with zones, pass A needs the student's log-normaliser for d_t of every valid token only when the gate is on
     # (consensus_frac counts them all); pass B projects the kept rows, the reference head included
-    from sead.losses.fused import LMHead, fused_objective
+    from sead.losses.fused import LMHead
 
     g = torch.Generator().manual_seed(6)
     n = 40
@@ -116,7 +117,7 @@ def test_sign_gate_with_zones_projects_the_student_in_pass_a(gate):
     h_t, w_t = torch.randn(n, HT, generator=g, dtype=torch.float64), torch.randn(V, HT, generator=g, dtype=torch.float64)
     ids = torch.randint(0, V, (n,), generator=g)
     with _ProjectionRows() as counter:
-        out = fused_objective(LMHead(h_s, w_s), LMHead(h_t, w_t), torch.ones(n), ids, sign_gate=gate,
+        out = fused(LMHead(h_s, w_s), LMHead(h_t, w_t), torch.ones(n), ids, sign_gate=gate,
                               correct=torch.rand(n, generator=g) < 0.5, zones=True, entropy_top_k=8, chunk_size=7)
     kept = int((out.zones > 0).sum())
     assert kept == n - 20

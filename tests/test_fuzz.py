@@ -19,8 +19,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _fused_problem import on_logits  # noqa: E402
 from sead.losses import fused_sead_loss, sead_loss
-from sead.losses.objective import logits_objective
 from sead.method.curriculum import CompetenceCurriculum
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -123,7 +123,7 @@ def test_logits_objective_finite_on_random_masks(mask, opts, V, scale, estimator
     ids = torch.randint(0, V, (B, T), generator=g)
     correct = torch.rand(B, generator=g) > 0.5
     ref_logits = torch.randn(B, T, V, generator=g) * scale if ref else None
-    out = logits_objective(s, t, mask, ids, estimator=estimator, estimator_top_k=min(3, V), sign_gate=sign_gate,
+    out = on_logits(s, t, mask, ids, estimator=estimator, estimator_top_k=min(3, V), sign_gate=sign_gate,
                            correct=correct, ref_logits=ref_logits, **opts)
     assert torch.isfinite(out.loss)
     n_valid = int(mask.sum())

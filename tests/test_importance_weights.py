@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from _fused_problem import make_problem
+from _fused_problem import fused, make_problem, on_logits
 from sead.engines.student_vllm import SamplerLogprobs
-from sead.losses.fused import LMHead, fused_objective
-from sead.losses.objective import logits_objective
+from sead.losses.fused import LMHead
 from sead.losses.terms import importance_weight
 
 
@@ -33,17 +32,17 @@ def test_fused_weights_equal_the_logits_path(gate, zones):
     common = dict(estimator="sampled", zones=zones, alpha=0.3, sign_gate=gate, correct=p["correct"],
                   sampler_logprobs=q, importance_cap=1.7, entropy_top_k=None)
     ref_head = LMHead(p["hr"], p["wr"])
-    out = fused_objective(LMHead(hs, p["ws"]), LMHead(p["ht"], p["wt"]), p["mask"], p["ids"],
+    out = fused(LMHead(hs, p["ws"]), LMHead(p["ht"], p["wt"]), p["mask"], p["ids"],
                           reference=ref_head if gate else None, **common)
     (g_fused,) = torch.autograd.grad(out.loss, hs)
     hs2 = p["hs"].clone().requires_grad_()
-    ref = logits_objective(hs2 @ p["ws"].T, p["ht"] @ p["wt"].T, p["mask"], p["ids"],
+    ref = on_logits(hs2 @ p["ws"].T, p["ht"] @ p["wt"].T, p["mask"], p["ids"],
                            ref_logits=(p["hr"] @ p["wr"].T) if gate else None, **common)
     (g_ref,) = torch.autograd.grad(ref.loss, hs2)
     torch.testing.assert_close(out.loss, ref.loss, atol=1e-10, rtol=1e-9)
     torch.testing.assert_close(g_fused, g_ref, atol=1e-10, rtol=1e-9)
     # and the weights changed the gradient (they are not all 1)
-    plain = logits_objective(hs2 @ p["ws"].T, p["ht"] @ p["wt"].T, p["mask"], p["ids"],
+    plain = on_logits(hs2 @ p["ws"].T, p["ht"] @ p["wt"].T, p["mask"], p["ids"],
                              ref_logits=(p["hr"] @ p["wr"].T) if gate else None,
                              **{**common, "sampler_logprobs": None})
     (g_plain,) = torch.autograd.grad(plain.loss, hs2)
@@ -64,7 +63,7 @@ def test_weighted_gradient_is_the_on_policy_gradient_in_expectation():
     def grad_at(y, weighted):
         z = z_s.clone().requires_grad_()
         mask = torch.ones(1, 1)
-        out = logits_objective(z.view(1, 1, V), z_t.view(1, 1, V), mask, torch.tensor([[y]]), estimator="sampled",
+        out = on_logits(z.view(1, 1, V), z_t.view(1, 1, V), mask, torch.tensor([[y]]), estimator="sampled",
                                sampler_logprobs=logq[y].view(1, 1) if weighted else None, importance_cap=100.0)
         (g,) = torch.autograd.grad(out.loss, z)
         return g

@@ -138,9 +138,11 @@ def test_beta_is_read_by_nothing_in_the_loss_and_temperature_is(tmp_path):
     base = tr._compute_loss(student, batch, None)[0].item()
     tr.beta = 0.0  # what `beta: 0` would set (the config refuses it)
     assert tr._compute_loss(student, batch, None)[0].item() == base
-    tr.beta = 1.0
-    tr.temperature = 2.0
-    assert tr._compute_loss(student, batch, None)[0].item() != pytest.approx(base, rel=1e-4)
+    # TRL's `temperature` is the loss's too (its spec, built once from the config)
+    hot = tiny_trainer(tmp_path / "hot", method="opd", log_pass_rate=False, temperature=2.0)
+    assert hot.spec.temperature == 2.0
+    hot_loss = hot._compute_loss(hot.accelerator.unwrap_model(hot.model), batch, None)[0].item()
+    assert hot_loss != pytest.approx(base, rel=1e-4)
 
 
 def test_shuffle_dataset_false_gives_dataset_order(tmp_path):
@@ -201,9 +203,8 @@ def test_pad_to_multiple_of_survives_teacher_mixing(tmp_path, monkeypatch):
     }
     # rho = 1 at step 0: every prompt is offered (and, with this verifier, given) a teacher rollout
     tr.state.global_step = 0
-    out, _, mixed = tr._mix_teacher_rollouts(
-        [tr.train_dataset[i] for i in range(B)], dict(output), [False] * B
-    )
+    mix = tr._mix_teacher_rollouts([tr.train_dataset[i] for i in range(B)], dict(output), [False] * B)
+    out, mixed = mix.output, mix.mixed
     assert all(mixed)
     assert out["completion_ids"].size(1) == 16 and out["completion_mask"].size(1) == 16  # not len(good)
     assert out["completion_ids"][0, : len(good)].tolist() == good

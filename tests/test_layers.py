@@ -19,20 +19,20 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 
 #: Bottom to top. A module may import its own folder and any folder of a lower rank; folders of one rank are
-#: independent of each other. ``sead/__init__.py``, ``sead/cli.py`` and ``sead/_deprecated.py`` stand above all.
+#: independent of each other. ``sead/__init__.py`` and ``sead/cli.py`` stand above all.
 LAYERS: list[tuple[str, ...]] = [
     ("utils",),
     ("method", "checkpoints"),
     ("losses",),
     ("engines",),
     ("grading",),
-    ("data", "tasks"),
+    ("data", "tasks", "components"),
     ("training", "evaluation", "plan"),
     ("experiments",),
     ("bench",),
     ("commands",),
 ]
-TOP = {"sead", "sead.cli", "sead._deprecated"}
+TOP = {"sead", "sead.cli"}
 
 
 def _modules() -> dict[str, Path]:

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sead.losses.fused import LMHead, fused_objective
-from sead.losses.objective import logits_objective
+from _fused_problem import fused, on_logits  # noqa: E402
+from sead.losses.fused import LMHead
 from sead.method.logit_transforms import IDENTITY, LogitTransform, check_output_transform, logit_transform_of
 
 
@@ -110,7 +110,7 @@ def test_loss_equals_the_kl_from_the_models_own_logits(kind, path):
     # the reference: the objective on the models' own output logits
     with torch.no_grad():
         t_logits = teacher(input_ids=ids).logits
-    ref = logits_objective(student(input_ids=ids).logits, t_logits, mask, ids, **kw)
+    ref = on_logits(student(input_ids=ids).logits, t_logits, mask, ids, **kw)
     ref_grads = _param_grads(student, ref.loss)
     # ours: hidden states and heads, each model's transform read from its config
     h_s = student.base_model(input_ids=ids).last_hidden_state
@@ -118,16 +118,16 @@ def test_loss_equals_the_kl_from_the_models_own_logits(kind, path):
         h_t = teacher.base_model(input_ids=ids).last_hidden_state
     head_s, head_t = student.get_output_embeddings(), teacher.get_output_embeddings()
     if path == "fused":
-        out = fused_objective(LMHead(h_s, head_s.weight, head_s.bias, tf_s), LMHead(h_t, head_t.weight, head_t.bias, tf_t),
+        out = fused(LMHead(h_s, head_s.weight, head_s.bias, tf_s), LMHead(h_t, head_t.weight, head_t.bias, tf_t),
                               mask, ids, chunk_size=5, **kw)
     else:
-        out = logits_objective(tf_s(head_s(h_s)), tf_t(head_t(h_t)), mask, ids, **kw)
+        out = on_logits(tf_s(head_s(h_s)), tf_t(head_t(h_t)), mask, ids, **kw)
     assert torch.equal(out.zones, ref.zones)
     torch.testing.assert_close(out.loss, ref.loss, rtol=1e-9, atol=1e-12)
     for a, b in zip(_param_grads(student, out.loss), ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
     # and without the transform the loss would be a different one
-    wrong = fused_objective(LMHead(h_s.detach(), head_s.weight), LMHead(h_t, head_t.weight), mask, ids, **kw)
+    wrong = fused(LMHead(h_s.detach(), head_s.weight), LMHead(h_t, head_t.weight), mask, ids, **kw)
     assert abs(float(wrong.loss.detach()) - float(ref.loss.detach())) > 1e-4
 
 

@@ -11,7 +11,6 @@ what these tests run (docs/reliability.md).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,25 +18,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from _ports import retry_on_port_collision
 from _tiny import REPO, standard_recipe, subprocess_env, tiny_trainer
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), *args,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=timeout, cwd=REPO)
-    if proc.returncode != 0 and "address already in use" in proc.stderr.lower():  # the free port was taken meanwhile
-        cmd[cmd.index("--main_process_port") + 1] = str(_free_port())
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=timeout, cwd=REPO)
+    def launch(port: int) -> subprocess.CompletedProcess:
+        cmd = [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port), *args,
+        ]
+        return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=timeout, cwd=REPO)
+
+    proc = retry_on_port_collision(launch)  # again on a fresh port if another process took it meanwhile
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
 
@@ -109,7 +103,8 @@ def test_two_processes_opd_through_the_cli(tmp_path):
 def test_loss_normaliser_is_the_global_token_count(tmp_path):
     torch.set_num_threads(1)
     n = torch.tensor(40.0)
-    assert float(tiny_trainer(tmp_path / "a", method="opd")._loss_num_items(n)) == 40.0
-    assert float(tiny_trainer(tmp_path / "b", method="sead", skip_fraction=0.25)._loss_num_items(n)) == 30.0
-    assert float(tiny_trainer(tmp_path / "c", method="sead", loss_normalization="all")._loss_num_items(n)) == 40.0
-    assert tiny_trainer(tmp_path / "d", method="opd")._loss_num_items(None) is None
+    # the trainer's spec divides by the global count, with SEAD "kept" by its expected kept share
+    assert float(tiny_trainer(tmp_path / "a", method="opd").spec.normaliser(n)) == 40.0
+    assert float(tiny_trainer(tmp_path / "b", method="sead", skip_fraction=0.25).spec.normaliser(n)) == 30.0
+    assert float(tiny_trainer(tmp_path / "c", method="sead", loss_normalization="all").spec.normaliser(n)) == 40.0
+    assert tiny_trainer(tmp_path / "d", method="opd").spec.normaliser(None) is None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _fused_problem import on_logits  # noqa: E402
 from _tiny import tiny_config, tiny_dataset, tiny_model, tiny_trainer, tokenizer
-from sead.losses.objective import logits_objective
 from sead.training.config import OPDConfig
 from sead.utils.errors import SeadError
 
@@ -72,7 +72,7 @@ def _batch(B=3, P=4, C=6, seed=0):
 
 @pytest.mark.parametrize("method, fused", [("opd", True), ("opd", False), ("sead", True)])
 def test_tool_result_tokens_get_no_loss(tmp_path, method, fused):
-    tr = tiny_trainer(tmp_path, method=method, use_fused_loss=fused, curriculum=False)
+    tr = tiny_trainer(tmp_path, method=method, use_fused_loss=fused, curriculum=False, max_steps=10)
     batch = _batch()
     tool_BT = torch.ones_like(batch["completion_mask"])
     tool_BT[0, 1:3] = 0  # two tool-result tokens inside the first completion
@@ -88,8 +88,11 @@ def test_tool_result_tokens_get_no_loss(tmp_path, method, fused):
     with torch.no_grad():
         s = tr.model(input_ids=ids, attention_mask=attn).logits[:, -C - 1 : -1]
         t = tr.teacher_model(input_ids=ids, attention_mask=attn).logits[:, -C - 1 : -1]
-    ref = logits_objective(s, t, loss_mask, batch["completion_ids"], zones=tr.args.zones, alpha=tr.current_alpha(),
-                           entropy_top_k=tr.args.entropy_top_k, num_items=tr._loss_num_items(n_items))
+    # by hand, at step 0 of 10: SEAD's anneal starts at alpha_start 0.8 and divides by the expected kept count,
+    # (1 - skip_fraction 0.5) x the valid tokens; vanilla OPD is pure reverse KL over the valid tokens
+    sead = method == "sead"
+    ref = on_logits(s, t, loss_mask, batch["completion_ids"], zones=sead, alpha=0.8 if sead else 0.0,
+                    entropy_top_k=64, num_items=n_items * 0.5 if sead else n_items)
     assert float(loss) == pytest.approx(float(ref.loss), rel=1e-5, abs=1e-7)
     plain = tr._compute_loss(tr.model, batch, batch["completion_mask"].sum().float())[0]
     assert float(plain) != pytest.approx(float(loss), rel=1e-4)  # the mask really changed what is trained
@@ -144,12 +147,12 @@ def test_sgopd_training_never_builds_full_logits(tmp_path, estimator, monkeypatc
     """Issue 12: a sign-gated run projects hidden states chunk by chunk; no `[B, T, V]` logits of student, teacher
     or reference. Every lm_head call (generation's, one position at a time) is recorded; the logits path is
     made to fail."""
-    import sead.training.loss_glue
+    import sead.training.trainer
 
     def refuse(*args, **kwargs):
         raise AssertionError("the full-logits objective was called")
 
-    monkeypatch.setattr(sead.training.loss_glue, "logits_objective", refuse)
+    monkeypatch.setattr(sead.training.trainer, "logits_objective", refuse)
     trainer = tiny_trainer(tmp_path, method="sgopd", estimator=estimator, estimator_top_k=4, max_steps=2,
                            teacher_mix_rho0=1.0)
     shapes = []

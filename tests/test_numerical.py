@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-import sead.training.loss_glue as loss_glue
+import sead.training.trainer as trainer_module
 from _tiny import params, tiny_trainer, tokenizer
 from sead.utils.errors import NonFiniteError
 
@@ -100,7 +100,7 @@ class _LossFault:
 
     def __init__(self, monkeypatch):
         self.armed = False
-        real = loss_glue.fused_objective
+        real = trainer_module.fused_objective
 
         def fused(*args, **kwargs):
             out = real(*args, **kwargs)
@@ -108,7 +108,7 @@ class _LossFault:
                 out.loss = out.loss * NAN
             return out
 
-        monkeypatch.setattr(loss_glue, "fused_objective", fused)
+        monkeypatch.setattr(trainer_module, "fused_objective", fused)
 
     def arm(self, trainer):
         self.armed = True
@@ -266,4 +266,4 @@ def test_batch_of_only_empty_completions_gives_zero_loss_and_no_gradient(tmp_pat
         loss, grads = _loss_and_grads(trainer, batch, 1)
         assert float(loss) == 0.0
         assert all(float(g.abs().max()) == 0.0 for g in grads.values())
-    assert trainer._nonfinite_reason is None
+    assert trainer.nonfinite.reason is None

@@ -12,7 +12,7 @@ import torch
 from _tiny import tiny_dataset, tiny_model, tokenizer
 from sead.engines.vllm_engine import choose_backend
 from sead.training.config import OPDConfig
-from sead.training.loss_glue import full_tensor as _full_tensor
+from sead.training.forwards import full_tensor as _full_tensor
 from sead.training.trainer import OPDTrainer
 from sead.utils.errors import SeadError
 
@@ -60,7 +60,7 @@ def test_the_trainer_refuses_a_vllm_teacher_when_vllm_is_missing(tmp_path, monke
 def test_auto_backend_on_a_cpu_uses_hf_generate(tmp_path):
     cfg = _cfg(tmp_path, method="sgopd", teacher_num_generations=2)
     tr = OPDTrainer(tiny_model(0), tiny_model(1), args=cfg, train_dataset=tiny_dataset(8), processing_class=tokenizer())
-    assert tr.teacher_llm is None
+    assert tr.teacher_mix.sample.engine is None and tr.teacher_mix.sample.local_teacher() is not None
 
 
 class _FakeVLLM:
@@ -91,7 +91,7 @@ def test_teacher_mixing_goes_through_the_teacher_engine(tmp_path, monkeypatch):
     good = tok("5}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     bad = tok("7}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id, tok.pad_token_id]
     engine = _FakeVLLM({10: [bad, good], 11: [bad, bad], 12: [good, bad], 13: [good, bad]})
-    tr.teacher_llm = engine
+    tr.teacher_mix.sample.engine = engine
     fake_vllm = types.ModuleType("vllm")
     fake_vllm.SamplingParams = lambda **kw: types.SimpleNamespace(kw=kw)
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
@@ -110,7 +110,8 @@ def test_teacher_mixing_goes_through_the_teacher_engine(tmp_path, monkeypatch):
         "num_items_in_batch": torch.tensor(12),
     }
     tr.state.global_step = 0
-    out, correct, mixed = tr._mix_teacher_rollouts([ds[i] for i in range(B)], dict(output), [False] * B)
+    mix = tr._mix_teacher_rollouts([ds[i] for i in range(B)], dict(output), [False] * B)
+    out, correct, mixed = mix.output, mix.correct, mix.mixed
     assert mixed == [True, False, True, True] and correct == [True, False, True, True]
     assert out["completion_ids"][0, : len(good)].tolist() == good
     assert out["completion_mask"][0].sum() == len(good)  # cut after EOS: the pad after it is not a token
@@ -167,15 +168,16 @@ def test_components_that_need_verdicts_grade_even_without_pass_rate_logging(tmp_
 
 def test_the_teacher_engine_is_built_once_from_the_teachers_path(tmp_path, monkeypatch):
     built = []
-    monkeypatch.setattr("sead.training.trainer.choose_backend", lambda backend, field: backend)
-    monkeypatch.setattr("sead.training.trainer.vllm_engine", lambda source, **kw: built.append((source, kw)) or "engine")
+    monkeypatch.setattr("sead.components.teacher_rollouts.choose_backend", lambda backend, field: backend)
+    monkeypatch.setattr("sead.components.teacher_rollouts.vllm_engine",
+                        lambda source, **kw: built.append((source, kw)) or "engine")
     teacher = tiny_model(1)
     teacher.save_pretrained(tmp_path / "teacher")
     cfg = _cfg(tmp_path, method="sgopd", teacher_generation_backend="vllm", teacher_num_generations=2,
                teacher_vllm_gpu_memory_utilization=0.2, max_prompt_length=20)  # fmt: skip
     tr = OPDTrainer(tiny_model(0), str(tmp_path / "teacher"), args=cfg, train_dataset=tiny_dataset(8),
                     processing_class=tokenizer())  # fmt: skip
-    assert tr.teacher_llm == "engine"
+    assert tr.teacher_mix.sample.engine == "engine"
     (source, kw), = built
     assert source == str(tmp_path / "teacher")
     assert kw["gpu_memory_utilization"] == 0.2 and kw["max_model_len"] == 20 + 6 and kw["seed"] == 0
@@ -186,7 +188,7 @@ def test_the_teacher_engine_is_built_once_from_the_teachers_path(tmp_path, monke
     # opd / sead never build one
     cfg = _cfg(tmp_path, method="sead", teacher_generation_backend="vllm")
     tr = OPDTrainer(tiny_model(0), tiny_model(1), args=cfg, train_dataset=tiny_dataset(8), processing_class=tokenizer())
-    assert tr.teacher_llm is None and len(built) == 1
+    assert tr.teacher_mix is None and len(built) == 1
 
 
 @pytest.mark.slow
@@ -194,17 +196,17 @@ def test_fused_loss_under_real_fsdp2_sharding_on_two_cpu_processes(tmp_path):
     """FSDP2 (``fully_shard``, gloo): the teacher's lm_head is a sharded DTensor when the loss reads it; the loss and
     the student's gradients equal the unsharded ones (tests/_fsdp2_loss.py)."""
     import json
-    import socket
     import subprocess
 
+    from _ports import retry_on_port_collision
     from _tiny import REPO, subprocess_env
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(REPO / "tests" / "_fsdp2_loss.py"), str(tmp_path)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300, cwd=REPO)
+    def launch(port: int) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(REPO / "tests" / "_fsdp2_loss.py"), str(tmp_path)]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300, cwd=REPO)
+
+    proc = retry_on_port_collision(launch)  # again on a fresh port if another process took it meanwhile
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = [json.loads((tmp_path / f"result-rank{r}.json").read_text()) for r in (0, 1)]
     for r in results:

@@ -223,9 +223,13 @@ def test_sign_gate_float32_inputs(inp):
     t, s, r, correct, lc, lf = inp
     t32, s32 = t.float(), s.float()
     lam = sign_gate_lambda(t32, s32, correct, lambda_consensus=lc, lambda_conflict=lf)
-    d = (t32 - s32).double()
-    v = torch.where(correct, 1.0, -1.0).double()[:, None]
-    want = torch.where(d * v > 0, torch.tensor(lc, dtype=torch.float64), torch.tensor(lf, dtype=torch.float64))
-    torch.testing.assert_close(lam.double(), want, rtol=1e-6, atol=1e-6)
-    # consensus positions exactly where d * v > 0
-    assert torch.equal((lam.double() - lc).abs() < 1e-5, (d * v > 0) | ((lc - lf) < 1e-5))
+    assert lam.dtype == torch.float32
+    # consensus exactly where d * v > 0, d the float32 difference the gate sees; each value is float32(lc) or
+    # float32(lf) exactly (no tolerance: lc and lf may lie closer than any tolerance, e.g. 1.0 and 0.99999)
+    v32 = torch.where(correct, 1.0, -1.0).float()[:, None]
+    consensus = (t32 - s32) * v32 > 0
+    want = torch.where(consensus, torch.tensor(lc, dtype=torch.float32), torch.tensor(lf, dtype=torch.float32))
+    assert torch.equal(lam, want)
+    # rounding to float32 is monotone: the zones are the float64 ones, except where the rounding made t and s tie
+    v64 = torch.where(correct, 1.0, -1.0).double()[:, None]
+    assert torch.equal(consensus, ((t - s) * v64 > 0) & (t32 != s32))

@@ -9,14 +9,15 @@ DeepSpeed is not installed here: its branch is checked against stand-ins only.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import types
 
 import pytest
 
+from _ports import retry_on_port_collision
 from _tiny import REPO, subprocess_env, tiny_model
+from sead.components.teacher_mix import teacher_mix_picks
 from sead.plan import facts_from_config, frozen_bytes
 from sead.training.sharding import (
     check_sharding,
@@ -26,7 +27,6 @@ from sead.training.sharding import (
     requested_sharding,
     sharding_refusal,
 )
-from sead.training.trainer import teacher_mix_picks
 from sead.utils.errors import SeadError
 
 
@@ -147,18 +147,16 @@ def test_teacher_mix_picks_are_agreed_across_ranks_unbiased_and_pure():
 
 
 # --------------------------------------------------------------------------- two processes, sharded
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("shard")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(REPO / "tests" / "_shard_frozen.py"), str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=400, cwd=REPO)
+
+    def launch(port: int) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(REPO / "tests" / "_shard_frozen.py"), str(out)]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=400, cwd=REPO)
+
+    proc = retry_on_port_collision(launch)  # again on a fresh port if another process took it meanwhile
     assert proc.returncode == 0, proc.stderr[-6000:]
     return [json.loads((out / f"result-rank{r}.json").read_text()) for r in (0, 1)]
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _fused_problem import make_problem  # noqa: E402
-from sead.losses.fused import LMHead, SparseTeacher, fused_objective
-from sead.losses.objective import logits_objective
+from _fused_problem import fused, make_problem, on_logits  # noqa: E402
+from sead.losses.fused import LMHead, SparseTeacher
 from sead.method.divergences import topk_forward_kl
 from sead.method.gates import sign_gated_advantage
 from sead.method.zones import SKIP, zone_weights
@@ -60,9 +59,9 @@ def test_topk_from_a_served_teacher_equals_the_dense_teacher(convention, zones, 
     kw = dict(estimator="topk", topk_convention=convention, estimator_top_k=k_est, entropy_top_k=k_ent,
               entropy_support="teacher", zones=zones, alpha=alpha, teacher_quantile=0.8, skip_fraction=0.4, chunk_size=4)
     s_dense, in_dense = _student(p)
-    dense = fused_objective(s_dense, LMHead(p["ht"], p["wt"], p["bt"]), p["mask"], **kw)
+    dense = fused(s_dense, LMHead(p["ht"], p["wt"], p["bt"]), p["mask"], **kw)
     s_sparse, in_sparse = _student(p)
-    sparse = fused_objective(s_sparse, served(p, k_served), p["mask"], **kw)
+    sparse = fused(s_sparse, served(p, k_served), p["mask"], **kw)
     _agree(sparse, _grads(sparse.loss, in_sparse), dense, _grads(dense.loss, in_dense))
     if zones:
         assert bool((sparse.zones == SKIP).any())
@@ -75,9 +74,9 @@ def test_sampled_from_a_served_teacher_equals_the_dense_teacher_without_fkl(gate
     kw = dict(estimator="sampled", estimator_top_k=6, entropy_top_k=6, sign_gate=gate, correct=p["correct"],
               reference=LMHead(p["hr"], p["wr"], p["br"]) if reference else None, chunk_size=5)
     s_dense, in_dense = _student(p)
-    dense = fused_objective(s_dense, LMHead(p["ht"], p["wt"], p["bt"]), p["mask"], p["ids"], **kw)
+    dense = fused(s_dense, LMHead(p["ht"], p["wt"], p["bt"]), p["mask"], p["ids"], **kw)
     s_sparse, in_sparse = _student(p)
-    sparse = fused_objective(s_sparse, served(p, 6), p["mask"], p["ids"], **kw)
+    sparse = fused(s_sparse, served(p, 6), p["mask"], p["ids"], **kw)
     _agree(sparse, _grads(sparse.loss, in_sparse), dense, _grads(dense.loss, in_dense))
     if gate:
         assert 0 < sparse.stats["consensus_frac"] < 1
@@ -94,12 +93,12 @@ def test_sampled_from_a_served_teacher_with_zones_and_the_gate(convention, refer
     kw = dict(estimator="sampled", topk_convention=convention, estimator_top_k=k, entropy_top_k=k, zones=True,
               alpha=alpha, sign_gate=True, correct=p["correct"], teacher_quantile=0.8, skip_fraction=0.4)
     student, inputs = _student(p)
-    out = fused_objective(student, served(p, k), p["mask"], p["ids"], reference=ref_head, chunk_size=3, **kw)
+    out = fused(student, served(p, k), p["mask"], p["ids"], reference=ref_head, chunk_size=3, **kw)
     g_out = _grads(out.loss, inputs)
 
     hs, ws = p["hs"].clone().requires_grad_(True), p["ws"].clone().requires_grad_(True)
     s_logits, t_logits = hs @ ws.T, p["ht"] @ p["wt"].T
-    zones = logits_objective(s_logits.detach(), t_logits, p["mask"], p["ids"], **{
+    zones = on_logits(s_logits.detach(), t_logits, p["mask"], p["ids"], **{
         **kw, "estimator": "full", "sign_gate": False}).zones
     w_f, w_r = zone_weights(zones, alpha)
     fkl = topk_forward_kl(s_logits, t_logits, k, 1.0, convention)
@@ -128,7 +127,7 @@ def test_served_teacher_with_zero_probabilities_and_a_full_top_k_mass_stays_fini
     lp[..., 0] = torch.log1p(-(lp[..., 1:-1].exp().sum(-1))) + 1e-9  # top-k mass 1 + 1e-9
     for estimator in ("topk", "sampled"):
         student, inputs = _student(p)
-        out = fused_objective(student, SparseTeacher(sp.token_ids, lp, sp.sampled_logprobs), p["mask"], p["ids"],
+        out = fused(student, SparseTeacher(sp.token_ids, lp, sp.sampled_logprobs), p["mask"], p["ids"],
                               estimator=estimator, estimator_top_k=6, entropy_top_k=6, zones=True, alpha=0.5)
         assert torch.isfinite(out.loss)
         assert all(torch.isfinite(g).all() for g in _grads(out.loss, inputs) if g is not None)
@@ -146,7 +145,7 @@ def test_served_teacher_misuse_is_refused_clearly(kw, match):
     p = make_problem(2)
     base = dict(estimator="topk", estimator_top_k=6, entropy_top_k=6, correct=p["correct"])
     with pytest.raises(ValueError, match=match):
-        fused_objective(LMHead(p["hs"], p["ws"]), served(p, 6), p["mask"], p["ids"], **{**base, **kw})
+        fused(LMHead(p["hs"], p["ws"]), served(p, 6), p["mask"], p["ids"], **{**base, **kw})
 
 
 def test_bad_served_inputs_are_refused_by_name():
@@ -157,16 +156,16 @@ def test_bad_served_inputs_are_refused_by_name():
     dup = sp.token_ids.clone()
     dup[..., 1] = dup[..., 0]
     with pytest.raises(ValueError, match="distinct"):
-        fused_objective(head, SparseTeacher(dup, sp.logprobs, sp.sampled_logprobs), p["mask"], **kw)
+        fused(head, SparseTeacher(dup, sp.logprobs, sp.sampled_logprobs), p["mask"], **kw)
     with pytest.raises(ValueError, match="log-probabilities"):
-        fused_objective(head, SparseTeacher(sp.token_ids, sp.logprobs + 1.0, sp.sampled_logprobs), p["mask"], **kw)
+        fused(head, SparseTeacher(sp.token_ids, sp.logprobs + 1.0, sp.sampled_logprobs), p["mask"], **kw)
     with pytest.raises(ValueError, match="token_ids"):
-        fused_objective(head, SparseTeacher(sp.token_ids + 100, sp.logprobs), p["mask"], **kw)
+        fused(head, SparseTeacher(sp.token_ids + 100, sp.logprobs), p["mask"], **kw)
     with pytest.raises(ValueError, match="sampled_logprobs"):
-        fused_objective(head, SparseTeacher(sp.token_ids, sp.logprobs), p["mask"], p["ids"],
+        fused(head, SparseTeacher(sp.token_ids, sp.logprobs), p["mask"], p["ids"],
                         **{**kw, "estimator": "sampled"})
     with pytest.raises(ValueError, match="shaped"):
-        fused_objective(head, SparseTeacher(sp.token_ids[:1], sp.logprobs[:1]), p["mask"], **kw)
+        fused(head, SparseTeacher(sp.token_ids[:1], sp.logprobs[:1]), p["mask"], **kw)
 
 
 def test_own_entropy_support_with_a_served_teacher():
@@ -174,7 +173,7 @@ def test_own_entropy_support_with_a_served_teacher():
     p = make_problem(51)
     kw = dict(estimator="topk", estimator_top_k=6, entropy_top_k=5, entropy_support="own", zones=True, alpha=0.2)
     s_dense, in_dense = _student(p)
-    dense = fused_objective(s_dense, LMHead(p["ht"], p["wt"]), p["mask"], **kw)
+    dense = fused(s_dense, LMHead(p["ht"], p["wt"]), p["mask"], **kw)
     s_sparse, in_sparse = _student(p)
-    sparse = fused_objective(s_sparse, served(p, 6), p["mask"], **kw)
+    sparse = fused(s_sparse, served(p, 6), p["mask"], **kw)
     _agree(sparse, _grads(sparse.loss, in_sparse), dense, _grads(dense.loss, in_dense))

@@ -6,13 +6,13 @@ mid-run that saves a checkpoint from which the run resumes exactly. The real vLL
 from __future__ import annotations
 
 import math
-import socket
 import threading
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _ports import free_port, retry_on_port_collision
 from _teacher_server import FakeVLLM
 from _tiny import max_abs_diff, params, tiny_config, tiny_dataset, tiny_model, tokenizer
 from sead.engines.teacher_server import TeacherServer, TeacherServerError, parse_prompt_logprobs
@@ -38,12 +38,6 @@ def server(teacher):
 def _client(url, **kw):
     kw = {"model": "tiny-teacher", "timeout": 5.0, "max_retries": 2, "backoff": 0.01, **kw}
     return TeacherServer(url, kw.pop("model"), **kw)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- parsing --------------------------------------------------------------------------------------
@@ -111,7 +105,7 @@ def test_sparse_teacher_matches_hf_forward(server, teacher):
 # ---- faults and retries -----------------------------------------------------------------------------
 def test_refused_connection_retries_then_stops_with_clear_error():
     sleeps = []
-    client = _client(f"http://127.0.0.1:{_free_port()}", max_retries=3, backoff=0.5, sleep=sleeps.append)
+    client = _client(f"http://127.0.0.1:{free_port()}", max_retries=3, backoff=0.5, sleep=sleeps.append)
     with pytest.raises(TeacherServerError, match=r"failed 4 time\(s\).*could not connect"):
         client.sparse_logprobs([[1, 2, 3]], [1], K)
     assert sleeps == [0.5, 1.0, 2.0]  # exponential backoff
@@ -119,17 +113,33 @@ def test_refused_connection_retries_then_stops_with_clear_error():
 
 def test_refused_connection_then_the_server_comes_up(teacher):
     """The server starts while the client retries: the answer arrives, nothing is lost."""
-    port = _free_port()
-    srv = FakeVLLM(teacher, tokenizer(), max_logprobs=K, port=port)
-    starter = threading.Timer(0.3, srv.start)
-    starter.start()
-    try:
-        client = _client(f"http://127.0.0.1:{port}", max_retries=20, backoff=0.1)
-        out = client.sparse_logprobs([[5, 6, 7]], [1], K)
-        assert len(out[0][2]) == 2
-    finally:
-        starter.join()
-        srv.stop()
+
+    def attempt(port: int):
+        srv = FakeVLLM(teacher, tokenizer(), max_logprobs=K, port=port)
+        start_failed = []
+
+        def start():
+            try:
+                srv.start()
+            except OSError as err:  # another process took the port meanwhile: retried on a fresh one
+                start_failed.append(err)
+
+        starter = threading.Timer(0.3, start)
+        starter.start()
+        try:
+            client = _client(f"http://127.0.0.1:{port}", max_retries=20, backoff=0.1)
+            return client.sparse_logprobs([[5, 6, 7]], [1], K)
+        except Exception:
+            starter.join()
+            if start_failed:
+                raise start_failed[0] from None
+            raise
+        finally:
+            starter.join()
+            srv.stop()
+
+    out = retry_on_port_collision(attempt)
+    assert len(out[0][2]) == 2
 
 
 @pytest.mark.parametrize("fault", ["500", "malformed", "short", "timeout"])
@@ -192,7 +202,7 @@ def test_a_server_started_with_skip_tokenizer_init_is_accepted_with_a_warning(te
 
 
 def test_wait_until_ready_times_out_with_advice():
-    client = _client(f"http://127.0.0.1:{_free_port()}")
+    client = _client(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(TeacherServerError, match=r"did not answer /health within 0.2 s.*teacher_server_startup_timeout"):
         client.wait_until_ready(0.2)
 
@@ -262,7 +272,7 @@ def _inputs(trainer):
 
 def test_trainer_holds_no_teacher_and_refuses_a_local_one(tmp_path, server):
     trainer = _served_trainer(tmp_path, server.url)
-    assert trainer.teacher_model is None and trainer.teacher_server.model == "tiny-teacher"
+    assert trainer.teacher_model is None and trainer.served.server.model == "tiny-teacher"
     with pytest.raises(SeadError, match="either served or local"):
         OPDTrainer(tiny_model(0), tiny_model(1), args=trainer.args, train_dataset=tiny_dataset(16),
                    processing_class=tokenizer())
@@ -373,18 +383,18 @@ def test_sead_train_exits_4_with_a_checkpoint_when_the_server_fails(tmp_path, se
 @pytest.mark.parametrize("width", [6, 0])
 def test_a_rank_whose_completions_are_all_empty_asks_the_server_as_often_as_the_others(tmp_path, server, width):
     """zone_scope: step prefetches the served log-probs with the step's rollouts; every server request joins a
-    collective (`_ask_teacher_server`: one fault for every rank). A rank whose completions all have width 0 must
+    collective (`ServedTeacher.agreed`: one fault for every rank). A rank whose completions all have width 0 must
     then ask exactly as often as a rank with text: once per micro-batch in the pre-pass, never again in the loss
     (before, it dropped the prefetched answers and asked again inside the loss, alone: a hang under NCCL)."""
     trainer = _served_trainer(tmp_path, server.url, zone_scope="step", max_steps=10)
     calls = {"n": 0}
-    ask = trainer._ask_teacher_server
+    ask = trainer.served.agreed
 
     def counted(*args):
         calls["n"] += 1
         return ask(*args)
 
-    trainer._ask_teacher_server = counted
+    trainer.served.agreed = counted
     output = _inputs(trainer)
     if width == 0:
         output["completion_ids"] = output["completion_ids"][:, :0]

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from _fused_problem import on_logits  # noqa: E402
 from _tiny import tiny_dataset, tiny_model, tokenizer
 from sead.losses import fused_sead_loss, reverse_kl, sead_loss
 from sead.method.curriculum import CompetenceCurriculum
@@ -84,16 +85,16 @@ def test_logits_path_equals_fused_path(tmp_path):
 
 @pytest.mark.parametrize("precision,support", [("bf16", "own"), ("exact", "teacher"), ("auto", "teacher")])
 def test_the_fused_loss_gets_the_configured_zone_settings(tmp_path, monkeypatch, precision, support):
-    import sead.training.loss_glue as loss_glue
+    import sead.training.trainer as trainer_module
 
     seen = []
-    real = loss_glue.fused_objective
+    real = trainer_module.fused_objective
 
-    def spy(*args, **kwargs):
-        seen.append((kwargs["zone_precision"], kwargs["entropy_support"]))
-        return real(*args, **kwargs)
+    def spy(spec, *args, **kwargs):
+        seen.append((spec.zone_precision, spec.entropy_support))
+        return real(spec, *args, **kwargs)
 
-    monkeypatch.setattr(loss_glue, "fused_objective", spy)
+    monkeypatch.setattr(trainer_module, "fused_objective", spy)
     cfg = _cfg(tmp_path, method="sead", curriculum=False, zone_precision=precision, entropy_support=support)
     tr = OPDTrainer(tiny_model(0), tiny_model(1), args=cfg, train_dataset=tiny_dataset(8), processing_class=tokenizer())
     batch = _batch(tr)
@@ -179,7 +180,6 @@ def test_curriculum_gate_and_pool_are_logged_and_pass_rate_drives_it(tmp_path):
 
 
 def test_sign_gate_scales_as_specified_inside_the_objective():
-    from sead.losses.objective import logits_objective
 
     g = torch.Generator().manual_seed(0)
     s = torch.randn(2, 3, 7, generator=g, dtype=torch.float64).requires_grad_()
@@ -187,7 +187,7 @@ def test_sign_gate_scales_as_specified_inside_the_objective():
     ids = torch.randint(0, 7, (2, 3), generator=g)
     mask = torch.ones(2, 3)
     correct = torch.tensor([True, False])
-    out = logits_objective(s, t, mask, ids, estimator="sampled", sign_gate=True, correct=correct)
+    out = on_logits(s, t, mask, ids, estimator="sampled", sign_gate=True, correct=correct)
     logp = lambda z: torch.log_softmax(z, -1).gather(-1, ids[..., None])[..., 0]  # noqa: E731
     d = logp(t) - logp(s).detach()
     v = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
@@ -236,7 +236,8 @@ def test_teacher_mixing_replaces_only_verified_rollouts_and_stops_after_cold_sta
     inputs = [ds[i] for i in range(B)]
     tr.state.global_step = 0  # rho = 1: every prompt offered a teacher rollout
     tr._logs["completion"].extend(["9 9 9 (student)"] * B)  # as TRL logs them (a deque of the last batch)
-    out, correct, mixed = tr._mix_teacher_rollouts(inputs, dict(output), [False] * B)
+    mix = tr._mix_teacher_rollouts(inputs, dict(output), [False] * B)
+    out, correct, mixed = mix.output, mix.correct, mix.mixed
     assert mixed == [True, False, True, True]  # prompt 1 had no verified candidate: keeps the student's
     # the teacher sampled with the student's top_p / top_k (no teacher_top_p / teacher_top_k set)
     assert configs and all(c.do_sample and c.top_p == 0.9 and c.top_k == 7 for c in configs)
@@ -250,7 +251,8 @@ def test_teacher_mixing_replaces_only_verified_rollouts_and_stops_after_cold_sta
     assert out["completion_ids"][1, :3].tolist() == [9, 9, 9]
     assert int(out["num_items_in_batch"]) == int(out["completion_mask"].sum())
     tr.state.global_step = 5  # end of the cold start (50% of 10 steps): rho = 0, purely on-policy
-    out, correct, mixed = tr._mix_teacher_rollouts(inputs, dict(output), [False] * B)
+    mix = tr._mix_teacher_rollouts(inputs, dict(output), [False] * B)
+    out, correct, mixed = mix.output, mix.correct, mix.mixed
     assert mixed == [False] * B and torch.equal(out["completion_ids"], student_completion)
 
 

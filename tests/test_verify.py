@@ -1,4 +1,4 @@
-"""Answer extraction and time-bounded grading (sead.grading.verifier)."""
+"""Answer extraction (sead.grading.answers) and time-bounded grading (sead.grading.verifier)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,15 @@ import time
 
 import pytest
 
+from sead.grading.answers import extract_answer, extract_boxed, normalize_answer
 from sead.grading.verifier import (
     GRADE_COUNTER,
     GradeCounter,
     GradeResult,
-    extract_answer,
-    extract_boxed,
     grade,
     grade_many,
     make_math_reward,
     math_reward,
-    normalize_answer,
 )
 from sead.utils.errors import SeadError
 
@@ -234,14 +232,6 @@ def test_grade_many_parallel_matches_serial():
     assert [r.correct for r in serial] == [i == 2 for i in range(12)] + [True, False]
     with pytest.raises(ValueError, match="length"):
         grade_many(["a"], ["1", "2"])
-
-
-def test_integer_grades_are_fast():
-    # The common case never touches sympy: thousands of grades per second.
-    start = time.monotonic()
-    for i in range(2000):
-        grade(f"so the answer is {i}", "18", count=False)
-    assert time.monotonic() - start < 20
 
 
 # ---------------------------------------------------------------------------------------------

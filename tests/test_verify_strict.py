@@ -14,16 +14,8 @@ import json
 import pytest
 
 from sead.cli import main
-from sead.grading.verifier import (
-    EXTRACTION_MODES,
-    TRAINING_MODE,
-    GradeCounter,
-    extract_answer,
-    grade,
-    grade_many,
-    make_math_reward,
-    math_reward,
-)
+from sead.grading.answers import EXTRACTION_MODES, TRAINING_MODE, extract_answer
+from sead.grading.verifier import GradeCounter, grade, grade_many, make_math_reward, math_reward
 from sead.utils.errors import SeadError
 
 # A rollout cut off at the length limit mid-reasoning; its last number (42) happens to be the gold.

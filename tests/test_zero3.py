@@ -19,8 +19,8 @@ import sys
 import pytest
 import torch
 
+from _ports import retry_on_port_collision
 from _tiny import REPO, parity_reward, subprocess_env, tiny_config, tiny_dataset, tiny_model, tokenizer
-from test_multiprocess import _free_port
 
 METHODS = ("sead", "sgopd")
 
@@ -30,9 +30,13 @@ def zero3_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("zero3")
     env = {**subprocess_env(), "DS_ACCELERATOR": "cpu"}
     for method in METHODS:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), str(REPO / "tests" / "_zero3_train.py"), str(out), method]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+
+        def launch(port: int, method: str = method) -> subprocess.CompletedProcess:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                   str(REPO / "tests" / "_zero3_train.py"), str(out), method]  # fmt: skip
+            return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+
+        proc = retry_on_port_collision(launch)  # again on a fresh port if another process took it meanwhile
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return out
 
@@ -41,6 +45,7 @@ def _replay(method: str, run_dir, tmp_path) -> dict[int, dict[str, torch.Tensor]
     """The student after each step, from the recorded inputs, without DeepSpeed: mean of the two ranks' gradients
     of the unsharded trainer's loss, then ``w - lr * g``; a step with a NaN rank is not applied."""
     from _zero3_train import LR, NAN_STEP, STEPS
+    from sead.method.zones import ZoneThresholds
     from sead.training.trainer import OPDTrainer
 
     cfg = tiny_config(tmp_path / method, method=method, max_steps=STEPS, per_device_train_batch_size=2,
@@ -58,6 +63,9 @@ def _replay(method: str, run_dir, tmp_path) -> dict[int, dict[str, torch.Tensor]
         if step != NAN_STEP:
             for rank in (0, 1):
                 rec = torch.load(run_dir / f"inputs-step{step}-rank{rank}.pt")
+                if rec["zone_cuts"] is not None:  # the step's zone cuts, taken over both ranks' tokens
+                    trainer.zone_cuts.start(step - 1)
+                    trainer.zone_cuts.cuts = ZoneThresholds(*rec["zone_cuts"])
                 loss = trainer._compute_loss(model, rec["inputs"], rec["num_items"])[0]
                 (loss / 2).backward()  # DeepSpeed averages the ranks' gradients
             with torch.no_grad():

@@ -13,9 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _fused_problem import make_problem  # noqa: E402
-from sead.losses.fused import LMHead, SparseTeacher, fused_objective, fused_zone_entropies
-from sead.losses.objective import logits_objective
+from _fused_problem import fused, make_problem, on_logits, zone_entropies_of  # noqa: E402
+from sead.losses.fused import LMHead, SparseTeacher
 from sead.method.divergences import zone_entropies
 from sead.method.zones import (
     FKL,
@@ -84,7 +83,7 @@ def test_thresholds_by_hand():
 def test_entropy_pre_pass_gives_the_losses_entropies(support, top_k):
     p = make_problem(61, bias=True)
     student, teacher = LMHead(p["hs"], p["ws"], p["bs"]), LMHead(p["ht"], p["wt"], p["bt"])
-    h_t, h_s = fused_zone_entropies(student, teacher, p["mask"], entropy_top_k=top_k, entropy_support=support,
+    h_t, h_s = zone_entropies_of(student, teacher, p["mask"], entropy_top_k=top_k, entropy_support=support,
                                     temperature=0.8, chunk_size=4)
     ref_t, ref_s = zone_entropies(p["hs"] @ p["ws"].T + p["bs"], p["ht"] @ p["wt"].T + p["bt"], top_k, 0.8, support)
     valid = p["mask"] != 0
@@ -97,7 +96,7 @@ def test_entropy_pre_pass_with_a_served_teacher():
     p = make_problem(62)
     logp = torch.log_softmax(p["ht"] @ p["wt"].T, -1)
     top = logp.topk(6, -1)
-    h_t, h_s = fused_zone_entropies(LMHead(p["hs"], p["ws"]), SparseTeacher(top.indices, top.values), p["mask"],
+    h_t, h_s = zone_entropies_of(LMHead(p["hs"], p["ws"]), SparseTeacher(top.indices, top.values), p["mask"],
                                     entropy_top_k=6)
     ref_t, ref_s = zone_entropies(p["hs"] @ p["ws"].T, p["ht"] @ p["wt"].T, 6, 1.0, "teacher")
     valid = p["mask"] != 0
@@ -118,14 +117,14 @@ def test_micro_batch_losses_with_the_steps_cuts_add_up_to_the_pooled_loss(path, 
     def loss(rows, **extra):
         sl = slice(*rows)
         if path == "fused":
-            return fused_objective(LMHead(hs[sl], p["ws"]), LMHead(p["ht"][sl], p["wt"]), p["mask"][sl], p["ids"][sl],
+            return fused(LMHead(hs[sl], p["ws"]), LMHead(p["ht"][sl], p["wt"]), p["mask"][sl], p["ids"][sl],
                                    correct=p["correct"][sl], chunk_size=5, **kw, **extra)
-        return logits_objective(hs[sl] @ p["ws"].T, p["ht"][sl] @ p["wt"].T, p["mask"][sl], p["ids"][sl],
+        return on_logits(hs[sl] @ p["ws"].T, p["ht"][sl] @ p["wt"].T, p["mask"][sl], p["ids"][sl],
                                 correct=p["correct"][sl], **kw, **extra)
 
     pooled = loss((0, 4))
     micro = [(0, 1), (1, 4)]
-    ents = [fused_zone_entropies(LMHead(p["hs"][a:b], p["ws"]), LMHead(p["ht"][a:b], p["wt"]), p["mask"][a:b],
+    ents = [zone_entropies_of(LMHead(p["hs"][a:b], p["ws"]), LMHead(p["ht"][a:b], p["wt"]), p["mask"][a:b],
                                  entropy_top_k=5) for a, b in micro]
     masks = [p["mask"][a:b] != 0 for a, b in micro]
     cuts = zone_thresholds(torch.cat([e[0][m] for e, m in zip(ents, masks)]),
@@ -138,3 +137,43 @@ def test_micro_batch_losses_with_the_steps_cuts_add_up_to_the_pooled_loss(path, 
     (g_pooled,) = torch.autograd.grad(pooled.loss, hs)
     (g_micro,) = torch.autograd.grad(total, hs)
     torch.testing.assert_close(g_micro, g_pooled, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["full", "sampled"])
+def test_the_trainers_step_of_two_micro_batches_equals_the_pooled_batch(tmp_path, estimator):
+    """Through the trainer's own hooks: the step's zone pass over a generation batch of two micro-batches, then each
+    micro-batch's loss as TRL calls it. Their sum is the readable objective over the pooled batch, with the pooled
+    batch's own percentiles, at step 3 of 10 (alpha by hand) and divided by the step's expected kept count."""
+    from _tiny import tiny_trainer, tokenizer
+
+    tr = tiny_trainer(tmp_path, method="sead", curriculum=False, estimator=estimator, max_steps=10,
+                      per_device_train_batch_size=2, gradient_accumulation_steps=2)  # fmt: skip
+    tr.model.train()
+    tr.state.global_step = 3
+    g = torch.Generator().manual_seed(0)
+    vocab = len(tokenizer())
+    mask = torch.ones(4, 7, dtype=torch.long)
+    mask[0, 1:], mask[1, 1:], mask[3, 2:] = 0, 0, 0  # a first micro-batch of 2 tokens: its own percentiles differ
+    batch = {"prompt_ids": torch.randint(5, vocab, (4, 5), generator=g), "prompt_mask": torch.ones(4, 5, dtype=torch.long),
+             "completion_ids": torch.randint(5, vocab, (4, 7), generator=g), "completion_mask": mask}  # fmt: skip
+    tr._step_zone_cuts(batch)  # the step's cuts, from both micro-batches
+    n_valid = float(mask.sum())
+    student = tr.accelerator.unwrap_model(tr.model)
+    total = sum(tr._compute_loss(student, {k: v[rows] for k, v in batch.items()}, torch.tensor(n_valid))[0]
+                for rows in (slice(0, 2), slice(2, 4)))  # fmt: skip
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    attn = torch.cat([batch["prompt_mask"], mask], 1)
+    with torch.no_grad():
+        s = tr.model(input_ids=ids, attention_mask=attn).logits[:, -8:-1]
+        t = tr.teacher_model(input_ids=ids, attention_mask=attn).logits[:, -8:-1]
+    alpha = 0.4 + 0.4 * math.cos(math.pi * 3 / 10)  # cosine from 0.8 to 0 at step 3 of 10
+    pooled = on_logits(s, t, mask, batch["completion_ids"], estimator=estimator, zones=True, alpha=alpha,
+                       entropy_top_k=64, num_items=n_valid * 0.5)  # skip_fraction 0.5: the expected kept count
+    assert float(total) == pytest.approx(float(pooled.loss), rel=1e-4)  # fp32 models: their rounding
+    # the test's power: each micro-batch's own percentiles would give other zones than the step's
+    own = torch.cat([on_logits(s[r], t[r], mask[r], batch["completion_ids"][r], zones=True, entropy_top_k=64).zones
+                     for r in (slice(0, 2), slice(2, 4))])  # fmt: skip
+    assert not torch.equal(own, pooled.zones)
+    # evaluation takes each batch's own percentiles, not the training step's cuts
+    tr.model.eval()
+    assert tr.step_spec().zones.cuts is None

@@ -4,12 +4,10 @@
 API lives in ``sead.losses``. The package's layers: docs/architecture.md.
 """
 
-from sead import _deprecated
 from sead.utils.deepspeed_env import choose_cpu_for_deepspeed
 from sead.utils.version import __version__
 
 choose_cpu_for_deepspeed()  # before accelerate imports DeepSpeed: no accelerator warning on a CPU-only torch
-_deprecated.install()  # the old flat import paths, for one release (sead._deprecated)
 
 __all__ = ["OPDConfig", "OPDTrainer", "__version__"]
 

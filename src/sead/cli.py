@@ -18,7 +18,10 @@ from sead.utils.version import __version__
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sead.commands.train", "train a student with a YAML recipe (OPD, SEAD or SG-OPD)"),
-    "demo": ("sead.commands.demo", "run the built-in arithmetic demo: every method, same start, same steps"),
+    "demo": (
+        "sead.commands.demo",
+        "run the built-in demo (task sums; --task arithmetic): every method, same start, same steps",
+    ),
     "difficulty": (
         "sead.commands.difficulty",
         "write a `difficulty` column: pass rate of K student rollouts",

@@ -95,12 +95,13 @@ def _loss_inputs(size: dict, device, dtype, seed: int = 0):
 
 def _loss_fns(x: dict) -> dict[str, Any]:
     from sead.losses.fused import LMHead, fused_objective
+    from sead.losses.spec import LossSpec, ZoneSpec
 
     student, teacher = LMHead(x["h_s"], x["w_s"]), LMHead(x["h_t"], x["w_t"])
+    sead = LossSpec(alpha=0.5, zones=ZoneSpec(), entropy_top_k=64, zone_precision="auto")
     fns = {
-        "opd_fused": lambda: fused_objective(student, teacher, x["mask"]).loss,
-        "sead_fused": lambda: fused_objective(student, teacher, x["mask"], alpha=0.5, zones=True, entropy_top_k=64,
-                                              zone_precision="auto").loss,  # fmt: skip
+        "opd_fused": lambda: fused_objective(LossSpec(), student, teacher, x["mask"]).loss,
+        "sead_fused": lambda: fused_objective(sead, student, teacher, x["mask"]).loss,
         "sgopd_fused": _sgopd_rollout(x),
     }
     try:
@@ -118,13 +119,14 @@ def _sgopd_rollout(x):
     """SG-OPD's loss (full estimator, sign gate, a reference head) over one rollout of N tokens: the hidden states
     shaped ``[1, N, H]`` like its mask, one verdict."""
     from sead.losses.fused import LMHead, fused_objective
+    from sead.losses.spec import GateSpec, LossSpec
 
     shape = (1, *x["h_s"].shape)
 
     def call():
         return fused_objective(
-            LMHead(x["h_s"].view(shape), x["w_s"]), LMHead(x["h_t"].view(shape), x["w_t"]), x["mask"].view(1, -1),
-            x["ids"].view(1, -1), sign_gate=True, correct=x["correct"][:1],
+            LossSpec(gate=GateSpec()), LMHead(x["h_s"].view(shape), x["w_s"]), LMHead(x["h_t"].view(shape), x["w_t"]),
+            x["mask"].view(1, -1), x["ids"].view(1, -1), correct=x["correct"][:1],
             reference=LMHead(x["h_r"].view(shape), x["w_r"]),
         ).loss  # fmt: skip
 
@@ -179,6 +181,7 @@ def _completion_hidden(model, ids, completion: int) -> torch.Tensor:
 
 def _method_loss(method: str, student, teacher, reference, ids, completion: int, correct):
     from sead.losses.fused import LMHead, fused_objective
+    from sead.losses.spec import GateSpec, LossSpec, ZoneSpec
 
     mask = torch.ones(ids.shape[0], completion, device=ids.device)
     h_s = _completion_hidden(student, ids, completion)
@@ -187,13 +190,13 @@ def _method_loss(method: str, student, teacher, reference, ids, completion: int,
         h_r = _completion_hidden(reference, ids, completion) if method == "sgopd" else None
     s_head = LMHead(h_s, student.get_output_embeddings().weight)
     t_head = LMHead(h_t, teacher.get_output_embeddings().weight)
-    options: dict[str, Any] = {"completion_ids": ids[:, -completion:]}
+    spec, tensors = LossSpec(), {}
     if method == "sead":
-        options.update(alpha=0.5, zones=True, entropy_top_k=64, zone_precision="auto")
+        spec = LossSpec(alpha=0.5, zones=ZoneSpec(), entropy_top_k=64, zone_precision="auto")
     elif method == "sgopd":
-        options.update(sign_gate=True, correct=correct,
-                       reference=LMHead(h_r, reference.get_output_embeddings().weight))  # fmt: skip
-    return fused_objective(s_head, t_head, mask, **options).loss
+        spec = LossSpec(gate=GateSpec())
+        tensors = {"correct": correct, "reference": LMHead(h_r, reference.get_output_embeddings().weight)}
+    return fused_objective(spec, s_head, t_head, mask, ids[:, -completion:], **tensors).loss
 
 
 def _one_step(method: str, size: dict, device, dtype, ids, correct) -> dict[str, Any]:

@@ -67,17 +67,19 @@ def _sgopd_inputs(h_s, w_s, mask, g):
 def _sgopd_fn(impl, h_s, w_s, h_t, w_t, mask, g):
     from sead.losses.fused import LMHead, fused_objective
     from sead.losses.objective import logits_objective
+    from sead.losses.spec import GateSpec, LossSpec
 
     h_r, w_r, ids, correct, mask_BT = _sgopd_inputs(h_s, w_s, mask, g)
     shape = (*mask_BT.shape, -1)
-    gate = {"sign_gate": True, "correct": correct, "estimator": "full", "zones": False}
+    spec = LossSpec(estimator="full", gate=GateSpec())  # the SG-OPD preset: full estimator, sign gate, no zones
     if impl == "sgopd_fused":
         return lambda: fused_objective(
-            LMHead(h_s.view(shape), w_s), LMHead(h_t.view(shape), w_t), mask_BT, ids, reference=LMHead(h_r, w_r), **gate
-        ).loss
+            spec, LMHead(h_s.view(shape), w_s), LMHead(h_t.view(shape), w_t), mask_BT, ids, correct=correct,
+            reference=LMHead(h_r, w_r),
+        ).loss  # fmt: skip
     # the full-logits path: student, teacher and reference logits [B, T, V] in fp32
     return lambda: logits_objective(
-        h_s.view(shape) @ w_s.T, h_t.view(shape) @ w_t.T, mask_BT, ids, ref_logits=h_r @ w_r.T, **gate
+        spec, h_s.view(shape) @ w_s.T, h_t.view(shape) @ w_t.T, mask_BT, ids, correct=correct, ref_logits=h_r @ w_r.T
     ).loss
 
 

@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from sead.grading.verifier import EXTRACTION_MODES
+from sead.grading.answers import EXTRACTION_MODES
 from sead.utils.errors import SeadError
 
 __all__ = ["add_engine_arguments", "add_mode_argument", "vllm_kwargs"]

@@ -1,6 +1,6 @@
 """Difficulty pre-pass for the curriculum (METHODS.md 1c): ``d_i = 1 - pass rate`` of the initial
 student over K rollouts per prompt, judged by the project's grader in strict mode (only an explicit final
-answer counts, as in training: :data:`sead.grading.verifier.TRAINING_MODE`).
+answer counts, as in training: :data:`sead.grading.answers.TRAINING_MODE`).
 
 :func:`estimate_difficulty` runs it on a loaded model (the built-in task, the demo);
 ``sead difficulty`` (:mod:`sead.commands.difficulty`) on a model name and a dataset, with any backend of
@@ -20,7 +20,8 @@ from typing import Any
 
 from sead.engines.hf import hf_sampler
 from sead.engines.sampling import Sampler, Sampling, sample_texts
-from sead.grading.verifier import TRAINING_MODE, grade_many
+from sead.grading.answers import TRAINING_MODE
+from sead.grading.verifier import grade_many
 from sead.utils.errors import SeadError
 from sead.utils.progress import progress_bar
 

@@ -87,6 +87,12 @@ class SamplerLogprobs:
     def __init__(self):
         self._last = None
 
+    @classmethod
+    def attached_to(cls, vllm_generation) -> SamplerLogprobs:
+        recorder = cls()
+        recorder.attach(vllm_generation)
+        return recorder
+
     def attach(self, vllm_generation) -> None:
         vllm_generation.logprobs = 0
         generate = vllm_generation.generate

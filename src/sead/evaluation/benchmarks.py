@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sead.grading.verifier import extract_boxed, normalize_answer
+from sead.grading.answers import extract_boxed, normalize_answer
 from sead.utils.errors import SeadError
 from sead.utils.jsonl import read_jsonl
 

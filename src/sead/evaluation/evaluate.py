@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from sead.evaluation.benchmarks import Benchmark, parse_benchmark_specs
+from sead.grading.answers import EXTRACTION_MODES
 from sead.grading.metrics import avg_at_k, pass_at_k_curve, summarize_grades
-from sead.grading.verifier import DEFAULT_TIMEOUT_SECONDS, EXTRACTION_MODES, GradeResult, grade_groups
+from sead.grading.verifier import DEFAULT_TIMEOUT_SECONDS, GradeResult, grade_groups
 from sead.utils.errors import SeadError
 from sead.utils.jsonl import write_jsonl
 from sead.utils.progress import progress_bar
@@ -89,7 +90,7 @@ class EvalConfig:
     data_dir: str | None = None
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     grade_workers: int | None = None
-    grade_mode: str = "auto"  # answer extraction (sead.grading.verifier.extract_answer); "strict": explicit final answers only
+    grade_mode: str = "auto"  # answer extraction (sead.grading.answers.extract_answer); "strict": explicit final answers only
     chat_template: bool = True
     dtype: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,16 +1,16 @@
 """Public loss API of sead: divergences, zones, schedules, gates, and the SEAD / OPD / SG-OPD losses.
 
-Layer 2 (imports ``sead.utils`` and ``sead.method``): the fused chunked objective over hidden states and heads
-(``fused``, with its inputs and projections in ``heads``, per-chunk terms in ``terms`` and passes in ``passes``),
-the full-logits references (``objective``: the whole training objective; ``reference``: ``sead_loss`` and the
-sampled estimator), and the shared result object (``output``).
+Layer 2 (imports ``sead.utils`` and ``sead.method``): what a loss call computes (``spec``: :class:`LossSpec`, with
+:class:`ZoneSpec` and :class:`GateSpec`), the fused chunked objective over hidden states and heads (``fused``, with
+its inputs and projections in ``heads``, one call's checked inputs in ``problem``, per-chunk terms in ``terms`` and
+passes in ``passes``), the full-logits reference (``objective``: the whole training objective and ``sead_loss``), and
+the shared result object (``output``).
 
-Everything here is a pure function over tensors. ``sead_loss`` is the readable full-logits
-reference; ``fused_sead_loss`` computes the same thing from hidden states without the ``[N, V]``
-logits. ``logits_objective`` is the whole training objective on full logits (every estimator, zones,
-anneal, sign gate) and ``fused_objective`` the same from hidden states and heads (also from a served
-teacher's top-k, :class:`SparseTeacher`). ``sampled_opd_loss`` is the REINFORCE-style "sampled"
-estimator (METHODS.md 0).
+Everything here is a pure function over tensors. ``logits_objective`` is the whole training objective on full
+logits (every estimator, zones, anneal, sign gate) and ``fused_objective`` the same from hidden states and heads
+(also from a served teacher's top-k, :class:`SparseTeacher`); both take a :class:`LossSpec` with the tensors.
+``sead_loss`` (full logits) and ``fused_sead_loss`` (hidden states, never the ``[N, V]`` logits) are SEAD's loss
+with keyword options.
 
 Example::
 
@@ -33,9 +33,9 @@ from sead.losses.fused import (
     fused_sead_loss,
     fused_zone_entropies,
 )
-from sead.losses.objective import logits_objective
+from sead.losses.objective import logits_objective, sead_loss, token_logprobs
 from sead.losses.output import SeadLossOutput, zone_stats
-from sead.losses.reference import sampled_opd_loss, sead_loss, token_logprobs
+from sead.losses.spec import GateSpec, LossSpec, ZoneSpec
 from sead.method.divergences import (
     check_logits,
     forward_kl,
@@ -71,6 +71,9 @@ __all__ = [
     "loss_normalizer",
     "token_logprobs",
     "FKL",
+    "GateSpec",
+    "LossSpec",
+    "ZoneSpec",
     "MASKED",
     "RKL",
     "SKIP",
@@ -91,7 +94,6 @@ __all__ = [
     "generalized_jsd",
     "mixed_kl",
     "reverse_kl",
-    "sampled_opd_loss",
     "sead_loss",
     "sead_zones",
     "sgopd_target_logits",

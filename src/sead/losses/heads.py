@@ -33,6 +33,15 @@ class LMHead:
     bias: torch.Tensor | None = None
     transform: LogitTransform = IDENTITY
 
+    def full_logits(self) -> torch.Tensor:
+        """The model's own logits ``T(h W^T + b)`` at every position, in fp32 (``[..., V]``): what the readable
+        full-logits objective takes. The hidden states are cast to the weight's dtype first (bf16 hidden states of
+        an autocast forward meet an fp32 weight)."""
+        z = self.hidden.to(self.weight.dtype) @ self.weight.T
+        if self.bias is not None:
+            z = z + self.bias
+        return self.transform(z.float())
+
 
 @dataclass
 class SparseTeacher:

@@ -1,4 +1,4 @@
-"""The result object shared by the naive and the fused SEAD losses."""
+"""The result object shared by the full-logits and the fused losses, and what of it a trainer logs."""
 
 from __future__ import annotations
 
@@ -38,3 +38,16 @@ def zone_stats(
         stats[f"frac_{name}"] = count / denom
         stats[f"loss_{name}"] = float(per_token.detach()[in_zone].double().sum()) / max(count, 1)
     return stats
+
+
+def loss_metrics(stats: dict[str, float], *, zones: bool, alpha: float | None = None) -> dict[str, float]:
+    """The logged values of one loss call: mean entropies, zone fractions and per-zone losses (with zones; the RKL
+    zone's loss otherwise), the anneal weight ``alpha`` when given, SG-OPD's consensus fraction when present."""
+    out = {} if alpha is None else {"sead/alpha": alpha}
+    out["sead/mean_h_t"], out["sead/mean_h_s"] = stats["mean_h_t"], stats["mean_h_s"]
+    if zones:
+        out.update({f"sead/frac_{zone}": stats[f"frac_{zone}"] for zone in ("skip", "rkl", "fkl")})
+    out.update({f"sead/loss_{zone}": stats[f"loss_{zone}"] for zone in (("rkl", "fkl") if zones else ("rkl",))})
+    if "consensus_frac" in stats:
+        out["sgopd/consensus_frac"] = stats["consensus_frac"]
+    return out

@@ -10,29 +10,28 @@ The gradient is computed eagerly inside ``forward`` (as Liger's fused linear cro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from sead.losses.heads import Head, entropy_of, rowdot
+from sead.losses.problem import Problem
 from sead.losses.terms import (
     add_grad,
     dense_buckets,
     full_fkl,
     full_rkl,
-    gate_lambda,
     gated_target,
     importance_weight,
     sampled_term,
     sparse_buckets,
     topk_term,
 )
+from sead.method.gates import gate_lambda
 from sead.method.zones import RKL, loss_normalizer, sead_zones, zone_weights, zones_from_thresholds
 
-__all__ = ["Problem", "FusedObjective"]
+__all__ = ["FusedLossFunction", "FusedObjective", "PROJECTION_DTYPES", "run_objective"]
 
-# How pass A projects when it only decides zones (see ``fused_objective``'s ``zone_precision``).
-ZONE_PRECISIONS = {"exact": None, "bf16": torch.bfloat16}
+# How pass A projects when it only decides zones (a resolved ``zone_precision``, see ``fused_objective``).
+PROJECTION_DTYPES = {"exact": None, "bf16": torch.bfloat16}
 
 
 def _topk_entropy(z_nV, top_k):
@@ -53,39 +52,18 @@ def _full_entropy(logp_nV):
     return -rowdot(logp_nV.exp(), logp_nV)
 
 
-@dataclass
-class Problem:
-    """One call's inputs over the N valid rows. ``rows_N``: their positions in the flattened hidden states;
-    per-row data (``y_N``, ``verdict_N``, sparse teacher ``ids_NK`` / ``lp_NK`` / ``t_y_N``) indexed by 0..N-1."""
-
-    student: Head
-    teacher: Head | None
-    ref: Head | None
-    rows_N: torch.Tensor
-    y_N: torch.Tensor | None
-    verdict_N: torch.Tensor | None
-    ids_NK: torch.Tensor | None
-    lp_NK: torch.Tensor | None
-    t_y_N: torch.Tensor | None
-    opts: dict
-    #: the rollout sampler's log-probs of the sampled tokens (``sampled`` estimator's importance weights), or None
-    q_y_N: torch.Tensor | None = None
-
-    @property
-    def sparse(self) -> bool:
-        return self.teacher is None
-
-
 class FusedObjective:
     """Per-chunk computations of the objective (see :func:`sead.losses.fused.fused_objective`)."""
 
     def __init__(self, pb: Problem):
         self.pb = pb
-        o = pb.opts
-        self.estimator, self.k_est, self.conv = o["estimator"], o["estimator_top_k"], o["topk_convention"]
-        self.top_k, self.support = o["entropy_top_k"], o["entropy_support"]
-        self.gate = o["sign_gate"]
-        self.lc, self.lf = o["lambda_consensus"], o["lambda_conflict"]
+        spec = pb.spec
+        self.estimator, self.k_est, self.conv = spec.estimator, spec.estimator_top_k, spec.topk_convention
+        self.top_k, self.support = spec.entropy_top_k, spec.entropy_support
+        self.gate = spec.gate is not None
+        self.lc = self.lf = None
+        if spec.gate is not None:
+            self.lc, self.lf = spec.gate.lambda_consensus, spec.gate.lambda_conflict
 
     # ---- zone entropies -----------------------------------------------------------------------
     def on_teacher_topk(self) -> bool:
@@ -94,8 +72,10 @@ class FusedObjective:
             return self.support == "teacher"
         return self.top_k is not None and self.support == "teacher" and self.top_k < self.pb.teacher.vocab_size
 
-    def student_projected_in_pass_a(self) -> bool:
-        return self.gate or not self.on_teacher_topk()
+    def student_projected_in_pass_a(self, gate_stats: bool) -> bool:
+        """Whether pass A projects the student over the vocabulary: for the gate's ``d_t`` (``gate_stats``), or
+        for entropies not taken over the teacher's top-k ids."""
+        return gate_stats or not self.on_teacher_topk()
 
     def pass_a(self, sel, student_a: Head, teacher_a: Head | None, gate_stats: bool):
         """``(H_S, H_T, lam)`` of one chunk: only what the zones (and ``consensus_frac``) need."""
@@ -103,7 +83,7 @@ class FusedObjective:
         z_s = student_a.logits(rows)[0] if (gate_stats or not self.on_teacher_topk()) else None
         lam = None
         if pb.sparse:
-            ids, lp = pb.ids_NK[sel, : self.top_k], pb.lp_NK[sel, : self.top_k]
+            ids, lp = pb.served.ids_NK[sel, : self.top_k], pb.served.lp_NK[sel, : self.top_k]
             h_t = entropy_of(lp.clamp(min=torch.finfo(lp.dtype).min))
             if self.support == "teacher":
                 h_s = entropy_of(pb.student.gathered(rows, ids))
@@ -112,7 +92,7 @@ class FusedObjective:
                 h_s = h_s if h_s is not None else _full_entropy(_normalise_(z_s.clone())[0])
             if gate_stats:
                 s_y = z_s.gather(-1, pb.y_N[sel, None]).squeeze(-1) - torch.logsumexp(z_s, dim=-1)
-                lam = gate_lambda(pb.t_y_N[sel], s_y, pb.verdict_N[sel], self.lc, self.lf)
+                lam = gate_lambda(pb.served.t_y_N[sel] - s_y, pb.verdict_N[sel], self.lc, self.lf)
             return h_s, h_t, lam
         z_t = teacher_a.logits(rows)[0]
         if self.on_teacher_topk():
@@ -125,7 +105,7 @@ class FusedObjective:
             y = pb.y_N[sel, None]
             s_y = z_s.gather(-1, y).squeeze(-1) - torch.logsumexp(z_s, dim=-1)
             t_y = z_t.gather(-1, y).squeeze(-1) - torch.logsumexp(z_t, dim=-1)
-            lam = gate_lambda(t_y, s_y, pb.verdict_N[sel], self.lc, self.lf)
+            lam = gate_lambda(t_y - s_y, pb.verdict_N[sel], self.lc, self.lf)
         if h_s is None:  # full-vocabulary entropies
             h_s, h_t = _full_entropy(_normalise_(z_s)[0]), _full_entropy(_normalise_(z_t)[0])
         return h_s, h_t, lam
@@ -150,8 +130,8 @@ class FusedObjective:
         y = None if pb.y_N is None else pb.y_N[sel]
 
         if pb.sparse:
-            ids, lp = pb.ids_NK[sel], pb.lp_NK[sel]
-            t_y = None if pb.t_y_N is None else pb.t_y_N[sel]
+            ids, lp = pb.served.ids_NK[sel], pb.served.lp_NK[sel]
+            t_y = None if pb.served.t_y_N is None else pb.served.t_y_N[sel]
             logp_t = None
             if entropies:
                 h_t = entropy_of(lp[:, : self.top_k].clamp(min=torch.finfo(lp.dtype).min))
@@ -174,7 +154,7 @@ class FusedObjective:
         lam = None
         s_y = None if y is None else logp_s.gather(-1, y.unsqueeze(-1)).squeeze(-1)
         if self.gate:
-            lam = gate_lambda(t_y, s_y, pb.verdict_N[sel], self.lc, self.lf)
+            lam = gate_lambda(t_y - s_y, pb.verdict_N[sel], self.lc, self.lf)
 
         w_f = w_r = None
         need_f = need_r = True
@@ -189,7 +169,7 @@ class FusedObjective:
             # the teacher's buckets (topk, or any served teacher), shared by both terms when the target is the teacher
             teacher_b = None
             if pb.sparse:
-                teacher_b = sparse_buckets(ids, lp, self.k_est, pb.opts["sparse_tail_min"])
+                teacher_b = sparse_buckets(ids, lp, self.k_est, pb.served.tail_floor)
             elif self.estimator == "topk":
                 teacher_b = dense_buckets(logp_t, self.k_est)
             fkl, g_f = self._fkl(logp_s, p_s, logp_t, teacher_b) if need_f else (zero, None)
@@ -234,21 +214,21 @@ class FusedObjective:
         if self.estimator == "sampled":
             adv = t_y - s_y
             if self.gate:
-                if pb.ref is None:
+                if pb.reference is None:
                     adv = lam * adv
                 else:
-                    z_r, _ = pb.ref.logits(rows)
+                    z_r, _ = pb.reference.logits(rows)
                     r_y = z_r.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z_r, dim=-1)
                     del z_r
                     adv = adv + (lam - 1.0) * (t_y - r_y)
             if pb.q_y_N is not None:
-                adv = adv * importance_weight(s_y, pb.q_y_N[sel], pb.opts["is_cap"])
+                adv = adv * importance_weight(s_y, pb.q_y_N[sel], pb.spec.importance_cap)
             return sampled_term(logp_s, y, adv)
         if not self.gate:
             if teacher_b is not None:  # topk against the teacher's buckets (a served teacher: no gate, checked up front)
                 return topk_term(logp_s, p_s, teacher_b, self.conv, "rkl")
             return full_rkl(logp_s, p_s, logp_t)
-        logp_ref = logp_s if pb.ref is None else _normalise_(pb.ref.logits(rows)[0])[0]
+        logp_ref = logp_s if pb.reference is None else _normalise_(pb.reference.logits(rows)[0])[0]
         logq = gated_target(logp_t, logp_ref, lam)
         if self.estimator == "topk":
             return topk_term(logp_s, p_s, dense_buckets(logq, self.k_est), self.conv, "rkl")
@@ -262,16 +242,33 @@ def _zero_grads(tensors, needs, dtype):
     )
 
 
+def _zone_map(pb: Problem, h_t_N, h_s_N) -> torch.Tensor:
+    """SEAD's zones of the N valid rows: the spec's cuts (the step's), else this call's percentiles."""
+    zones = pb.spec.zones
+    ones_N = torch.ones(h_t_N.numel(), dtype=torch.long, device=h_t_N.device)
+    if zones.cuts is not None:
+        return zones_from_thresholds(h_t_N, h_s_N, ones_N, zones.cuts)
+    return sead_zones(h_t_N, h_s_N, ones_N, zones.teacher_quantile, zones.skip_fraction)
+
+
+def _scaled_weights(pb: Problem, zones_N, dtype):
+    """``((w_fkl, w_rkl) / normaliser, 1 / normaliser)`` per row (:func:`sead.method.zones.zone_weights`)."""
+    spec = pb.spec
+    fkl_zone_alpha = 1.0 if spec.zones is None else spec.zones.fkl_zone_alpha
+    w_fkl_N, w_rkl_N = zone_weights(zones_N, spec.alpha, fkl_zone_alpha)
+    scale = 1.0 / float(loss_normalizer(zones_N, spec.normalize, pb.num_items))
+    return (w_fkl_N, w_rkl_N), ((w_fkl_N * scale).to(dtype), (w_rkl_N * scale).to(dtype)), scale
+
+
 def run_objective(pb: Problem, needs, tensors):
     """All passes of one call. Returns ``(loss, zones_N, per_token_N, h_t_N, h_s_N, lam_N, grads)``."""
-    o, obj = pb.opts, FusedObjective(pb)
+    obj = FusedObjective(pb)
     dtype, dev = pb.student.dtype, pb.rows_N.device
-    n = pb.rows_N.numel()
-    chunk = o["chunk_size"]
+    n, chunk = pb.rows_N.numel(), pb.chunk_size
     want_grad = any(needs)
     h_t_N, h_s_N, fkl_N, rkl_N = (torch.zeros(n, dtype=dtype, device=dev) for _ in range(4))
     lam_N = torch.zeros(n, dtype=dtype, device=dev) if obj.gate else None
-    use_zones, alpha = o["zones"], o["alpha"]
+    use_zones = pb.spec.zones is not None
     grads = (None, None, None)
 
     def chunks(index):
@@ -281,14 +278,12 @@ def run_objective(pb: Problem, needs, tensors):
     all_N = torch.arange(n, device=dev)
     if not use_zones:
         zones_N = torch.full((n,), RKL, dtype=torch.long, device=dev)
-        w_fkl_N, w_rkl_N = zone_weights(zones_N, alpha)
-        scale = 1.0 / float(loss_normalizer(zones_N, o["normalize"], o["num_items"]))
-        weights = ((w_fkl_N * scale).to(dtype), (w_rkl_N * scale).to(dtype))
+        (w_fkl_N, w_rkl_N), weights, scale = _scaled_weights(pb, zones_N, dtype)
         grads = _zero_grads(tensors, needs, dtype) if want_grad else grads
     if use_zones and want_grad:
         # Pass A only ranks tokens (pass B follows): entropies only, projected in ``zone_precision``.
-        proj = ZONE_PRECISIONS[o["zone_precision"]]
-        student_a = pb.student.cast(proj) if obj.student_projected_in_pass_a() else pb.student
+        proj = PROJECTION_DTYPES[pb.zone_precision]
+        student_a = pb.student.cast(proj) if obj.student_projected_in_pass_a(obj.gate) else pb.student
         teacher_a = None if pb.sparse else pb.teacher.cast(proj)
         for sel in chunks(all_N):
             h_s_N[sel], h_t_N[sel], lam = obj.pass_a(sel, student_a, teacher_a, obj.gate)
@@ -305,18 +300,12 @@ def run_objective(pb: Problem, needs, tensors):
                 lam_N[sel] = lam
 
     if use_zones:
-        ones_N = torch.ones(n, dtype=torch.long, device=dev)
-        if o["zone_thresholds"] is not None:
-            zones_N = zones_from_thresholds(h_t_N, h_s_N, ones_N, o["zone_thresholds"])
-        else:
-            zones_N = sead_zones(h_t_N, h_s_N, ones_N, o["teacher_quantile"], o["skip_fraction"])
-        w_fkl_N, w_rkl_N = zone_weights(zones_N, alpha, o["fkl_zone_alpha"])
-        scale = 1.0 / float(loss_normalizer(zones_N, o["normalize"], o["num_items"]))
+        zones_N = _zone_map(pb, h_t_N, h_s_N)
+        (w_fkl_N, w_rkl_N), weights, scale = _scaled_weights(pb, zones_N, dtype)
         if want_grad:
             # Pass B: only kept rows are projected again (in the compute dtype) for their terms and gradient;
             # skipped rows get no work at all. The loss value comes from the same tiles as the gradient.
             grads = _zero_grads(tensors, needs, dtype)
-            weights = ((w_fkl_N * scale).to(dtype), (w_rkl_N * scale).to(dtype))
             kept_K = (zones_N > 0).nonzero().squeeze(-1)
             for sel in chunks(kept_K):
                 _, _, fkl_N[sel], rkl_N[sel], lam = obj.terms(sel, weights, grads, False)
@@ -336,7 +325,7 @@ class FusedLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_s, w_s, b_s, pb):
         # ``needs_input_grad`` stays True under ``torch.no_grad()``: grad mode is read at the call site.
-        need_h, need_w, need_b = (need and pb.opts["grad_enabled"] for need in ctx.needs_input_grad[:3])
+        need_h, need_w, need_b = (need and pb.grad_enabled for need in ctx.needs_input_grad[:3])
         needs = (need_h, need_w, need_b and b_s is not None)
         loss, zones_N, per_token_N, h_t_N, h_s_N, lam_N, grads = run_objective(pb, needs, (h_s, w_s, b_s))
         ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in grads))

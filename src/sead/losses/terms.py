@@ -38,7 +38,6 @@ __all__ = [
     "topk_term",
     "importance_weight",
     "sampled_term",
-    "gate_lambda",
     "gated_target",
     "add_grad",
 ]
@@ -179,13 +178,6 @@ def sampled_term(logp_s, y_n, adv_n):
     """``R = -sg(A) log p_S(y)`` (REINFORCE on the sampled token); ``dR/ds_v = A p_S(v) - A [v = y]``."""
     s_y = logp_s.gather(-1, y_n.unsqueeze(-1)).squeeze(-1)
     return -adv_n * s_y, Grad(adv_n, y_n.unsqueeze(-1), -adv_n.unsqueeze(-1))
-
-
-def gate_lambda(t_y, s_y, verdict_n, lambda_consensus, lambda_conflict):
-    """SG-OPD gate per row: ``d = log pi_T(y) - log pi_S(y)``; ``lambda_consensus`` where ``d v > 0``
-    (``v = +1`` accepted rollout, ``-1`` otherwise), else ``lambda_conflict`` (``d = 0`` is conflict)."""
-    consensus = (t_y - s_y) * verdict_n > 0
-    return torch.full_like(t_y, lambda_conflict).masked_fill_(consensus, lambda_consensus)
 
 
 def gated_target(logp_t, logp_ref, lam_n):

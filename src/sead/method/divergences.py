@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "check_finite",
     "check_logits",
     "forward_kl",
     "reverse_kl",
@@ -29,7 +30,8 @@ __all__ = [
 ]
 
 
-def _check_finite(name: str, x: torch.Tensor) -> None:
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming ``name`` when ``x`` holds NaN or inf."""
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or inf value(s); refusing to compute a loss on them.")
@@ -60,8 +62,8 @@ def check_logits(
             f"student_logits shape {tuple(student_logits.shape)} != teacher_logits shape "
             f"{tuple(teacher_logits.shape)}: both must cover the same positions."
         )
-    _check_finite("student_logits", student_logits)
-    _check_finite("teacher_logits", teacher_logits)
+    check_finite("student_logits", student_logits)
+    check_finite("teacher_logits", teacher_logits)
 
 
 def _log_probs(student_logits, teacher_logits, temperature):
@@ -249,7 +251,7 @@ def token_entropy(
     """
     _check_temperature(temperature)
     _check_top_k(top_k)
-    _check_finite("logits", logits)
+    check_finite("logits", logits)
     z = logits / temperature
     if top_k is not None and top_k < z.shape[-1]:
         if support_logits is None:

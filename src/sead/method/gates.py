@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sign_gate_lambda", "sign_gated_advantage"]
+__all__ = ["gate_lambda", "sign_gate_lambda", "sign_gated_advantage"]
 
 
 def _check(teacher_logp, student_logp, correct, lambda_consensus, lambda_conflict, ref_logp=None):
@@ -25,6 +25,16 @@ def _check(teacher_logp, student_logp, correct, lambda_consensus, lambda_conflic
             raise ValueError(f"{name} must be > 0, got {lam}")
 
 
+def gate_lambda(
+    d: torch.Tensor, verdict_sign: torch.Tensor, lambda_consensus: float, lambda_conflict: float
+) -> torch.Tensor:
+    """The gate's rule, per token: ``lambda_t = lambda_consensus`` where ``d_t * v > 0``, else ``lambda_conflict``
+    (``d_t = 0`` is a conflict). ``d_t = log pi_T(y_t) - log pi_S(y_t)``; ``v`` is +1 for an accepted rollout and -1
+    otherwise, broadcast against ``d``. No checks: :func:`sign_gate_lambda` is the checked form over ``[B, T]``."""
+    consensus = d * verdict_sign > 0
+    return torch.full_like(d, lambda_conflict).masked_fill_(consensus, lambda_consensus)
+
+
 def sign_gate_lambda(
     teacher_logp: torch.Tensor,
     student_logp: torch.Tensor,
@@ -42,8 +52,7 @@ def sign_gate_lambda(
     _check(teacher_logp, student_logp, correct, lambda_consensus, lambda_conflict)
     d_BT = teacher_logp - student_logp
     v_B1 = torch.where(correct.bool(), 1.0, -1.0).to(d_BT.dtype).unsqueeze(-1)
-    consensus_BT = d_BT * v_B1 > 0
-    return torch.full_like(d_BT, lambda_conflict).masked_fill(consensus_BT, lambda_consensus)
+    return gate_lambda(d_BT, v_B1, lambda_consensus, lambda_conflict)
 
 
 def sign_gated_advantage(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-__all__ = ["cosine_anneal", "teacher_mix_ratio"]
+__all__ = ["StepSchedules", "cosine_anneal", "teacher_mix_ratio"]
 
 
 def cosine_anneal(step: int, total_steps: int, start: float = 0.8, end: float = 0.0) -> float:
@@ -35,3 +36,49 @@ def teacher_mix_ratio(step: int, total_steps: int, rho0: float = 0.5, phase_frac
     if phase_steps <= 0:
         return 0.0
     return float(rho0 * max(0.0, 1.0 - max(step, 0) / phase_steps))
+
+
+@dataclass(frozen=True)
+class StepSchedules:
+    """A run's step schedules, read at ``(step, total_steps)``: SEAD's anneal weight, the FKL zone's weight and
+    SG-OPD's teacher-mix ratio. A schedule whose component is off holds its constant: ``alpha`` 0 (pure reverse
+    KL), the FKL zone's weight 1 (forward KL), ``rho`` 0 (no teacher rollouts).
+
+    Attributes:
+        anneal: SEAD's cosine from forward to reverse KL (``alpha_start`` -> ``alpha_end``).
+        fkl_zone_anneal: the ablation that anneals the FKL zone too (cosine from 1 to ``alpha_end``); only with
+            zones and the anneal (the caller resolves that).
+        teacher_mixing: SG-OPD's cold start (``rho0`` decaying to 0 over ``phase_fraction`` of training).
+    """
+
+    anneal: bool = False
+    alpha_start: float = 0.8
+    alpha_end: float = 0.0
+    fkl_zone_anneal: bool = False
+    teacher_mixing: bool = False
+    rho0: float = 0.5
+    phase_fraction: float = 0.2
+
+    def __post_init__(self):
+        for name in ("alpha_start", "alpha_end", "rho0", "phase_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+    def alpha(self, step: int, total_steps: int) -> float:
+        """The forward-KL weight of the annealed mix (:func:`cosine_anneal`), 0 without the anneal."""
+        if not self.anneal:
+            return 0.0
+        return cosine_anneal(step, total_steps, self.alpha_start, self.alpha_end)
+
+    def fkl_zone_alpha(self, step: int, total_steps: int) -> float:
+        """The FKL zone's forward-KL weight: 1, or with ``fkl_zone_anneal`` a cosine from 1 to ``alpha_end``."""
+        if not self.fkl_zone_anneal:
+            return 1.0
+        return cosine_anneal(step, total_steps, 1.0, self.alpha_end)
+
+    def rho(self, step: int, total_steps: int) -> float:
+        """The fraction of prompts offered teacher rollouts (:func:`teacher_mix_ratio`), 0 without teacher mixing."""
+        if not self.teacher_mixing:
+            return 0.0
+        return teacher_mix_ratio(step, total_steps, self.rho0, self.phase_fraction)

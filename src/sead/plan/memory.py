@@ -164,7 +164,7 @@ def frozen_bytes(strategy: str, num_params: int, load_bytes: int, gpus: int, mix
 def uses_fused_loss(cfg) -> bool:
     """Whether a recipe's loss runs fused from hidden states (no ``[T, V]`` logits): ``use_fused_loss``, for every
     estimator, with or without the sign gate (``sead.losses.fused.fused_objective``). Must agree with
-    ``sead.training.loss_glue.LossGlue._objective``."""
+    ``sead.training.trainer.OPDTrainer._objective``."""
     return bool(cfg.use_fused_loss)
 
 
@@ -174,48 +174,89 @@ def _chunk_rows(vocab: int, chunk_size: int | None) -> int:
     return chunk_size or auto_chunk_size(vocab)
 
 
-def plan_memory(inp: PlanInputs) -> dict[str, Any]:
-    """Per-GPU bytes of every component for each strategy, the peaks, and the recommendation."""
-    s, t = inp.student, inp.teacher
-    n = max(int(inp.gpus), 1)
+@dataclass
+class _TrainingWorkingSet:
+    """The training phase's working set on each GPU, the same under every strategy: the student's activations of
+    one micro-batch, then the largest of the teacher's forward, the reference's forward and the loss."""
+
+    activations: int
+    teacher_forward: int
+    reference_forward: int
+    loss: int
+    loss_kind: str
+
+    @property
+    def total(self) -> int:
+        return self.activations + max(self.teacher_forward, self.reference_forward, self.loss)
+
+
+@dataclass
+class _Rollouts:
+    """The rollout phase's buffers on each GPU, the same under every strategy."""
+
+    student_gen: int  # HF generate: the student's KV cache and the last position's logits
+    vllm_reserved: int  # the student's colocated vLLM engine (its share of the GPU)
+    teacher_seqs: int  # SG-OPD's teacher rollouts: sequences per generate call
+    teacher_kv: int  # their KV cache (HF generate)
+    teacher_vllm: int  # the teacher's own vLLM engine in each training process
+
+
+def _student_activations(inp: PlanInputs) -> int:
+    """The student's activations kept for backward over one micro-batch (with or without checkpointing)."""
+    s = inp.student
     act_bytes = 2 if inp.mixed_precision else 4
-    B, T, Tc = inp.per_device_batch, inp.seq_len, inp.completion_tokens
-    tokens, loss_rows = B * T, B * Tc
-    G = inp.local_generation_batch
-    notes = list(inp.notes)
-
-    # ---- training-phase working set (independent of the strategy) --------------------------------
-    per_layer_s = tokens * s.activation_elems_per_token * act_bytes
+    tokens = inp.per_device_batch * inp.seq_len
+    per_layer = tokens * s.activation_elems_per_token * act_bytes
     if inp.activation_checkpointing:
-        activations = s.num_layers * tokens * s.hidden_size * act_bytes + per_layer_s
-    else:
-        activations = s.num_layers * per_layer_s
-    teacher_forward = tokens * t.activation_elems_per_token * 2 + loss_rows * t.hidden_size * 2
-    t_h = t.hidden_size
-    if inp.teacher_served:  # the server's answer instead: [N, k] ids and log-probs, [N] sampled log-probs
-        teacher_forward, t_h = loss_rows * (inp.teacher_server_top_k * 12 + 4), 0
-    reference_forward = (tokens * s.activation_elems_per_token * 2) if inp.reference_model else 0
-    V = s.vocab_size
-    if inp.fused_loss:
-        chunk = _chunk_rows(V, inp.loss_chunk_size)
-        ref_h = s.hidden_size if inp.reference_model else 0
-        tiles = ASSUMPTIONS["fused_sign_gate_loss_tiles" if inp.sign_gate else "fused_loss_tiles"]
-        loss = (
-            tiles * min(chunk, loss_rows) * V * 4  # [chunk, V] fp32 tiles
-            + V * (s.hidden_size + t_h + ref_h) * 4  # the heads cast to fp32
-            + V * s.hidden_size * 4  # fp32 gradient of the student head
-            + loss_rows * (2 * s.hidden_size + t_h + ref_h) * 4  # fp32 hidden states, student's gradient
-        )
-        loss_kind = f"fused{' sign-gated' if inp.sign_gate else ''}, {tiles} x {min(chunk, loss_rows)} x {V} tiles"
-    else:
-        tiles = ASSUMPTIONS["naive_loss_tiles"] + (1 if inp.reference_model else 0)
-        loss = tiles * loss_rows * V * 4
-        loss_kind = f"full logits, {tiles} x [{loss_rows}, {V}] fp32"
-    train_ws = activations + max(teacher_forward, reference_forward, loss)
+        return s.num_layers * tokens * s.hidden_size * act_bytes + per_layer
+    return s.num_layers * per_layer
 
-    # ---- rollout-phase working set ------------------------------------------------------------------
-    student_kv = s.kv_cache_bytes(T, G, 2 if inp.mixed_precision else 4)
-    if inp.teacher_mixing and not inp.teacher_served:  # a served teacher samples on its own GPUs
+
+def _frozen_forwards(inp: PlanInputs) -> tuple[int, int]:
+    """``(teacher, reference)``: the frozen models' forward over one micro-batch (bf16). A served teacher's is its
+    answer instead: ``[N, k]`` ids and log-probs and ``[N]`` sampled log-probs."""
+    s, t = inp.student, inp.teacher
+    tokens, loss_rows = inp.per_device_batch * inp.seq_len, inp.per_device_batch * inp.completion_tokens
+    if inp.teacher_served:
+        teacher = loss_rows * (inp.teacher_server_top_k * 12 + 4)
+    else:
+        teacher = tokens * t.activation_elems_per_token * 2 + loss_rows * t.hidden_size * 2
+    reference = (tokens * s.activation_elems_per_token * 2) if inp.reference_model else 0
+    return teacher, reference
+
+
+def _loss_working_set(inp: PlanInputs) -> tuple[int, str]:
+    """``(bytes, description)`` of the loss: the fused chunked loss's fp32 tiles, heads and hidden states, or the
+    full-logits path's ``[B*T, V]`` fp32 tensors."""
+    s = inp.student
+    V, loss_rows = s.vocab_size, inp.per_device_batch * inp.completion_tokens
+    if not inp.fused_loss:
+        tiles = ASSUMPTIONS["naive_loss_tiles"] + (1 if inp.reference_model else 0)
+        return tiles * loss_rows * V * 4, f"full logits, {tiles} x [{loss_rows}, {V}] fp32"
+    t_h = 0 if inp.teacher_served else inp.teacher.hidden_size  # a served teacher sends no hidden states
+    chunk = _chunk_rows(V, inp.loss_chunk_size)
+    ref_h = s.hidden_size if inp.reference_model else 0
+    tiles = ASSUMPTIONS["fused_sign_gate_loss_tiles" if inp.sign_gate else "fused_loss_tiles"]
+    loss = (
+        tiles * min(chunk, loss_rows) * V * 4  # [chunk, V] fp32 tiles
+        + V * (s.hidden_size + t_h + ref_h) * 4  # the heads cast to fp32
+        + V * s.hidden_size * 4  # fp32 gradient of the student head
+        + loss_rows * (2 * s.hidden_size + t_h + ref_h) * 4  # fp32 hidden states, student's gradient
+    )
+    return loss, f"fused{' sign-gated' if inp.sign_gate else ''}, {tiles} x {min(chunk, loss_rows)} x {V} tiles"
+
+
+def _training_working_set(inp: PlanInputs) -> _TrainingWorkingSet:
+    teacher_forward, reference_forward = _frozen_forwards(inp)
+    loss, loss_kind = _loss_working_set(inp)
+    return _TrainingWorkingSet(_student_activations(inp), teacher_forward, reference_forward, loss, loss_kind)
+
+
+def _teacher_rollouts(inp: PlanInputs, notes: list[str]) -> tuple[int, int, int]:
+    """``(sequences per call, KV cache, vLLM engine)`` of SG-OPD's teacher rollouts on each GPU (a served teacher
+    samples on its own GPUs: nothing here); adds their notes."""
+    t, T, G = inp.teacher, inp.seq_len, inp.local_generation_batch
+    if inp.teacher_mixing and not inp.teacher_served:
         # the step's picks, the same number on every rank (at most ceil(rho0 x G)), generated in batches of
         # teacher_generation_batch_size sequences
         picked = math.ceil(inp.teacher_mix_rho0 * G)
@@ -243,92 +284,123 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
         notes.append(
             "SG-OPD teacher rollouts with HF generate: under ZeRO-3 / FSDP2 the teacher is sharded, so every decode "
             "step gathers it layer by layer over the GPUs (all ranks step together, synced_gpus): it fits, but "
-            f"{teacher_seqs} sequences of up to {Tc} tokens per call are slow."
+            f"{teacher_seqs} sequences of up to {inp.completion_tokens} tokens per call are slow."
         )
-    vllm_reserved = 0
-    if inp.use_vllm and inp.vllm_mode == "colocate":
-        vllm_reserved = int(inp.vllm_gpu_memory_utilization * inp.gpu_memory_gib * GiB)
-        student_gen = 0
-    elif inp.use_vllm:  # server mode: generation runs on other GPUs
-        student_gen = 0
-    else:
-        student_gen = student_kv + G * V * 4
+    return teacher_seqs, teacher_kv, teacher_vllm
 
-    if inp.use_vllm and inp.vllm_mode == "colocate":
-        per_seq = s.kv_cache_bytes(T, 1, 2)
-        room = vllm_reserved - s.num_params * 2 // max(inp.vllm_tensor_parallel_size, 1)
-        at_once = int(room // per_seq) if per_seq else 0
-        if at_once < 1:
-            notes.append(
-                f"vLLM colocate: {inp.vllm_gpu_memory_utilization:g} x {inp.gpu_memory_gib:g} GiB leaves "
-                f"{max(room, 0) / GiB:.1f} GiB after the student's bf16 weights, less than one {T}-token sequence's "
-                f"KV cache ({per_seq / GiB:.1f} GiB): vLLM will refuse to start. Raise vllm_gpu_memory_utilization "
-                "or vllm_tensor_parallel_size, or lower vllm_max_model_length."
-            )
-        else:
-            notes.append(
-                f"vLLM colocate: {room / GiB:.1f} GiB of KV cache after the student's weights holds {min(at_once, G)} "
-                f"of the {G} local rollouts at full length ({per_seq / GiB:.2f} GiB each) at once."
-            )
-    overhead = int(ASSUMPTIONS["runtime_overhead_gib"] * GiB)
-    usable = ASSUMPTIONS["usable_fraction"] * inp.gpu_memory_gib * GiB
-    results: dict[str, Any] = {}
-    for strategy in STRATEGIES:
-        div = _shards(strategy, n)
-        wb, gb, ob = _student_bytes_per_param(strategy, inp)
-        P = s.num_params
-        weights = P * wb // div["weights"]
-        grads = P * gb // div["grads"]
-        optim = P * ob // div["optim"]
-        mixed = inp.mixed_precision
-        teacher = 0 if inp.teacher_served else frozen_bytes(strategy, t.num_params, inp.teacher_load_bytes, n, mixed)
-        reference = frozen_bytes(strategy, P, inp.student_load_bytes, n, mixed) if inp.reference_model else 0
-        gather = 0
-        if strategy in ("zero3", "fsdp2"):
-            # the gathered copy: bf16 under mixed precision (ZeRO-3's module, FSDP2's param_dtype), else as held
-            t_bytes = 2 if mixed else inp.teacher_load_bytes
-            s_bytes = 2 if mixed else wb
-            teacher_layer = 0 if inp.teacher_served else t.layer_params * t_bytes
-            gather = ASSUMPTIONS["gathered_layers"] * max(s.layer_params * s_bytes, teacher_layer)
-        unsharded_grads = fsdp2_unsharded_grad_bytes(inp) if strategy == "fsdp2" else 0
-        gen_extra = 0
-        if strategy == "zero3" and not inp.use_vllm and inp.ds3_gather_for_generation:
-            gen_extra = P * wb  # TRL gathers the whole student for HF generate under ZeRO-3
-        # Student and teacher rollouts run one after the other; with vllm_enable_sleep_mode TRL puts the student's
-        # engine to sleep (level 2: weights and KV cache released) right after its generation, so SG-OPD's teacher
-        # rollouts that follow do not share the GPU with it.
-        vllm_in_train = 0 if inp.vllm_sleep_mode else vllm_reserved
-        rollout_ws = max(vllm_reserved + student_gen + gen_extra, vllm_in_train + teacher_kv)
-        static = weights + optim + teacher + reference + overhead + gather
-        rollout_phase = static + teacher_vllm + rollout_ws
-        train_phase = static + grads + unsharded_grads + vllm_in_train + teacher_vllm + train_ws
-        peak = max(rollout_phase, train_phase)
-        results[strategy] = {
-            "components": {
-                "student weights": weights,
-                "student gradients": grads,
-                "FSDP2 unsharded gradients (no_sync)": unsharded_grads,
-                "optimizer (AdamW)": optim,
-                "teacher weights": teacher,
-                "reference weights": reference,
-                "sharding gather buffers": gather,
-                "runtime overhead": overhead,
-                "vLLM colocate reservation": vllm_reserved,
-                "rollout KV cache (HF generate)": student_gen,
-                "ZeRO-3 student gathered for generate": gen_extra,
-                "teacher rollouts KV cache": teacher_kv,
-                "teacher vLLM engine": teacher_vllm,
-                "activations (student)": activations,
-                "teacher forward": teacher_forward,
-                "reference forward": reference_forward,
-                "loss working set": loss,
-            },
-            "bytes_per_param": {"weights": wb, "grads": gb, "optim": ob},
-            "rollout_phase": rollout_phase,
-            "train_phase": train_phase,
-            "peak": peak,
-            "fits": peak <= usable,
-        }
+
+def _student_rollouts(inp: PlanInputs, notes: list[str]) -> tuple[int, int]:
+    """``(HF generate's buffers, vLLM colocate reservation)`` of the student's rollouts on each GPU (vLLM server mode:
+    neither, generation runs on other GPUs); adds the colocated engine's note."""
+    s, T, G = inp.student, inp.seq_len, inp.local_generation_batch
+    if not inp.use_vllm:
+        return s.kv_cache_bytes(T, G, 2 if inp.mixed_precision else 4) + G * s.vocab_size * 4, 0
+    if inp.vllm_mode != "colocate":
+        return 0, 0
+    vllm_reserved = int(inp.vllm_gpu_memory_utilization * inp.gpu_memory_gib * GiB)
+    per_seq = s.kv_cache_bytes(T, 1, 2)
+    room = vllm_reserved - s.num_params * 2 // max(inp.vllm_tensor_parallel_size, 1)
+    at_once = int(room // per_seq) if per_seq else 0
+    if at_once < 1:
+        notes.append(
+            f"vLLM colocate: {inp.vllm_gpu_memory_utilization:g} x {inp.gpu_memory_gib:g} GiB leaves "
+            f"{max(room, 0) / GiB:.1f} GiB after the student's bf16 weights, less than one {T}-token sequence's "
+            f"KV cache ({per_seq / GiB:.1f} GiB): vLLM will refuse to start. Raise vllm_gpu_memory_utilization "
+            "or vllm_tensor_parallel_size, or lower vllm_max_model_length."
+        )
+    else:
+        notes.append(
+            f"vLLM colocate: {room / GiB:.1f} GiB of KV cache after the student's weights holds {min(at_once, G)} "
+            f"of the {G} local rollouts at full length ({per_seq / GiB:.2f} GiB each) at once."
+        )
+    return 0, vllm_reserved
+
+
+def _rollouts(inp: PlanInputs, notes: list[str]) -> _Rollouts:
+    teacher_seqs, teacher_kv, teacher_vllm = _teacher_rollouts(inp, notes)
+    student_gen, vllm_reserved = _student_rollouts(inp, notes)
+    return _Rollouts(student_gen, vllm_reserved, teacher_seqs, teacher_kv, teacher_vllm)
+
+
+def _usable_bytes(inp: PlanInputs) -> float:
+    """A plan fits when its peak is at most this (the usable fraction of one GPU's memory)."""
+    return ASSUMPTIONS["usable_fraction"] * inp.gpu_memory_gib * GiB
+
+
+def _sharding_gather(strategy: str, inp: PlanInputs, student_weight_bytes: int) -> int:
+    """ZeRO-3 / FSDP2: the layers gathered whole at once (the larger of the student's and the teacher's layer)."""
+    if strategy not in ("zero3", "fsdp2"):
+        return 0
+    # the gathered copy: bf16 under mixed precision (ZeRO-3's module, FSDP2's param_dtype), else as held
+    mixed = inp.mixed_precision
+    t_bytes = 2 if mixed else inp.teacher_load_bytes
+    s_bytes = 2 if mixed else student_weight_bytes
+    teacher_layer = 0 if inp.teacher_served else inp.teacher.layer_params * t_bytes
+    return ASSUMPTIONS["gathered_layers"] * max(inp.student.layer_params * s_bytes, teacher_layer)
+
+
+def _strategy_components(strategy: str, inp: PlanInputs, train: _TrainingWorkingSet, roll: _Rollouts) -> dict[str, int]:
+    """Per-GPU bytes of every component under ``strategy``: the student's weights, gradients and optimizer state
+    (sharded as the strategy shards them), the frozen models, the buffers of both phases."""
+    n = max(int(inp.gpus), 1)
+    div = _shards(strategy, n)
+    wb, gb, ob = _student_bytes_per_param(strategy, inp)
+    P, mixed = inp.student.num_params, inp.mixed_precision
+    teacher = 0
+    if not inp.teacher_served:
+        teacher = frozen_bytes(strategy, inp.teacher.num_params, inp.teacher_load_bytes, n, mixed)
+    gen_extra = 0
+    if strategy == "zero3" and not inp.use_vllm and inp.ds3_gather_for_generation:
+        gen_extra = P * wb  # TRL gathers the whole student for HF generate under ZeRO-3
+    return {
+        "student weights": P * wb // div["weights"],
+        "student gradients": P * gb // div["grads"],
+        "FSDP2 unsharded gradients (no_sync)": fsdp2_unsharded_grad_bytes(inp) if strategy == "fsdp2" else 0,
+        "optimizer (AdamW)": P * ob // div["optim"],
+        "teacher weights": teacher,
+        "reference weights": frozen_bytes(strategy, P, inp.student_load_bytes, n, mixed) if inp.reference_model else 0,
+        "sharding gather buffers": _sharding_gather(strategy, inp, wb),
+        "runtime overhead": int(ASSUMPTIONS["runtime_overhead_gib"] * GiB),
+        "vLLM colocate reservation": roll.vllm_reserved,
+        "rollout KV cache (HF generate)": roll.student_gen,
+        "ZeRO-3 student gathered for generate": gen_extra,
+        "teacher rollouts KV cache": roll.teacher_kv,
+        "teacher vLLM engine": roll.teacher_vllm,
+        "activations (student)": train.activations,
+        "teacher forward": train.teacher_forward,
+        "reference forward": train.reference_forward,
+        "loss working set": train.loss,
+    }
+
+
+def _plan_strategy(strategy: str, inp: PlanInputs, train: _TrainingWorkingSet, roll: _Rollouts) -> dict[str, Any]:
+    """One strategy's components, its two phases and its peak. Student and teacher rollouts run one after the
+    other; with vllm_enable_sleep_mode TRL puts the student's engine to sleep (level 2: weights and KV cache
+    released) right after its generation, so SG-OPD's teacher rollouts that follow do not share the GPU with it."""
+    c = _strategy_components(strategy, inp, train, roll)
+    wb, gb, ob = _student_bytes_per_param(strategy, inp)
+    vllm_in_train = 0 if inp.vllm_sleep_mode else roll.vllm_reserved
+    student_gen = roll.vllm_reserved + roll.student_gen + c["ZeRO-3 student gathered for generate"]
+    rollout_ws = max(student_gen, vllm_in_train + roll.teacher_kv)
+    static = c["student weights"] + c["optimizer (AdamW)"] + c["teacher weights"] + c["reference weights"]
+    static += c["runtime overhead"] + c["sharding gather buffers"]
+    grads = c["student gradients"] + c["FSDP2 unsharded gradients (no_sync)"]
+    rollout_phase = static + roll.teacher_vllm + rollout_ws
+    train_phase = static + grads + vllm_in_train + roll.teacher_vllm + train.total
+    peak = max(rollout_phase, train_phase)
+    return {
+        "components": c,
+        "bytes_per_param": {"weights": wb, "grads": gb, "optim": ob},
+        "rollout_phase": rollout_phase,
+        "train_phase": train_phase,
+        "peak": peak,
+        "fits": peak <= _usable_bytes(inp),
+    }
+
+
+def _strategy_notes(inp: PlanInputs, results: dict[str, Any]) -> list[str]:
+    """Notes on how the strategies hold the student: FSDP2's unsharded gradients under accumulation, a bf16 student."""
+    notes = []
     unsharded = results["fsdp2"]["components"]["FSDP2 unsharded gradients (no_sync)"]
     if unsharded:
         notes.append(
@@ -344,25 +416,36 @@ def plan_memory(inp: PlanInputs) -> dict[str, Any]:
             "no fp32 master weights); under FSDP2 accelerate upcasts its trainable parameters to fp32 (counted: 16 "
             "bytes per parameter / N); DeepSpeed keeps fp32 master weights."
         )
+    return notes
+
+
+def plan_memory(inp: PlanInputs) -> dict[str, Any]:
+    """Per-GPU bytes of every component for each strategy, the peaks, and the recommendation."""
+    s, t = inp.student, inp.teacher
+    notes = list(inp.notes)
+    train = _training_working_set(inp)
+    roll = _rollouts(inp, notes)
+    results = {strategy: _plan_strategy(strategy, inp, train, roll) for strategy in STRATEGIES}
+    notes += _strategy_notes(inp, results)
     fitting = [k for k in STRATEGIES if results[k]["fits"]]
     recommended = fitting[0] if fitting else None
     return {
         "inputs": {
-            "gpus": n,
+            "gpus": max(int(inp.gpus), 1),
             "gpu_memory_gib": inp.gpu_memory_gib,
-            "usable_gib": usable / GiB,
-            "per_device_train_batch_size": B,
+            "usable_gib": _usable_bytes(inp) / GiB,
+            "per_device_train_batch_size": inp.per_device_batch,
             "gradient_accumulation_steps": inp.grad_accum,
             "prompts_per_step": inp.prompts_per_step,
-            "local_generation_batch": G,
+            "local_generation_batch": inp.local_generation_batch,
             "prompt_tokens": inp.prompt_tokens,
-            "completion_tokens": Tc,
+            "completion_tokens": inp.completion_tokens,
             "mixed_precision": inp.mixed_precision,
             "activation_checkpointing": inp.activation_checkpointing,
-            "loss": loss_kind,
+            "loss": train.loss_kind,
             "use_vllm": inp.use_vllm,
             "vllm_mode": inp.vllm_mode if inp.use_vllm else None,
-            "teacher_rollout_sequences": teacher_seqs,
+            "teacher_rollout_sequences": roll.teacher_seqs,
         },
         "models": {
             "student": {**asdict(s), "num_params": s.num_params},

@@ -21,7 +21,8 @@ def _check_dataset(dataset) -> None:
 
 def _grade_rows(responses, dataset) -> dict[int, list[list[bool]]]:
     """``{level: [[correct per sample] per prompt]}``."""
-    from sead.grading.verifier import TRAINING_MODE, grade
+    from sead.grading.answers import TRAINING_MODE
+    from sead.grading.verifier import grade
 
     by_level: dict[int, list[list[bool]]] = {}
     for samples, gold, level in zip(responses, dataset["answer"], dataset["level"]):

@@ -6,11 +6,22 @@ from dataclasses import dataclass, field
 
 from trl import DistillationConfig
 
+from sead.losses.spec import ESTIMATORS, GateSpec, LossSpec, ZoneSpec
+from sead.method.curriculum import CompetenceCurriculum
+from sead.method.schedules import StepSchedules
 from sead.training.inherited import check_inherited_fields
 from sead.utils.errors import SeadError
 
 METHODS = ("opd", "sead", "sgopd")
-ESTIMATORS = ("full", "topk", "sampled")
+
+# The loss's and the schedules' own names for a config field, where they differ (their errors name the field).
+_RENAMED = {
+    "normalize": "loss_normalization",
+    "chunk_size": "loss_chunk_size",
+    "importance_cap": "vllm_importance_sampling_cap",
+    "rho0": "teacher_mix_rho0",
+    "phase_fraction": "teacher_mix_phase_fraction",
+}
 
 # Which components each preset switches on (any of them can be overridden one by one).
 PRESETS: dict[str, dict[str, bool]] = {
@@ -460,81 +471,118 @@ class OPDConfig(DistillationConfig):
         if getattr(self, "activation_checkpointing", False) is None and self.gradient_checkpointing is True:
             self.activation_checkpointing, self.gradient_checkpointing = True, None
 
+    # ---- what the config builds --------------------------------------------------------------------------------
+    def loss_spec(self, served_top_k: int | None = None) -> LossSpec:
+        """The loss's :class:`~sead.losses.spec.LossSpec` from these fields, built once per run; each step then
+        takes its anneal weights and zone cuts (:meth:`~sead.losses.spec.LossSpec.at_step`). ``served_top_k``: the
+        log-probs a served teacher returns per position; without zones the entropies are only logged, over at most
+        those ids."""
+        entropy_top_k = self.entropy_top_k
+        if served_top_k is not None and not self.zones:
+            entropy_top_k = min(entropy_top_k or served_top_k, served_top_k)
+        return LossSpec.from_options(
+            estimator=self.estimator, estimator_top_k=self.estimator_top_k, topk_convention=self.topk_convention,
+            temperature=self.temperature, zones=bool(self.zones), teacher_quantile=self.teacher_quantile,
+            skip_fraction=self.skip_fraction, entropy_top_k=entropy_top_k, entropy_support=self.entropy_support,
+            zone_precision=self.zone_precision, sign_gate=bool(self.sign_gate),
+            lambda_consensus=self.lambda_consensus, lambda_conflict=self.lambda_conflict,
+            normalize=self.loss_normalization, importance_cap=self.vllm_importance_sampling_cap,
+            chunk_size=self.loss_chunk_size,
+        )  # fmt: skip
+
+    def schedules(self) -> StepSchedules:
+        """The run's step schedules (SEAD's anneal, the FKL zone's ablation, SG-OPD's teacher-mix ratio)."""
+        return StepSchedules(
+            anneal=bool(self.anneal), alpha_start=self.alpha_start, alpha_end=self.alpha_end,
+            fkl_zone_anneal=bool(self.fkl_zone_anneal and self.anneal and self.zones),
+            teacher_mixing=bool(self.teacher_mixing), rho0=self.teacher_mix_rho0,
+            phase_fraction=self.teacher_mix_phase_fraction,
+        )  # fmt: skip
+
+    def competence_window_size(self, num_processes: int) -> int:
+        """``competence_window``, or (``None``) one optimizer step's rollouts over all processes, at least 64."""
+        if self.competence_window is not None:
+            return int(self.competence_window)
+        per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        return max(64, per_step * num_processes)
+
+    def curriculum_of(self, difficulties, num_processes: int) -> CompetenceCurriculum:
+        """The competence-gated curriculum over a dataset's ``difficulties`` (its ``difficulty_column``); a column that
+        cannot be one is refused naming it."""
+        try:
+            return CompetenceCurriculum(
+                difficulties, threshold=self.competence_threshold, window=self.competence_window_size(num_processes),
+                num_buckets=self.curriculum_num_buckets, full_open_fraction=self.curriculum_full_open_fraction,
+                seed=self.seed, column=self.difficulty_column,
+            )  # fmt: skip
+        except ValueError as err:
+            raise SeadError(str(err)) from err
+
+    # ---- checks ---------------------------------------------------------------------------------------------
     def _validate(self) -> None:
-        unit = [
-            "teacher_quantile",
-            "skip_fraction",
-            "alpha_start",
-            "alpha_end",
-            "competence_threshold",
-            "curriculum_full_open_fraction",
-            "teacher_mix_rho0",
-            "teacher_mix_phase_fraction",
-        ]
-        for name in unit:
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise SeadError(f"{name} must be in [0, 1]; got {value}.")
+        self._check_method_fields()
+        self._check_loss_fields()
+        self._check_choices()
+        if self.teacher_server_url is not None:
+            self._validate_served_teacher()
+        self._check_trainer_fields()
+
+    def _check_loss_fields(self) -> None:
+        """The loss's and the schedules' fields, checked by the types that hold them (one home for each check),
+        also where their component is off (a recipe's typo is refused whatever the method)."""
+        if self.entropy_top_k is not None and self.entropy_top_k < 0:
+            raise SeadError(f"entropy_top_k must be >= 0 (0 or null: full vocabulary); got {self.entropy_top_k}.")
+        try:
+            ZoneSpec(self.teacher_quantile, self.skip_fraction)
+            GateSpec(self.lambda_consensus, self.lambda_conflict)
+            self.loss_spec()
+            self.schedules()
+        except ValueError as err:
+            field, _, rest = str(err).partition(" ")
+            raise SeadError(f"{_RENAMED.get(field, field)} {rest}.") from err
+
+    def _check_method_fields(self) -> None:
+        """The curriculum's, the teacher rollouts' and the verifier's fields."""
+        for name in ("competence_threshold", "curriculum_full_open_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise SeadError(f"{name} must be in [0, 1]; got {getattr(self, name)}.")
         if self.teacher_top_p is not None and not 0.0 < self.teacher_top_p <= 1.0:
             raise SeadError(f"teacher_top_p must be in (0, 1] (or null: the student's top_p); got {self.teacher_top_p}.")
         if self.teacher_top_k is not None and self.teacher_top_k < 0:
             raise SeadError(f"teacher_top_k must be >= 0 (0: off; null: the student's top_k); got {self.teacher_top_k}.")
-        positive = ["lambda_consensus", "lambda_conflict", "teacher_temperature", "grader_timeout",
-                    "vllm_importance_sampling_cap"]
-        for name in positive:
-            value = getattr(self, name)
-            if not value > 0:
-                raise SeadError(f"{name} must be > 0; got {value}.")
-        at_least_one = [
-            "estimator_top_k",
-            "curriculum_num_buckets",
-            "teacher_num_generations",
-        ]
-        for name in at_least_one:
-            value = getattr(self, name)
-            if value < 1:
-                raise SeadError(f"{name} must be >= 1; got {value}.")
+        for name in ("teacher_temperature", "grader_timeout"):
+            if not getattr(self, name) > 0:
+                raise SeadError(f"{name} must be > 0; got {getattr(self, name)}.")
+        for name in ("curriculum_num_buckets", "teacher_num_generations"):
+            if getattr(self, name) < 1:
+                raise SeadError(f"{name} must be >= 1; got {getattr(self, name)}.")
         if self.competence_window is not None and self.competence_window < 1:
             raise SeadError(f"competence_window must be >= 1 (or null: one optimizer step's rollouts); got {self.competence_window}.")
-        self._check_sampled_estimator_is_on_policy()
-        if self.entropy_top_k is not None and self.entropy_top_k < 0:
-            raise SeadError(
-                f"entropy_top_k must be >= 0 (0 or null: full vocabulary); got {self.entropy_top_k}."
-            )
-        if self.loss_chunk_size is not None and self.loss_chunk_size < 1:
-            raise SeadError(f"loss_chunk_size must be >= 1; got {self.loss_chunk_size}.")
         if self.teacher_generation_batch_size is not None and self.teacher_generation_batch_size < 1:
             raise SeadError(
                 f"teacher_generation_batch_size must be >= 1 (null: all at once); got {self.teacher_generation_batch_size}."
-            )
-        if self.zone_precision not in ("auto", "bf16", "exact"):
-            raise SeadError(f"zone_precision must be 'auto', 'bf16' or 'exact'; got {self.zone_precision!r}.")
-        if self.topk_convention not in ("tail", "renormalized", "clamped"):
-            raise SeadError(
-                f"topk_convention must be 'tail', 'renormalized' (NeMo-RL) or 'clamped' (verl); got {self.topk_convention!r}."
-            )
-        if self.zone_scope not in ("step", "micro_batch"):
-            raise SeadError(f"zone_scope must be 'step' or 'micro_batch'; got {self.zone_scope!r}.")
-        if self.entropy_support not in ("teacher", "own"):
-            raise SeadError(
-                f"entropy_support must be 'teacher' (the teacher's top-k ids) or 'own' (each model's top-k); "
-                f"got {self.entropy_support!r}."
-            )
-        if self.loss_normalization not in ("kept", "all"):
-            raise SeadError(f"loss_normalization must be 'kept' or 'all'; got {self.loss_normalization!r}.")
-        if self.teacher_generation_backend not in ("auto", "vllm", "hf"):
-            raise SeadError(
-                f"teacher_generation_backend must be 'auto', 'vllm' or 'hf'; got {self.teacher_generation_backend!r}."
             )
         if not 0.0 < self.teacher_vllm_gpu_memory_utilization <= 1.0:
             raise SeadError(
                 "teacher_vllm_gpu_memory_utilization must be in (0, 1]; "
                 f"got {self.teacher_vllm_gpu_memory_utilization}."
             )
-        if self.teacher_server_url is not None:
-            self._validate_served_teacher()
-        if self.nonfinite_policy not in ("error", "skip"):
-            raise SeadError(f"nonfinite_policy must be 'error' or 'skip'; got {self.nonfinite_policy!r}.")
+        self._check_sampled_estimator_is_on_policy()
+
+    def _check_choices(self) -> None:
+        """Fields that name one of a few options (the loss's own are checked by its spec)."""
+        choices = {
+            "zone_scope": ("step", "micro_batch"),
+            "teacher_generation_backend": ("auto", "vllm", "hf"),
+            "nonfinite_policy": ("error", "skip"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                shown = ", ".join(repr(a) for a in allowed)
+                raise SeadError(f"{name} must be one of {shown}; got {getattr(self, name)!r}.")
+
+    def _check_trainer_fields(self) -> None:
+        """TRL's and transformers' fields that sead reads, checked before TRL's own ``__post_init__``."""
         if self.max_steps is not None and self.max_steps < -1:
             raise SeadError(
                 f"max_steps must be a positive number of steps (or -1: train for num_train_epochs); got {self.max_steps}."
@@ -551,8 +599,6 @@ class OPDConfig(DistillationConfig):
             value = getattr(self, name, None)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise SeadError(f"{name} must be >= 0; got {value}.")
-        if not self.temperature > 0:
-            raise SeadError(f"temperature (of the student's rollouts) must be > 0; got {self.temperature}.")
         if self.learning_rate < 0:
             raise SeadError(f"learning_rate must be >= 0; got {self.learning_rate}.")
 

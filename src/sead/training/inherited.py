@@ -95,7 +95,7 @@ INHERITED_FIELDS: tuple[Inherited, ...] = (
     _works(
         "max_completion_length",
         "TRL's rollout generation (`max_new_tokens` / vLLM `max_tokens`); SG-OPD's teacher rollouts "
-        "(`_mix_teacher_rollouts`); the prompt-length limit (`OPDTrainer.prompt_length_limit`)",
+        "(`sead.components.teacher_rollouts`); the prompt-length limit (`OPDTrainer.prompt_length_limit`)",
     ),
     _works(
         "ds3_gather_for_generation",
@@ -109,7 +109,7 @@ INHERITED_FIELDS: tuple[Inherited, ...] = (
     _refused(
         "shuffle_dataset",
         (True,),
-        "the curriculum draws every batch at random from its open pool (`_curriculum_inputs`), whatever the "
+        "the curriculum draws every batch at random from its open pool (`CompetenceCurriculum.draw`), whatever the "
         "dataloader's order",
         "set `curriculum: false` to train in dataset order",
         only_if=lambda c: bool(getattr(c, "curriculum", False)),
@@ -118,7 +118,7 @@ INHERITED_FIELDS: tuple[Inherited, ...] = (
     _works(
         "pad_to_multiple_of",
         "TRL's padding of prompt and completion ids (`_generate_single_turn`, `_generate_and_score_completions`); "
-        "SG-OPD's teacher-mixed batches are re-padded with it (`_mix_teacher_rollouts`)",
+        "SG-OPD's teacher-mixed batches are re-padded with it (`sead.components.teacher_mix.splice_rollouts`)",
     ),
     # ---- generation ---------------------------------------------------------------------------------------------
     _works(

@@ -8,21 +8,9 @@ import signal
 
 from transformers import TrainerCallback
 
+from sead.utils.distributed import any_rank
+
 __all__ = ["GracefulInterrupt"]
-
-
-def _any_rank(flag: bool, device=None) -> bool:
-    """True on every rank when it is True on any: all ranks must save and stop at the same step.
-
-    ``device``: where the collective runs (the training device: NCCL cannot reduce CPU tensors)."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
 
 
 class GracefulInterrupt(TrainerCallback):
@@ -48,7 +36,7 @@ class GracefulInterrupt(TrainerCallback):
                 signal.signal(s, h)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if _any_rank(self.received is not None, getattr(args, "device", None)):
+        if any_rank(self.received is not None, getattr(args, "device", None)):
             control.should_save = True
             control.should_training_stop = True
         return control

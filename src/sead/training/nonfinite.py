@@ -1,7 +1,8 @@
 """Never apply an optimizer step with non-finite values (METHODS: numerical faults), on every launcher.
 
 The decision is taken once per optimizer step, on every rank together: did any rank see NaN or inf this step, in
-the hidden states or the loss (flagged by ``LossGlue._compute_loss``, which then trains on a stand-in loss) or in the
+the hidden states or the loss (flagged by the trainer's ``_compute_loss`` through :meth:`NonFiniteGuard.stand_in`,
+which then trains on a stand-in loss) or in the
 accumulated gradients? If so the step is dropped on every rank: ``nonfinite_policy: error`` stops training with a
 :class:`~sead.utils.errors.NonFiniteError`, ``skip`` counts it in ``nonfinite_skipped_steps`` and goes on.
 
@@ -78,6 +79,25 @@ class NonFiniteGuard(TrainerCallback):
 
     def __init__(self, trainer):
         self.trainer = trainer
+        #: what the current step's first non-finite micro-batch held, on this rank (``None``: nothing so far)
+        self.reason: str | None = None
+
+    def stand_in(self, reason: str, h_s: torch.Tensor, head_s: torch.nn.Module, mask_BT: torch.Tensor):
+        """A micro-batch with non-finite values (``reason``): the ``(loss, entropy sum, token count)`` it trains on.
+
+        The loss is a stand-in that reaches every trainable parameter (DDP expects a gradient for each): an exact
+        zero, or under DeepSpeed one with a NaN gradient, which DeepSpeed's own check drops (:func:`stand_in_loss`);
+        the step is then dropped on every rank, or training stops, per ``nonfinite_policy``. In evaluation with
+        ``nonfinite_policy: error`` it raises at once."""
+        t = self.trainer
+        training = t.model.training
+        if not training and t.args.nonfinite_policy == "error":
+            raise NonFiniteError(f"non-finite values during evaluation at step {t.state.global_step}: {reason}")
+        if training and self.reason is None:
+            self.reason = reason
+        poison = training and bool(getattr(t, "is_deepspeed_enabled", False))
+        loss = stand_in_loss(h_s, head_s.parameters(), poison=poison)
+        return loss, torch.zeros_like(loss).detach(), mask_BT.sum()
 
     def on_train_begin(self, args, state, control, **kwargs):
         engine = self._deepspeed_engine()
@@ -95,7 +115,7 @@ class NonFiniteGuard(TrainerCallback):
 
     def _local_reason(self, engine) -> str | None:
         t = self.trainer
-        reason = t._nonfinite_reason
+        reason = self.reason
         if reason is not None:
             return reason
         if engine is not None:
@@ -116,7 +136,7 @@ class NonFiniteGuard(TrainerCallback):
         flag = torch.tensor(0.0 if reason is None else 1.0, device=t.accelerator.device)
         if t.accelerator.num_processes > 1:
             flag = t.accelerator.reduce(flag, reduction="sum")
-        t._nonfinite_reason = None
+        self.reason = None
         if flag.item() == 0:
             return
         if engine is not None:

@@ -110,7 +110,7 @@ def builtin_task_data(script: ScriptArguments, cfg: OPDConfig, progress: bool = 
     vocab = _config_vocab(prepared.student_dir)
     resolve_top_k_limits(cfg, vocab)
     if cfg.teacher_server_url and vocab is not None:  # the server's limits too, before the pre-pass's minutes
-        from sead.training.served_glue import connect_teacher_server
+        from sead.components.served import connect_teacher_server
 
         connect_teacher_server(cfg, vocab, prepared.tokenizer)
     ds = task.make_dataset(script.builtin_num_prompts, levels=prepared.levels, seed=cfg.seed, split="train")

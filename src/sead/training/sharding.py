@@ -51,6 +51,8 @@ __all__ = [
     "reshard_fsdp2",
     "local_param_bytes",
     "full_param_bytes",
+    "attach_teacher",
+    "load_teacher_like_trl",
 ]
 
 FSDP, DEEPSPEED = "FSDP", "DEEPSPEED"
@@ -119,7 +121,7 @@ def fsdp_offload_refusal(args, environ=None, plugin=None) -> str | None:
 
     With offload every FSDP shard lives in CPU memory between forwards. FSDP copies a unit's shards to the GPU for
     its own forward, but sead's loss gathers the ``lm_head`` weights itself, outside their forwards
-    (``full_tensor()`` in :mod:`sead.training.loss_glue`): the gather would start from CPU shards (NCCL takes GPU
+    (``full_tensor()`` in :mod:`sead.training.forwards`): the gather would start from CPU shards (NCCL takes GPU
     tensors only) and the loss would run where the gathered head lies, on the CPU."""
     env = os.environ if environ is None else environ
     asked = str(env.get("FSDP_OFFLOAD_PARAMS", "false")).lower() in _TRUE
@@ -363,3 +365,13 @@ def load_teacher_like_trl(teacher, args) -> torch.nn.Module:
         kwargs["device_map"] = None
     kwargs.setdefault("trust_remote_code", args.trust_remote_code)
     return create_model_from_path(teacher, **kwargs)
+
+
+def attach_teacher(teacher: torch.nn.Module, accelerator, deepspeed: bool) -> torch.nn.Module:
+    """A teacher sead loaded itself (:func:`load_teacher_like_trl`), prepared as TRL's ``__init__`` prepares its own:
+    DeepSpeed: ``prepare_deepspeed``; otherwise ``prepare_model(evaluation_mode=True)``."""
+    if deepspeed:
+        from trl.models.utils import prepare_deepspeed
+
+        return prepare_deepspeed(teacher, accelerator)
+    return accelerator.prepare_model(teacher, evaluation_mode=True)

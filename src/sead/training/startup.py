@@ -34,10 +34,12 @@ __all__ = [
     "check_curriculum_opens",
     "check_dataset",
     "check_inputs",
+    "check_prompt_lengths",
     "check_recipe",
     "check_teacher_tokenizer",
     "check_tokenizer_fits",
     "check_vocabularies",
+    "prompt_length_limit",
     "resolve_gguf_inputs",
     "resolve_top_k_limits",
     "tokenizer_difference",
@@ -366,6 +368,64 @@ def check_tokenizer_fits(model, tokenizer) -> None:
             f"the tokenizer has {len(tokenizer)} tokens but the student's vocab_size is {student_vocab}: "
             "they do not belong together. Use the student's own tokenizer."
         )
+
+
+def prompt_length_limit(args: OPDConfig, model, tokenizer, max_completion_length: int | None) -> int | None:
+    """Longest prompt (in tokens) a rollout can start from: ``args.max_prompt_length`` when set, else the
+    student's context (``max_position_embeddings``, and the tokenizer's ``model_max_length`` when it is a
+    real limit) minus ``max_completion_length``. ``None``: no known limit."""
+    if args.max_prompt_length is not None:
+        return int(args.max_prompt_length)
+    contexts = []
+    ctx = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if isinstance(ctx, int) and ctx > 0:
+        contexts.append(ctx)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 10**8:
+        contexts.append(tok_max)
+    if not contexts:
+        return None
+    limit = min(contexts) - int(max_completion_length or 0)
+    if limit < 1:
+        raise SeadError(
+            f"max_completion_length ({max_completion_length}) leaves no room for a prompt in the "
+            f"student's context of {min(contexts)} tokens. Lower max_completion_length."
+        )
+    return limit
+
+
+def check_prompt_lengths(ds, limit_of, tokenize, from_max_prompt_length: bool):
+    """``ds`` without the prompts longer than ``limit_of()`` tokens (:func:`prompt_length_limit`; with a warning
+    giving their number); refuse a dataset where every prompt is too long. ``tokenize(prompts)``: their token ids.
+    Map-style datasets only (a stream cannot be checked up front: returned as it is)."""
+    if ds is None or not hasattr(ds, "__len__") or not hasattr(ds, "select"):
+        return ds
+    limit = limit_of()
+    if limit is None:
+        return ds
+    lengths: list[int] = []
+    try:
+        for start in range(0, len(ds), 1024):
+            prompts = ds[start : start + 1024]["prompt"]
+            lengths.extend(len(x) for x in tokenize(list(prompts)))
+    except Exception as err:  # prompts this check cannot tokenize alone (e.g. images): TRL checks them later
+        warnings.warn(f"sead: prompt lengths not checked ({type(err).__name__}: {err})", stacklevel=3)
+        return ds
+    keep = [i for i, n in enumerate(lengths) if n <= limit]
+    source = "max_prompt_length" if from_max_prompt_length else "the student's context minus max_completion_length"
+    if not keep:
+        raise SeadError(
+            f"every prompt of the training dataset is longer than {limit} tokens ({source}); the shortest has "
+            f"{min(lengths)}. Shorten the prompts, raise max_prompt_length, or lower max_completion_length."
+        )
+    if len(keep) < len(ds):
+        warnings.warn(
+            f"sead: dropped {len(ds) - len(keep)} of {len(ds)} training prompts longer than {limit} tokens "
+            f"({source}).",
+            stacklevel=3,
+        )
+        return ds.select(keep)
+    return ds
 
 
 def check_curriculum_opens(curriculum, total_steps: int, column: str, num_buckets: int) -> None:

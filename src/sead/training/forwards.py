@@ -1,0 +1,271 @@
+"""The models at a micro-batch's completion positions, as the loss reads them: each model's last hidden states and
+its output head (:class:`sead.losses.fused.LMHead`), or a served teacher's top-k log-probs.
+
+Where each input comes from:
+
+- **hidden states**: each model's backbone through its wrapper (TRL's ``_forward_redirection``: a sharded teacher or
+  reference gathers its parameters in its own forward, as TRL's teacher does), under the launch's mixed precision;
+- **heads**: the ``lm_head`` weights, gathered where a launcher shards them (FSDP2 ``DTensor``: :func:`full_tensor`;
+  DeepSpeed ZeRO-3: :func:`sead.training.sharding.zero3_gathered`), cut to the vocabulary both models share;
+- **output transforms**: read from each model's config and checked once against its own forward at start-up
+  (:func:`sead.method.logit_transforms.check_output_transform`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sead.components.served import SERVED_KEYS, ServedTeacher, served_from_batch
+from sead.losses.fused import LMHead, SparseTeacher
+from sead.method.logit_transforms import IDENTITY, LogitTransform, check_output_transform, logit_transform_of
+from sead.training.sharding import is_partitioned, zero3_gathered
+from sead.utils.errors import NonFiniteError, SeadError
+
+__all__ = [
+    "MULTIMODAL_KEYS",
+    "Heads",
+    "ModelForwards",
+    "full_tensor",
+    "one_masked_column",
+]
+
+# Multimodal fields TRL's generation extracts for vision-language models (its `_compute_loss` list); sead refuses them.
+MULTIMODAL_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
+
+def _is_dtensor(x) -> bool:
+    dtensor = getattr(getattr(torch.distributed, "tensor", None), "DTensor", None)
+    return dtensor is not None and isinstance(x, dtensor)
+
+
+def full_tensor(param: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """An lm_head parameter as a plain tensor. Under FSDP2 it is a sharded ``DTensor``: ``full_tensor()`` gathers it
+    once per loss call (its backward reduce-scatters the gradient), not once per chunk, and the cast to the hidden
+    states' dtype happens once too (as TRL's chunked loss does). Anything else is returned as it is."""
+    if param is None:
+        return None
+    if _is_dtensor(param):
+        param = param.full_tensor()
+        return param.to(dtype) if dtype is not None else param
+    return param
+
+
+def _lm_head(model, hidden: torch.Tensor, transform: LogitTransform, rows: int | None = None) -> LMHead:
+    """``model``'s head over ``hidden``; with ``rows`` (a padded embedding matrix, one tokenizer), its first ``rows``
+    rows only: the distribution over the shared vocabulary ``softmax(z[:rows])`` (docs/methods.md, "Padded
+    vocabularies"). A slice is a view: a tied weight stays one tensor and its gradient reaches the whole matrix."""
+    head = model.get_output_embeddings()
+    weight, bias = full_tensor(head.weight, hidden.dtype), full_tensor(head.bias)
+    if rows is not None and rows < weight.shape[0]:
+        weight = weight[:rows]
+        bias = None if bias is None else bias[:rows]
+    return LMHead(hidden.to(weight.device), weight, bias, transform)
+
+
+def one_masked_column(inputs: dict[str, Any], pad_token_id: int) -> dict[str, Any]:
+    """A micro-batch whose completions are all empty (width 0), with one masked pad column instead: the shapes stay
+    valid (TRL's slicing by ``-logits_to_keep`` would otherwise keep the whole sequence). A served teacher's
+    prefetched answers get the same masked column (zeros: never read), so this micro-batch, like every other one of
+    the step, asks the server nothing more; the sampler's log-probs are dropped (nothing is sampled)."""
+    inputs = dict(inputs)
+    inputs["completion_ids"] = torch.full_like(inputs["prompt_ids"][:, :1], pad_token_id)
+    inputs["completion_mask"] = torch.zeros_like(inputs["prompt_mask"][:, :1])
+    for key in SERVED_KEYS:
+        if key in inputs:
+            t = inputs[key]
+            inputs[key] = t.new_zeros((t.shape[0], 1, *t.shape[2:]))
+    if inputs.get("tool_mask") is not None:
+        inputs["tool_mask"] = torch.ones_like(inputs["completion_mask"])
+    inputs.pop("sampler_logprobs", None)
+    return inputs
+
+
+def _is_sharded_or_meta(model) -> bool:
+    if is_partitioned(model):
+        return True
+    return any(p.is_meta or _is_dtensor(p) for p in model.parameters())
+
+
+@dataclass
+class Heads:
+    """One micro-batch as the loss reads it: the student's head, the teacher's (or a served teacher's top-k), the
+    reference's (SG-OPD, or ``None``), and the loss mask on the heads' device."""
+
+    student: LMHead
+    teacher: LMHead | SparseTeacher
+    reference: LMHead | None
+    mask_BT: torch.Tensor
+
+    def check_finite(self) -> None:
+        """Refuse NaN or inf in a model's hidden states at the valid positions, naming the model."""
+        valid = self.mask_BT.bool()
+        for name, head in (("student", self.student), ("teacher", self.teacher), ("reference", self.reference)):
+            if isinstance(head, LMHead) and not torch.isfinite(head.hidden.detach()[valid]).all():
+                raise NonFiniteError(f"{name} hidden states contain NaN or inf")
+
+
+#: A frozen model's side of the loss: ``(unwrapped model, hidden states)``, a served teacher's answers, or ``None``.
+Side = tuple[torch.nn.Module, torch.Tensor] | SparseTeacher | None
+
+
+class ModelForwards:
+    """The forwards and heads of one trainer's models.
+
+    Args:
+        accelerator: the run's ``Accelerator`` (unwrapping, mixed precision).
+        redirect: TRL's ``_forward_redirection`` (a model's function run through its wrapper's forward).
+        last_hidden_state: TRL's ``_get_last_hidden_state`` (a backbone's last hidden states at the completions).
+        shared_rows: the vocabulary both models share when their embedding matrices are padded differently (one
+            tokenizer), else ``None``.
+        pad_token_id: fills an empty micro-batch's one masked column.
+    """
+
+    def __init__(self, accelerator, redirect: Callable, last_hidden_state: Callable, *, shared_rows: int | None,
+                 pad_token_id: int):
+        self.accelerator, self.redirect, self.last_hidden_state = accelerator, redirect, last_hidden_state
+        self.shared_rows, self.pad_token_id = shared_rows, pad_token_id
+        self.transforms = {"student": IDENTITY, "teacher": IDENTITY, "reference": IDENTITY}
+
+    # ---- start-up ---------------------------------------------------------------------------------
+    def _output_transform(self, model, role: str) -> LogitTransform:
+        """The transform ``model``'s forward applies to ``lm_head(h)``: read from its config, and checked against its
+        forward on a few tokens when the model is whole here (a partitioned or meta-device model is only read: the
+        check would need every rank). A model whose forward does something else is refused by name."""
+        if model is None:
+            return IDENTITY
+        if _is_sharded_or_meta(model):
+            return logit_transform_of(model.config)
+        try:
+            # under the launch's autocast: a teacher prepared by accelerate already runs its forward in it, and the
+            # check's own projection must be computed the same way (else bf16 rounding reads as a transform)
+            with torch.no_grad(), self.autocast():
+                return check_output_transform(model)
+        except ValueError as err:
+            raise SeadError(
+                f"the {role}'s output logits are not what sead's loss computes from its lm_head ({err}). Its model "
+                "family applies an output transform sead does not know; distilling it would train on the wrong "
+                "distributions. Please report the model type."
+            ) from err
+
+    def read_output_transforms(self, student, teacher) -> None:
+        """Each model's output transform (before sharding: the check runs each model's forward); the reference is
+        the frozen initial student, so it has the student's."""
+        unwrap = self.accelerator.unwrap_model
+        self.transforms["student"] = self._output_transform(unwrap(student), "student")
+        self.transforms["teacher"] = self._output_transform(None if teacher is None else unwrap(teacher), "teacher")
+        self.transforms["reference"] = self.transforms["student"]
+
+    # ---- one micro-batch ----------------------------------------------------------------------------
+    def autocast(self):
+        """The launch's mixed precision for a model forward sead runs itself (``accelerator.autocast()``: bf16 /
+        fp16 autocast under DDP, FSDP and one process; nothing under DeepSpeed, whose engine holds bf16 weights, or
+        without mixed precision).
+
+        accelerate applies mixed precision by wrapping each prepared model's instance ``forward`` in autocast. TRL's
+        ``_ForwardRedirection`` replaces that instance ``forward`` for the call it redirects, and the backbone
+        (``model.model``) is called directly: without this, every forward of student, teacher and reference ran in
+        fp32 under DDP (twice the activation memory ``sead plan`` counts, and no bf16 tensor-core matmuls). Only
+        the forwards: the loss itself projects in fp32 (:mod:`sead.losses.fused`)."""
+        return self.accelerator.autocast()
+
+    @staticmethod
+    def sequences(inputs) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(input_ids, attention_mask, logits_to_keep)``: prompt and completion side by side."""
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        return input_ids, attention_mask, inputs["completion_ids"].size(1)
+
+    def prepared(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A micro-batch the loss can take: image inputs refused, empty completions given one masked column."""
+        present = [key for key in MULTIMODAL_KEYS if key in inputs]
+        if present:
+            raise SeadError(
+                f"the batch holds image inputs ({', '.join(present)}): sead's losses run the models on token ids only "
+                "and would train the student on distributions computed without the images. Vision-language "
+                "distillation is not supported; remove the image column or use TRL's DistillationTrainer."
+            )
+        if inputs["completion_ids"].size(1) == 0:
+            return one_masked_column(inputs, self.pad_token_id)
+        return inputs
+
+    def loss_mask(self, inputs) -> torch.Tensor:
+        """The completion tokens the loss is taken over: TRL's ``completion_mask``, without tool-result tokens
+        (``tool_mask`` = 0: not the student's, as in TRL's own loss) and, with a padded embedding matrix, without
+        tokens outside the shared rows (a student with more rows than the teacher may sample one: the teacher has
+        no probability for it)."""
+        mask_BT = inputs["completion_mask"]
+        if inputs.get("tool_mask") is not None:
+            mask_BT = mask_BT * inputs["tool_mask"]
+        if self.shared_rows is not None:
+            mask_BT = mask_BT * (inputs["completion_ids"] < self.shared_rows).to(mask_BT.dtype)
+        return mask_BT
+
+    def hidden(self, wrapped, input_ids, attention_mask, logits_to_keep, *, frozen: bool = True):
+        """``(unwrapped model, last hidden states at the completions)`` through the model's wrapper, under the launch's
+        mixed precision, without gradient; a ``frozen`` model (teacher, reference) is put in eval mode first (the
+        student keeps its mode: the step's zone pass sees the hidden states its loss will see)."""
+        if frozen:
+            wrapped.eval()
+        unwrapped = self.accelerator.unwrap_model(wrapped)
+        with torch.no_grad(), self.autocast():
+            hidden = self.redirect(
+                wrapped, unwrapped, self.last_hidden_state, unwrapped, input_ids, attention_mask, logits_to_keep
+            )
+        return unwrapped, hidden
+
+    def teacher_side(self, teacher_model, served: ServedTeacher | None, inputs, *sequence) -> Side:
+        """The teacher's side of the loss: ``(model, hidden states)`` of a local teacher (its forward runs now), or a
+        served teacher's top-k log-probs at every completion position (prefetched with the step's zone pass, or
+        asked for now)."""
+        if served is None:
+            return self.hidden(teacher_model, *sequence)
+        return served_from_batch(inputs) or served.sparse(inputs)
+
+    def step_heads(self, output: dict[str, Any], size: int, wrapped, teacher_model,
+                   served: ServedTeacher | None) -> Iterator[tuple[Heads, SparseTeacher | None]]:
+        """Each micro-batch of ``size`` rows of a generation batch as its loss will read it, without gradient (the
+        step's zone pass): its :class:`Heads` (readable while the consumer holds them), and a served teacher's
+        answers fetched for it (``None`` for a local teacher). ``wrapped``: the student as the launcher wraps it."""
+        student = self.accelerator.unwrap_model(wrapped)
+        for start in range(0, output["completion_ids"].shape[0], size):
+            part = {k: v[start : start + size] for k, v in output.items() if isinstance(v, torch.Tensor) and v.ndim > 0}
+            if part["completion_ids"].size(1) == 0:  # one masked column: every process runs the same forwards
+                part = one_masked_column(part, self.pad_token_id)
+            sequence = self.sequences(part)
+            mask_BT = self.loss_mask(part)
+            _, h_s = self.hidden(wrapped, *sequence, frozen=False)  # the hidden states the loss will see
+            t_side = self.teacher_side(teacher_model, served, part, *sequence)
+            with self.heads(student, h_s, t_side, None, mask_BT, train=False) as heads:
+                yield heads, (t_side if isinstance(t_side, SparseTeacher) else None)
+
+    @contextlib.contextmanager
+    def heads(self, student, h_s, teacher: Side, reference: Side, mask_BT, train: bool) -> Iterator[Heads]:
+        """The micro-batch's :class:`Heads`, readable for the loss inside the block: under DeepSpeed ZeRO-3 the heads'
+        weights are empty outside their modules' forwards (:func:`sead.training.sharding.zero3_gathered`). Entered
+        after every forward has run (a model's forward partitions its parameters again as it ends). ``train``: the
+        student's head gets a gradient; the block then runs inside the student's forward, which owns the head
+        (gathered with it for the backward)."""
+        params = []
+        for model in (student, *(m[0] for m in (teacher, reference) if isinstance(m, tuple))):
+            head = model.get_output_embeddings()
+            params += [head.weight, head.bias]
+        with zero3_gathered(params, owner=student if train else None):
+            t, rows = self.transforms, self.shared_rows
+            s_head = _lm_head(student, h_s, t["student"], rows)
+            t_head = teacher if not isinstance(teacher, tuple) else _lm_head(*teacher, t["teacher"], rows)
+            r_head = None if reference is None else _lm_head(*reference, t["reference"], rows)
+            yield Heads(s_head, t_head, r_head, mask_BT.to(s_head.weight.device))
