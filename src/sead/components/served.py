@@ -74,10 +74,6 @@ class ServedTeacher:
                    pad_token_id=tokenizer.pad_token_id, timeout=args.teacher_server_timeout,
                    retries=args.teacher_server_max_retries, backoff=args.teacher_server_backoff)  # fmt: skip
 
-    @property
-    def url(self) -> str:
-        return self.server.url
-
     def agreed(self, fn: Callable[..., Any], *args):
         """``fn(*args)`` (a call to the server), every process learning whether any process's call failed: then all
         of them raise :class:`TeacherServerError` at the same point, so none hangs in a collective."""

@@ -43,8 +43,8 @@ import torch
 
 from sead.losses.heads import TILE_ELEMENTS, LMHead, SparseTeacher
 from sead.losses.output import SeadLossOutput, zone_stats
-from sead.losses.passes import PROJECTION_DTYPES, FusedLossFunction, FusedObjective
-from sead.losses.problem import build_problem, compute_dtype
+from sead.losses.passes import FusedLossFunction, FusedObjective
+from sead.losses.problem import build_problem
 from sead.losses.spec import LossSpec
 from sead.method.logit_transforms import IDENTITY, LogitTransform
 from sead.method.zones import MASKED, ZoneThresholds
@@ -261,15 +261,6 @@ def fused_zone_entropies(
     chunk_size, zone_precision = _resolved(spec, student)
     pb = build_problem(spec, student, teacher, mask, chunk_size=chunk_size, zone_precision=zone_precision,
                        entropies_only=True)
-    obj = FusedObjective(pb)
-    proj = PROJECTION_DTYPES[zone_precision]
-    student_a = pb.student.cast(proj) if obj.student_projected_in_pass_a(False) else pb.student
-    teacher_a = None if pb.sparse else pb.teacher.cast(proj)
+    h_s_N, h_t_N, _ = FusedObjective(pb).zone_entropies(gate_stats=False)
     valid_idx = pb.rows_N
-    n = valid_idx.numel()
-    dtype = compute_dtype(student)
-    h_t_N, h_s_N = (torch.zeros(n, dtype=dtype, device=mask.device) for _ in range(2))
-    for start in range(0, n, chunk_size):
-        sel = torch.arange(start, min(start + chunk_size, n), device=mask.device)
-        h_s_N[sel], h_t_N[sel], _ = obj.pass_a(sel, student_a, teacher_a, False)
     return _scatter(h_t_N, valid_idx, mask, 0.0), _scatter(h_s_N, valid_idx, mask, 0.0)

@@ -77,6 +77,23 @@ class FusedObjective:
         for entropies not taken over the teacher's top-k ids."""
         return gate_stats or not self.on_teacher_topk()
 
+    def zone_entropies(self, gate_stats: bool):
+        """Pass A over every valid row, a chunk at a time: ``(H_S, H_T, lam)`` per row (``[N]``; ``lam`` only with
+        ``gate_stats``, else ``None``), projected in the problem's ``zone_precision`` (the low-precision copies, if
+        any, are freed when it returns)."""
+        pb = self.pb
+        n, dtype, dev = pb.rows_N.numel(), pb.student.dtype, pb.rows_N.device
+        proj = PROJECTION_DTYPES[pb.zone_precision]
+        student_a = pb.student.cast(proj) if self.student_projected_in_pass_a(gate_stats) else pb.student
+        teacher_a = None if pb.sparse else pb.teacher.cast(proj)
+        h_s_N, h_t_N = (torch.zeros(n, dtype=dtype, device=dev) for _ in range(2))
+        lam_N = torch.zeros(n, dtype=dtype, device=dev) if gate_stats else None
+        for sel in _chunks(torch.arange(n, device=dev), pb.chunk_size):
+            h_s_N[sel], h_t_N[sel], lam = self.pass_a(sel, student_a, teacher_a, gate_stats)
+            if lam is not None:
+                lam_N[sel] = lam
+        return h_s_N, h_t_N, lam_N
+
     def pass_a(self, sel, student_a: Head, teacher_a: Head | None, gate_stats: bool):
         """``(H_S, H_T, lam)`` of one chunk: only what the zones (and ``consensus_frac``) need."""
         pb, rows = self.pb, self.pb.rows_N[sel]
@@ -235,6 +252,12 @@ class FusedObjective:
         return full_rkl(logp_s, p_s, logq)
 
 
+def _chunks(index: torch.Tensor, size: int):
+    """``index`` in consecutive chunks of ``size`` rows."""
+    for start in range(0, index.numel(), size):
+        yield index[start : start + size]
+
+
 def _zero_grads(tensors, needs, dtype):
     """Gradient buffers (``d h_S``, ``d W_S``, ``d b_S``) in the compute dtype; ``None`` where not wanted."""
     return tuple(
@@ -264,16 +287,12 @@ def run_objective(pb: Problem, needs, tensors):
     """All passes of one call. Returns ``(loss, zones_N, per_token_N, h_t_N, h_s_N, lam_N, grads)``."""
     obj = FusedObjective(pb)
     dtype, dev = pb.student.dtype, pb.rows_N.device
-    n, chunk = pb.rows_N.numel(), pb.chunk_size
+    n = pb.rows_N.numel()
     want_grad = any(needs)
     h_t_N, h_s_N, fkl_N, rkl_N = (torch.zeros(n, dtype=dtype, device=dev) for _ in range(4))
     lam_N = torch.zeros(n, dtype=dtype, device=dev) if obj.gate else None
     use_zones = pb.spec.zones is not None
     grads = (None, None, None)
-
-    def chunks(index):
-        for start in range(0, index.numel(), chunk):
-            yield index[start : start + chunk]
 
     all_N = torch.arange(n, device=dev)
     if not use_zones:
@@ -282,17 +301,11 @@ def run_objective(pb: Problem, needs, tensors):
         grads = _zero_grads(tensors, needs, dtype) if want_grad else grads
     if use_zones and want_grad:
         # Pass A only ranks tokens (pass B follows): entropies only, projected in ``zone_precision``.
-        proj = PROJECTION_DTYPES[pb.zone_precision]
-        student_a = pb.student.cast(proj) if obj.student_projected_in_pass_a(obj.gate) else pb.student
-        teacher_a = None if pb.sparse else pb.teacher.cast(proj)
-        for sel in chunks(all_N):
-            h_s_N[sel], h_t_N[sel], lam = obj.pass_a(sel, student_a, teacher_a, obj.gate)
-            if lam is not None:
-                lam_N[sel] = lam
-        del student_a, teacher_a  # frees the low-precision copies, if any, before pass B
+        h_s_N, h_t_N, lam_a = obj.zone_entropies(obj.gate)
+        lam_N = lam_a if lam_a is not None else lam_N
     else:
         # One exact pass: every row's statistics, and (zones off) its gradient on the spot.
-        for sel in chunks(all_N):
+        for sel in _chunks(all_N, pb.chunk_size):
             h_s_N[sel], h_t_N[sel], fkl_N[sel], rkl_N[sel], lam = obj.terms(
                 sel, weights if not use_zones else None, grads if not use_zones and want_grad else None, True
             )
@@ -307,7 +320,7 @@ def run_objective(pb: Problem, needs, tensors):
             # skipped rows get no work at all. The loss value comes from the same tiles as the gradient.
             grads = _zero_grads(tensors, needs, dtype)
             kept_K = (zones_N > 0).nonzero().squeeze(-1)
-            for sel in chunks(kept_K):
+            for sel in _chunks(kept_K, pb.chunk_size):
                 _, _, fkl_N[sel], rkl_N[sel], lam = obj.terms(sel, weights, grads, False)
                 if lam is not None:
                     lam_N[sel] = lam  # exact where it shapes the loss
