@@ -41,7 +41,9 @@ def loss_of(student, teacher, ids_BT, mask_BT, redirect=None):
         w_s, w_t = _full_tensor(head_s.weight, h_s.dtype), _full_tensor(head_t.weight, h_t.dtype)
         out = fused_sead_loss(h_s, w_s, h_t, w_t, mask_BT, alpha=0.5, entropy_top_k=None, skip_fraction=0.5)
         # the full-logits path (use_fused_loss: false): the gathered weight's logits, as the trainer projects them
-        teacher_logits = LMHead(h_t, w_t, _full_tensor(head_t.bias)).full_logits()
+        # (values only: no autograd graph left across the gather when the processes exit)
+        with torch.no_grad():
+            teacher_logits = LMHead(h_t, w_t, _full_tensor(head_t.bias)).full_logits()
         return out.loss, sharded, teacher_logits
 
     with torch.no_grad():
