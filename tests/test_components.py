@@ -25,12 +25,14 @@ from sead.method.zones import FKL, RKL, SKIP, ZoneThresholds, zone_thresholds, z
 # ------------------------------------------------------------------------------------------- schedules
 def test_schedules_by_hand_at_the_start_the_middle_and_the_end():
     s = StepSchedules(anneal=True, alpha_start=0.8, alpha_end=0.0, fkl_zone_anneal=True, teacher_mixing=True,
-                      rho0=0.5, phase_fraction=0.2)  # fmt: skip
+                      rho0=0.5, phase_fraction=0.2, zone_composition="mix")  # fmt: skip
     T = 100
     # alpha: 0.8 at step 0, (0.8 + 0) / 2 at T/2, 0 at T (the forward KL fades into reverse KL, not the other way)
     assert [s.alpha(t, T) for t in (0, 50, 100)] == pytest.approx([0.8, 0.4, 0.0], abs=1e-12)
-    # the FKL zone's weight (the ablation): 1 -> 0.5 -> 0
+    # the FKL zone's weight (the ablation of "mix"): 1 -> 0.5 -> 0; in the paper's composition alpha(t) itself
     assert [s.fkl_zone_alpha(t, T) for t in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
+    paper = StepSchedules(anneal=True, alpha_start=0.8, alpha_end=0.0)
+    assert [paper.fkl_zone_alpha(t, T) for t in (0, 50, 100)] == pytest.approx([0.8, 0.4, 0.0], abs=1e-12)
     # rho: 0.5 at step 0, halfway through the cold start (10 of 20 steps) 0.25, 0 after it
     assert [s.rho(t, T) for t in (0, 10, 20, 50)] == pytest.approx([0.5, 0.25, 0.0, 0.0], abs=1e-12)
     off = StepSchedules()
@@ -48,13 +50,15 @@ def test_the_trainer_takes_each_steps_weights_from_its_schedules(tmp_path):
         tr.state.global_step = step
         spec[i] = tr.step_spec()
     assert [s.alpha for s in spec] == pytest.approx([0.8, 0.4, 0.0], abs=1e-12)
-    assert all(s.zones.fkl_zone_alpha == 1.0 and s.zones.cuts is None for s in spec)  # no step's cuts taken yet
+    # the paper's composition: the FKL zone weighed by alpha(t); no step's cuts taken yet
+    assert [s.zones.fkl_zone_alpha for s in spec] == pytest.approx([0.8, 0.4, 0.0], abs=1e-12)
+    assert all(s.zones.cuts is None for s in spec)
 
 
 # ------------------------------------------------------------------------------------------- the spec
 def test_the_spec_is_checked_once_by_name_and_builds_from_flat_options():
     spec = LossSpec.from_options(estimator="topk", zones=True, skip_fraction=0.3, sign_gate=True, lambda_conflict=0.5)
-    assert spec.zones == ZoneSpec(0.9, 0.3) and spec.gate == GateSpec(1.8, 0.5) and spec.estimator == "topk"
+    assert spec.zones == ZoneSpec(0.9, 0.3, fkl_zone_alpha=0.0) and spec.gate == GateSpec(1.8, 0.5) and spec.estimator == "topk"
     assert LossSpec.from_options(skip_fraction=7.0).zones is None  # a part that is off is not built
     for bad, name in ((dict(estimator="exact"), "estimator"), (dict(alpha=1.2), "alpha"),
                       (dict(normalize="mean"), "normalize"), (dict(entropy_top_k=0), "entropy_top_k"),

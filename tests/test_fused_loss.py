@@ -44,8 +44,10 @@ def _entropy(row, top_k, tau, support_row=None):
 
 def ref_sead_loss(student_logits, teacher_logits, mask, *, alpha=0.0, zones=True, teacher_quantile=0.9,
                   skip_fraction=0.5, entropy_top_k=None, temperature=1.0, normalize="kept", num_items=None,
-                  entropy_support="teacher"):
-    """Loop reference: returns (loss, zones list, per-token list, denominator) over flattened positions."""
+                  entropy_support="teacher", zone_composition="paper", fkl_zone_lambda=1.0):
+    """Loop reference: returns (loss, zones list, per-token list, denominator) over flattened positions.
+    Zone losses (METHODS.md 1b): "paper": FKL zone alpha * lambda * FKL, RKL zone RKL; "mix": FKL zone FKL, RKL
+    zone alpha * FKL + (1 - alpha) * RKL; without zones every valid token alpha * FKL + (1 - alpha) * RKL."""
     V = student_logits.shape[-1]
     S = student_logits.detach().double().reshape(-1, V).tolist()
     T = teacher_logits.detach().double().reshape(-1, V).tolist()
@@ -66,7 +68,10 @@ def ref_sead_loss(student_logits, teacher_logits, mask, *, alpha=0.0, zones=True
             ls, lt = _log_softmax(S[i], tau), _log_softmax(T[i], tau)
             fkl = _kl_from_logp(lt, ls)  # KL(p_T || p_S), under p_T
             rkl = _kl_from_logp(ls, lt)  # KL(p_S || p_T), under p_S
-            per.append(fkl if z[i] == FKL else alpha * fkl + (1 - alpha) * rkl)
+            if not zones or zone_composition == "mix":
+                per.append(fkl if z[i] == FKL else alpha * fkl + (1 - alpha) * rkl)
+            else:
+                per.append(alpha * fkl_zone_lambda * fkl if z[i] == FKL else rkl)
         else:
             per.append(0.0)
     if num_items is not None:
@@ -78,8 +83,9 @@ def ref_sead_loss(student_logits, teacher_logits, mask, *, alpha=0.0, zones=True
     return math.fsum(per) / denom, z, per, denom
 
 
-def torch_ref_loss(student_logits, teacher_logits, zones_list, alpha, tau, denom):
-    """Explicit autograd reference given the (piecewise constant) zones."""
+def torch_ref_loss(student_logits, teacher_logits, zones_list, alpha, tau, denom, composition="mix", lam=1.0):
+    """Explicit autograd reference given the (piecewise constant) zones; ``composition`` as in ref_sead_loss
+    (a run without zones is "mix": every token in the RKL zone)."""
     V = student_logits.shape[-1]
     s = student_logits.reshape(-1, V) / tau
     t = teacher_logits.detach().reshape(-1, V).double() / tau
@@ -88,10 +94,21 @@ def torch_ref_loss(student_logits, teacher_logits, zones_list, alpha, tau, denom
     fkl = (logp_t.exp() * (logp_t - logp_s)).sum(-1)  # under p_T
     rkl = (logp_s.exp() * (logp_s - logp_t)).sum(-1)  # under p_S
     z = torch.tensor(zones_list)
-    w_f = torch.tensor([1.0 if c == FKL else (alpha if c == RKL else 0.0) for c in zones_list], dtype=torch.float64)
-    w_r = torch.tensor([1.0 - alpha if c == RKL else 0.0 for c in zones_list], dtype=torch.float64)
+    if composition == "paper":
+        w_f = torch.tensor([alpha * lam if c == FKL else 0.0 for c in zones_list], dtype=torch.float64)
+        w_r = torch.tensor([1.0 if c == RKL else 0.0 for c in zones_list], dtype=torch.float64)
+    else:
+        w_f = torch.tensor([1.0 if c == FKL else (alpha if c == RKL else 0.0) for c in zones_list], dtype=torch.float64)
+        w_r = torch.tensor([1.0 - alpha if c == RKL else 0.0 for c in zones_list], dtype=torch.float64)
     assert z.shape == w_f.shape
     return (w_f * fkl + w_r * rkl).sum() / denom
+
+
+def _composition(kw):
+    """``(composition, lambda)`` of a case's keywords for :func:`torch_ref_loss`."""
+    if not kw.get("zones", True):
+        return "mix", 1.0
+    return kw.get("zone_composition", "paper"), kw.get("fkl_zone_lambda", 1.0)
 
 
 def _rand(shape, gen, scale=1.0):
@@ -130,6 +147,8 @@ SEAD_CASES = [
     dict(),
     dict(alpha=0.3),
     dict(alpha=1.0),
+    dict(alpha=0.3, zone_composition="mix"),
+    dict(alpha=0.6, fkl_zone_lambda=1.7),
     dict(zones=False),
     dict(zones=False, alpha=0.3),
     dict(teacher_quantile=0.7, skip_fraction=0.3, entropy_top_k=3),
@@ -164,7 +183,7 @@ def test_sead_loss_matches_loop_reference(kw, lead):
     (g_impl,) = torch.autograd.grad(out.loss, s)
     s2 = s.detach().clone().requires_grad_(True)
     (g_ref,) = torch.autograd.grad(torch_ref_loss(s2, t, z, kw.get("alpha", 0.0), kw.get("temperature", 1.0),
-                                                  denom), s2)
+                                                  denom, *_composition(kw)), s2)
     _assert_close(g_impl, g_ref.reshape(s.shape))
     # skipped and masked positions get exactly zero gradient
     zt = out.zones
@@ -187,9 +206,14 @@ def test_sead_loss_hand_computed_two_positions():
     assert float(out.loss.detach()) == pytest.approx(fkl, abs=1e-12)
     out = sead_loss(s, t, mask, zones=False, alpha=0.25, num_items=4)
     assert float(out.loss.detach()) == pytest.approx((0.25 * fkl + 0.75 * rkl) / 4, abs=1e-12)
-    # zones on with a single valid position: it is the FKL zone (its H_T is the quantile)
-    out = sead_loss(s, t, mask, alpha=0.0)
+    # zones on with a single valid position: it is the FKL zone (its H_T is the quantile); the paper's composition
+    # weighs it alpha * lambda, ours ("mix") 1 whatever alpha
+    out = sead_loss(s, t, mask, alpha=0.5)
     assert out.zones.tolist() == [2, -1]
+    assert float(out.loss.detach()) == pytest.approx(0.5 * fkl, abs=1e-12)
+    out = sead_loss(s, t, mask, alpha=0.5, fkl_zone_lambda=2.0)
+    assert float(out.loss.detach()) == pytest.approx(fkl, abs=1e-12)
+    out = sead_loss(s, t, mask, alpha=0.0, zone_composition="mix")
     assert float(out.loss.detach()) == pytest.approx(fkl, abs=1e-12)
 
 
@@ -264,6 +288,8 @@ def test_sead_loss_float32_matches_float64_reference():
 FUSED_CASES = [
     dict(lead=(11,), chunk_size=4, kw=dict()),
     dict(lead=(11,), chunk_size=3, kw=dict(alpha=0.3), bias=True),
+    dict(lead=(11,), chunk_size=3, kw=dict(alpha=0.3, zone_composition="mix"), bias=True),
+    dict(lead=(2, 7), chunk_size=4, kw=dict(alpha=0.7, fkl_zone_lambda=0.5)),
     dict(lead=(2, 7), chunk_size=5, kw=dict(alpha=1.0, temperature=0.7)),
     dict(lead=(2, 7), chunk_size=1, kw=dict(zones=False)),
     dict(lead=(2, 7), chunk_size=64, kw=dict(zones=False, alpha=0.3), bias=True),
@@ -315,7 +341,8 @@ def test_fused_matches_naive_and_reference(case):
     # explicit reference gradient through the logits
     hs2, ws2 = (naive_in[0].detach().clone().requires_grad_(True), naive_in[1].detach().clone().requires_grad_(True))
     b2 = naive_in[2].detach() if naive_in[2] is not None else None
-    ref = torch_ref_loss(_logits(hs2, ws2, b2), t_logits, z, kw.get("alpha", 0.0), kw.get("temperature", 1.0), denom)
+    ref = torch_ref_loss(_logits(hs2, ws2, b2), t_logits, z, kw.get("alpha", 0.0), kw.get("temperature", 1.0), denom,
+                         *_composition(kw))
     gh, gw = torch.autograd.grad(ref, [hs2, ws2])
     _assert_close(gf[0], gh)
     _assert_close(gf[1], gw)

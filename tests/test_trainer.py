@@ -120,8 +120,11 @@ def test_zones_change_the_loss_as_specified_on_known_entropies():
     assert out.zones.tolist() == [[2, 0, 0, 1]]
     fkl = lambda i: (torch.softmax(teacher[0, i], -1) * (torch.log_softmax(teacher[0, i], -1) - torch.log_softmax(student[0, i], -1))).sum()  # noqa: E731
     rkl = lambda i: reverse_kl(student[0, i], teacher[0, i])  # noqa: E731
-    expected = (fkl(0) + 0.25 * fkl(3) + 0.75 * rkl(3)) / 2  # normalised by the 2 kept tokens
+    # the paper's composition: FKL zone alpha * lambda * FKL, RKL zone pure RKL; normalised by the 2 kept tokens
+    expected = (0.25 * fkl(0) + rkl(3)) / 2
     assert torch.allclose(out.loss, expected, rtol=1e-6)
+    mix = sead_loss(student, teacher, mask, alpha=0.25, teacher_quantile=0.75, skip_fraction=0.5, zone_composition="mix")
+    assert torch.allclose(mix.loss, (fkl(0) + 0.25 * fkl(3) + 0.75 * rkl(3)) / 2, rtol=1e-6)  # our earlier reading
     out.loss.backward()
     assert torch.count_nonzero(student.grad[0, 1:3]) == 0  # skip zone: exactly zero gradient
     assert torch.count_nonzero(student.grad[0, 0]) > 0 and torch.count_nonzero(student.grad[0, 3]) > 0

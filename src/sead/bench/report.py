@@ -181,10 +181,13 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
                _mean_sd(s, "auc"), _paired(s, "auc")]
         if k:
             row += [_mean_sd(s, "avg_at_k"), _paired(s, "avg_at_k"), _mean_sd(s, "pass_at_k"), _paired(s, "pass_at_k")]
-        row += [_by_level(runs), f"{s['wall_seconds_median']:.0f}"]
+        wall = s.get("wall_seconds_median")
+        row += [_by_level(runs), "-" if wall is None else f"{wall:.0f}"]
         if "train_seconds_median" in s:
             row += [f"{s['train_seconds_median']:.0f}", f"{s.get('cost_vs_opd', float('nan')):.2f}x",
                     _mean_sd(s, "acc_at_equal_time"), _paired(s, "acc_at_equal_time")]
+        elif any("train_seconds_median" in o for o in summary.values()):
+            row += ["-"] * 4  # a run whose time says nothing (ran beside the design, or was paused)
         table.append(row)
     head = ["variant", "final acc %", "vs opd [95% CI]", "vs opd, pooled sd", "AUC %", "vs opd"]
     if k:
@@ -251,8 +254,10 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
         f"Final acc: greedy, {res['size']['num_test']} held-out problems. AUC: mean accuracy over training (trapezoid area "
         f"under the accuracy-vs-step curve / steps), on the curve subset.{sampled} Mean ± sd over seeds; \"vs opd\": the "
         "paired difference against vanilla OPD in points, mean over seeds [95% interval, Student's t on the per-seed "
-        "differences]. `trl` is TRL's `DistillationTrainer` (beta=1, reverse KL); the rows between are the SEAD factorial "
-        "(components added to vanilla OPD).",
+        "differences]. `trl` is TRL's `DistillationTrainer` (beta=1, reverse KL); `zones`, `anneal`, `curriculum` "
+        "and their pairs are SEAD's components added to vanilla OPD; `sead` is SEAD in the paper's composition of zones "
+        "and anneal, `sead/mix` in our earlier one (docs/methods.md 1b); a `@tuned` row is that variant at its chosen "
+        "learning rate (see \"Learning rates\" below); rows with one seed are single runs paired on seed 0.",
         "",
         _table(head, table),
         "",
@@ -263,12 +268,46 @@ def quality_section(res: dict, command: str, out_dir: Path) -> tuple[str, dict]:
         "that costs more per step is compared after the same compute, not after the same steps.",
         "",
         *_gap_lines(summary, curves, start, (res.get("teacher") or {}).get("accuracy")),
+        *_rate_lines(res, k),
         *power,
         f"![accuracy vs step]({plot.name})",
         *([f"![accuracy vs training time]({time_plot.name})"] if time_plot else []),
         *errors,
     ]
     return "\n".join(text), goals
+
+
+def _rate_lines(res: dict, k: int | None) -> list[str]:
+    """The learning-rate search (validation accuracy per rate, the chosen one) and the tuned-rate table: each variant
+    at its chosen rate against OPD at its own (empty without a search)."""
+    search, tuned = res.get("lr_search"), res.get("summary_tuned")
+    if not search and not tuned:
+        return []
+    out = ["", "**Learning rates.**"]
+    if search:
+        grid = [f"{lr:g}" for lr in search["grid"]]
+        rows = [[v, *(f"{100 * sc[g]:.1f}" if g in sc else "-" for g in grid), f"{search['rates'][v]:g}"]
+                for v, sc in search["scores"].items() if v in search["rates"]]
+        out += [
+            "",
+            f"Each searched variant's rate was chosen on seed 0's validation set ({res['size'].get('num_validation')} "
+            "problems of the training split that the seed does not train on, so none is in the test split), by "
+            "greedy accuracy after the benchmark's steps; the table gives that validation accuracy (%) per rate.",
+            "",
+            _table(["variant", *(f"lr {g}" for g in grid), "chosen"], rows),
+        ]
+    if tuned:
+        pooled = ((res.get("pooled_tuned") or {}).get("accuracy") or {}).get("vs_opd", {})
+        head = ["variant", "lr", "final acc %", "vs opd [95% CI]", "vs opd, pooled sd"]
+        head += [f"avg@{k} %", "vs opd"] if k else []
+        rows = []
+        for name, s in tuned.items():
+            row = [name, f"{s.get('lr', float('nan')):g}", _mean_sd(s, "accuracy"), _paired(s, "accuracy"),
+                   _interval(pooled.get(name))]
+            rows.append(row + ([_mean_sd(s, "avg_at_k"), _paired(s, "avg_at_k")] if k else []))
+        out += ["", "Each variant at its chosen rate (variants not searched at the size's rate; differences paired "
+                "by seed against OPD at its own chosen rate):", "", _table(head, rows)]
+    return out
 
 
 def _curves_by_time(runs: dict) -> dict:

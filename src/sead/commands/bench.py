@@ -1,4 +1,9 @@
-"""``sead bench loss|step|quality|all [--quick] [--json FILE] [--update-results]``: measure, then record.
+"""``sead bench loss|step|quality|lr|factorial|all [--quick] [--json FILE] [--update-results]``: measure, then record.
+
+``lr`` chooses each quality variant's learning rate on a validation set (``benchmarks/results/lr.json``);
+``quality`` then runs every variant at the size's rate and, where its chosen rate differs, at that rate too
+(``--same-rate``: the size's rate only). ``factorial`` is the full design (docs/evaluation.md): the rate search,
+then ``--seeds`` (default 4) seeds of every variant, written as the quality results.
 
 Without ``--json`` a run updates the committed results (``benchmarks/results/<what>[_quick].json``) and
 regenerates BENCHMARKS.md (what ``make bench`` / ``make bench-quick`` do). ``--json FILE`` writes that file
@@ -17,7 +22,7 @@ RESULTS_DIR = Path("benchmarks/results")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["loss", "step", "quality", "all", "report"], help="which benchmark (report: only rebuild the report)")
+    parser.add_argument("what", choices=["loss", "step", "quality", "lr", "factorial", "all", "report"], help="which benchmark (report: only rebuild the report)")
     parser.add_argument("--quick", action="store_true", help="small shapes / few runs (minutes)")
     parser.add_argument(
         "--json", type=Path, default=None,
@@ -37,6 +42,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="loss: torch threads")
     parser.add_argument("--shapes", default=None, help="loss: NxV list, e.g. 4096x32768,1024x131072 (default: by size)")
     parser.add_argument("--no-report", action="store_true", help="measure only; leave the report alone")
+    parser.add_argument("--lr-grid", default=None, help="lr: comma-separated learning rates (default 5e-4,1e-3,2e-3)")
+    parser.add_argument("--same-rate", action="store_true",
+                        help="quality: every variant at the size's learning rate only (ignore the chosen rates in lr.json)")
+
+
+def _chosen_rates(results_dir: Path) -> dict[str, float] | None:
+    """The learning rates ``sead bench lr`` chose (``lr.json``), or ``None`` when it has not run."""
+    path = results_dir / "lr.json"
+    if not path.exists():
+        print(f"[sead bench] {path} not found: every variant at the size's learning rate (run `sead bench lr` first)")
+        return None
+    return {k: float(v) for k, v in json.loads(path.read_text())["rates"].items()}
+
+
+def _grid(args) -> tuple[float, ...]:
+    from sead.bench.suite import LR_GRID
+
+    if not args.lr_grid:
+        return LR_GRID
+    try:
+        return tuple(float(x) for x in args.lr_grid.split(",") if x.strip())
+    except ValueError as err:
+        raise SeadError(f"--lr-grid must be comma-separated numbers, e.g. 5e-4,1e-3,2e-3; got {args.lr_grid!r}") from err
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,21 +88,41 @@ def run(args: argparse.Namespace) -> int:
             res = suite.bench_loss(quick=args.quick, threads=args.threads, shapes=shapes)
         elif what == "step":
             res = suite.bench_step(quick=args.quick)
+        elif what == "lr":
+            variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
+            try:
+                res = suite.tune_learning_rates(variants, _grid(args), steps=args.steps, jobs=args.jobs, task=args.task)
+            except ValueError as err:
+                raise SeadError(f"sead bench lr: {err}") from err
+        elif what == "factorial":
+            variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
+            try:
+                res = suite.bench_factorial(variants, grid=_grid(args), seeds=args.seeds or 4, steps=args.steps,
+                                            jobs=args.jobs, task=args.task)  # fmt: skip
+            except ValueError as err:
+                raise SeadError(f"sead bench factorial: {err}") from err
         else:
             variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
             try:
+                rates = None if args.same_rate or args.quick else _chosen_rates(args.results_dir)
                 res = suite.bench_quality(
-                    quick=args.quick, seeds=args.seeds, steps=args.steps, task=args.task, jobs=args.jobs, variants=variants
+                    quick=args.quick, seeds=args.seeds, steps=args.steps, task=args.task, jobs=args.jobs, variants=variants,
+                    rates=rates,
                 )
             except ValueError as err:
                 raise SeadError(f"sead bench quality: {err}") from err
         res["command"] = f"sead bench {what}{quick}" + (f" --shapes {args.shapes}" if what == "loss" and args.shapes else "")
-        if what == "quality":
-            for flag, value in (("--task", args.task), ("--seeds", args.seeds), ("--steps", args.steps), ("--variants", args.variants)):
+        if what in ("quality", "lr", "factorial"):
+            for flag, value in (("--task", args.task), ("--seeds", args.seeds), ("--steps", args.steps),
+                                ("--variants", args.variants), ("--lr-grid", args.lr_grid)):  # fmt: skip
                 if value is not None:
                     res["command"] += f" {flag} {value}"
         if record:
-            suite.save_json(res, args.results_dir / f"{what}{'_quick' if args.quick else ''}.json")
+            name = "quality" if what == "factorial" else what  # the full design's results are the quality results
+            suite.save_json(res, args.results_dir / f"{name}{'_quick' if args.quick else ''}.json")
+            if what == "factorial" and res.get("lr_search"):
+                suite.save_json({"benchmark": "lr", "command": res["command"], **res["lr_search"]},
+                                args.results_dir / "lr.json")
         if args.json is not None:
             suite.save_json(res, args.json)
             print(f"[sead bench] wrote {args.json}")

@@ -15,7 +15,7 @@ from typing import Any
 
 from sead.experiments.settings import bench_size, task_of
 
-__all__ = ["DemoData", "evaluate_final", "load_data", "prepare_demo", "prepare_seed", "save_data"]
+__all__ = ["DemoData", "evaluate_final", "validation_dataset", "load_data", "prepare_demo", "prepare_seed", "save_data"]
 
 
 @dataclass
@@ -24,12 +24,30 @@ class DemoData:
     train: Any
     test: Any
     curve: Any
+    validation: Any = None
+
+
+def validation_dataset(task, n: int, levels, train):
+    """``n`` problems (spread evenly over ``levels``) from the task's *training* split that are not among ``train``'s
+    prompts: a validation set that shares no problem with the test split (disjoint by construction) nor with the
+    prompts trained on. A level with fewer unused problems than its share gives what it has."""
+    drawn = task.make_dataset(3 * n, levels=levels, seed=task.eval_seed + 1, split="train")
+    used, per_level, keep = set(train["prompt"]), {}, []
+    quota = -(-n // len(levels))
+    for i, (prompt, level) in enumerate(zip(drawn["prompt"], drawn["level"])):
+        if prompt in used or per_level.get(level, 0) >= quota:
+            continue
+        used.add(prompt)
+        per_level[level] = per_level.get(level, 0) + 1
+        keep.append(i)
+    return drawn.select(keep[:n])
 
 
 def prepare_demo(
     size: dict[str, Any], seed: int, quick: bool, cache_dir: str | None, progress: bool
 ) -> DemoData:
-    """Models (cached), training prompts with their difficulty (student pass rate), held-out problems.
+    """Models (cached), training prompts with their difficulty (student pass rate), held-out problems (and, when
+    ``size["num_validation"]``, a :func:`validation_dataset` for choosing settings such as the learning rate).
 
     When the teacher is not cached yet, it trains in a second process while this one trains the student
     and runs the difficulty pre-pass (two cores: the student's work is hidden behind the teacher's)."""
@@ -67,11 +85,12 @@ def prepare_demo(
     )
     train = train.add_column("difficulty", difficulty)
     test = task.make_dataset(size["num_test"], levels=levels, seed=task.eval_seed, split="test")
+    validation = validation_dataset(task, size["num_validation"], levels, train) if size.get("num_validation") else None
     curve = test.select(range(min(size["num_curve"], len(test))))
     if child is not None:
         join_background(child, f"{task.name} teacher")
     prepared = task.prepare_models(cache_dir=cache, quick=quick, seed=0, progress=progress)
-    return DemoData(prepared, train, test, curve)
+    return DemoData(prepared, train, test, curve, validation)
 
 
 def evaluate_final(model, tokenizer, data: DemoData, size: dict[str, Any], seed: int = 0) -> dict[str, Any]:
@@ -85,6 +104,10 @@ def evaluate_final(model, tokenizer, data: DemoData, size: dict[str, Any], seed:
         "accuracy": final["accuracy"],
         "accuracy_by_level": {str(k): v for k, v in final["accuracy_by_level"].items()},
     }
+    if data.validation is not None:  # greedy, on problems neither trained on nor in the test split
+        out["validation_accuracy"] = scoring.evaluate_accuracy(
+            model, tokenizer, data.validation, batch_size=512, max_new_tokens=task.max_new_tokens
+        )["accuracy"]
     k = size.get("sample_k", 0)
     if k:
         subset = data.test.select(range(min(size["num_sample"], len(data.test))))
@@ -106,8 +129,9 @@ def save_data(data, out: Path, curve_start: float) -> None:
     """Save a :class:`DemoData`'s datasets (and the student's accuracy on the curve subset) for
     :func:`load_data` in another process."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("train", "test", "curve"):
-        getattr(data, name).save_to_disk(str(out / name))
+    for name in ("train", "test", "curve", "validation"):
+        if getattr(data, name) is not None:
+            getattr(data, name).save_to_disk(str(out / name))
     (out / "curve_start.json").write_text(json.dumps({"curve_start": curve_start}))
 
 
@@ -119,6 +143,8 @@ def load_data(task: str, quick: bool, data_dir: Path, cache_dir: str | None = No
 
     prepared = get_task(task).prepare_models(cache_dir=cache_dir, quick=quick, seed=0, progress=False)
     data = DemoData(prepared, *(load_from_disk(str(data_dir / name)) for name in ("train", "test", "curve")))
+    if (data_dir / "validation").exists():
+        data.validation = load_from_disk(str(data_dir / "validation"))
     return data, json.loads((data_dir / "curve_start.json").read_text())["curve_start"]
 
 
@@ -137,6 +163,7 @@ def prepare_seed(task: str, quick: bool, seed: int, out: Path, cache_dir: str | 
     difficulty = [float(d) for d in data.train["difficulty"]]
     res = {
         "seed": seed,
+        "num_validation": 0 if data.validation is None else len(data.validation),
         "student_start": start,
         "curve_start": curve_start,
         "difficulty_values": sorted({round(d, 4) for d in difficulty}),

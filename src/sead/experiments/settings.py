@@ -52,6 +52,8 @@ TASK_SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "bench_num_test": 4000,
             "bench_num_curve": 1000,
             "bench_num_sample": 1000,
+            # a validation set (training-split problems not trained on) that `sead bench lr` chooses rates on
+            "bench_num_validation": 1000,
         },
         "quick": {
             "num_prompts": 256,
@@ -117,7 +119,8 @@ def task_size(task: str, quick: bool) -> dict[str, Any]:
     return {**{k: v for k, v in size.items() if not k.startswith(BENCH_PREFIX)}, "task": task}
 
 
-# The methods, the SEAD factorial (components added to vanilla OPD; all three = SEAD) and TRL's trainer.
+# The methods, the SEAD factorial (components added to vanilla OPD; all three = SEAD, in the paper's composition of
+# zones and anneal, METHODS.md 1b) and TRL's trainer.
 VARIANTS: dict[str, dict[str, Any]] = {
     "trl": {"method": "opd"},
     "opd": {"method": "opd"},
@@ -129,23 +132,32 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "zones+curriculum": {"method": "opd", "zones": True, "curriculum": True},
     "anneal+curriculum": {"method": "opd", "anneal": True, "curriculum": True},
     "sead": {"method": "sead"},
-    # Ablations that test why the zones remove the anneal's pass@k gain on this task (BENCHMARKS.md, analysis):
-    # without the skip zone (every token kept: zones+anneal then differs from anneal alone only in the FKL
-    # zone, which keeps plain forward KL instead of the anneal) ...
-    "zones+anneal/no-skip": {"method": "opd", "zones": True, "anneal": True, "skip_fraction": 0.0},
-    # ... and with the loss normalised over every token instead of the kept half (`loss_normalization: all`) ...
-    "zones+anneal/all-tokens": {"method": "opd", "zones": True, "anneal": True, "loss_normalization": "all"},
-    # ... and the test of the lead both point at: the FKL zone annealed from forward to reverse KL too
-    # (`fkl_zone_anneal`), instead of fixed forward KL.
-    "zones+anneal/fkl-annealed": {"method": "opd", "zones": True, "anneal": True, "fkl_zone_anneal": True},
-    # ... and SEAD itself with the annealed FKL zone (the curriculum added to the ablation above).
-    "sead/fkl-annealed": {"method": "sead", "fkl_zone_anneal": True},
+    # Our earlier composition of zones and anneal (`zone_composition: mix`, what the 2026-12-03 benchmarks ran).
+    "sead/mix": {"method": "sead", "zone_composition": "mix"},
+    "zones+anneal/mix": {"method": "opd", "zones": True, "anneal": True, "zone_composition": "mix"},
+    # Ablations of the "mix" composition (BENCHMARKS.md of 2026-12-03): without the skip zone, normalised over every
+    # token, and with the FKL zone annealed too (`fkl_zone_anneal`).
+    "zones+anneal/mix/no-skip": {"method": "opd", "zones": True, "anneal": True, "zone_composition": "mix",
+                                 "skip_fraction": 0.0},
+    "zones+anneal/mix/all-tokens": {"method": "opd", "zones": True, "anneal": True, "zone_composition": "mix",
+                                    "loss_normalization": "all"},
+    "zones+anneal/mix/fkl-annealed": {"method": "opd", "zones": True, "anneal": True, "zone_composition": "mix",
+                                      "fkl_zone_anneal": True},
+    # The curriculum's pacing (docs/methods.md): a threshold relative to the open pool's starting pass rate, a floor
+    # that opens every prompt by 40% of training, and difficulty re-estimated online from the rollouts' verdicts.
+    "curriculum/relative": {"method": "opd", "curriculum": True, "competence_threshold_mode": "relative"},
+    "curriculum/floor-0.4": {"method": "opd", "curriculum": True, "curriculum_full_open_fraction": 0.4},
+    "curriculum/online": {"method": "opd", "curriculum": True, "curriculum_online_difficulty": True},
+    # SG-OPD taken apart: the sign gate alone, the teacher rollouts alone, and a damped conflict side.
+    "gate": {"method": "opd", "sign_gate": True},
+    "teacher-rollouts": {"method": "opd", "teacher_mixing": True},
+    "sgopd/conflict-0.5": {"method": "sgopd", "lambda_conflict": 0.5},
+    # ... and 8 rollouts per prompt at the same 64 rollouts a step (a secondary source's SG-OPD setting).
+    "sgopd/8-generations": {"method": "sgopd", "num_generations": 8},
 }
-#: What `sead bench quality` runs by default: the methods, the factorial, and the FKL-zone ablation (`--variants`
-#: runs the others: two were measured in a preliminary run, sead/fkl-annealed in a follow-up, BENCHMARKS.md).
-DEFAULT_VARIANTS = tuple(
-    v for v in VARIANTS if v not in ("zones+anneal/all-tokens", "zones+anneal/no-skip", "sead/fkl-annealed")
-)
+#: What `sead bench quality` runs by default: the methods, SEAD in both compositions and its single components (the
+#: power design of docs/evaluation.md); `--variants` runs the others.
+DEFAULT_VARIANTS = ("opd", "sead", "sead/mix", "sgopd", "zones", "anneal", "curriculum")
 QUICK_VARIANTS = ("trl", "opd", "sead", "sgopd")
 
 

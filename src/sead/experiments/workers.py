@@ -105,7 +105,9 @@ def run_workers(
     module: str = EXPERIMENT_WORKER,
 ) -> dict[str, dict]:
     """Run ``(key, worker args)`` jobs on ``workers`` long-lived worker processes (one torch thread each), each job
-    bounded by ``timeout`` seconds; ``{key: result}`` in job order."""
+    bounded by ``timeout`` seconds; ``{key: result}`` in job order. With ``SEAD_BENCH_JOURNAL`` set to a file, every
+    finished job is appended to it as it ends (one JSON line ``{"desc", "key", "result"}``), so a crash or Ctrl-C of a
+    long benchmark loses only the jobs in flight."""
     import queue
 
     from sead.utils.progress import progress_bar
@@ -116,6 +118,7 @@ def run_workers(
         todo.put(job)
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     lock = threading.Lock()
+    journal = os.environ.get("SEAD_BENCH_JOURNAL")
 
     with progress_bar(total=len(jobs), desc=desc, disable=not progress) as bar:
 
@@ -131,6 +134,9 @@ def run_workers(
                     with lock:
                         out[key] = res
                         bar.update(1)
+                        if journal:
+                            with open(journal, "a") as f:
+                                f.write(json.dumps({"desc": desc, "key": key, "result": res}) + "\n")
             finally:
                 worker.close()
 

@@ -189,6 +189,8 @@ def fused_sead_loss(
     student_transform: LogitTransform = IDENTITY,
     teacher_transform: LogitTransform = IDENTITY,
     zone_thresholds: ZoneThresholds | None = None,
+    zone_composition: str = "paper",
+    fkl_zone_lambda: float = 1.0,
 ) -> SeadLossOutput:
     """SEAD loss (or vanilla OPD with ``zones=False, alpha=0``) from hidden states, fused and chunked: the
     ``full`` estimator of :func:`fused_objective`, without the sign gate.
@@ -235,6 +237,7 @@ def fused_sead_loss(
         alpha=alpha, zones=zones, teacher_quantile=teacher_quantile, skip_fraction=skip_fraction,
         zone_thresholds=zone_thresholds, entropy_top_k=entropy_top_k, entropy_support=entropy_support,
         temperature=temperature, normalize=normalize, chunk_size=chunk_size, zone_precision=zone_precision,
+        zone_composition=zone_composition, fkl_zone_lambda=fkl_zone_lambda,
     )  # fmt: skip
     return fused_objective(
         spec,

@@ -45,7 +45,6 @@ from sead.method.zones import (
     SKIP,
     loss_normalizer,
     sead_zones,
-    zone_weights,
     zones_from_thresholds,
 )
 
@@ -126,8 +125,7 @@ def logits_objective(
     valid, tau = mask != 0, spec.temperature
     h_t, h_s = zone_entropies(student_logits, teacher_logits, spec.entropy_top_k, tau, spec.entropy_support)
     zone_map = _zone_map(spec, h_t, h_s, mask)
-    fkl_zone_alpha = 1.0 if spec.zones is None else spec.zones.fkl_zone_alpha
-    w_fkl, w_rkl = (w.to(student_logits.dtype) for w in zone_weights(zone_map, spec.alpha, fkl_zone_alpha))
+    w_fkl, w_rkl = (w.to(student_logits.dtype) for w in spec.zone_weights(zone_map))
 
     extra: dict[str, float] = {}
     target = teacher_logits
@@ -178,6 +176,8 @@ def sead_loss(
     estimator_top_k: int | None = None,
     entropy_support: str = "teacher",
     topk_convention: str = "tail",
+    zone_composition: str = "paper",
+    fkl_zone_lambda: float = 1.0,
 ) -> SeadLossOutput:
     """SEAD loss from full logits (the readable reference; the trainer uses the fused path).
 
@@ -185,12 +185,15 @@ def sead_loss(
     the teacher's top ``entropy_top_k`` ids renormalised, or each model's own top-k with
     ``entropy_support="own"``, or the full vocabulary; :func:`zone_entropies`):
 
-    - FKL zone: ``KL(p_T || p_S)``
-    - RKL zone: ``alpha * KL(p_T || p_S) + (1 - alpha) * KL(p_S || p_T)`` (``alpha`` from :func:`cosine_anneal`)
+    - FKL zone: ``alpha * fkl_zone_lambda * KL(p_T || p_S)`` (``alpha`` from :func:`cosine_anneal`)
+    - RKL zone: ``KL(p_S || p_T)``
     - skip zone: 0
 
+    (the paper's composition, METHODS.md 1b; ``zone_composition="mix"``, our earlier reading: FKL zone
+    ``KL(p_T || p_S)``, RKL zone ``alpha * KL(p_T || p_S) + (1 - alpha) * KL(p_S || p_T)``).
+
     ``loss = sum_t loss_t / normaliser`` (:func:`sead.method.zones.loss_normalizer`). With ``zones=False``
-    every valid position is in the RKL zone, so ``zones=False, alpha=0`` is vanilla OPD: the mean
+    every valid position gets ``alpha * KL(p_T || p_S) + (1 - alpha) * KL(p_S || p_T)``, so ``zones=False, alpha=0`` is vanilla OPD: the mean
     reverse KL over valid tokens. ``estimator_top_k`` switches both divergences to their top-k forms
     (the "topk" estimator) in ``topk_convention`` (``tail``: plus a tail bucket; ``renormalized``; ``clamped``).
     It is :func:`logits_objective` with the spec these keywords describe.
@@ -200,6 +203,7 @@ def sead_loss(
         estimator_top_k=64 if estimator_top_k is None else estimator_top_k,
         topk_convention=topk_convention, alpha=alpha, zones=zones, teacher_quantile=teacher_quantile,
         skip_fraction=skip_fraction, entropy_top_k=entropy_top_k, entropy_support=entropy_support,
-        temperature=temperature, normalize=normalize,
+        temperature=temperature, normalize=normalize, zone_composition=zone_composition,
+        fkl_zone_lambda=fkl_zone_lambda,
     )  # fmt: skip
     return logits_objective(spec, student_logits, teacher_logits, mask, num_items=num_items)

@@ -26,7 +26,7 @@ from sead.losses.terms import (
     topk_term,
 )
 from sead.method.gates import gate_lambda
-from sead.method.zones import RKL, loss_normalizer, sead_zones, zone_weights, zones_from_thresholds
+from sead.method.zones import RKL, loss_normalizer, sead_zones, zones_from_thresholds
 
 __all__ = ["FusedLossFunction", "FusedObjective", "PROJECTION_DTYPES", "run_objective"]
 
@@ -277,8 +277,7 @@ def _zone_map(pb: Problem, h_t_N, h_s_N) -> torch.Tensor:
 def _scaled_weights(pb: Problem, zones_N, dtype):
     """``((w_fkl, w_rkl) / normaliser, 1 / normaliser)`` per row (:func:`sead.method.zones.zone_weights`)."""
     spec = pb.spec
-    fkl_zone_alpha = 1.0 if spec.zones is None else spec.zones.fkl_zone_alpha
-    w_fkl_N, w_rkl_N = zone_weights(zones_N, spec.alpha, fkl_zone_alpha)
+    w_fkl_N, w_rkl_N = spec.zone_weights(zones_N)
     scale = 1.0 / float(loss_normalizer(zones_N, spec.normalize, pb.num_items))
     return (w_fkl_N, w_rkl_N), ((w_fkl_N * scale).to(dtype), (w_rkl_N * scale).to(dtype)), scale
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from sead.method.divergences import TOPK_CONVENTIONS
-from sead.method.zones import ZoneThresholds
+from sead.method.zones import ZONE_COMPOSITIONS, ZoneThresholds, zone_weights
 
 __all__ = [
     "ENTROPY_SUPPORTS",
@@ -52,8 +52,13 @@ class ZoneSpec:
         teacher_quantile: the FKL zone is ``H_T >= quantile(H_T, teacher_quantile)`` (*assumed* 0.9).
         skip_fraction: of the other tokens, this fraction of all valid ones, lowest ``H_S`` first, is skipped
             (*assumed* 0.5).
-        fkl_zone_alpha: forward-KL weight of the FKL zone (its reverse-KL weight is ``1 - fkl_zone_alpha``); 1: the
-            FKL zone is forward KL (METHODS.md's composition); the ``fkl_zone_anneal`` ablation anneals it.
+        composition: how the zones compose with the anneal (:func:`sead.method.zones.zone_weights`): ``"paper"``
+            (FKL zone ``fkl_zone_alpha * fkl_zone_lambda`` forward KL, RKL zone pure reverse KL; METHODS.md 1b) or
+            ``"mix"`` (FKL zone forward KL, RKL zone the annealed mix; our earlier reading).
+        fkl_zone_lambda: the FKL zone's weight ``lambda`` of the paper's composition (*value not given*, 1.0).
+        fkl_zone_alpha: this step's forward-KL factor of the FKL zone: with ``"paper"`` the anneal's ``alpha(t)`` (1
+            without the anneal); with ``"mix"`` 1 (its reverse-KL weight is ``1 - fkl_zone_alpha``), or the
+            ``fkl_zone_anneal`` ablation's cosine.
         cuts: cuts decided over a wider scope (:func:`sead.method.zones.zone_thresholds`, e.g. an optimizer step),
             applied instead of this call's percentiles; ``None``: percentiles over the call's own tokens.
     """
@@ -62,11 +67,16 @@ class ZoneSpec:
     skip_fraction: float = 0.5
     fkl_zone_alpha: float = 1.0
     cuts: ZoneThresholds | None = None
+    composition: str = "paper"
+    fkl_zone_lambda: float = 1.0
 
     def __post_init__(self):
         _unit("teacher_quantile", self.teacher_quantile)
         _unit("skip_fraction", self.skip_fraction)
         _unit("fkl_zone_alpha", self.fkl_zone_alpha)
+        _choice("zone_composition", self.composition, ZONE_COMPOSITIONS)
+        if not float(self.fkl_zone_lambda) >= 0.0:
+            raise ValueError(f"fkl_zone_lambda must be >= 0, got {self.fkl_zone_lambda}")
         if self.cuts is not None and not isinstance(self.cuts, ZoneThresholds):
             raise ValueError(f"zone_thresholds must be a sead.method.zones.ZoneThresholds, got {type(self.cuts).__name__}")
 
@@ -149,28 +159,52 @@ class LossSpec:
         zones: bool = False,
         teacher_quantile: float = 0.9,
         skip_fraction: float = 0.5,
-        fkl_zone_alpha: float = 1.0,
+        fkl_zone_alpha: float | None = None,
         zone_thresholds: ZoneThresholds | None = None,
+        zone_composition: str = "paper",
+        fkl_zone_lambda: float = 1.0,
         sign_gate: bool = False,
         lambda_consensus: float = 1.8,
         lambda_conflict: float = 1.0,
         **options,
     ) -> LossSpec:
         """A spec from flat keyword options (the readable functions' keywords and the config's field names):
-        ``zones=True`` with ``teacher_quantile``, ``skip_fraction``, ``fkl_zone_alpha``, ``zone_thresholds``;
+        ``zones=True`` with ``teacher_quantile``, ``skip_fraction``, ``fkl_zone_alpha``, ``zone_thresholds``,
+        ``zone_composition``, ``fkl_zone_lambda`` (``fkl_zone_alpha`` ``None``: the step's ``alpha`` in the paper's
+        composition, where the anneal weighs the FKL zone, 1 in ``"mix"``);
         ``sign_gate=True`` with ``lambda_consensus``, ``lambda_conflict``; the rest are :class:`LossSpec`'s fields.
         The parts a switch leaves off are not built (their options are then unused)."""
-        zone_spec = ZoneSpec(teacher_quantile, skip_fraction, fkl_zone_alpha, zone_thresholds) if zones else None
+        zone_spec = None
+        if fkl_zone_alpha is None:
+            fkl_zone_alpha = options.get("alpha", 0.0) if zone_composition == "paper" else 1.0
+        if zones:
+            zone_spec = ZoneSpec(teacher_quantile, skip_fraction, fkl_zone_alpha, zone_thresholds, zone_composition,
+                                 fkl_zone_lambda)  # fmt: skip
         gate = GateSpec(lambda_consensus, lambda_conflict) if sign_gate else None
         return cls(zones=zone_spec, gate=gate, **options)
 
-    def at_step(self, *, alpha: float, fkl_zone_alpha: float = 1.0, cuts: ZoneThresholds | None = None) -> LossSpec:
-        """This spec with one step's values: the anneal weight ``alpha``, the FKL zone's weight and the zone cuts
-        (both ignored without zones)."""
+    def at_step(
+        self, *, alpha: float, fkl_zone_alpha: float | None = None, cuts: ZoneThresholds | None = None
+    ) -> LossSpec:
+        """This spec with one step's values: the anneal weight ``alpha``, the FKL zone's factor (``None``: ``alpha``
+        in the paper's composition, 1 in ``"mix"``) and the zone cuts (both ignored without zones)."""
         zones = self.zones
         if zones is not None:
+            if fkl_zone_alpha is None:
+                fkl_zone_alpha = alpha if zones.composition == "paper" else 1.0
             zones = dataclasses.replace(zones, fkl_zone_alpha=fkl_zone_alpha, cuts=cuts)
         return dataclasses.replace(self, alpha=alpha, zones=zones)
+
+    def zone_weights(self, zones: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(w_fkl, w_rkl)`` per position of a zone map (:func:`sead.method.zones.zone_weights`) at this spec's step
+        values; without zones every valid position is in the RKL zone of the ``"mix"`` composition (the anneal
+        alone: ``alpha * FKL + (1 - alpha) * RKL``)."""
+        z = self.zones
+        if z is None:
+            return zone_weights(zones, self.alpha, composition="mix")
+        if z.composition == "paper":
+            return zone_weights(zones, z.fkl_zone_alpha, z.fkl_zone_lambda, "paper")
+        return zone_weights(zones, self.alpha, composition="mix", fkl_zone_alpha=z.fkl_zone_alpha)
 
     def normaliser(self, num_valid: float | torch.Tensor | None) -> float | torch.Tensor | None:
         """The loss's global denominator from the global count of valid tokens: that count, or, with zones and

@@ -46,8 +46,11 @@ class StepSchedules:
 
     Attributes:
         anneal: SEAD's cosine from forward to reverse KL (``alpha_start`` -> ``alpha_end``).
-        fkl_zone_anneal: the ablation that anneals the FKL zone too (cosine from 1 to ``alpha_end``); only with
-            zones and the anneal (the caller resolves that).
+        zone_composition: how the zones compose with the anneal (:func:`sead.method.zones.zone_weights`): with
+            ``"paper"`` the anneal's ``alpha(t)`` weighs the FKL zone (1 without the anneal); with ``"mix"`` the FKL
+            zone's forward-KL weight is 1.
+        fkl_zone_anneal: the ``"mix"`` composition's ablation that anneals the FKL zone too (cosine from 1 to
+            ``alpha_end``); only with zones and the anneal (the caller resolves that).
         teacher_mixing: SG-OPD's cold start (``rho0`` decaying to 0 over ``phase_fraction`` of training).
     """
 
@@ -55,6 +58,7 @@ class StepSchedules:
     alpha_start: float = 0.8
     alpha_end: float = 0.0
     fkl_zone_anneal: bool = False
+    zone_composition: str = "paper"
     teacher_mixing: bool = False
     rho0: float = 0.5
     phase_fraction: float = 0.2
@@ -64,6 +68,12 @@ class StepSchedules:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.zone_composition not in ("paper", "mix"):
+            raise ValueError(f"zone_composition must be one of ['paper', 'mix'], got {self.zone_composition!r}")
+        if self.fkl_zone_anneal and self.zone_composition != "mix":
+            raise ValueError(
+                "fkl_zone_anneal is an ablation of zone_composition 'mix'; in 'paper' the anneal already weighs the FKL zone"
+            )
 
     def alpha(self, step: int, total_steps: int) -> float:
         """The forward-KL weight of the annealed mix (:func:`cosine_anneal`), 0 without the anneal."""
@@ -72,7 +82,10 @@ class StepSchedules:
         return cosine_anneal(step, total_steps, self.alpha_start, self.alpha_end)
 
     def fkl_zone_alpha(self, step: int, total_steps: int) -> float:
-        """The FKL zone's forward-KL weight: 1, or with ``fkl_zone_anneal`` a cosine from 1 to ``alpha_end``."""
+        """The FKL zone's forward-KL factor: ``"paper"``: the anneal's ``alpha(t)`` (1 without the anneal);
+        ``"mix"``: 1, or with ``fkl_zone_anneal`` a cosine from 1 to ``alpha_end``."""
+        if self.zone_composition == "paper":
+            return self.alpha(step, total_steps) if self.anneal else 1.0
         if not self.fkl_zone_anneal:
             return 1.0
         return cosine_anneal(step, total_steps, 1.0, self.alpha_end)

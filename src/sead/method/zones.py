@@ -12,11 +12,13 @@ __all__ = [
     "RKL",
     "FKL",
     "MASKED",
+    "ZONE_COMPOSITIONS",
     "ZoneThresholds",
     "sead_zones",
     "zone_fractions",
     "zone_thresholds",
     "zones_from_thresholds",
+    "zone_weights",
 ]
 
 SKIP, RKL, FKL, MASKED = 0, 1, 2, -1
@@ -201,19 +203,43 @@ def zone_fractions(zones: torch.Tensor) -> dict[str, float]:
     }
 
 
-def zone_weights(zones: torch.Tensor, alpha: float, fkl_zone_alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """How each zone mixes the two directions (METHODS.md 1b composition, *assumed default*).
+#: How the zones compose with the anneal (METHODS.md 1b): ``"paper"`` (the paper's loss, the default) or ``"mix"``
+#: (our earlier reading, which the 2026-12-03 benchmarks ran).
+ZONE_COMPOSITIONS = ("paper", "mix")
 
-    Returns per-position weights ``(w_fkl, w_rkl)`` so that the token loss is
-    ``w_fkl * KL(p_T || p_S) + w_rkl * KL(p_S || p_T)``:
-    FKL zone ``(fkl_zone_alpha, 1 - fkl_zone_alpha)``, by default ``(1, 0)``: always forward KL (the ablation
-    ``fkl_zone_anneal`` anneals it too); RKL zone ``(alpha, 1 - alpha)`` (the annealed mix; pure RKL when
-    ``alpha = 0``); skip and masked ``(0, 0)``. Without zones every valid position is in the RKL zone.
+
+def zone_weights(
+    zones: torch.Tensor,
+    alpha: float,
+    lam: float = 1.0,
+    composition: str = "paper",
+    fkl_zone_alpha: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How each zone weighs the two directions (METHODS.md 1b).
+
+    Returns per-position weights ``(w_fkl, w_rkl)``; the token loss is ``w_fkl * KL(p_T || p_S) + w_rkl *
+    KL(p_S || p_T)``. With ``composition="paper"`` (the paper's loss,
+    ``1/|B u C| * (sum_B RKL_t + alpha * lam * sum_C FKL_t)``):
+
+    - FKL zone ``(alpha * lam, 0)``: forward KL weighted by the annealed ``alpha`` (fading to 0) and ``lam``;
+    - RKL zone ``(0, 1)``: pure reverse KL all along;
+    - skip and masked ``(0, 0)``.
+
+    With ``composition="mix"`` (our earlier reading): FKL zone ``(fkl_zone_alpha, 1 - fkl_zone_alpha)`` (forward
+    KL at weight 1 unless the ``fkl_zone_anneal`` ablation anneals it), RKL zone ``(alpha, 1 - alpha)``, the
+    annealed mix; ``lam`` is unused. Every token of a run without zones is in the RKL zone of the ``"mix"``
+    composition (the anneal alone: ``alpha * FKL + (1 - alpha) * RKL``).
     """
+    if composition not in ZONE_COMPOSITIONS:
+        raise ValueError(f"composition must be one of {list(ZONE_COMPOSITIONS)}, got {composition!r}")
     for name, value in (("alpha", alpha), ("fkl_zone_alpha", fkl_zone_alpha)):
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if not float(lam) >= 0.0:
+        raise ValueError(f"fkl_zone_lambda must be >= 0, got {lam}")
     is_fkl, is_rkl = (zones == FKL).double(), (zones == RKL).double()
+    if composition == "paper":
+        return float(alpha) * float(lam) * is_fkl, is_rkl
     w_fkl = fkl_zone_alpha * is_fkl + alpha * is_rkl
     w_rkl = (1.0 - fkl_zone_alpha) * is_fkl + (1.0 - alpha) * is_rkl
     return w_fkl, w_rkl

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from trl import DistillationConfig
 
 from sead.losses.spec import ESTIMATORS, GateSpec, LossSpec, ZoneSpec
-from sead.method.curriculum import CompetenceCurriculum
+from sead.method.curriculum import THRESHOLD_MODES, CompetenceCurriculum
 from sead.method.schedules import StepSchedules
 from sead.training.inherited import check_inherited_fields
 from sead.utils.errors import SeadError
@@ -52,11 +52,13 @@ ASSUMED_DEFAULTS = {
     "loss_normalization": "'kept': divide by the kept (non-skipped) tokens",
     "alpha_start": "0.8 (secondary summary)",
     "alpha_end": "0.0 (secondary summary)",
-    "anneal_in_rkl_zone_only": "True: FKL zone always FKL, RKL zone gets the annealed mix",
+    "zone_composition": "'paper': the paper's loss as a note from its full text gives it (RKL zone RKL, FKL zone alpha*lambda*FKL)",
+    "fkl_zone_lambda": "1.0: the FKL zone's weight lambda in the paper's loss (value not given)",
     "competence_threshold": "0.6 pass rate over a running window",
     "competence_window": "one optimizer step's rollouts (all ranks), at least 64",
     "curriculum_num_buckets": "4 difficulty quantiles",
     "curriculum_full_open_fraction": "0.8 of training: every prompt open by then",
+    "competence_threshold_mode": "'absolute': the window's pass rate against competence_threshold itself",
     "difficulty_num_rollouts": "8 rollouts per prompt at temperature 0.7",
     "lambda_consensus": "1.8 (extrapolate)",
     "lambda_conflict": "1.0 (two secondary sources: the best configuration is 1.8 / 1.0; 0.5 is the other reading)",
@@ -170,16 +172,23 @@ class OPDConfig(DistillationConfig):
         > SEAD: cosine annealing (METHODS.md 1b)
 
         anneal (`bool`, *optional*):
-            Mix `alpha * FKL + (1 - alpha) * RKL` with `alpha` annealed from `alpha_start` to `alpha_end` by a cosine
-            over the optimizer steps. With zones, only the RKL zone is mixed; the FKL zone stays forward KL.
+            Anneal `alpha` from `alpha_start` to `alpha_end` by a cosine over the optimizer steps. Without zones every
+            token gets `alpha * FKL + (1 - alpha) * RKL`; with zones, `zone_composition` says where `alpha` goes.
         alpha_start (`float`, *optional*, defaults to `0.8`):
             Forward-KL weight at step 0 (*assumed*).
         alpha_end (`float`, *optional*, defaults to `0.0`):
             Forward-KL weight at the last step (*assumed*).
+        zone_composition (`str`, *optional*, defaults to `"paper"`):
+            How the zones compose with the anneal (METHODS.md 1b). `"paper"`: the paper's loss
+            `1/|B u C| * (sum_{B} RKL_t + alpha(t) * lambda * sum_{C} FKL_t)`: the RKL zone is pure reverse KL all
+            along, the FKL zone forward KL weighted by `alpha(t) * fkl_zone_lambda` (fading to 0 with the anneal;
+            `fkl_zone_lambda` alone without it). `"mix"`: our earlier reading, which the 2026-12-03 benchmarks ran:
+            the FKL zone forward KL at weight 1, the RKL zone `alpha * FKL + (1 - alpha) * RKL`.
+        fkl_zone_lambda (`float`, *optional*, defaults to `1.0`):
+            The FKL zone's weight `lambda` in the `"paper"` composition (*value not given*: 1.0 assumed).
         fkl_zone_anneal (`bool`, *optional*, defaults to `False`):
-            An ablation, not the papers' composition: with zones and `anneal`, the FKL zone too moves from forward to
-            reverse KL, its forward-KL weight following the same cosine from 1 to `alpha_end` (`False`, METHODS.md 1b:
-            the FKL zone is always forward KL).
+            An ablation of the `"mix"` composition: with zones and `anneal`, the FKL zone too moves from forward to
+            reverse KL, its forward-KL weight following the same cosine from 1 to `alpha_end`.
 
         > SEAD: competence-gated curriculum (METHODS.md 1c)
 
@@ -200,6 +209,17 @@ class OPDConfig(DistillationConfig):
             Number of difficulty quantiles the gate steps through (*assumed*).
         curriculum_full_open_fraction (`float`, *optional*, defaults to `0.8`):
             Floor schedule: every prompt is open by this fraction of training, whatever the competence (*assumed*).
+        competence_threshold_mode (`str`, *optional*, defaults to `"absolute"`):
+            Pacing beyond the paper's reading. `"absolute"`: the window's pass rate must exceed `competence_threshold`.
+            `"relative"`: it must exceed `s_k + competence_margin`, `s_k` the open pool's starting pass rate: the pass
+            rate of the first full window of rollouts after the current bucket opened.
+        competence_margin (`float`, *optional*, defaults to `0.05`):
+            The gain over the open pool's starting pass rate that opens the next bucket (`"relative"` only).
+        curriculum_online_difficulty (`bool`, *optional*, defaults to `False`):
+            Beyond the paper (whose stated limit is a static difficulty): each prompt's difficulty follows its
+            rollouts' verdicts, `d <- (1 - ema) * d + ema * (1 - correct)`, and the gate's quantiles follow it.
+        curriculum_difficulty_ema (`float`, *optional*, defaults to `0.5`):
+            Weight of the newest verdict in the online difficulty.
 
         > SG-OPD (METHODS.md 2)
 
@@ -278,6 +298,10 @@ class OPDConfig(DistillationConfig):
             before the first step (with a warning giving their number); if every prompt is longer, training is refused.
             `None`: the student's context (`max_position_embeddings`, or the tokenizer's `model_max_length` when
             smaller) minus `max_completion_length`.
+        num_generations (`int`, *optional*, defaults to `1`):
+            Student rollouts per prompt (G). An optimizer step draws `rollouts / G` prompts and samples G rollouts of
+            each, so the rollouts per step stay `per_device_train_batch_size x processes x gradient_accumulation_steps`
+            (which G must divide). TRL's distillation samples one rollout per prompt (G = 1).
 
         > Verifier
 
@@ -343,8 +367,13 @@ class OPDConfig(DistillationConfig):
     anneal: bool | None = field(default=None, metadata={"help": "Cosine anneal from forward to reverse KL."})
     alpha_start: float = field(default=0.8, metadata={"help": "Forward-KL weight at step 0."})
     alpha_end: float = field(default=0.0, metadata={"help": "Forward-KL weight at the last step."})
+    zone_composition: str = field(
+        default="paper",
+        metadata={"help": "How zones and anneal compose: 'paper' (RKL zone RKL, FKL zone alpha*lambda*FKL) or 'mix'."},
+    )
+    fkl_zone_lambda: float = field(default=1.0, metadata={"help": "The FKL zone's weight lambda ('paper')."})
     fkl_zone_anneal: bool = field(
-        default=False, metadata={"help": "Ablation: anneal the FKL zone too (cosine from 1 to alpha_end)."}
+        default=False, metadata={"help": "Ablation of 'mix': anneal the FKL zone too (cosine from 1 to alpha_end)."}
     )
 
     curriculum: bool | None = field(default=None, metadata={"help": "Competence-gated curriculum."})
@@ -361,6 +390,14 @@ class OPDConfig(DistillationConfig):
     curriculum_full_open_fraction: float = field(
         default=0.8, metadata={"help": "All prompts open by this fraction."}
     )
+    competence_threshold_mode: str = field(
+        default="absolute", metadata={"help": "'absolute' or 'relative' (to the open pool's starting pass rate)."}
+    )
+    competence_margin: float = field(default=0.05, metadata={"help": "Gain that opens the next bucket ('relative')."})
+    curriculum_online_difficulty: bool = field(
+        default=False, metadata={"help": "Re-estimate difficulty online from the rollouts' verdicts."}
+    )
+    curriculum_difficulty_ema: float = field(default=0.5, metadata={"help": "Weight of the newest verdict (online)."})
 
     sign_gate: bool | None = field(default=None, metadata={"help": "SG-OPD per-token sign gate."})
     lambda_consensus: float = field(default=1.8, metadata={"help": "Gate on consensus."})
@@ -407,6 +444,7 @@ class OPDConfig(DistillationConfig):
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Longest prompt in tokens; longer ones are dropped. None: context - completion."}
     )
+    num_generations: int = field(default=1, metadata={"help": "Student rollouts per prompt (same rollouts per step)."})
 
     answer_column: str = field(default="answer", metadata={"help": "Gold-answer column for the verifier."})
     log_pass_rate: bool = field(default=True, metadata={"help": "Grade rollouts to log the pass rate."})
@@ -484,7 +522,8 @@ class OPDConfig(DistillationConfig):
             estimator=self.estimator, estimator_top_k=self.estimator_top_k, topk_convention=self.topk_convention,
             temperature=self.temperature, zones=bool(self.zones), teacher_quantile=self.teacher_quantile,
             skip_fraction=self.skip_fraction, entropy_top_k=entropy_top_k, entropy_support=self.entropy_support,
-            zone_precision=self.zone_precision, sign_gate=bool(self.sign_gate),
+            zone_precision=self.zone_precision, zone_composition=self.zone_composition,
+            fkl_zone_lambda=self.fkl_zone_lambda, sign_gate=bool(self.sign_gate),
             lambda_consensus=self.lambda_consensus, lambda_conflict=self.lambda_conflict,
             normalize=self.loss_normalization, importance_cap=self.vllm_importance_sampling_cap,
             chunk_size=self.loss_chunk_size,
@@ -495,6 +534,7 @@ class OPDConfig(DistillationConfig):
         return StepSchedules(
             anneal=bool(self.anneal), alpha_start=self.alpha_start, alpha_end=self.alpha_end,
             fkl_zone_anneal=bool(self.fkl_zone_anneal and self.anneal and self.zones),
+            zone_composition=self.zone_composition,
             teacher_mixing=bool(self.teacher_mixing), rho0=self.teacher_mix_rho0,
             phase_fraction=self.teacher_mix_phase_fraction,
         )  # fmt: skip
@@ -513,7 +553,9 @@ class OPDConfig(DistillationConfig):
             return CompetenceCurriculum(
                 difficulties, threshold=self.competence_threshold, window=self.competence_window_size(num_processes),
                 num_buckets=self.curriculum_num_buckets, full_open_fraction=self.curriculum_full_open_fraction,
-                seed=self.seed, column=self.difficulty_column,
+                seed=self.seed, column=self.difficulty_column, threshold_mode=self.competence_threshold_mode,
+                margin=self.competence_margin, online=bool(self.curriculum_online_difficulty),
+                ema=self.curriculum_difficulty_ema,
             )  # fmt: skip
         except ValueError as err:
             raise SeadError(str(err)) from err
@@ -533,7 +575,8 @@ class OPDConfig(DistillationConfig):
         if self.entropy_top_k is not None and self.entropy_top_k < 0:
             raise SeadError(f"entropy_top_k must be >= 0 (0 or null: full vocabulary); got {self.entropy_top_k}.")
         try:
-            ZoneSpec(self.teacher_quantile, self.skip_fraction)
+            ZoneSpec(self.teacher_quantile, self.skip_fraction, composition=self.zone_composition,
+                     fkl_zone_lambda=self.fkl_zone_lambda)
             GateSpec(self.lambda_consensus, self.lambda_conflict)
             self.loss_spec()
             self.schedules()
@@ -543,7 +586,11 @@ class OPDConfig(DistillationConfig):
 
     def _check_method_fields(self) -> None:
         """The curriculum's, the teacher rollouts' and the verifier's fields."""
-        for name in ("competence_threshold", "curriculum_full_open_fraction"):
+        if self.competence_threshold_mode not in THRESHOLD_MODES:
+            raise SeadError(f"competence_threshold_mode must be one of {list(THRESHOLD_MODES)}; got "
+                            f"{self.competence_threshold_mode!r}.")  # fmt: skip
+        for name in ("competence_threshold", "curriculum_full_open_fraction", "competence_margin",
+                     "curriculum_difficulty_ema"):  # fmt: skip
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SeadError(f"{name} must be in [0, 1]; got {getattr(self, name)}.")
         if self.teacher_top_p is not None and not 0.0 < self.teacher_top_p <= 1.0:
@@ -593,6 +640,14 @@ class OPDConfig(DistillationConfig):
             value = getattr(self, name, None)
             if value is not None and value < 1:
                 raise SeadError(f"{name} must be >= 1; got {value}.")
+        if self.num_generations < 1:
+            raise SeadError(f"num_generations must be >= 1; got {self.num_generations}.")
+        rollouts = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if rollouts % self.num_generations:
+            raise SeadError(
+                f"num_generations ({self.num_generations}) must divide the rollouts of a step on each process, "
+                f"per_device_train_batch_size x gradient_accumulation_steps = {rollouts}; change either."
+            )
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             raise SeadError(f"max_prompt_length must be >= 1 (or null: derived from the context); got {self.max_prompt_length}.")
         for name in ("save_steps", "logging_steps", "eval_steps", "warmup_steps", "save_total_limit"):

@@ -169,7 +169,7 @@ class OPDTrainer(DistillationTrainer):
         """The method's components, built once from the config."""
         args = self.args
         self.schedules = args.schedules()
-        self.curriculum = None
+        self.curriculum, self.curriculum_draw = None, None
         if args.curriculum:
             self.curriculum = args.curriculum_of(self.train_dataset[args.difficulty_column], self.accelerator.num_processes)
             check_curriculum_opens(self.curriculum, self.planned_total_steps(), args.difficulty_column,
@@ -249,10 +249,11 @@ class OPDTrainer(DistillationTrainer):
     # ---- rollouts -------------------------------------------------------------------------------
     def _get_train_sampler(self, dataset=None):
         # Same batches as TRL's sampler, but each epoch's order depends only on (seed, epoch): exact resume.
-        args = self.args
+        # num_generations: each prompt G times in a row, G times fewer prompts (the same rollouts per step).
+        args, G = self.args, self.args.num_generations
         return EpochSeededRepeatSampler(
-            data_source=self.train_dataset if dataset is None else dataset, mini_repeat_count=1,
-            batch_size=args.per_device_train_batch_size * self.accelerator.num_processes * args.gradient_accumulation_steps,
+            data_source=self.train_dataset if dataset is None else dataset, mini_repeat_count=G,
+            batch_size=args.per_device_train_batch_size * self.accelerator.num_processes * args.gradient_accumulation_steps // G,
             repeat_count=args.gradient_accumulation_steps, shuffle=self.shuffle_dataset, seed=args.seed,
         )  # fmt: skip
 
@@ -269,7 +270,9 @@ class OPDTrainer(DistillationTrainer):
         training = self.model.training
         if training and self.curriculum is not None:  # a draw from the open pool (the same on every rank)
             n_proc, rank = self.accelerator.num_processes, self.accelerator.process_index
-            indices = self.curriculum.draw(self.state.global_step, self.total_steps, len(inputs) * n_proc)
+            indices = self.curriculum.draw(self.state.global_step, self.total_steps, len(inputs) * n_proc,
+                                           repeat=self.args.num_generations)  # fmt: skip
+            self.curriculum_draw = indices  # the verdicts' prompts, for the online difficulty
             inputs = [self.train_dataset[i] for i in indices[rank * len(inputs) : (rank + 1) * len(inputs)]]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_TRL_DEPRECATED_READS, category=FutureWarning)
@@ -334,7 +337,8 @@ class OPDTrainer(DistillationTrainer):
         flags = torch.tensor([[float(c), float(m)] for c, m in zip(correct, mixed)], dtype=torch.float32,
                              device=self.accelerator.device).reshape(-1, 2)  # fmt: skip
         flags = self.accelerator.gather(flags) if self.accelerator.num_processes > 1 else flags
-        self.curriculum.update([bool(c) for c, m in flags.tolist() if not m])
+        kept = [(bool(c), i) for (c, m), i in zip(flags.tolist(), self.curriculum_draw or [None] * len(flags)) if not m]
+        self.curriculum.update([c for c, _ in kept], [i for _, i in kept])  # the prompts: for the online difficulty
         step, total = self.state.global_step, self.total_steps
         self._metrics[mode]["curriculum/gate"].append(self.curriculum.gate(step, total))
         self._metrics[mode]["curriculum/open_pool"].append(float(self.curriculum.open_indices(step, total).numel()))
