@@ -86,8 +86,9 @@ def test_quality_reads_the_chosen_rates_and_factorial_writes_them(stubbed, monke
     assert seen.pop("quality")["rates"] is None  # no lr.json yet: every variant at the size's rate
     monkeypatch.setattr(suite, "bench_factorial", lambda variants, **kw: seen.setdefault("factorial", kw) and {
         "benchmark": "quality", "lr_search": {"grid": [1e-3, 2e-3], "rates": {"sead": 2e-3}, "scores": {}}})
-    _run(tmp_path, "factorial", "--seeds", "5", "--lr-grid", "1e-3,2e-3", "--no-report")
+    _run(tmp_path, "factorial", "--seeds", "5", "--lr-grid", "1e-3,2e-3", "--tune", "opd,sead", "--no-report")
     assert seen["factorial"]["seeds"] == 5 and seen["factorial"]["grid"] == (1e-3, 2e-3)
+    assert seen["factorial"]["tune"] == ("opd", "sead")
     assert json.loads((results / "lr.json").read_text())["rates"] == {"sead": 2e-3}
     assert json.loads((results / "quality.json").read_text())["command"].startswith("sead bench factorial --seeds 5")
     _run(tmp_path, "quality", "--no-report")

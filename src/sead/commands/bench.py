@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="loss: torch threads")
     parser.add_argument("--shapes", default=None, help="loss: NxV list, e.g. 4096x32768,1024x131072 (default: by size)")
     parser.add_argument("--no-report", action="store_true", help="measure only; leave the report alone")
+    parser.add_argument("--tune", default=None,
+                        help="factorial: comma-separated variants whose rate is searched (default: every variant)")
     parser.add_argument("--lr-grid", default=None, help="lr: comma-separated learning rates (default 5e-4,1e-3,2e-3)")
     parser.add_argument("--same-rate", action="store_true",
                         help="quality: every variant at the size's learning rate only (ignore the chosen rates in lr.json)")
@@ -97,8 +99,9 @@ def run(args: argparse.Namespace) -> int:
         elif what == "factorial":
             variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
             try:
-                res = suite.bench_factorial(variants, grid=_grid(args), seeds=args.seeds or 4, steps=args.steps,
-                                            jobs=args.jobs, task=args.task)  # fmt: skip
+                tune = tuple(v.strip() for v in args.tune.split(",") if v.strip()) if args.tune else None
+                res = suite.bench_factorial(variants, tune=tune, grid=_grid(args), seeds=args.seeds or 4,
+                                            steps=args.steps, jobs=args.jobs, task=args.task)  # fmt: skip
             except ValueError as err:
                 raise SeadError(f"sead bench factorial: {err}") from err
         else:
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         res["command"] = f"sead bench {what}{quick}" + (f" --shapes {args.shapes}" if what == "loss" and args.shapes else "")
         if what in ("quality", "lr", "factorial"):
             for flag, value in (("--task", args.task), ("--seeds", args.seeds), ("--steps", args.steps),
-                                ("--variants", args.variants), ("--lr-grid", args.lr_grid)):  # fmt: skip
+                                ("--variants", args.variants), ("--tune", args.tune), ("--lr-grid", args.lr_grid)):  # fmt: skip
                 if value is not None:
                     res["command"] += f" {flag} {value}"
         if record:
