@@ -117,8 +117,9 @@ def _quality_jobs(task, quick, steps, threads, cache_dir, jobs, progress, seed_o
     """Every seed's data (seed 0's always: the teacher's scores), then every ``(variant, seed)`` run of ``seed_of``,
     on ``jobs`` worker processes: ``(starts, done)``, keyed by seed and by ``"variant\tseed"``."""
     common = ["--task", task, "--threads", str(threads)] + (["--quick"] if quick else []) + (["--cache-dir", cache_dir] if cache_dir else [])
+    run_seeds = sorted({s for ss in seed_of.values() for s in ss})
     with tempfile.TemporaryDirectory() as tmp:
-        data_dirs = {seed: Path(tmp) / f"data-{seed}" for seed in sorted({0, *(s for ss in seed_of.values() for s in ss)})}
+        data_dirs = {seed: Path(tmp) / f"data-{seed}" for seed in sorted({0, *run_seeds})}
         starts = run_workers(
             [(str(s), ["quality-data", "--seed", str(s), "--data", str(d), *common]) for s, d in data_dirs.items()],
             jobs, progress, "quality data",
@@ -127,7 +128,7 @@ def _quality_jobs(task, quick, steps, threads, cache_dir, jobs, progress, seed_o
         if failed:
             raise RuntimeError(f"quality data preparation failed: {failed}")
         run_jobs = []  # seed by seed: a benchmark cut short has the same seeds of every variant
-        for seed in sorted({s for ss in seed_of.values() for s in ss}):
+        for seed in run_seeds:
             for name in (n for n, ss in seed_of.items() if seed in ss):
                 args = ["quality", "--seed", str(seed), "--variant", name, "--data", str(data_dirs[seed]),
                         "--out", str(Path(tmp) / f"{name.replace('/', '_')}-{seed}"), "--steps", str(steps), *common]
