@@ -97,7 +97,7 @@ class CompetenceCurriculum:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         self.threshold_mode, self.margin, self.online, self.ema = threshold_mode, float(margin), bool(online), float(ema)
         self.start_rate: float | None = None  # s_k of the relative threshold (None until the first full window)
-        self.difficulties = d
+        self.difficulties = d.clone() if self.online else d  # online updates must not write into the caller's tensor
         self.threshold = float(threshold)
         self.window_size = int(window)
         self.num_buckets = int(num_buckets)
