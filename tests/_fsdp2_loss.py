@@ -26,6 +26,7 @@ from trl.models.utils import _ForwardRedirection  # noqa: E402
 from _tiny import tiny_model  # noqa: E402
 from sead.losses.fused import LMHead, fused_sead_loss  # noqa: E402
 from sead.training.forwards import full_tensor as _full_tensor  # noqa: E402
+from sead.utils.distributed import exit_after_distributed_run  # noqa: E402
 
 
 def loss_of(student, teacher, ids_BT, mask_BT, redirect=None):
@@ -90,6 +91,7 @@ def main(out_dir: str) -> None:
     }
     Path(out_dir, f"result-rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
+    exit_after_distributed_run(0)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from transformers import TrainerCallback  # noqa: E402
 
 from sead.commands.train import _resume_target, parse  # noqa: E402
 from sead.training.recipe import build_trainer  # noqa: E402
+from sead.utils.distributed import exit_after_distributed_run  # noqa: E402
 
 
 class _Record(TrainerCallback):
@@ -101,6 +102,7 @@ def main(argv: list[str]) -> None:
     with open(os.path.join(cfg.output_dir, f"record-rank{rank}.json"), "w") as f:
         json.dump(out, f)
     trainer.accelerator.end_training()  # destroys the process group on every rank before exit (as `sead train`)
+    exit_after_distributed_run(0)  # and past the C++ teardown that can still abort a finished rank
 
 
 if __name__ == "__main__":

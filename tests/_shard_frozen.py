@@ -39,6 +39,7 @@ from transformers import GenerationMixin, Qwen2Config, Qwen2ForCausalLM  # noqa:
 from _tiny import parity_reward, tiny_config, tiny_dataset, tokenizer  # noqa: E402
 from sead.training.sharding import full_param_bytes, local_param_bytes  # noqa: E402
 from sead.training.trainer import OPDTrainer  # noqa: E402
+from sead.utils.distributed import exit_after_distributed_run  # noqa: E402
 
 N_LAYERS = 2
 
@@ -209,6 +210,7 @@ def main(out_dir: str) -> None:
     Path(out_dir, f"result-rank{results['rank']}.json").write_text(json.dumps(results))
     dist.barrier()
     dist.destroy_process_group()  # before the interpreter exits, on every rank
+    exit_after_distributed_run(0)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from accelerate.utils import DistributedType  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from _tiny import parity_reward, tiny_config, tiny_dataset, tiny_model, tokenizer  # noqa: E402
+from sead.utils.distributed import exit_after_distributed_run  # noqa: E402
 
 DS_CONFIG = {
     "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
@@ -138,6 +139,7 @@ def main(out: str, method: str) -> None:
     }
     (out_dir / f"record-rank{rank}.json").write_text(json.dumps(result))
     trainer.accelerator.end_training()
+    exit_after_distributed_run(0)
 
 
 if __name__ == "__main__":

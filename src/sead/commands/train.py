@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 
+from sead.utils.distributed import exit_after_distributed_run
 from sead.utils.errors import SeadError
 
 # Exit status after a SIGTERM/SIGINT that saved a checkpoint: resume with --resume_from_checkpoint.
@@ -168,4 +169,5 @@ def run(args: argparse.Namespace) -> int:
     # threads can abort a rank with "terminate called without an active exception" after a finished run)
     trainer.accelerator.end_training()
     print(f"sead train: done, {trainer.state.global_step} steps; model saved to {cfg.output_dir}")
+    exit_after_distributed_run(0)  # several processes: exit here, past the C++ teardown that can still abort a rank
     return 0
