@@ -235,3 +235,39 @@ def test_train_with_nested_answers_and_chat_template(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "done, 1 steps" in out
     assert "rollout/pass_rate" in out  # logged: the verifier graded against the nested answers
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        (["--dataset_name", "missing.jsonl"], "dataset_name: missing.jsonl"),
+        (["--model_name_or_path", "HuggingFaceTB/SmolLM2-135M"], "model_name_or_path: HuggingFaceTB/SmolLM2-135M"),
+        (["--teacher_model_name_or_path", "t"], "teacher_model_name_or_path: t"),
+        (["--prompt_column", "question"], "prompt_column: question"),
+        (["--apply_chat_template", "true"], "apply_chat_template: True"),
+    ],
+)
+def test_a_builtin_task_and_a_data_source_of_ones_own_are_refused_by_name(tmp_path, capsys, override, named):
+    """The demo recipe's `builtin_task: sums` used to win silently over a dataset (or model) given on the command
+    line, trained and exited 0, even when the file did not exist: now exit 2, naming both, before any work."""
+    from sead.cli import main
+
+    recipe = str(REPO / "recipes" / "demo.yaml")
+    assert main(["train", "--config", recipe, "--output_dir", str(tmp_path / "out"), *override]) == 2
+    err = capsys.readouterr().err
+    assert "builtin_task: sums" in err and named in err and "--builtin_task none" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_builtin_task_none_switches_the_recipes_task_off(tmp_path, capsys):
+    from sead.cli import main
+
+    recipe = str(REPO / "recipes" / "demo.yaml")
+    script, _ = parse_recipe(REPO / "recipes" / "demo.yaml", "--builtin_task", "none")
+    assert script.builtin_task is None
+    # then the recipe must name its own student, teacher and data
+    assert main(["train", "--config", recipe, "--builtin_task", "none", "--output_dir", str(tmp_path / "o")]) == 2
+    assert "model_name_or_path (the student) is required" in capsys.readouterr().err
+    assert main(["train", "--config", recipe, "--builtin_task", "none", "--builtin_quick", "true",
+                 "--output_dir", str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "builtin_quick only applies with builtin_task" in capsys.readouterr().err

@@ -51,13 +51,40 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
+#: ``builtin_task: none`` (on the command line, over a recipe's built-in task): no built-in task.
+NO_BUILTIN_TASK = ("", "none", "None", "null")
+
+
+def _builtin_conflicts(script, cfg: OPDConfig) -> list[str]:
+    """The fields a built-in task would silently ignore: its own models and data replace them."""
+    defaults = {"dataset_train_split": "train", "prompt_column": "prompt", "apply_chat_template": False}
+    named = [(name, getattr(script, name)) for name in ("model_name_or_path", "dataset_name", "dataset_config",
+                                                         "answer_column_source")]  # fmt: skip
+    named.append(("teacher_model_name_or_path", cfg.teacher_model_name_or_path))
+    named += [(name, getattr(script, name)) for name, default in defaults.items() if getattr(script, name) != default]
+    return [f"{name}: {value}" for name, value in named if value not in (None, "")]
+
+
 def check_recipe(script, cfg: OPDConfig, tasks: tuple[str, ...]) -> None:
-    """Refuse a recipe (``ScriptArguments`` + ``OPDConfig``) that names no student, teacher or dataset, an unknown
+    """Refuse a recipe (``ScriptArguments`` + ``OPDConfig``) that names no student, teacher or dataset, two data
+    sources (a built-in task and a model or dataset of one's own: the built-in task would silently win), an unknown
     built-in task (``tasks``: the known ones), or a local model directory that does not exist."""
+    if script.builtin_task in NO_BUILTIN_TASK:
+        script.builtin_task = None
     if script.builtin_task is not None:
         if script.builtin_task not in tasks:
             raise SeadError(f"builtin_task must be one of {', '.join(tasks)}; got {script.builtin_task!r}")
+        conflicts = _builtin_conflicts(script, cfg)
+        if conflicts:
+            raise SeadError(
+                f"builtin_task: {script.builtin_task} brings its own student, teacher and data, but the recipe or the "
+                f"command line also sets {', '.join(conflicts)}, which it would ignore. Drop one: pass "
+                "--builtin_task none to train on your own model and dataset (model_name_or_path, "
+                "teacher_model_name_or_path and dataset_name), or remove those fields."
+            )
         return
+    if script.builtin_quick:
+        raise SeadError("builtin_quick only applies with builtin_task (which is not set): remove it, or set builtin_task.")
     if not script.model_name_or_path:
         raise SeadError("model_name_or_path (the student) is required unless builtin_task is set.")
     if not cfg.teacher_model_name_or_path and not cfg.teacher_server_url:
