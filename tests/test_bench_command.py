@@ -98,3 +98,14 @@ def test_quality_reads_the_chosen_rates_and_factorial_writes_them(stubbed, monke
     assert seen["quality"]["rates"] is None
     with pytest.raises(SeadError, match="--lr-grid"):
         _run(tmp_path, "lr", "--lr-grid", "fast")
+
+
+def test_step_shapes_are_named_and_checked(stubbed, monkeypatch):
+    tmp_path, _ = stubbed
+    seen = {}
+    monkeypatch.setattr(suite, "bench_step", lambda **kw: seen.update(kw) or {"benchmark": "step"})
+    assert _run(tmp_path, "step", "--shapes", "large", "--json", str(tmp_path / "s.json")) == 0
+    assert seen["shapes"] == ("large",)
+    assert json.loads((tmp_path / "s.json").read_text())["command"] == "sead bench step --shapes large"
+    with pytest.raises(SeadError, match=r"--shapes for step names shapes of large, tiny; got \['huge'\]"):
+        _run(tmp_path, "step", "--shapes", "huge")

@@ -197,7 +197,7 @@ def test_step_bench_runs_round_robin_and_takes_the_median_of_rounds(monkeypatch)
     monkeypatch.setattr(suite, "machine_facts", lambda: MACHINE)
     monkeypatch.setattr(suite, "STEP_ROUNDS", 3)
     monkeypatch.setattr(suite, "_start_step_teacher_server", lambda stack, tmp: ("http://127.0.0.1:1", None))
-    res = suite.bench_step(progress=False)
+    res = suite.bench_step(progress=False, shapes=("tiny",))
     names = list(suite.STEP_TRAINERS)
     # three rounds, each a rotation of the trainer list
     assert calls == names + names[1:] + names[:1] + names[2:] + names[:2]
@@ -208,6 +208,41 @@ def test_step_bench_runs_round_robin_and_takes_the_median_of_rounds(monkeypatch)
     assert rows[names[0]]["step_time_s"] == sorted(first)[1]
     assert rows[names[0]]["peak_rss_mb"] == float(3 * n - 1)  # the largest of its rounds (its last call)
     assert all(r["rounds"] == 3 for r in rows.values())
+
+
+def test_step_bench_runs_each_shape_and_the_report_reads_the_cost_goals_per_shape(monkeypatch):
+    """Both shapes by default: the large one runs the methods' rows only, each row names its shape; the report's
+    step / opd ratios and cost goals are taken within a shape."""
+    import sead.bench.suite as suite
+    from sead.bench.report import step_section
+
+    calls = []
+    times = {("tiny", "opd"): 0.10, ("tiny", "sead"): 0.105, ("tiny", "sgopd"): 0.13, ("tiny", "sead_topk"): 0.1,
+             ("tiny", "sead_server"): 0.11, ("large", "opd"): 20.0, ("large", "sead"): 19.0, ("large", "sgopd"): 21.0}
+
+    def fake_worker(args, env=None):
+        shape = args[args.index("--shape") + 1]
+        calls.append((shape, args[1]))
+        return {"trainer": args[1], "shape": {"name": shape}, "step_time_s": times.get((shape, args[1]), 0.2),
+                "peak_rss_mb": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(suite, "run_worker", fake_worker)
+    monkeypatch.setattr(suite, "machine_facts", lambda: MACHINE)
+    monkeypatch.setattr(suite, "_start_step_teacher_server", lambda stack, tmp: ("http://127.0.0.1:1", None))
+    res = suite.bench_step(progress=False)
+    large = [name for shape, name in calls if shape == "large"]
+    assert sorted(set(large)) == sorted(suite.STEP_TRAINERS_LARGE)
+    assert len(large) == suite.STEP_ROUNDS_LARGE * len(suite.STEP_TRAINERS_LARGE)
+    assert len([c for c in calls if c[0] == "tiny"]) == suite.STEP_ROUNDS * len(suite.STEP_TRAINERS)
+    assert {(r["shape"]["name"], r["trainer"]) for r in res["rows"]} >= {("tiny", "sead"), ("large", "sead")}
+    text, goals = step_section(res, "sead bench step")
+    assert goals["sead_step_vs_opd_tiny"] == (pytest.approx(1.05), 1.10)
+    assert goals["sead_step_vs_opd_large"] == (pytest.approx(0.95), 1.0)
+    assert goals["sgopd_step_vs_opd_tiny"] == (pytest.approx(1.3), 1.15)
+    assert goals["sgopd_step_vs_opd_large"] == (pytest.approx(1.05), 1.15)
+    assert goals["sead_server_step_vs_sead_topk"] == (pytest.approx(1.1), 1.2)
+    assert "| sead | large | 19000 | - | 0.95x |" in text
+    assert suite.bench_step(progress=False, quick=True, shapes=None)["rows"][0]["shape"]["name"] == "tiny"
 
 
 def test_step_bench_records_why_the_served_row_has_no_server(monkeypatch):

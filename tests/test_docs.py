@@ -144,9 +144,14 @@ def test_readme_headline_quotes_the_committed_benchmark_results():
     assert f"**{sead['time_s'] / opd['time_s']:.2f}x the time of our own fused vanilla OPD loss**" in readme
     sg, sg_naive = loss[("sgopd_fused", *key)], loss[("sgopd_naive", *key)]
     assert f"**{sg['peak_mb'] / sg_naive['peak_mb']:.3f}x the peak memory of the naive sign-gated loss**" in readme
-    step = {r["trainer"]: r["step_time_s"] for r in json.loads((results / "step.json").read_text())["rows"]}
+    step_rows = json.loads((results / "step.json").read_text())["rows"]
+    step = {r["trainer"]: r["step_time_s"] for r in step_rows if (r.get("shape") or {}).get("name", "tiny") == "tiny"}
     assert f"**{step['opd'] / step['trl']:.2f}x TRL's `DistillationTrainer`**" in readme
     assert f"({step['opd_nograde'] / step['trl']:.2f}x with `log_pass_rate:" in readme
+    large = {r["trainer"]: r["step_time_s"] for r in step_rows if (r.get("shape") or {}).get("name") == "large"}
+    assert f"**a SEAD step costs {step['sead'] / step['opd']:.2f}x a vanilla OPD step** at the tiny" in readme
+    assert f"**{large['sead'] / large['opd']:.2f}x** at a larger one" in readme
+    assert f"SG-OPD {step['sgopd'] / step['opd']:.2f}x / {large['sgopd'] / large['opd']:.2f}x" in readme
     quality = json.loads((results / "quality.json").read_text())
     summary, tuned = quality["summary"], quality["summary_tuned"]
 

@@ -393,3 +393,23 @@ def test_sead_plan_reads_sync_each_batch_from_the_recipe(tmp_path, capsys):
         assert main(["plan", "--config", str(config), "--json"]) == 0
         fsdp2 = json.loads(capsys.readouterr().out)["strategies"]["fsdp2"]
         assert fsdp2["components"]["FSDP2 unsharded gradients (no_sync)"] / GiB == pytest.approx(unsharded, abs=0.05)
+
+
+def test_sead_plan_counts_the_teacher_hidden_states_kept_for_the_step(capsys):
+    """SEAD's zone pass keeps the 32B teacher's last hidden states for the step's losses (``teacher_cache``):
+    12 local rollouts x 16,384 completion tokens x hidden 5,120 x 2 bytes (bf16) on each GPU, in the training phase;
+    nothing with ``teacher_cache: cpu`` or ``off``, and nothing for vanilla OPD."""
+    recipe = REPO / "recipes" / "olmo3-7b-32b-sead.yaml"
+    key = "teacher hidden states kept for the step"
+    assert main(["plan", "--config", str(recipe), "--gpus", "8", "--json"]) == 0
+    kept = json.loads(capsys.readouterr().out)
+    assert kept["strategies"]["fsdp2"]["components"][key] == 12 * 16384 * 5120 * 2  # 1.9 GiB
+    assert main(["plan", "--config", str(recipe), "--gpus", "8", "--json", "--teacher_cache", "cpu"]) == 0
+    offloaded = json.loads(capsys.readouterr().out)
+    for strategy in ("ddp", "fsdp2", "zero3"):
+        assert offloaded["strategies"][strategy]["components"][key] == 0
+        diff = kept["strategies"][strategy]["train_phase"] - offloaded["strategies"][strategy]["train_phase"]
+        assert diff == 12 * 16384 * 5120 * 2, strategy
+    opd = REPO / "recipes" / "olmo3-7b-32b-opd.yaml"
+    assert main(["plan", "--config", str(opd), "--gpus", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["strategies"]["fsdp2"]["components"][key] == 0

@@ -380,13 +380,8 @@ def test_sead_train_exits_4_with_a_checkpoint_when_the_server_fails(tmp_path, se
     assert "done, 3 steps" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("width", [6, 0])
-def test_a_rank_whose_completions_are_all_empty_asks_the_server_as_often_as_the_others(tmp_path, server, width):
-    """zone_scope: step prefetches the served log-probs with the step's rollouts; every server request joins a
-    collective (`ServedTeacher.agreed`: one fault for every rank). A rank whose completions all have width 0 must
-    then ask exactly as often as a rank with text: once per micro-batch in the pre-pass, never again in the loss
-    (before, it dropped the prefetched answers and asked again inside the loss, alone: a hang under NCCL)."""
-    trainer = _served_trainer(tmp_path, server.url, zone_scope="step", max_steps=10)
+def _counted_agreements(trainer) -> dict[str, int]:
+    """Count the served teacher's requests that join the ranks' agreement (``ServedTeacher.agreed``)."""
     calls = {"n": 0}
     ask = trainer.served.agreed
 
@@ -395,11 +390,27 @@ def test_a_rank_whose_completions_are_all_empty_asks_the_server_as_often_as_the_
         return ask(*args)
 
     trainer.served.agreed = counted
+    return calls
+
+
+def _inputs_of_width(trainer, width: int):
+    """:func:`_inputs` (width 6), or the same rows without completion tokens (width 0); the student in training."""
     output = _inputs(trainer)
     if width == 0:
         output["completion_ids"] = output["completion_ids"][:, :0]
         output["completion_mask"] = output["completion_mask"][:, :0]
     trainer.model.train()
+    return output
+
+
+@pytest.mark.parametrize("width", [6, 0])
+def test_a_rank_whose_completions_are_all_empty_asks_the_server_as_often_as_the_others(tmp_path, server, width):
+    """zone_scope: step prefetches the served log-probs with the step's rollouts; every server request joins a
+    collective (`ServedTeacher.agreed`: one fault for every rank). A rank whose completions all have width 0 must
+    then ask exactly as often as a rank with text: once per micro-batch in the pre-pass, never again in the loss
+    (before, it dropped the prefetched answers and asked again inside the loss, alone: a hang under NCCL)."""
+    trainer = _served_trainer(tmp_path, server.url, zone_scope="step", max_steps=10)
+    calls, output = _counted_agreements(trainer), _inputs_of_width(trainer, width)
     trainer._step_zone_cuts(output)
     assert calls["n"] == 1  # one micro-batch of 4 rows
     student = trainer.accelerator.unwrap_model(trainer.model)
@@ -463,3 +474,65 @@ def test_builtin_task_checks_the_server_before_its_difficulty_pre_pass(tmp_path,
     with pytest.raises(TeacherServerError, match="--max-logprobs 12"):
         builtin_task_data(ScriptArguments(builtin_task="sums"), cfg, progress=False)
     assert calls == []  # neither the training prompts nor the pre-pass were started
+
+
+@pytest.mark.parametrize("width", [6, 0])
+def test_the_steps_answers_prefetched_in_one_request_give_the_same_loss(tmp_path, server, width):
+    """``prefetch``: the whole generation batch's log-probs in one background request, collected (one agreement
+    over the ranks) by the zone pass and sliced per micro-batch (two here); the losses equal those of the
+    per-micro-batch requests, and nothing more is asked."""
+
+    def step(prefetch: bool):
+        trainer = _served_trainer(tmp_path / str(prefetch), server.url, zone_scope="step", max_steps=10,
+                                  per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                                  teacher_server_prefetch=prefetch)  # fmt: skip
+        assert trainer.served.prefetching is prefetch
+        calls, output = _counted_agreements(trainer), _inputs_of_width(trainer, width)
+        server.completions_requests = 0
+        if prefetch:
+            trainer.served.prefetch(output)
+        trainer._step_zone_cuts(output)
+        student = trainer.accelerator.unwrap_model(trainer.model)
+        n = max(int(output["completion_mask"].sum()), 1)
+        losses = [trainer._compute_loss(student, {k: v[r] for k, v in output.items()}, n)[0].item()
+                  for r in (slice(0, 2), slice(2, 4))]  # fmt: skip
+        return losses, calls["n"], server.completions_requests
+
+    (fetched, agreed, sent), (asked, agreed_each, sent_each) = step(True), step(False)
+    assert agreed == 1 and agreed_each == 2  # one agreement for the step instead of one per micro-batch
+    assert sent <= 1 and sent_each <= 2  # (rows without completion tokens are not sent)
+    assert fetched == pytest.approx(asked, rel=1e-6, abs=1e-7)
+    assert all(math.isfinite(x) for x in fetched) and (fetched[0] == 0.0) == (width == 0)
+
+
+def test_the_trainer_sends_the_request_before_grading(tmp_path, server):
+    order = []
+
+    def reward(prompts, completions, **columns):
+        order.append("grade")
+        return [0.0] * len(completions)
+
+    trainer = OPDTrainer(tiny_model(0), None, args=tiny_config(tmp_path, method="sead", curriculum=False,
+                         estimator="topk", estimator_top_k=K, entropy_top_k=K, teacher_server_url=server.url,
+                         teacher_server_startup_timeout=5, max_steps=1, teacher_server_prefetch=True),
+                         train_dataset=tiny_dataset(16), processing_class=tokenizer(), reward_funcs=reward)  # fmt: skip
+    prefetch = trainer.served.prefetch
+    trainer.served.prefetch = lambda batch: order.append("request") or prefetch(batch)
+    trainer.train()
+    assert order == ["request", "grade"]  # handed to the background thread before grading
+
+
+def test_prefetching_is_on_where_the_trainer_runs_on_a_gpu(tmp_path, server):
+    """Default (``teacher_server_prefetch: null``): on for a CUDA device, off on a CPU, where a server on the same
+    cores competes with the trainer (measured slower); an explicit setting wins."""
+    from sead.components.served import ServedTeacher
+
+    args = tiny_config(tmp_path, method="sead", estimator="topk", estimator_top_k=K, entropy_top_k=K,
+                       teacher_server_url=server.url, teacher_server_startup_timeout=5)  # fmt: skip
+    tok = tokenizer()
+    assert not ServedTeacher.connect(args, len(tok), tok, None, device="cpu").prefetching
+    assert ServedTeacher.connect(args, len(tok), tok, None, device="cuda:0").prefetching
+    args.teacher_server_prefetch = True
+    assert ServedTeacher.connect(args, len(tok), tok, None, device="cpu").prefetching
+    args.teacher_server_prefetch = False
+    assert not ServedTeacher.connect(args, len(tok), tok, None, device="cuda:0").prefetching

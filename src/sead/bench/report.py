@@ -91,29 +91,63 @@ def loss_section(res: dict, command: str) -> tuple[str, dict]:
     return "\n".join(text), goals
 
 
+#: The step benchmark's cost goals (issue 29): ``(key, row, reference row, shape, at most)``.
+STEP_COST_GOALS = (
+    ("sead_step_vs_opd_tiny", "sead", "opd", "tiny", 1.10),
+    ("sead_step_vs_opd_large", "sead", "opd", "large", 1.0),
+    ("sgopd_step_vs_opd_tiny", "sgopd", "opd", "tiny", 1.15),
+    ("sgopd_step_vs_opd_large", "sgopd", "opd", "large", 1.15),
+    ("sead_server_step_vs_sead_topk", "sead_server", "sead_topk", "tiny", 1.2),
+)
+
+
+def _shape_name(row: dict) -> str:
+    return (row.get("shape") or {}).get("name", "tiny")
+
+
 def step_section(res: dict, command: str) -> tuple[str, dict]:
     rows = [r for r in res["rows"] if "error" not in r]
-    trl = next((r for r in rows if r["trainer"] == "trl"), None)
+    by = {(_shape_name(r), r["trainer"]): r for r in rows}
     table = []
     for r in rows:
-        ratio = f"{r['step_time_s'] / trl['step_time_s']:.2f}x" if trl else "-"
-        table.append([r["trainer"], f"{r['step_time_s'] * 1000:.0f}", ratio, f"{r['peak_rss_mb']:.0f}"])
+        shape = _shape_name(r)
+        trl, opd = by.get((shape, "trl")), by.get((shape, "opd"))
+        table.append([r["trainer"], shape, f"{r['step_time_s'] * 1000:.0f}",
+                      f"{r['step_time_s'] / trl['step_time_s']:.2f}x" if trl else "-",
+                      f"{r['step_time_s'] / opd['step_time_s']:.2f}x" if opd else "-", f"{r['peak_rss_mb']:.0f}"])  # fmt: skip
     goals = {}
-    opd = next((r for r in rows if r["trainer"] == "opd"), None)
+    trl, opd, nograde = by.get(("tiny", "trl")), by.get(("tiny", "opd")), by.get(("tiny", "opd_nograde"))
     if opd and trl:
         goals["opd_step_vs_trl"] = (opd["step_time_s"] / trl["step_time_s"], 1.05)
-    nograde = next((r for r in rows if r["trainer"] == "opd_nograde"), None)
     if nograde and trl:
         goals["opd_nograde_step_vs_trl"] = (nograde["step_time_s"] / trl["step_time_s"], 1.05)
-    errors = [f"- {r['trainer']}: {r['error']}" for r in res["rows"] if "error" in r]
-    first = rows[0] if rows else {}
+    for key, name, ref, shape, limit in STEP_COST_GOALS:
+        if (shape, name) in by and (shape, ref) in by:
+            goals[key] = (by[(shape, name)]["step_time_s"] / by[(shape, ref)]["step_time_s"], limit)
+    errors = [f"- {r['trainer']} ({_shape_name(r)}): {r['error']}" for r in res["rows"] if "error" in r]
+    first = next((r for r in rows if _shape_name(r) == "tiny"), rows[0] if rows else {})
+    large = next((r for r in rows if _shape_name(r) == "large"), None)
+    large_text = []
+    if large is not None:
+        from sead.bench.worker import STEP_SHAPES
+
+        sh = {**STEP_SHAPES["large"], **large["shape"]}
+        large_text = [
+            "",
+            f"`large`: a student of hidden {sh['student'][0]} x {sh['student'][1]} layers ({sh.get('student_params', 0) / 1e6:.0f}M "
+            f"parameters), a teacher of hidden {sh['teacher'][0]} x {sh['teacher'][1]} layers (4x the student), a "
+            f"{sh['vocab']}-token vocabulary, {large.get('completion_tokens')} completion tokens, {large.get('batch')} "
+            f"rollouts per micro-batch x {large.get('gradient_accumulation_steps')} micro-batches per step, "
+            f"{large.get('steps')} steps (median of the last {max(large.get('steps', 3) - 2, 1)}), "
+            f"{large.get('rounds', 1)} round(s): the loss and the forwards outweigh generation.",
+        ]
     text = [
         "## 2. Training step",
         "",
         f"Command: `{command}`  ",
         f"Machine: {_machine_line(res['machine'])}; torch threads {res['threads']}; each trainer in its own process.",
         "",
-        f"Tiny random Qwen2 models (student hidden 64 x 2 layers x 2 heads, teacher 160 x 4 x 4), {first.get('batch')} prompts per step, "
+        f"`tiny`: random Qwen2 models (student hidden 64 x 2 layers x 2 heads, teacher 160 x 4 x 4), {first.get('batch')} prompts per step, "
         f"{first.get('completion_tokens')} completion tokens (forced with `min_new_tokens`), {first.get('steps')} steps, median step time "
         f"excluding the first two (warm-up); {first.get('rounds', 1)} round(s), each trainer once per round in a rotated order, "
         "median of the round medians. A step includes rollout generation, the teacher forward and the update; ours also "
@@ -124,12 +158,15 @@ def step_section(res: dict, command: str) -> tuple[str, dict]:
         "`min_tokens` forces the length). `sead_topk`: SEAD with the "
         "top-k estimator (k = 8, zone entropies over the same 8) and a teacher of the same size with 2 attention heads; "
         "`sead_server`: that step with that teacher served by a vLLM server on this machine (fp32, 127.0.0.1, started "
-        "once for the benchmark): one `prompt_logprobs` request per micro-batch, no teacher in the training process. "
-        "`sead` takes its zone percentiles over the optimizer step (`zone_scope: step`, the default: an entropies-only "
-        "pre-pass of student and teacher over the step's rollouts); `sead_microbatch` the same step with "
-        "`zone_scope: micro_batch` (no pre-pass): their ratio is the step scope's cost.",
+        "once for the benchmark): one `prompt_logprobs` request per step, sent when the rollouts are generated, no "
+        "teacher in the training process. `sead` takes its zone percentiles over the optimizer step (`zone_scope: "
+        "step`, the default: a no-grad zone pass over the step's rollouts with the student's hidden states recorded "
+        "while it sampled, whose teacher hidden states and entropies the losses reuse); `sead_nocache` the same step "
+        "with `zone_student_hidden: forward` and `teacher_cache: off` (a student forward in the zone pass, the teacher "
+        "again in each loss: the cost before issue 29); `sead_microbatch` with `zone_scope: micro_batch` (no zone pass).",
+        *large_text,
         "",
-        _table(["trainer", "step ms", "step / TRL", "peak RSS MB"], table),
+        _table(["trainer", "shape", "step ms", "step / TRL", "step / opd", "peak RSS MB"], table),
         *errors,
     ]
     return "\n".join(text), goals
@@ -528,6 +565,11 @@ GOAL_TEXT = {
     "sgopd_mem_vs_naive": ("fused SG-OPD loss peak memory / full-logits SG-OPD, N=4096 V=32768", "<="),
     "opd_step_vs_trl": ("OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, default: grading for the pass-rate log)", "<="),
     "opd_nograde_step_vs_trl": ("OPDTrainer step time / TRL DistillationTrainer (vanilla OPD, log_pass_rate=false: same work)", "<="),
+    "sead_step_vs_opd_tiny": ("SEAD step time / vanilla OPD step time, tiny shape", "<="),
+    "sead_step_vs_opd_large": ("SEAD step time / vanilla OPD step time, large shape", "<="),
+    "sgopd_step_vs_opd_tiny": ("SG-OPD step time / vanilla OPD step time, tiny shape", "<="),
+    "sgopd_step_vs_opd_large": ("SG-OPD step time / vanilla OPD step time, large shape", "<="),
+    "sead_server_step_vs_sead_topk": ("SEAD step, teacher served by vLLM / the same step with a local teacher", "<="),
     "sead_minus_opd": ("SEAD accuracy - vanilla OPD accuracy", ">="),
     "sead_avg_minus_opd": ("SEAD avg@k - vanilla OPD avg@k", ">="),
     "sgopd_minus_opd": ("SG-OPD accuracy - vanilla OPD accuracy", ">="),

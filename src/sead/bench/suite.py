@@ -91,12 +91,18 @@ def bench_loss(
 # that the suite starts on 127.0.0.1 for the whole benchmark (sead.bench.served).
 # "opd_vllm": vanilla OPD with the student's rollouts in TRL's vLLM colocate engine.
 # "sead_microbatch": SEAD with zone_scope micro_batch (next to "sead", the default step scope: the pre-pass's cost).
+# "sead_nocache": SEAD's zone pass as before issue 29: a student forward (zone_student_hidden: forward) and the
+# teacher's hidden states not kept (teacher_cache: off: the loss runs the teacher again).
 STEP_TRAINERS = (
-    "trl", "opd", "opd_nograde", "opd_vllm", "sead", "sead_microbatch", "sgopd", "sead_topk", "sead_server",
+    "trl", "opd", "opd_nograde", "opd_vllm", "sead", "sead_nocache", "sead_microbatch", "sgopd", "sead_topk",
+    "sead_server",
 )
-
-
+# The larger shape (sead.bench.worker.STEP_SHAPES["large"]: the loss and the forwards outweigh generation): the
+# methods' rows only, fewer steps and rounds (a step takes about 20 s of one core here).
+STEP_TRAINERS_LARGE = ("opd", "sead", "sead_nocache", "sgopd")
 STEP_ROUNDS = 3
+STEP_ROUNDS_LARGE = 2
+STEP_STEPS_LARGE = 5
 
 
 def _merge_rounds(name: str, runs: list[dict]) -> dict:
@@ -136,32 +142,52 @@ def _start_step_teacher_server(stack: contextlib.ExitStack, tmp: Path) -> tuple[
     return url, None
 
 
-def bench_step(quick: bool = False, threads: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Median optimizer-step time and peak RSS of OPDTrainer vs TRL's DistillationTrainer, same models and batch."""
-    steps = 6 if quick else 14
-    rounds = 1 if quick else STEP_ROUNDS
+def bench_step(quick: bool = False, threads: int = 1, progress: bool = True, shapes: tuple[str, ...] | None = None
+               ) -> dict[str, Any]:
+    """Median optimizer-step time and peak RSS of OPDTrainer vs TRL's DistillationTrainer, same models and batch, at
+    each of ``shapes`` (default: ``tiny`` and, unless ``quick``, ``large``; :data:`sead.bench.worker.STEP_SHAPES`).
+    Each row records its ``shape``."""
+    shapes = tuple(shapes or (("tiny",) if quick else ("tiny", "large")))
     # Round-robin: every round runs each trainer once, in a rotated order, so a noisy stretch of the
     # machine hits all trainers alike; a trainer's step time is the median of its rounds' medians.
-    by_name: dict[str, list[dict]] = {name: [] for name in STEP_TRAINERS}
-    order = list(STEP_TRAINERS)
+    plan = []  # (shape, trainers, rounds, steps)
+    for shape in shapes:
+        if shape == "large":
+            plan.append((shape, STEP_TRAINERS_LARGE, 1 if quick else STEP_ROUNDS_LARGE, STEP_STEPS_LARGE))
+        else:
+            plan.append((shape, STEP_TRAINERS, 1 if quick else STEP_ROUNDS, 6 if quick else 14))
+    rows = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        url, server_error = _start_step_teacher_server(stack, Path(tmp))
-        bar = stack.enter_context(progress_bar(total=rounds * len(order), desc="bench step", disable=not progress))
-        for r in range(rounds):
-            for name in order[r % len(order) :] + order[: r % len(order)]:
-                args = ["step", name, "--steps", str(steps), "--threads", str(threads), "--out", str(Path(tmp) / f"{name}-{r}")]
-                if name == "sead_server" and url is None:
-                    res = {"error": server_error}
-                else:
-                    res = run_worker(args + (["--teacher-url", url] if name == "sead_server" else []),
-                                     # a vLLM engine's KV cache: 1 GiB (the default share of the NUMA node does not fit beside training)
-                                     env={"OMP_NUM_THREADS": str(threads),
-                                          "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")})
-                res.setdefault("trainer", name)
-                by_name[name].append(res)
-                bar.update(1)
-    rows = [_merge_rounds(name, runs) for name, runs in by_name.items()]
+        url, server_error = None, None
+        if any("sead_server" in trainers for _, trainers, _, _ in plan):
+            url, server_error = _start_step_teacher_server(stack, Path(tmp))
+        total = sum(rounds * len(trainers) for _, trainers, rounds, _ in plan)
+        bar = stack.enter_context(progress_bar(total=total, desc="bench step", disable=not progress))
+        for shape, trainers, rounds, steps in plan:
+            rows += _step_rounds(shape, trainers, rounds, steps, threads, Path(tmp), url, server_error, bar)
     return {"benchmark": "step", "machine": machine_facts(), "threads": threads, "rows": rows}
+
+
+def _step_rounds(shape, trainers, rounds, steps, threads, tmp: Path, url, server_error, bar) -> list[dict]:
+    """One shape's rows: ``rounds`` rounds of every trainer, in a rotated order."""
+    by_name: dict[str, list[dict]] = {name: [] for name in trainers}
+    order = list(trainers)
+    for r in range(rounds):
+        for name in order[r % len(order) :] + order[: r % len(order)]:
+            args = ["step", name, "--shape", shape, "--steps", str(steps), "--threads", str(threads),
+                    "--out", str(tmp / f"{shape}-{name}-{r}")]  # fmt: skip
+            if name == "sead_server" and url is None:
+                res = {"error": server_error}
+            else:
+                res = run_worker(args + (["--teacher-url", url] if name == "sead_server" else []),
+                                 # a vLLM engine's KV cache: 1 GiB (the default share of the NUMA node does not fit beside training)
+                                 env={"OMP_NUM_THREADS": str(threads),
+                                      "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")})
+            res.setdefault("trainer", name)
+            res.setdefault("shape", {"name": shape})
+            by_name[name].append(res)
+            bar.update(1)
+    return [_merge_rounds(name, runs) for name, runs in by_name.items()]
 
 
 def save_json(result: dict, path: str | Path) -> Path:

@@ -156,17 +156,38 @@ def bench_loss(impl: str, n: int, v: int, h: int, reps: int, threads: int) -> di
 SERVED_TOP_K = 8
 
 
-def step_model(hidden: int, layers: int, seed: int, heads: int = 4):
-    """A tiny random Qwen2 over the arithmetic tokenizer (the step benchmark's student and teachers)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+# The step benchmark's shapes. "tiny": generation dominates the step. "large": the loss and the forwards outweigh
+# generation (issue 29): a student of hidden 512 and 8 layers, a teacher 4x its size (hidden 1024, 8 layers), a
+# 32k vocabulary (the task's tokens plus filler tokens no prompt uses) and 128 completion tokens per rollout.
+STEP_SHAPES = {
+    "tiny": {"student": (64, 2, 2), "teacher": (160, 4, 4), "vocab": None, "completion_tokens": 12, "batch": 16,
+             "gradient_accumulation_steps": 1, "max_positions": 64},
+    "large": {"student": (512, 8, 8), "teacher": (1024, 8, 16), "vocab": 32768, "completion_tokens": 128, "batch": 4,
+              "gradient_accumulation_steps": 2, "max_positions": 256},
+}  # fmt: skip
 
+
+def step_tokenizer(shape: str = "tiny"):
+    """The arithmetic tokenizer, grown to the shape's vocabulary with filler tokens (``<x0>``, ``<x1>``, ...)."""
     from sead.tasks.arithmetic import build_tokenizer
 
     tok = build_tokenizer()
+    size = STEP_SHAPES[shape]
+    if size["vocab"]:
+        tok.add_tokens([f"<x{i}>" for i in range(size["vocab"] - len(tok))])
+    tok.model_max_length = size["max_positions"]
+    return tok
+
+
+def step_model(hidden: int, layers: int, seed: int, heads: int = 4, shape: str = "tiny"):
+    """A random Qwen2 over the step tokenizer (the step benchmark's student and teachers)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = step_tokenizer(shape)
     torch.manual_seed(seed)
     cfg = Qwen2Config(
         vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=2, intermediate_size=3 * hidden, max_position_embeddings=64,
+        num_key_value_heads=2, intermediate_size=3 * hidden, max_position_embeddings=STEP_SHAPES[shape]["max_positions"],
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
     )
     return Qwen2ForCausalLM(cfg)
@@ -177,20 +198,27 @@ def served_step_teacher():
     return step_model(160, 4, 1, heads=2)
 
 
-def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threads: int, out: str,
-               teacher_url: str | None = None) -> dict:
-    """Median optimizer-step time of one trainer on tiny random models (same models, data, seed for all)."""
+def bench_step(trainer_name: str, steps: int, batch: int | None, completion: int | None, threads: int, out: str,
+               teacher_url: str | None = None, shape: str = "tiny") -> dict:
+    """Median optimizer-step time of one trainer on random models of ``shape`` (:data:`STEP_SHAPES`; the same
+    models, data and seed for all trainers). ``batch`` / ``completion``: the shape's unless given."""
     torch.set_num_threads(threads)
-    from sead.tasks.arithmetic import build_tokenizer, make_dataset
+    from sead.tasks.arithmetic import make_dataset
     from sead.training.config import OPDConfig
 
-    tok = build_tokenizer()
-    model = step_model
+    size = STEP_SHAPES[shape]
+    batch = batch or size["batch"]
+    completion = completion or size["completion_tokens"]
+    accumulation = size["gradient_accumulation_steps"]
+    tok = step_tokenizer(shape)
+
+    def model(hidden, layers, seed, heads=4):
+        return step_model(hidden, layers, seed, heads=heads, shape=shape)
 
     ds = make_dataset(max(256, batch * (steps + 1)), seed=0)
     ds = ds.add_column("difficulty", [(lv - 1) / 3 for lv in ds["level"]])
     method = {"trl": "opd", "opd_nograde": "opd", "opd_vllm": "opd", "sead_topk": "sead", "sead_server": "sead",
-              "sead_microbatch": "sead"}.get(trainer_name, trainer_name)
+              "sead_microbatch": "sead", "sead_nocache": "sead"}.get(trainer_name, trainer_name)
     topk = {}
     if trainer_name in ("sead_topk", "sead_server"):  # the same SEAD step with a top-k teacher, local or served
         # max_prompt_length: prompt + completion + the one token a scoring request generates fit the 64 positions
@@ -199,22 +227,28 @@ def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threa
         if not teacher_url:
             raise SystemExit("sead_server needs --teacher-url (the suite starts the server)")
         topk.update(teacher_server_url=teacher_url, teacher_server_model="teacher", teacher_server_startup_timeout=60)
+    changed = {}  # settings of the rows that change one thing of the "sead" row (the same models)
     if trainer_name == "sead_microbatch":  # zone percentiles per micro-batch: no step pre-pass (its cost)
-        topk["zone_scope"] = "micro_batch"
+        changed["zone_scope"] = "micro_batch"
+    if trainer_name == "sead_nocache":  # the zone pass as before issue 29: the student's forward, the teacher twice
+        changed.update(teacher_cache="off", zone_student_hidden="forward")
     vllm = trainer_name == "opd_vllm"  # the student's rollouts in TRL's vLLM colocate engine, not HF generate
     # vLLM names the minimum length min_tokens; HF generate min_new_tokens
     min_length = {"min_tokens": completion} if vllm else {"min_new_tokens": completion}
     cfg = OPDConfig(
         output_dir=out, method=method, max_steps=steps, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
         max_completion_length=completion, learning_rate=1e-4, logging_steps=1, report_to=[], bf16=False,
         activation_checkpointing=False, save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
-        competence_window=batch, teacher_num_generations=4, generation_kwargs=min_length,
+        competence_window=batch * accumulation, teacher_num_generations=4, generation_kwargs=min_length,
         log_pass_rate=trainer_name != "opd_nograde",  # "opd_nograde": the same work as TRL's step (no grading)
         use_vllm=vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
         **topk,
+        **changed,
     )
     # the student's 2 heads: head dimension 32, which vLLM's CPU attention takes (16 it does not)
-    student, teacher = model(64, 2, 0, heads=2), model(160, 4, 1)
+    (s_hidden, s_layers, s_heads), (t_hidden, t_layers, t_heads) = size["student"], size["teacher"]
+    student, teacher = model(s_hidden, s_layers, 0, heads=s_heads), model(t_hidden, t_layers, 1, heads=t_heads)
     if topk:
         teacher = None if trainer_name == "sead_server" else served_step_teacher()
     if vllm:  # TRL builds the engine from the student's folder
@@ -235,8 +269,11 @@ def bench_step(trainer_name: str, steps: int, batch: int, completion: int, threa
     timed = step_times[2:] or step_times  # the first steps warm up allocators and caches
     return {
         "trainer": trainer_name,
+        "shape": {"name": shape, **{k: v for k, v in size.items() if k not in ("batch", "completion_tokens")},
+                  "vocab": len(tok), "student_params": sum(p.numel() for p in trainer.model.parameters())},
         "steps": steps,
         "batch": batch,
+        "gradient_accumulation_steps": accumulation,
         "completion_tokens": completion,
         "step_time_s": sorted(timed)[len(timed) // 2],
         "step_times_s": step_times,
@@ -258,8 +295,9 @@ def main(argv=None) -> int:
     sp = sub.add_parser("step")
     sp.add_argument("trainer")
     sp.add_argument("--steps", type=int, default=12)
-    sp.add_argument("--batch", type=int, default=16)
-    sp.add_argument("--completion", type=int, default=12)
+    sp.add_argument("--batch", type=int, default=None, help="rollouts per micro-batch (default: the shape's)")
+    sp.add_argument("--completion", type=int, default=None, help="completion tokens (default: the shape's)")
+    sp.add_argument("--shape", choices=sorted(STEP_SHAPES), default="tiny")
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", default="/tmp/sead-bench-step")
     sp.add_argument("--teacher-url", default=None, help="sead_server: the vLLM server holding the teacher")
@@ -275,7 +313,7 @@ def _dispatch(a) -> dict:
     if a.what == "loss":
         return bench_loss(a.impl, a.n, a.v, a.h, a.reps, a.threads)
     if a.what == "step":
-        return bench_step(a.trainer, a.steps, a.batch, a.completion, a.threads, a.out, a.teacher_url)
+        return bench_step(a.trainer, a.steps, a.batch, a.completion, a.threads, a.out, a.teacher_url, a.shape)
     raise SystemExit(f"unknown measurement {a.what!r}")
 
 

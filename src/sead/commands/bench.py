@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", default=None, help="quality: comma-separated variants (default: the full factorial)")
     parser.add_argument("--steps", type=int, default=None, help="quality: optimizer steps per run")
     parser.add_argument("--threads", type=int, default=2, help="loss: torch threads")
-    parser.add_argument("--shapes", default=None, help="loss: NxV list, e.g. 4096x32768,1024x131072 (default: by size)")
+    parser.add_argument("--shapes", default=None, help="loss: NxV list, e.g. 4096x32768,1024x131072 (default: by size); "
+                        "step: shape names, tiny,large (default: both; --quick: tiny)")
     parser.add_argument("--no-report", action="store_true", help="measure only; leave the report alone")
     parser.add_argument("--tune", default=None,
                         help="factorial: comma-separated variants whose rate is searched (default: every variant)")
@@ -89,7 +90,13 @@ def run(args: argparse.Namespace) -> int:
                     raise SeadError(f"--shapes must look like 4096x32768,1024x131072; got {args.shapes!r}") from err
             res = suite.bench_loss(quick=args.quick, threads=args.threads, shapes=shapes)
         elif what == "step":
-            res = suite.bench_step(quick=args.quick)
+            from sead.bench.worker import STEP_SHAPES
+
+            names = tuple(x.strip() for x in args.shapes.split(",") if x.strip()) if args.shapes else None
+            unknown = [x for x in names or () if x not in STEP_SHAPES]
+            if unknown:
+                raise SeadError(f"--shapes for step names shapes of {', '.join(sorted(STEP_SHAPES))}; got {unknown}")
+            res = suite.bench_step(quick=args.quick, shapes=names)
         elif what == "lr":
             variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
             try:
@@ -114,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             except ValueError as err:
                 raise SeadError(f"sead bench quality: {err}") from err
-        res["command"] = f"sead bench {what}{quick}" + (f" --shapes {args.shapes}" if what == "loss" and args.shapes else "")
+        res["command"] = f"sead bench {what}{quick}" + (f" --shapes {args.shapes}" if what in ("loss", "step") and args.shapes else "")
         if what in ("quality", "lr", "factorial"):
             for flag, value in (("--task", args.task), ("--seeds", args.seeds), ("--steps", args.steps),
                                 ("--variants", args.variants), ("--tune", args.tune), ("--lr-grid", args.lr_grid)):  # fmt: skip

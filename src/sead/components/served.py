@@ -22,7 +22,7 @@ from sead.engines.vllm_server import ServerError, sample_from_server
 from sead.losses.fused import SparseTeacher
 from sead.utils.distributed import any_rank
 
-__all__ = ["SERVED_KEYS", "ServedTeacher", "connect_teacher_server", "served_from_batch"]
+__all__ = ["SERVED_KEYS", "ServedTeacher", "connect_teacher_server", "served_from_batch", "served_rows"]
 
 #: Keys of a served teacher's answers kept in TRL's generation batch (per row, so TRL's split keeps each row's).
 SERVED_KEYS = ("served_topk_ids", "served_topk_logprobs", "served_sampled_logprobs")
@@ -47,6 +47,19 @@ def connect_teacher_server(args, vocab: int, tokenizer=None, max_sequence_length
     return server
 
 
+def served_rows(answers: SparseTeacher, start: int, stop: int, width: int) -> SparseTeacher:
+    """Rows ``start:stop`` of a whole batch's served answers, zero-padded to ``width`` positions (a micro-batch
+    without completion tokens has one masked column; the zeros are never read)."""
+
+    def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        t = t[start:stop]
+        return F.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1])) if t.shape[1] < width else t
+
+    return SparseTeacher(rows(answers.token_ids), rows(answers.logprobs), rows(answers.sampled_logprobs))
+
+
 def served_from_batch(inputs: dict[str, Any]) -> SparseTeacher | None:
     """The served answers a batch holds (fetched with the step's zone pass), or ``None``."""
     if all(key in inputs for key in SERVED_KEYS):
@@ -59,10 +72,11 @@ class ServedTeacher:
     processes agree on faults; ``eos_token_ids`` / ``pad_token_id`` cut its rollouts."""
 
     def __init__(self, server: TeacherServer, top_k: int, *, device=None, eos_token_ids: Sequence[int] = (),
-                 pad_token_id: int | None = None, timeout: float, retries: int, backoff: float):
-        self.server, self.top_k, self.device = server, int(top_k), device
+                 pad_token_id: int | None = None, timeout: float, retries: int, backoff: float, prefetch: bool = True):
+        self.server, self.top_k, self.device, self.prefetching = server, int(top_k), device, bool(prefetch)
         self.eos_token_ids, self.pad_token_id = list(eos_token_ids), pad_token_id
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self._pool, self._pending = None, None  # prefetch: one background request at a time
 
     @classmethod
     def connect(cls, args, vocab: int, tokenizer, max_sequence_length: int | None, *, device=None,
@@ -70,9 +84,13 @@ class ServedTeacher:
         """The trainer's served teacher for ``args`` (an ``OPDConfig``), checked before any step
         (:func:`connect_teacher_server`), asking for ``min(teacher_server_top_k, vocab)`` log-probs per position."""
         server = connect_teacher_server(args, vocab, tokenizer, max_sequence_length=max_sequence_length)
+        prefetch = args.teacher_server_prefetch
+        if prefetch is None:  # on a GPU the server computes on its own hardware; on a CPU it shares the cores
+            prefetch = device is not None and torch.device(device).type == "cuda"
         return cls(server, min(args.teacher_server_top_k, vocab), device=device, eos_token_ids=eos_token_ids,
                    pad_token_id=tokenizer.pad_token_id, timeout=args.teacher_server_timeout,
-                   retries=args.teacher_server_max_retries, backoff=args.teacher_server_backoff)  # fmt: skip
+                   retries=args.teacher_server_max_retries, backoff=args.teacher_server_backoff,
+                   prefetch=prefetch)  # fmt: skip
 
     def agreed(self, fn: Callable[..., Any], *args):
         """``fn(*args)`` (a call to the server), every process learning whether any process's call failed: then all
@@ -96,6 +114,27 @@ class ServedTeacher:
             inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"], inputs["completion_mask"],
             self.top_k,
         )  # fmt: skip
+
+    def prefetch(self, batch: dict[str, Any]) -> None:
+        """Send the request for a whole generation batch's log-probs now, from a background thread, so that the
+        server scores the step's rollouts while the trainer grades them and runs the student's zone-pass forward;
+        :meth:`prefetched` collects the answers. The thread only talks HTTP: the processes agree on a fault when
+        the answers are collected, on the main thread (call both on every process, at the same points). Nothing
+        happens when prefetching is off (``teacher_server_prefetch``): the zone pass then asks per micro-batch."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not self.prefetching:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sead-served-prefetch")
+        tensors = [batch[k] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")]
+        self._pending = self._pool.submit(self.server.sparse_teacher, *tensors, self.top_k)
+
+    def prefetched(self) -> SparseTeacher | None:
+        """The answers :meth:`prefetch` asked for (``[B, T, k]`` / ``[B, T]``), once every process has them (a fault
+        on any raises :class:`TeacherServerError` on all), or ``None`` when nothing was prefetched."""
+        pending, self._pending = self._pending, None
+        return None if pending is None else self.agreed(pending.result)
 
     def rollouts(self, prompt_ids, prompt_mask, seed: int, *, n: int, temperature: float, max_tokens: int,
                  top_p: float = 1.0, top_k: int = 0) -> list[list[int]]:

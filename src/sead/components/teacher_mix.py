@@ -18,12 +18,25 @@ from typing import Any
 import torch
 from trl.trainer.utils import pad
 
-__all__ = ["MixResult", "TeacherMix", "splice_rollouts", "step_seed", "teacher_mix_picks"]
+__all__ = ["MixResult", "TeacherMix", "replace_logged", "splice_rollouts", "step_seed", "teacher_mix_picks"]
 
 #: ``sample(prompt_ids, prompt_mask, seed)``: ``G`` teacher rollouts per prompt, prompt-major, as token-id lists.
 Sample = Callable[[torch.Tensor, torch.Tensor, int], list[list[int]]]
 #: ``grade(rows, texts)``: the verifier's verdict per rollout (``rows``: the dataset rows, one per text).
 Grade = Callable[[list[dict[str, Any]], list[str]], list[bool]]
+
+
+def replace_logged(logged, texts: list[str]) -> None:
+    """``log_completions``: TRL logged the student's rollouts before teacher mixing; replace the step's entries of
+    its ``logged`` deque with ``texts``, this rank's mixed rollouts (every rank's are gathered, in rank order: call
+    it on every rank), those trained on."""
+    from accelerate.utils import gather_object
+
+    texts = gather_object(texts)
+    k = min(len(texts), len(logged))  # TRL's deque may hold fewer than a step's rollouts
+    for _ in range(k):
+        logged.pop()
+    logged.extend(texts[len(texts) - k :])
 
 
 def step_seed(seed: int, step: int) -> int:

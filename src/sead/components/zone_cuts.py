@@ -21,7 +21,17 @@ from sead.losses.spec import LossSpec
 from sead.method.zones import SKIP, ZoneThresholds, zone_thresholds, zones_from_thresholds
 from sead.utils.errors import is_nonfinite
 
-__all__ = ["StepCuts", "StepZoneCuts"]
+__all__ = ["ZONE_ENTROPIES_KEY", "StepCuts", "StepZoneCuts", "kept_zone_entropies"]
+
+#: Key of the zone pass's ``(H_T, H_S)`` per completion position (``[B, T, 2]``), kept in TRL's generation batch so
+#: that each micro-batch's loss takes its zones from them instead of measuring them again (its pass A).
+ZONE_ENTROPIES_KEY = "zone_entropies"
+
+
+def kept_zone_entropies(inputs: dict, device=None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(H_T, H_S)`` of a micro-batch as the step's zone pass measured them (each ``[B, T]``), or ``None``."""
+    kept_BT2 = inputs.get(ZONE_ENTROPIES_KEY)
+    return None if kept_BT2 is None else tuple(kept_BT2.to(device).unbind(-1))
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,9 @@ class StepZoneCuts:
 
     Per step: :meth:`start` with the optimizer step's number, :meth:`add` for each of this process's micro-batches
     (its heads and loss mask), :meth:`finish` with a ``gather`` of every process's rows (rank order).
-    :meth:`cuts_at` then gives the cuts to the losses of that step, and to no other step's."""
+    :meth:`cuts_at` then gives the cuts to the losses of that step, and to no other step's. :meth:`finish` can
+    also keep every position's entropies in the step's batch (:data:`ZONE_ENTROPIES_KEY`): the losses then read
+    their zones' entropies instead of measuring them again."""
 
     def __init__(self, spec: LossSpec):
         if spec.zones is None:
@@ -48,9 +60,10 @@ class StepZoneCuts:
         self.step: int | None = None
         self._h_t: list[torch.Tensor] = []
         self._h_s: list[torch.Tensor] = []
+        self._parts: list[torch.Tensor | None] = []  # each micro-batch's [b, T, 2] entropies (None: not measured)
 
     def start(self, step: int) -> None:
-        self.cuts, self.step, self._h_t, self._h_s = None, int(step), [], []
+        self.cuts, self.step, self._h_t, self._h_s, self._parts = None, int(step), [], [], []
 
     def cuts_at(self, step: int) -> ZoneThresholds | None:
         """The cuts of optimizer step ``step``, or ``None`` when they were not taken for it (the loss then takes its
@@ -65,15 +78,23 @@ class StepZoneCuts:
         except ValueError as err:
             if not is_nonfinite(err):
                 raise
+            self._parts.append(None)
             return False
+        self._parts.append(torch.stack([h_t, h_s], dim=-1))
         valid = mask_BT.bool()
         self._h_t.append(h_t[valid].float())
         self._h_s.append(h_s[valid].float())
         return True
 
-    def finish(self, device=None, gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepCuts:
+    def finish(self, device=None, gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               keep_in: dict | None = None) -> StepCuts:
         """The step's cuts from every process's pooled ``(H_T, H_S)`` rows (``gather``: every process's ``[n, 2]``
-        rows in rank order; ``None``: this process alone), kept in :attr:`cuts`."""
+        rows in rank order; ``None``: this process alone), kept in :attr:`cuts`. ``keep_in``: the step's batch
+        (the micro-batches added in row order), given every position's entropies under :data:`ZONE_ENTROPIES_KEY`
+        when every micro-batch was measured."""
+        if keep_in is not None and self._parts and all(p is not None for p in self._parts):
+            keep_in[ZONE_ENTROPIES_KEY] = torch.cat(self._parts, dim=0)
+        self._parts = []
         # one collective for both entropies: the rows (H_T, H_S) of every valid token
         pooled_N2 = torch.stack([torch.cat(self._h_t) if self._h_t else torch.zeros(0),
                                  torch.cat(self._h_s) if self._h_s else torch.zeros(0)], dim=-1).to(device)

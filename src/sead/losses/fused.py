@@ -111,6 +111,7 @@ def fused_objective(
     reference: LMHead | None = None,
     sampler_logprobs: torch.Tensor | None = None,
     num_items: float | torch.Tensor | None = None,
+    zone_entropies: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> SeadLossOutput:
     """The training objective of :func:`sead.losses.objective.logits_objective`, fused and chunked from hidden states.
 
@@ -143,6 +144,9 @@ def fused_objective(
             the trainer's ``p_S``. NaN entries (no sampler log-prob) get weight 1. ``None``: the rollouts are
             taken to be drawn from ``p_S`` itself.
         num_items: the global denominator (:func:`sead.method.zones.loss_normalizer`); ``None``: this call's count.
+        zone_entropies: ``(H_T, H_S)`` shaped like the mask, as :func:`fused_zone_entropies` gave them for these
+            same heads (the step's zone pass): with zones and a gradient, they replace pass A (no sign gate: its
+            pass A also measures ``consensus_frac``), so only the kept rows are projected. ``None``: pass A runs.
 
     Returns:
         :class:`SeadLossOutput`; ``per_token`` is detached; ``stats`` as ``logits_objective``'s (with
@@ -151,7 +155,7 @@ def fused_objective(
     chunk_size, zone_precision = _resolved(spec, student)
     pb = build_problem(spec, student, teacher, mask, completion_ids=completion_ids, reference=reference,
                        correct=correct, sampler_logprobs=sampler_logprobs, num_items=num_items,
-                       chunk_size=chunk_size, zone_precision=zone_precision)  # fmt: skip
+                       chunk_size=chunk_size, zone_precision=zone_precision, zone_entropies=zone_entropies)  # fmt: skip
     h_s = student.hidden.reshape(-1, student.hidden.shape[-1])
     loss, zones_N, per_token_N, h_t_N, h_s_N, lam_N = FusedLossFunction.apply(h_s, student.weight, student.bias, pb)
 

@@ -44,7 +44,8 @@ class Problem:
     ``verdict_N``: +1 / -1 per row from the verifier (gate); ``q_y_N``: the rollout sampler's log-probs of the
     sampled tokens (the sampled estimator's importance weights); ``num_items``: the global denominator, or ``None``
     (:func:`sead.method.zones.loss_normalizer`). ``zone_precision`` is resolved (``"exact"`` or
-    ``"bf16"``); ``grad_enabled``: grad mode at the call site."""
+    ``"bf16"``); ``grad_enabled``: grad mode at the call site; ``zone_entropies_N2``: each valid row's ``(H_T, H_S)``
+    from the step's zone pass, which then replace pass A (or ``None``)."""
 
     spec: LossSpec
     student: Head
@@ -59,6 +60,7 @@ class Problem:
     served: ServedRows | None = None
     q_y_N: torch.Tensor | None = None
     num_items: float | torch.Tensor | None = None
+    zone_entropies_N2: torch.Tensor | None = None  # (H_T, H_S) per valid row, measured before the call
 
     @property
     def sparse(self) -> bool:
@@ -215,12 +217,14 @@ def _sampler_rows(spec, sampler_logprobs, mask, valid_idx, dtype):
 
 def build_problem(spec: LossSpec, student: LMHead, teacher: LMHead | SparseTeacher, mask: torch.Tensor, *,
                   completion_ids=None, reference: LMHead | None = None, correct=None, sampler_logprobs=None,
-                  num_items=None, chunk_size: int, zone_precision: str, entropies_only: bool = False) -> Problem:
+                  num_items=None, chunk_size: int, zone_precision: str, entropies_only: bool = False,
+                  zone_entropies=None) -> Problem:
     """Check every tensor input of one fused-loss call against ``spec`` and gather the valid rows.
 
     ``entropies_only``: for the zone entropies alone (:func:`sead.losses.fused.fused_zone_entropies`): the student
     is detached, and what only the loss terms read (the estimator's needs, the sampled tokens, verdicts, sampler
-    log-probs) is neither checked nor gathered."""
+    log-probs) is neither checked nor gathered. ``zone_entropies``: ``(H_T, H_S)``, each shaped like ``mask``, measured
+    by the step's zone pass (:func:`sead.losses.fused.fused_zone_entropies` on the same heads), or ``None``."""
     check_head("student", student, mask, None)
     vocab = student.weight.shape[0]
     sparse = isinstance(teacher, SparseTeacher)
@@ -238,6 +242,16 @@ def build_problem(spec: LossSpec, student: LMHead, teacher: LMHead | SparseTeach
         q_y_N = _sampler_rows(spec, sampler_logprobs, mask, valid_idx, dtype)
     needs_sampled = spec.needs_token_ids and not entropies_only
     served = served_rows(teacher, mask, valid_idx, vocab, spec, needs_sampled, dtype) if sparse else None
+    given = None
+    if zone_entropies is not None and spec.zones is not None and not entropies_only:
+        h_t, h_s = zone_entropies
+        if tuple(h_t.shape) != tuple(mask.shape) or tuple(h_s.shape) != tuple(mask.shape):
+            raise ValueError(
+                f"zone_entropies must be (H_T, H_S) shaped like the mask {tuple(mask.shape)}; got "
+                f"{tuple(h_t.shape)} and {tuple(h_s.shape)}"
+            )
+        dev = valid_idx.device
+        given = torch.stack([h_t.reshape(-1).to(dev, dtype)[valid_idx], h_s.reshape(-1).to(dev, dtype)[valid_idx]], -1)
     return Problem(
         spec=spec,
         student=compute_head(student, valid_idx, "student", dtype, inv_t, detach=entropies_only),
@@ -253,4 +267,5 @@ def build_problem(spec: LossSpec, student: LMHead, teacher: LMHead | SparseTeach
         served=served,
         q_y_N=q_y_N,
         num_items=num_items,
+        zone_entropies_N2=given,
     )

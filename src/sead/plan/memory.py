@@ -88,6 +88,7 @@ class PlanInputs:
     optimizer_8bit: bool = False
     sync_each_batch: bool = False  # accelerator_config.gradient_accumulation_kwargs.sync_each_batch
     teacher_served: bool = False  # teacher_server_url: no teacher on the training GPUs
+    teacher_hidden_cache: bool = False  # SEAD's step zone pass keeps the teacher's hidden states (teacher_cache: device)
     teacher_server_top_k: int = 64
     notes: list[str] = field(default_factory=list)
 
@@ -199,6 +200,16 @@ class _Rollouts:
     teacher_seqs: int  # SG-OPD's teacher rollouts: sequences per generate call
     teacher_kv: int  # their KV cache (HF generate)
     teacher_vllm: int  # the teacher's own vLLM engine in each training process
+
+
+def teacher_hidden_cache_bytes(inp: PlanInputs) -> int:
+    """SEAD's step zone pass keeps the local teacher's last hidden states at every completion position of the step's
+    local rollouts for their losses (``teacher_cache: device``): ``[local generation batch, completion tokens,
+    teacher hidden]`` in the forwards' dtype, held from the zone pass to the step's last micro-batch."""
+    if not inp.teacher_hidden_cache or inp.teacher_served:
+        return 0
+    act_bytes = 2 if inp.mixed_precision else 4
+    return inp.local_generation_batch * inp.completion_tokens * inp.teacher.hidden_size * act_bytes
 
 
 def _student_activations(inp: PlanInputs) -> int:
@@ -370,6 +381,7 @@ def _strategy_components(strategy: str, inp: PlanInputs, train: _TrainingWorking
         "teacher forward": train.teacher_forward,
         "reference forward": train.reference_forward,
         "loss working set": train.loss,
+        "teacher hidden states kept for the step": teacher_hidden_cache_bytes(inp),
     }
 
 
@@ -387,6 +399,7 @@ def _plan_strategy(strategy: str, inp: PlanInputs, train: _TrainingWorkingSet, r
     grads = c["student gradients"] + c["FSDP2 unsharded gradients (no_sync)"]
     rollout_phase = static + roll.teacher_vllm + rollout_ws
     train_phase = static + grads + vllm_in_train + roll.teacher_vllm + train.total
+    train_phase += c["teacher hidden states kept for the step"]
     peak = max(rollout_phase, train_phase)
     return {
         "components": c,
@@ -515,6 +528,11 @@ def _advice(inp: PlanInputs, results: dict[str, Any], recommended: str | None) -
             out.append("shard the teacher (ZeRO-3 / FSDP2) or use more / larger GPUs (--gpus, --gpu-memory).")
         if inp.reference_model:
             out.append("SG-OPD: use_reference_model: false drops the reference copy (A = lambda * d).")
+        if names.get("teacher hidden states kept for the step"):
+            out.append(
+                "SEAD keeps the teacher's hidden states for the whole step on the GPU: teacher_cache: cpu offloads "
+                "them (one micro-batch back at a time), teacher_cache: off runs the teacher again in each loss."
+            )
     if inp.use_vllm and inp.vllm_mode == "server":
         out.append(
             f"vLLM server mode: start `trl vllm-serve --model <student>` on GPUs of its own; it holds the student "

@@ -113,6 +113,7 @@ def plan_recipe(
         optimizer_8bit="8bit" in str(getattr(cfg.optim, "value", cfg.optim)),
         sync_each_batch=_sync_each_batch(cfg),
         teacher_served=served,
+        teacher_hidden_cache=bool(cfg.zones and cfg.zone_scope == "step" and cfg.teacher_cache == "device"),
         teacher_server_top_k=cfg.teacher_server_top_k,
         notes=notes,
     )

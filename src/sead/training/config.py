@@ -161,10 +161,25 @@ class OPDConfig(DistillationConfig):
             Over which tokens the zone percentiles are taken (*assumed*; METHODS.md: "batch percentiles over valid tokens",
             the batch of one optimizer step). `"step"`: every valid token of the optimizer step on every process (all
             gradient-accumulation micro-batches), from an entropies-only pre-pass when the step's rollouts are ready
-            (one extra no-grad forward of student and teacher per rollout; a served teacher's log-probs are fetched
-            once and reused); each micro-batch's loss then applies the step's cuts. `"micro_batch"`: percentiles over
+            (a no-grad teacher forward per rollout, whose hidden states and entropies the losses reuse: `teacher_cache`;
+            the student's hidden states recorded while it sampled: `zone_student_hidden`; a served teacher's log-probs
+            requested once per step); each micro-batch's loss then applies the step's cuts. `"micro_batch"`: percentiles over
             each micro-batch alone (free, but with `per_device_train_batch_size: 1` every rollout gets 10% FKL and 50%
             skip however easy or hard it is). Evaluation always uses its own batch.
+        zone_student_hidden (`str`, *optional*, defaults to `"generation"`):
+            With `zone_scope: "step"`, where the zone pass takes the student's last hidden states (for its zone
+            entropies). `"generation"`: recorded at the student's lm_head while HF `generate` samples the rollouts
+            (the same positions, up to the KV cache's rounding), so the zone pass runs no student forward; where
+            they are not recorded (vLLM rollouts, SG-OPD's teacher rollouts mixed in, tool calls) it runs the
+            forward. `"forward"`: always a no-grad forward of the student over the step's rollouts.
+        teacher_cache (`str`, *optional*, defaults to `"device"`):
+            With `zone_scope: "step"` and a local teacher, where the teacher's last hidden states from the step's
+            zone pass are kept for the losses of the step's micro-batches, so the teacher runs one forward per
+            rollout per step (as in vanilla OPD) instead of two. `"device"`: on the training device
+            (`local rollouts x completion tokens x teacher hidden size` values, counted by `sead plan`); `"cpu"`:
+            offloaded to host memory and brought back one micro-batch at a time; `"off"`: not kept, each loss runs
+            the teacher again (the earlier behaviour). The loss is the same either way. A served teacher's answers
+            are always kept.
         loss_normalization (`str`, *optional*, defaults to `"kept"`):
             `"kept"`: divide the loss by the kept (non-skipped) token count (*assumed*); `"all"`: by all valid
             tokens. In training the count is global: `global valid tokens x (1 - skip_fraction)` for `"kept"`.
@@ -290,6 +305,13 @@ class OPDConfig(DistillationConfig):
             Seconds before the first retry, doubled at each retry (at most 60).
         teacher_server_startup_timeout (`float`, *optional*, defaults to `600.0`):
             How long the trainer waits at start for the server's `/health` (a 32B teacher takes minutes to load).
+        teacher_server_prefetch (`bool`, *optional*):
+            With `zone_scope: "step"`, request the step's log-probs as soon as the rollouts exist, from a background
+            thread, so the server scores them while the trainer grades and runs its zone pass (one request per
+            step). `None` (default): on where the trainer runs on a GPU (the server then computes on hardware of
+            its own), off on a CPU, where a server on the same cores competes with the trainer for them and the
+            overlap measured slower (docs/scaling.md, "What a step costs"). Off: one request per micro-batch, in
+            the zone pass.
 
         > Prompts
 
@@ -361,6 +383,14 @@ class OPDConfig(DistillationConfig):
     )
     zone_scope: str = field(
         default="step", metadata={"help": "Zone percentiles over the optimizer 'step' (all processes) or each 'micro_batch'."}
+    )
+    zone_student_hidden: str = field(
+        default="generation",
+        metadata={"help": "Zone pass: the student's hidden states from HF 'generation' or a 'forward'."},
+    )
+    teacher_cache: str = field(
+        default="device",
+        metadata={"help": "Keep the zone pass's teacher hidden states for the loss: 'device', 'cpu' or 'off'."},
     )
     loss_normalization: str = field(default="kept", metadata={"help": "'kept' or 'all'."})
 
@@ -437,6 +467,9 @@ class OPDConfig(DistillationConfig):
     teacher_server_timeout: float = field(default=300.0, metadata={"help": "Seconds per server request."})
     teacher_server_max_retries: int = field(default=5, metadata={"help": "Retries of a failed server request."})
     teacher_server_backoff: float = field(default=2.0, metadata={"help": "Seconds before the first retry."})
+    teacher_server_prefetch: bool | None = field(
+        default=None, metadata={"help": "Request the step's log-probs when the rollouts exist (default: on a GPU)."}
+    )
     teacher_server_startup_timeout: float = field(
         default=600.0, metadata={"help": "Seconds to wait for the server's /health at start."}
     )
@@ -620,6 +653,8 @@ class OPDConfig(DistillationConfig):
         """Fields that name one of a few options (the loss's own are checked by its spec)."""
         choices = {
             "zone_scope": ("step", "micro_batch"),
+            "teacher_cache": ("device", "cpu", "off"),
+            "zone_student_hidden": ("generation", "forward"),
             "teacher_generation_backend": ("auto", "vllm", "hf"),
             "nonfinite_policy": ("error", "skip"),
         }

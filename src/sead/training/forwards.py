@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from sead.components.served import SERVED_KEYS, ServedTeacher, served_from_batch
+from sead.components.served import SERVED_KEYS, ServedTeacher, served_from_batch, served_rows
+from sead.components.zone_cuts import ZONE_ENTROPIES_KEY
 from sead.losses.fused import LMHead, SparseTeacher
 from sead.method.logit_transforms import IDENTITY, LogitTransform, check_output_transform, logit_transform_of
 from sead.training.sharding import is_partitioned, zero3_gathered
@@ -28,9 +29,11 @@ from sead.utils.errors import NonFiniteError, SeadError
 
 __all__ = [
     "MULTIMODAL_KEYS",
+    "TEACHER_HIDDEN_KEY",
     "Heads",
     "ModelForwards",
     "full_tensor",
+    "keep_teacher_side",
     "one_masked_column",
 ]
 
@@ -45,6 +48,12 @@ MULTIMODAL_KEYS = (
     "mm_token_type_ids",
     "image_position_ids",
 )
+
+
+#: Key of a local teacher's last hidden states at the completions, kept in TRL's generation batch by the step's zone
+#: pass (``teacher_cache``) so that each micro-batch's loss reads them instead of running the teacher again. Per row
+#: (``[B, T, H]``): TRL's shuffle and split keep each row's.
+TEACHER_HIDDEN_KEY = "teacher_hidden"
 
 
 def _is_dtensor(x) -> bool:
@@ -79,12 +88,13 @@ def _lm_head(model, hidden: torch.Tensor, transform: LogitTransform, rows: int |
 def one_masked_column(inputs: dict[str, Any], pad_token_id: int) -> dict[str, Any]:
     """A micro-batch whose completions are all empty (width 0), with one masked pad column instead: the shapes stay
     valid (TRL's slicing by ``-logits_to_keep`` would otherwise keep the whole sequence). A served teacher's
-    prefetched answers get the same masked column (zeros: never read), so this micro-batch, like every other one of
-    the step, asks the server nothing more; the sampler's log-probs are dropped (nothing is sampled)."""
+    prefetched answers and a local teacher's kept hidden states get the same masked column (zeros: never read), so
+    this micro-batch, like every other one of the step, runs no teacher forward and asks the server nothing more; the
+    sampler's log-probs are dropped (nothing is sampled)."""
     inputs = dict(inputs)
     inputs["completion_ids"] = torch.full_like(inputs["prompt_ids"][:, :1], pad_token_id)
     inputs["completion_mask"] = torch.zeros_like(inputs["prompt_mask"][:, :1])
-    for key in SERVED_KEYS:
+    for key in (*SERVED_KEYS, TEACHER_HIDDEN_KEY, ZONE_ENTROPIES_KEY):
         if key in inputs:
             t = inputs[key]
             inputs[key] = t.new_zeros((t.shape[0], 1, *t.shape[2:]))
@@ -98,6 +108,33 @@ def _is_sharded_or_meta(model) -> bool:
     if is_partitioned(model):
         return True
     return any(p.is_meta or _is_dtensor(p) for p in model.parameters())
+
+
+def _widened(hidden_BTH: torch.Tensor, width: int) -> torch.Tensor:
+    """``hidden_BTH`` zero-padded to ``width`` positions (a batch without completion tokens: one masked column)."""
+    if hidden_BTH.shape[1] >= width:
+        return hidden_BTH
+    return torch.nn.functional.pad(hidden_BTH, (0, 0, 0, width - hidden_BTH.shape[1]))
+
+
+def _placed(hidden_BTH: torch.Tensor, cache: str) -> torch.Tensor | None:
+    """A local teacher's hidden states where ``teacher_cache`` keeps them: ``"device"``, ``"cpu"`` or ``"off"``."""
+    if cache == "off":
+        return None
+    return hidden_BTH.detach().to("cpu") if cache == "cpu" else hidden_BTH.detach()
+
+
+def keep_teacher_side(output: dict[str, Any], parts: list[SparseTeacher | torch.Tensor | None]) -> None:
+    """Keep the step's teacher side in TRL's generation batch ``output`` (every micro-batch's part, in row order), so
+    that each micro-batch's loss reads its rows instead of asking the teacher again: a served teacher's answers
+    (:meth:`ServedTeacher.keep`), or a local teacher's hidden states under :data:`TEACHER_HIDDEN_KEY`. Nothing is
+    kept when a part is ``None`` (``teacher_cache: off``). Every rank keeps or none does: the setting is the run's."""
+    if not parts or any(p is None for p in parts):
+        return
+    if isinstance(parts[0], SparseTeacher):
+        ServedTeacher.keep(output, parts)
+    else:
+        output[TEACHER_HIDDEN_KEY] = torch.cat(parts, dim=0)
 
 
 @dataclass
@@ -228,29 +265,46 @@ class ModelForwards:
         return unwrapped, hidden
 
     def teacher_side(self, teacher_model, served: ServedTeacher | None, inputs, *sequence) -> Side:
-        """The teacher's side of the loss: ``(model, hidden states)`` of a local teacher (its forward runs now), or a
-        served teacher's top-k log-probs at every completion position (prefetched with the step's zone pass, or
-        asked for now)."""
+        """The teacher's side of the loss: ``(model, hidden states)`` of a local teacher (kept by the step's zone pass
+        under ``TEACHER_HIDDEN_KEY``, else its forward runs now), or a served teacher's top-k log-probs at every
+        completion position (prefetched with the step's zone pass, or asked for now)."""
         if served is None:
-            return self.hidden(teacher_model, *sequence)
+            kept = inputs.get(TEACHER_HIDDEN_KEY)
+            if kept is None:
+                return self.hidden(teacher_model, *sequence)
+            device = sequence[0].device  # a cache offloaded to the CPU comes back one micro-batch at a time
+            return self.accelerator.unwrap_model(teacher_model), kept.to(device, non_blocking=True)
         return served_from_batch(inputs) or served.sparse(inputs)
 
-    def step_heads(self, output: dict[str, Any], size: int, wrapped, teacher_model,
-                   served: ServedTeacher | None) -> Iterator[tuple[Heads, SparseTeacher | None]]:
+    def step_heads(self, output: dict[str, Any], size: int, wrapped, teacher_model, served: ServedTeacher | None,
+                   cache: str = "device", student_hidden: torch.Tensor | None = None,
+                   ) -> Iterator[tuple[Heads, SparseTeacher | torch.Tensor | None]]:
         """Each micro-batch of ``size`` rows of a generation batch as its loss will read it, without gradient (the
-        step's zone pass): its :class:`Heads` (readable while the consumer holds them), and a served teacher's
-        answers fetched for it (``None`` for a local teacher). ``wrapped``: the student as the launcher wraps it."""
+        step's zone pass): its :class:`Heads` (readable while the consumer holds them), and the teacher's side as the
+        loss can reuse it: a served teacher's answers fetched for it, or a local teacher's last hidden states
+        ``[size, T, H]`` placed as ``cache`` says (``"device"``: where they are; ``"cpu"``: offloaded now, before the
+        next micro-batch's forward; ``"off"``: ``None``, the loss runs the teacher again). ``wrapped``: the student as
+        the launcher wraps it. ``student_hidden``: the student's hidden states at the batch's completion positions
+        as generation recorded them (:class:`~sead.engines.generation_hidden.GenerationHidden`), read instead of
+        its forward; ``None``: the forward runs."""
         student = self.accelerator.unwrap_model(wrapped)
+        whole = None if served is None else served.prefetched()  # the step's answers, asked for at generation
         for start in range(0, output["completion_ids"].shape[0], size):
             part = {k: v[start : start + size] for k, v in output.items() if isinstance(v, torch.Tensor) and v.ndim > 0}
             if part["completion_ids"].size(1) == 0:  # one masked column: every process runs the same forwards
                 part = one_masked_column(part, self.pad_token_id)
             sequence = self.sequences(part)
             mask_BT = self.loss_mask(part)
-            _, h_s = self.hidden(wrapped, *sequence, frozen=False)  # the hidden states the loss will see
-            t_side = self.teacher_side(teacher_model, served, part, *sequence)
+            if student_hidden is not None:  # recorded while sampling: no student forward
+                h_s = _widened(student_hidden[start : start + size], sequence[2]).to(sequence[0].device)
+            else:
+                _, h_s = self.hidden(wrapped, *sequence, frozen=False)  # the hidden states the loss will see
+            if whole is not None:
+                t_side = served_rows(whole, start, start + size, sequence[2])
+            else:
+                t_side = self.teacher_side(teacher_model, served, part, *sequence)
             with self.heads(student, h_s, t_side, None, mask_BT, train=False) as heads:
-                yield heads, (t_side if isinstance(t_side, SparseTeacher) else None)
+                yield heads, (t_side if isinstance(t_side, SparseTeacher) else _placed(t_side[1], cache))
 
     @contextlib.contextmanager
     def heads(self, student, h_s, teacher: Side, reference: Side, mask_BT, train: bool) -> Iterator[Heads]:

@@ -19,6 +19,7 @@ and reference under FSDP2 / ZeRO-3) is :mod:`sead.training.sharding`; a served t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -29,10 +30,11 @@ import torch
 from trl import DistillationTrainer
 
 from sead.components.served import ServedTeacher
-from sead.components.teacher_mix import MixResult, TeacherMix
+from sead.components.teacher_mix import MixResult, TeacherMix, replace_logged
 from sead.components.teacher_rollouts import RolloutSettings, TeacherRollouts, teacher_engine
 from sead.components.verdicts import StepVerdicts
-from sead.components.zone_cuts import StepZoneCuts
+from sead.components.zone_cuts import StepZoneCuts, kept_zone_entropies
+from sead.engines.generation_hidden import GenerationHidden
 from sead.engines.student_vllm import SamplerLogprobs, enable_cpu_weight_sync
 from sead.engines.teacher_server import TeacherServerError
 from sead.grading.rewards import RewardFunc, VerdictGrader
@@ -41,7 +43,7 @@ from sead.losses.objective import logits_objective
 from sead.losses.output import loss_metrics
 from sead.losses.spec import LossSpec
 from sead.training.config import OPDConfig
-from sead.training.forwards import Heads, ModelForwards
+from sead.training.forwards import Heads, ModelForwards, keep_teacher_side
 from sead.training.nonfinite import NonFiniteGuard
 from sead.training.run_state import (
     EpochSeededRepeatSampler,
@@ -185,6 +187,8 @@ class OPDTrainer(DistillationTrainer):
         self.spec = args.loss_spec(served_top_k=None if self.served is None else self.served.top_k)
         self.zone_cuts = StepZoneCuts(self.spec) if args.zones and args.zone_scope == "step" else None
         self.teacher_mix = self._teacher_mix(teacher_source) if args.teacher_mixing else None
+        recorded = args.zone_student_hidden == "generation" and not (args.use_vllm or self.teacher_mix or self.tools)
+        self.generation_hidden = GenerationHidden() if self.zone_cuts is not None and recorded else None
         self.grade_counter = checked.grade_counter
         self.sead_counters = {"nonfinite_skipped_steps": 0, "grader_timeouts": 0, "grader_errors": 0}
         self.nonfinite = NonFiniteGuard(self)
@@ -274,13 +278,17 @@ class OPDTrainer(DistillationTrainer):
                                            repeat=self.args.num_generations)  # fmt: skip
             self.curriculum_draw = indices  # the verdicts' prompts, for the online difficulty
             inputs = [self.train_dataset[i] for i in indices[rank * len(inputs) : (rank + 1) * len(inputs)]]
-        with warnings.catch_warnings():
+        recorder = self.generation_hidden if training else None  # the student's hidden states, as it samples
+        with warnings.catch_warnings(), (recorder.recording(self.accelerator.unwrap_model(self.model)) if recorder
+                                         else contextlib.nullcontext()):  # fmt: skip
             warnings.filterwarnings("ignore", message=_TRL_DEPRECATED_READS, category=FutureWarning)
             output = super()._generate_and_score_completions(inputs)
         if self.sampler_logprobs is not None:
             q_BT = self.sampler_logprobs.take(output["completion_ids"].shape[1], output["completion_ids"].device)
             if q_BT is not None:
                 output["sampler_logprobs"] = q_BT
+        if training and self.served is not None and self.zone_cuts is not None and self.teacher_mix is None:
+            self.served.prefetch(output)  # the server scores the step while the rollouts are graded (every rank)
         if self.reward_funcs:
             output = self._score_completions(inputs, output, training)
         if training and self.zone_cuts is not None:
@@ -321,7 +329,8 @@ class OPDTrainer(DistillationTrainer):
         mix = self.teacher_mix.mix(inputs, output, correct, rho=self.schedules.rho(step, self.total_steps), step=step,
                                    rank=self.accelerator.process_index)  # fmt: skip
         if mix.picks and self.log_completions:  # every rank has picks or none: the gather is safe
-            self._log_mixed_completions(mix.output)
+            replace_logged(self._logs["completion"], self._decode(mix.output["completion_ids"],
+                                                                  mix.output["completion_mask"]))  # fmt: skip
         # every rank joins this collective, mixed or not: the global token count may have changed
         loss_mask = mix.output["completion_mask"]
         if mix.output.get("tool_mask") is not None:
@@ -344,35 +353,26 @@ class OPDTrainer(DistillationTrainer):
         self._metrics[mode]["curriculum/open_pool"].append(float(self.curriculum.open_indices(step, total).numel()))
         self._metrics[mode]["curriculum/bucket"].append(float(self.curriculum.bucket))
 
-    def _log_mixed_completions(self, output) -> None:
-        """``log_completions``: TRL logged the student's rollouts before teacher mixing; replace the step's logged
-        completions (all ranks', in rank order) with those trained on."""
-        from accelerate.utils import gather_object
-
-        texts = gather_object(self._decode(output["completion_ids"], output["completion_mask"]))
-        logged = self._logs["completion"]
-        k = min(len(texts), len(logged))  # TRL's deque may hold fewer than a step's rollouts
-        for _ in range(k):
-            logged.pop()
-        logged.extend(texts[len(texts) - k :])
-
     def _step_zone_cuts(self, output: dict[str, Any]) -> None:
         """``zone_scope: step``: the step's zone cuts from the entropies of every micro-batch of every process
-        (:class:`StepZoneCuts`; one no-grad forward of student and teacher per rollout, the teacher's alone when it
-        is served). A served teacher's answers fetched here are kept in the batch for the loss."""
-        wrapped = getattr(self, "model_wrapped", None) or self.model
-        served = []
+        (:class:`StepZoneCuts`; a no-grad forward of the student and teacher per rollout). Kept in the batch for the
+        losses: every position's entropies and the teacher's side (a served teacher's answers; a local one's hidden
+        states: ``teacher_cache``): per step, one teacher forward and one zone-entropy projection per rollout."""
+        wrapped, kept = getattr(self, "model_wrapped", None) or self.model, []
         self.zone_cuts.start(self.state.global_step)
-        for heads, answers in self.forwards.step_heads(output, self.args.per_device_train_batch_size, wrapped,
-                                                       self.teacher_model, self.served):  # fmt: skip
-            served += [answers] if answers is not None else []
+        rows, width = output["completion_ids"].shape
+        recorded = self.generation_hidden.take(rows, width) if self.generation_hidden is not None else None
+        for heads, teacher_side in self.forwards.step_heads(output, self.args.per_device_train_batch_size, wrapped,
+                                                            self.teacher_model, self.served, self.args.teacher_cache,
+                                                            recorded):  # fmt: skip
+            kept.append(teacher_side)
             self.zone_cuts.add(heads.student, heads.teacher, heads.mask_BT)
-        result = self.zone_cuts.finish(self.accelerator.device, lambda rows: gather_rows(self.accelerator, rows))
+        result = self.zone_cuts.finish(self.accelerator.device, lambda rows: gather_rows(self.accelerator, rows),
+                                       keep_in=output)  # fmt: skip
         if result.tokens:
             self._metrics["train"]["sead/step_scope_tokens"].append(float(result.tokens))
             self._metrics["train"]["sead/step_frac_skip"].append(result.frac_skip)
-        if served:  # kept on every rank, also for empty completions: whether the loss asks the server is the same
-            ServedTeacher.keep(output, served)
+        keep_teacher_side(output, kept)  # every rank, also for empty completions: the loss's forwards are the same
 
     # ---- the loss -------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -418,7 +418,7 @@ class OPDTrainer(DistillationTrainer):
         tensors = dict(correct=inputs.get("correct"), sampler_logprobs=q_BT, num_items=num_items)
         if self.args.use_fused_loss:
             return fused_objective(spec, heads.student, heads.teacher, heads.mask_BT, ids, reference=heads.reference,
-                                   **tensors)  # fmt: skip
+                                   zone_entropies=kept_zone_entropies(inputs, device), **tensors)  # fmt: skip
         ref_logits = None if heads.reference is None else heads.reference.full_logits()
         return logits_objective(spec, heads.student.full_logits(), heads.teacher.full_logits(), heads.mask_BT, ids,
                                 ref_logits=ref_logits, **tensors)  # fmt: skip
