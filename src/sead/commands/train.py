@@ -60,7 +60,6 @@ def parse(argv: list[str]):
 
     from sead.training.config import OPDConfig
     from sead.training.recipe import ScriptArguments
-    from sead.training.startup import NO_BUILTIN_TASK
 
     if "--config" in argv:
         path = argv[argv.index("--config") + 1] if argv.index("--config") + 1 < len(argv) else None
@@ -85,8 +84,6 @@ def parse(argv: list[str]):
         if isinstance(err, SeadError):
             raise
         raise SeadError(" ".join(str(err).split())) from err
-    if script.builtin_task in NO_BUILTIN_TASK:  # `--builtin_task none`: a recipe's built-in task switched off
-        script.builtin_task = None
     return script, cfg
 
 

@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from sead.engines.sampling import trim_completion
 from sead.engines.teacher_server import TeacherServer, TeacherServerError
 from sead.engines.vllm_server import ServerError, sample_from_server
 from sead.losses.fused import SparseTeacher
 from sead.utils.distributed import any_rank
+from sead.utils.tensors import to_width
 
 __all__ = ["SERVED_KEYS", "ServedTeacher", "connect_teacher_server", "served_from_batch", "served_rows"]
 
@@ -52,10 +52,7 @@ def served_rows(answers: SparseTeacher, start: int, stop: int, width: int) -> Sp
     without completion tokens has one masked column; the zeros are never read)."""
 
     def rows(t: torch.Tensor | None) -> torch.Tensor | None:
-        if t is None:
-            return None
-        t = t[start:stop]
-        return F.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1])) if t.shape[1] < width else t
+        return None if t is None else to_width(t[start:stop], width)
 
     return SparseTeacher(rows(answers.token_ids), rows(answers.logprobs), rows(answers.sampled_logprobs))
 
@@ -157,8 +154,7 @@ class ServedTeacher:
         width = output["completion_ids"].shape[1]
 
         def cat(tensors, fill):
-            padded = [F.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=fill) for t in tensors]
-            return torch.cat(padded)
+            return torch.cat([to_width(t, width, fill) for t in tensors])
 
         output[SERVED_KEYS[0]] = cat([s.token_ids for s in parts], 0)
         output[SERVED_KEYS[1]] = cat([s.logprobs for s in parts], 0.0)

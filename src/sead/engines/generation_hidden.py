@@ -18,7 +18,8 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
+
+from sead.utils.tensors import to_width
 
 __all__ = ["GenerationHidden"]
 
@@ -54,7 +55,4 @@ class GenerationHidden:
         steps, self._steps_B1H = self._steps_B1H, []
         if not steps or any(s.shape[0] != rows for s in steps):
             return None
-        hidden_BTH = torch.cat(steps, dim=1)[:, :width]
-        if hidden_BTH.shape[1] < width:
-            hidden_BTH = F.pad(hidden_BTH, (0, 0, 0, width - hidden_BTH.shape[1]))
-        return hidden_BTH
+        return to_width(torch.cat(steps, dim=1), width)

@@ -298,9 +298,9 @@ def run_objective(pb: Problem, needs, tensors):
         zones_N = torch.full((n,), RKL, dtype=torch.long, device=dev)
         (w_fkl_N, w_rkl_N), weights, scale = _scaled_weights(pb, zones_N, dtype)
         grads = _zero_grads(tensors, needs, dtype) if want_grad else grads
-    if use_zones and want_grad and pb.zone_entropies_N2 is not None and not obj.gate:
+    if use_zones and want_grad and pb.zone_entropies_N is not None and not obj.gate:
         # The step's zone pass measured these rows' entropies already (the same heads): no pass A.
-        h_t_N, h_s_N = (x.clone() for x in pb.zone_entropies_N2.unbind(-1))
+        h_t_N, h_s_N = pb.zone_entropies_N
     elif use_zones and want_grad:
         # Pass A only ranks tokens (pass B follows): entropies only, projected in ``zone_precision``.
         h_s_N, h_t_N, lam_a = obj.zone_entropies(obj.gate)

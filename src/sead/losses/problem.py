@@ -44,7 +44,7 @@ class Problem:
     ``verdict_N``: +1 / -1 per row from the verifier (gate); ``q_y_N``: the rollout sampler's log-probs of the
     sampled tokens (the sampled estimator's importance weights); ``num_items``: the global denominator, or ``None``
     (:func:`sead.method.zones.loss_normalizer`). ``zone_precision`` is resolved (``"exact"`` or
-    ``"bf16"``); ``grad_enabled``: grad mode at the call site; ``zone_entropies_N2``: each valid row's ``(H_T, H_S)``
+    ``"bf16"``); ``grad_enabled``: grad mode at the call site; ``zone_entropies_N``: each valid row's ``(H_T, H_S)``
     from the step's zone pass, which then replace pass A (or ``None``)."""
 
     spec: LossSpec
@@ -60,7 +60,7 @@ class Problem:
     served: ServedRows | None = None
     q_y_N: torch.Tensor | None = None
     num_items: float | torch.Tensor | None = None
-    zone_entropies_N2: torch.Tensor | None = None  # (H_T, H_S) per valid row, measured before the call
+    zone_entropies_N: tuple[torch.Tensor, torch.Tensor] | None = None  # (H_T, H_S) per valid row, measured before
 
     @property
     def sparse(self) -> bool:
@@ -250,8 +250,7 @@ def build_problem(spec: LossSpec, student: LMHead, teacher: LMHead | SparseTeach
                 f"zone_entropies must be (H_T, H_S) shaped like the mask {tuple(mask.shape)}; got "
                 f"{tuple(h_t.shape)} and {tuple(h_s.shape)}"
             )
-        dev = valid_idx.device
-        given = torch.stack([h_t.reshape(-1).to(dev, dtype)[valid_idx], h_s.reshape(-1).to(dev, dtype)[valid_idx]], -1)
+        given = tuple(h.reshape(-1).to(valid_idx.device, dtype)[valid_idx] for h in (h_t, h_s))  # new tensors
     return Problem(
         spec=spec,
         student=compute_head(student, valid_idx, "student", dtype, inv_t, detach=entropies_only),
@@ -267,5 +266,5 @@ def build_problem(spec: LossSpec, student: LMHead, teacher: LMHead | SparseTeach
         served=served,
         q_y_N=q_y_N,
         num_items=num_items,
-        zone_entropies_N2=given,
+        zone_entropies_N=given,
     )

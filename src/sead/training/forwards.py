@@ -26,6 +26,7 @@ from sead.losses.fused import LMHead, SparseTeacher
 from sead.method.logit_transforms import IDENTITY, LogitTransform, check_output_transform, logit_transform_of
 from sead.training.sharding import is_partitioned, zero3_gathered
 from sead.utils.errors import NonFiniteError, SeadError
+from sead.utils.tensors import to_width
 
 __all__ = [
     "MULTIMODAL_KEYS",
@@ -108,13 +109,6 @@ def _is_sharded_or_meta(model) -> bool:
     if is_partitioned(model):
         return True
     return any(p.is_meta or _is_dtensor(p) for p in model.parameters())
-
-
-def _widened(hidden_BTH: torch.Tensor, width: int) -> torch.Tensor:
-    """``hidden_BTH`` zero-padded to ``width`` positions (a batch without completion tokens: one masked column)."""
-    if hidden_BTH.shape[1] >= width:
-        return hidden_BTH
-    return torch.nn.functional.pad(hidden_BTH, (0, 0, 0, width - hidden_BTH.shape[1]))
 
 
 def _placed(hidden_BTH: torch.Tensor, cache: str) -> torch.Tensor | None:
@@ -296,7 +290,8 @@ class ModelForwards:
             sequence = self.sequences(part)
             mask_BT = self.loss_mask(part)
             if student_hidden is not None:  # recorded while sampling: no student forward
-                h_s = _widened(student_hidden[start : start + size], sequence[2]).to(sequence[0].device)
+                # (a batch without completion tokens: one masked column of zeros)
+                h_s = to_width(student_hidden[start : start + size], sequence[2]).to(sequence[0].device)
             else:
                 _, h_s = self.hidden(wrapped, *sequence, frozen=False)  # the hidden states the loss will see
             if whole is not None:

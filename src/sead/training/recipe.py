@@ -27,6 +27,10 @@ __all__ = [
 ]
 
 
+#: ``builtin_task: none`` (on the command line, over a recipe's built-in task): no built-in task.
+NO_BUILTIN_TASK = ("", "none", "None", "null")
+
+
 @dataclass
 class ScriptArguments:
     """What to train on, besides the training configuration.
@@ -36,7 +40,8 @@ class ScriptArguments:
             Student: a hub id or a local `save_pretrained` directory.
         builtin_task (`str`, *optional*):
             A built-in task, `"sums"` (docs/task.md) or `"arithmetic"`. Prepares (or loads from cache) its teacher
-            and student and builds its dataset, so no model, teacher or dataset is needed.
+            and student and builds its dataset, so no model, teacher or dataset is needed (naming one as well is
+            refused). `none` on the command line switches a recipe's built-in task off.
         builtin_quick (`bool`, *optional*, defaults to `False`):
             With `builtin_task`, the smaller, faster variant.
         builtin_num_prompts (`int`, *optional*, defaults to `1024`):
@@ -84,6 +89,10 @@ class ScriptArguments:
         default=False,
         metadata={"help": "Wrap plain-string prompts as a user message so the chat template is applied."},
     )
+
+    def __post_init__(self):
+        if self.builtin_task in NO_BUILTIN_TASK:  # `--builtin_task none`: a recipe's built-in task switched off
+            self.builtin_task = None
 
 
 def map_dataset_columns(ds, script: ScriptArguments, cfg: OPDConfig):

@@ -51,10 +51,6 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
-#: ``builtin_task: none`` (on the command line, over a recipe's built-in task): no built-in task.
-NO_BUILTIN_TASK = ("", "none", "None", "null")
-
-
 def _builtin_conflicts(script, cfg: OPDConfig) -> list[str]:
     """The fields a built-in task would silently ignore: its own models and data replace them."""
     defaults = {"dataset_train_split": "train", "prompt_column": "prompt", "apply_chat_template": False}
@@ -69,8 +65,6 @@ def check_recipe(script, cfg: OPDConfig, tasks: tuple[str, ...]) -> None:
     """Refuse a recipe (``ScriptArguments`` + ``OPDConfig``) that names no student, teacher or dataset, two data
     sources (a built-in task and a model or dataset of one's own: the built-in task would silently win), an unknown
     built-in task (``tasks``: the known ones), or a local model directory that does not exist."""
-    if script.builtin_task in NO_BUILTIN_TASK:
-        script.builtin_task = None
     if script.builtin_task is not None:
         if script.builtin_task not in tasks:
             raise SeadError(f"builtin_task must be one of {', '.join(tasks)}; got {script.builtin_task!r}")

@@ -355,9 +355,10 @@ class OPDTrainer(DistillationTrainer):
 
     def _step_zone_cuts(self, output: dict[str, Any]) -> None:
         """``zone_scope: step``: the step's zone cuts from the entropies of every micro-batch of every process
-        (:class:`StepZoneCuts`; a no-grad forward of the student and teacher per rollout). Kept in the batch for the
-        losses: every position's entropies and the teacher's side (a served teacher's answers; a local one's hidden
-        states: ``teacher_cache``): per step, one teacher forward and one zone-entropy projection per rollout."""
+        (:class:`StepZoneCuts`; the teacher's no-grad forward, the student's hidden states recorded while it sampled
+        or its no-grad forward: ``zone_student_hidden``). Kept in the batch for the losses: every position's entropies
+        and the teacher's side (a served teacher's answers; a local one's hidden states: ``teacher_cache``): per step,
+        one teacher forward and one zone-entropy projection per rollout."""
         wrapped, kept = getattr(self, "model_wrapped", None) or self.model, []
         self.zone_cuts.start(self.state.global_step)
         rows, width = output["completion_ids"].shape
