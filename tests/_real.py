@@ -1,27 +1,31 @@
 """Shared helpers of the real-model tests (SmolLM2-135M-Instruct and a depth-pruned copy; the ``smollm2`` fixture of
-conftest.py): GSM8K-style chat prompts, a config small enough for a 2-core CPU, a naive full-logits loss.
+conftest.py): chat prompts from the project's own problems, a config small enough for a 2-core CPU, a naive
+full-logits loss.
 
 A prompt is a conversation (TRL applies the tokenizer's chat template): one worked example whose answer ends in
-``\\boxed{...}``, then the question. SmolLM2-135M-Instruct follows the example's format: greedy, it answers an
-addition with "7 + 8 = 15. The answer is \\boxed{15}." and its own EOS (``<|im_end|>``).
+``\\boxed{...}``, then the question (sead.data.additions, the prompts of recipes/smollm2-prune-distill.yaml).
+SmolLM2-135M-Instruct follows the example's format: greedy, it answers an addition with
+"7 + 8 = 15. The answer is \\boxed{15}." and its own EOS (``<|im_end|>``).
+
+Benchmark texts stay out of the repository: the prompts here need no file, so a clone with nothing beside it runs
+the real-model tests. :data:`GSM8K` is where the project's CI keeps GSM8K (``../shared``); a test that reads it
+skips, naming that path, where it is absent (as tests/test_benchmarks.py does).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from _tiny import FAST
+from sead.data.additions import EXAMPLE
 
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO / ".." / "shared" / "data" / "math" / "gsm8k.jsonl"
 
-SHOT = [
-    {"role": "user", "content": "What is 2 + 2?"},
-    {"role": "assistant", "content": "2 + 2 = 4. The answer is \\boxed{4}."},
-]
+#: The worked example: "What is 2 + 2?" -> "2 + 2 = 4. The answer is \\boxed{4}." (sead.data.additions).
+SHOT = EXAMPLE
 
 #: Addition questions and their sums; SmolLM2-135M-Instruct gets all but 12 + 30 right, greedy.
 ADDITIONS = [("What is 7 + 8?", "15"), ("What is 12 + 30?", "42"), ("What is 9 + 3?", "12"), ("What is 4 + 4?", "8")]
@@ -31,23 +35,22 @@ def chat(question: str) -> list[dict[str, str]]:
     return [*SHOT, {"role": "user", "content": question}]
 
 
-def gsm8k_rows(n: int) -> list[dict]:
-    """The first ``n`` GSM8K test questions as chat prompts (columns ``prompt``, ``answer``, ``difficulty``)."""
-    rows = []
-    with open(GSM8K) as f:
-        for i, line in enumerate(f):
-            if i >= n:
-                break
-            row = json.loads(line)
-            answer = row["answer"].split("####")[-1].strip().replace(",", "")
-            rows.append({"prompt": chat(row["question"]), "answer": answer, "difficulty": (i % 4) / 4})
-    return rows
+def chat_rows(n: int) -> list[dict]:
+    """``n`` chat prompts (columns ``prompt``, ``answer``, ``difficulty``) asking the built-in arithmetic task's
+    problems (sead.tasks.arithmetic's train split, spread over its four levels: one- and two-digit addition, two-digit
+    subtraction, two-digit times one-digit) as sead.data.additions asks a real instruct model: the worked example,
+    then "What is 47 - 38?". One- and two-digit operands give prompts of different lengths (left padding in a
+    batch); ``difficulty`` is the level's (0, 0.25, 0.5, 0.75)."""
+    from sead.tasks.arithmetic import sample_problems
+
+    return [{"prompt": chat(f"What is {p.a} {p.op} {p.b}?"), "answer": str(p.answer), "difficulty": (p.level - 1) / 4}
+            for p in sample_problems(n, seed=0, split="train")]  # fmt: skip
 
 
-def gsm8k_dataset(n: int):
+def chat_dataset(n: int):
     from datasets import Dataset
 
-    return Dataset.from_list(gsm8k_rows(n))
+    return Dataset.from_list(chat_rows(n))
 
 
 #: One trainer step of the real pair in seconds, not minutes: the tiny models' settings (``_tiny.FAST``) with 2

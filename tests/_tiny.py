@@ -217,3 +217,30 @@ def params(model) -> dict[str, torch.Tensor]:
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def fixed_batch(seed: int = 0, B: int = 4, P: int = 5, C: int = 6) -> dict[str, torch.Tensor]:
+    """A fixed generation batch: random prompt / completion ids over the task vocabulary, a ragged completion mask
+    (row ``b`` keeps ``C - b`` tokens), its token count and alternating verdicts."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = len(tokenizer())
+    mask = torch.ones(B, C, dtype=torch.long)
+    for b in range(B):
+        mask[b, max(C - b, 1) :] = 0
+    return {
+        "prompt_ids": torch.randint(5, vocab, (B, P), generator=g),
+        "prompt_mask": torch.ones(B, P, dtype=torch.long),
+        "completion_ids": torch.randint(5, vocab, (B, C), generator=g),
+        "completion_mask": mask,
+        "num_items_in_batch": mask.sum(),
+        "correct": torch.tensor([b % 2 == 0 for b in range(B)]),
+    }
+
+
+def completion_logits(model, inputs) -> torch.Tensor:
+    """A model's own forward (``model(**inputs).logits``) at the completion positions (the naive reference of every
+    loss test)."""
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+    T = inputs["completion_ids"].shape[1]
+    return model(input_ids=ids, attention_mask=attn).logits[:, -T - 1 : -1].float()

@@ -2,10 +2,10 @@
 
 ``python tests/_vllm_real.py TEACHER STUDENT ROOT OUT.json`` (environment: ``_tiny.vllm_env()``):
 
-1. opd, sead and sgopd train 2 steps each on GSM8K chat prompts with the student's rollouts in TRL's colocate
-   engine (one engine shared by the three trainers, as tests/_vllm_train.py does: each trainer's first step pushes
-   its own student's weights into it); SG-OPD's teacher rollouts with HF generate (a second 30-layer engine would
-   double the start-up).
+1. opd, sead and sgopd train 2 steps each on arithmetic chat prompts (``_real.chat_dataset``) with the student's
+   rollouts in TRL's colocate engine (one engine shared by the three trainers, as tests/_vllm_train.py does: each
+   trainer's first step pushes its own student's weights into it); SG-OPD's teacher rollouts with HF generate (a
+   second 30-layer engine would double the start-up).
 2. ``sead train`` (the command, in this process) runs recipes/smollm2-prune-distill.yaml for one step with vLLM
    colocate rollouts; the student it saves is loaded by ``AutoModelForCausalLM`` and decodes two prompts greedily.
 3. ``python tests/_vllm_real.py --serve OUT.json``: the saved student in a fresh vLLM engine (``dtype=float32``, a
@@ -31,7 +31,7 @@ def main(teacher: str, student: str, root: Path, out_path: Path) -> None:
     import trl.generation.vllm_generation as trl_vllm
     from transformers import AutoTokenizer
 
-    from _real import ADDITIONS, REPO, chat, gsm8k_dataset, real_config
+    from _real import ADDITIONS, REPO, chat, chat_dataset, real_config
     from sead.training.trainer import OPDTrainer
 
     t0 = time.perf_counter()
@@ -60,7 +60,7 @@ def main(teacher: str, student: str, root: Path, out_path: Path) -> None:
         extra = {"teacher_mix_rho0": 1.0, "teacher_mix_phase_fraction": 1.0} if method == "sgopd" else {}
         cfg = real_config(root / f"out-{method}", method=method, max_steps=2, use_vllm=True, vllm_mode="colocate",
                           vllm_gpu_memory_utilization=0.3, teacher_generation_backend="hf", **extra)  # fmt: skip
-        trainer = OPDTrainer(student, teacher, args=cfg, train_dataset=gsm8k_dataset(8), processing_class=tok)
+        trainer = OPDTrainer(student, teacher, args=cfg, train_dataset=chat_dataset(8), processing_class=tok)
         start = time.perf_counter()
         trainer.train()
         logs = [h for h in trainer.state.log_history if "loss" in h]

@@ -174,3 +174,48 @@ def test_binomial_se_seeds_needed_and_curve_reading_hand_computed():
     # interaction per seed: (0.6 - 0.5) - [(0.52 - 0.5) + (0.53 - 0.5) + (0.51 - 0.5)] = 0.04
     res = interaction([0.6, 0.7], [[0.52, 0.62], [0.53, 0.63], [0.51, 0.61]], [0.5, 0.6])
     assert res["mean"] == pytest.approx(0.04) and res["sd"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_additive_fit_is_the_block_design_on_a_balanced_table_and_exact_on_an_additive_one():
+    import numpy as np
+
+    from sead.bench.stats import additive_fit, block_residual_sd, contrast, fitted_contrast
+
+    rng = np.random.default_rng(1)
+    table = rng.normal(0.5, 0.05, size=(4, 5))
+    names = ["a", "b", "c", "d"]
+    fit = additive_fit({(names[v], s): table[v, s] for v in range(4) for s in range(5)})
+    sigma, df = block_residual_sd(table.tolist())
+    assert fit["df"] == df == 12 and fit["sigma"] == pytest.approx(sigma, rel=1e-9)
+    means = table.mean(axis=1)
+    want = contrast([means[1], means[0]], [1, -1], sigma, df, 5)
+    got = fitted_contrast(fit, ["b", "a"], [1, -1])
+    assert got["mean"] == pytest.approx(want["mean"]) and got["half_width"] == pytest.approx(want["half_width"])
+    # unbalanced (c and d ran 3 of the 7 seeds): data exactly additive plus tiny noise, the effects come back
+    effect, seed_effect = {"a": 0.50, "b": 0.42, "c": 0.47, "d": 0.55}, rng.normal(0, 0.03, size=7)
+    cells = {(n, s): effect[n] + seed_effect[s] + rng.normal(0, 1e-6) for n in effect for s in range(7)
+             if n in ("a", "b") or s < 3}  # fmt: skip
+    fit = additive_fit(cells)
+    assert fit["df"] == len(cells) - (4 + 7 - 1) == 10
+    assert fitted_contrast(fit, ["b", "a"], [1, -1])["mean"] == pytest.approx(-0.08, abs=1e-5)
+    assert fitted_contrast(fit, ["d", "c"], [1, -1])["mean"] == pytest.approx(0.08, abs=1e-5)
+    # the pair with all 7 seeds is known better than a pair with 3: a narrower interval
+    assert (fitted_contrast(fit, ["b", "a"], [1, -1])["half_width"]
+            < fitted_contrast(fit, ["d", "a"], [1, -1])["half_width"])  # fmt: skip
+    with pytest.raises(ValueError, match="summing to 0"):
+        fitted_contrast(fit, ["b"], [1])
+
+
+def test_pooled_intervals_use_every_run_when_the_pair_ran_more_seeds():
+    from sead.bench.suite import pooled_intervals
+
+    acc = {"opd": [0.50, 0.55, 0.52, 0.51, 0.54, 0.53], "sead": [0.46, 0.52, 0.47, 0.48, 0.50, 0.49],
+           "zones": [0.47, 0.53, 0.50], "anneal": [0.51, 0.55, 0.52], "curriculum": [0.48, 0.54, 0.50]}  # fmt: skip
+    runs = {n: [{"seed": s, "accuracy": v} for s, v in enumerate(vals)] for n, vals in acc.items()}
+    out = pooled_intervals(runs, "accuracy")
+    assert out["variants"] == list(acc) and out["seeds"] == list(range(6))
+    assert out["unbalanced"]["zones"] == [0, 1, 2] and out["df"] == (6 * 2 + 3 * 3) - (5 + 6 - 1)
+    # sead and opd ran the same seeds: their fitted difference is their mean paired difference
+    mean_diff = sum(a - b for a, b in zip(acc["sead"], acc["opd"])) / 6
+    assert out["vs_opd"]["sead"]["mean"] == pytest.approx(mean_diff)
+    assert "interaction" in out

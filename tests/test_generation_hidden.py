@@ -60,7 +60,7 @@ def test_recorded_hidden_states_are_the_forwards_at_the_completion_positions(tmp
     # the same cuts as a zone pass with the forward
     cuts = tr.zone_cuts.cuts_at(tr.state.global_step)
     tr.zone_cuts.start(tr.state.global_step)
-    for heads, _ in tr.forwards.step_heads(batch, 4, tr.model, tr.teacher_model, None, "off"):
+    for heads, *_ in tr.forwards.step_heads(batch, 4, tr.model, tr.teacher_model, None, "off"):
         tr.zone_cuts.add(heads.student, heads.teacher, heads.mask_BT)
     again = tr.zone_cuts.finish().cuts
     assert again.teacher_entropy == pytest.approx(cuts.teacher_entropy, abs=1e-4)

@@ -108,3 +108,28 @@ def test_loss_normaliser_is_the_global_token_count(tmp_path):
     assert float(tiny_trainer(tmp_path / "b", method="sead", skip_fraction=0.25).spec.normaliser(n)) == 30.0
     assert float(tiny_trainer(tmp_path / "c", method="sead", loss_normalization="all").spec.normaliser(n)) == 40.0
     assert tiny_trainer(tmp_path / "d", method="opd").spec.normaliser(None) is None
+
+
+@pytest.mark.slow
+def test_two_processes_two_teachers_agree_on_each_teachers_cuts(tmp_path):
+    """DDP with two teachers: every rank holds both, runs each on its own rows, and takes the same zone cuts per
+    teacher from every rank's tokens (one gather per teacher, on every rank)."""
+    from _tiny import save_models, tiny_dataset, tiny_model, tokenizer, write_jsonl, write_recipe
+
+    student, teacher = save_models(tmp_path)
+    other = tmp_path / "teacher2"
+    tiny_model(2).save_pretrained(other)
+    tokenizer().save_pretrained(other)
+    rows = tiny_dataset(16).to_list()
+    for i, row in enumerate(rows):
+        row["teacher"] = ("x", "y", "y")[i % 3]
+    data = write_jsonl(rows, tmp_path / "train.jsonl")
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=student, dataset_name=data, method="sead",
+                          curriculum=False, max_steps=2, output_dir=str(tmp_path / "out"),
+                          teachers={"x": teacher, "y": str(other)})  # fmt: skip
+    _launch(str(REPO / "tests" / "_mp_train.py"), "--config", recipe)
+    ranks = _records(tmp_path / "out")
+    for step in (1, 2):
+        a, b = (r[step]["zone_cuts_by_teacher"] for r in ranks)
+        assert a == b and set(a) == {"0", "1"}, (step, a, b)
+        assert a["0"] != a["1"]  # two teachers, two sets of cuts

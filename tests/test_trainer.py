@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from _fused_problem import on_logits  # noqa: E402
-from _tiny import tiny_dataset, tiny_model, tokenizer
+from _tiny import fixed_batch, tiny_dataset, tiny_model, tokenizer
 from sead.losses import fused_sead_loss, reverse_kl, sead_loss
 from sead.method.curriculum import CompetenceCurriculum
 from sead.training.config import OPDConfig
@@ -35,23 +35,6 @@ def _cfg(tmp_path, **kw):
     return OPDConfig(**base)
 
 
-def _batch(trainer, seed=0, B=4, P=5, C=6):
-    """A fixed generation batch: random prompt/completion ids, ragged completion mask."""
-    g = torch.Generator().manual_seed(seed)
-    vocab = len(tokenizer())
-    mask = torch.ones(B, C, dtype=torch.long)
-    for b in range(B):
-        mask[b, C - b :] = 0  # lengths C, C-1, ...
-    return {
-        "prompt_ids": torch.randint(5, vocab, (B, P), generator=g),
-        "prompt_mask": torch.ones(B, P, dtype=torch.long),
-        "completion_ids": torch.randint(5, vocab, (B, C), generator=g),
-        "completion_mask": mask,
-        "num_items_in_batch": mask.sum(),
-        "correct": torch.tensor([True, False, True, False]),
-    }
-
-
 def test_opd_full_estimator_equals_trl_distillation_loss(tmp_path):
     """Vanilla OPD (fused, full vocabulary) gives TRL's DistillationTrainer loss with beta=1 on one batch."""
     from trl import DistillationConfig, DistillationTrainer
@@ -62,7 +45,7 @@ def test_opd_full_estimator_equals_trl_distillation_loss(tmp_path):
         output_dir=str(tmp_path / "trl"), beta=1.0, report_to=[], bf16=False, activation_checkpointing=False, use_cpu=True, max_steps=1
     )
     theirs = DistillationTrainer(model=tiny_model(0), teacher_model=tiny_model(1), args=trl_args, train_dataset=ds, processing_class=tokenizer())
-    batch = _batch(ours)
+    batch = fixed_batch()
     for n_items in (None, batch["num_items_in_batch"].float()):
         a = ours._compute_loss(ours.model, batch, n_items)[0]
         b = theirs._compute_loss(theirs.model, batch, n_items)[0]
@@ -77,7 +60,7 @@ def test_logits_path_equals_fused_path(tmp_path):
         tiny_model(0), tiny_model(1), args=_cfg(tmp_path, method="sead", curriculum=False, use_fused_loss=False),
         train_dataset=ds, processing_class=tokenizer(),
     )
-    batch = _batch(fused)
+    batch = fixed_batch()
     a = fused._compute_loss(fused.model, batch, batch["num_items_in_batch"].float())[0]
     b = plain._compute_loss(plain.model, batch, batch["num_items_in_batch"].float())[0]
     assert torch.allclose(a, b, rtol=1e-5), (a, b)
@@ -97,7 +80,7 @@ def test_the_fused_loss_gets_the_configured_zone_settings(tmp_path, monkeypatch,
     monkeypatch.setattr(trainer_module, "fused_objective", spy)
     cfg = _cfg(tmp_path, method="sead", curriculum=False, zone_precision=precision, entropy_support=support)
     tr = OPDTrainer(tiny_model(0), tiny_model(1), args=cfg, train_dataset=tiny_dataset(8), processing_class=tokenizer())
-    batch = _batch(tr)
+    batch = fixed_batch()
     loss = tr._compute_loss(tr.model, batch, batch["num_items_in_batch"].float())[0]
     assert seen == [(precision, support)] and torch.isfinite(loss)
     defaults = OPDConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False)

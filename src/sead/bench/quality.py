@@ -258,6 +258,9 @@ def pooled_intervals(runs: dict[str, list[dict]], metric: str = "accuracy", refe
         return {}
     seeds = sorted(by_seed[reference])
     names = [n for n, v in by_seed.items() if all(s in v for s in seeds)]
+    shared = [n for n, v in by_seed.items() if len(set(v) & set(seeds)) >= 2]
+    if len(shared) > len(names) and len(seeds) >= 2:  # some variants ran fewer seeds than the reference
+        return _unbalanced_intervals(by_seed, shared, seeds, metric, reference, joint, half_width)
     if len(names) < 2 or len(seeds) < 2:
         return {}
     sigma, df = block_residual_sd([[by_seed[n][s] for s in seeds] for n in names])
@@ -269,6 +272,28 @@ def pooled_intervals(runs: dict[str, list[dict]], metric: str = "accuracy", refe
     parts = (joint, reference, *SEAD_COMPONENTS)
     if all(p in means for p in parts):
         out["interaction"] = contrast([means[p] for p in parts], [1, 2, -1, -1, -1], sigma, df, len(seeds))
+    need = next((n for n in range(2, 1001) if t_quantile_975((len(names) - 1) * (n - 1)) * sigma * (2 / n) ** 0.5
+                 <= half_width), None)
+    out["seeds_for_half_width"] = {"half_width": half_width, "seeds": need}
+    return out
+
+
+def _unbalanced_intervals(by_seed, names, seeds, metric, reference, joint, half_width) -> dict[str, Any]:
+    """:func:`pooled_intervals` when variants ran different seeds (e.g. more seeds for SEAD and OPD than for the
+    components): the additive model fitted over every run of the reference's seeds (:func:`sead.bench.stats.
+    additive_fit`), contrasts read off the fit; ``unbalanced`` lists each variant's seeds."""
+    from sead.bench.stats import additive_fit, fitted_contrast, t_quantile_975
+
+    cells = {(n, s): by_seed[n][s] for n in names for s in seeds if s in by_seed[n]}
+    fit = additive_fit(cells)
+    sigma, df = fit["sigma"], fit["df"]
+    out: dict[str, Any] = {"metric": metric, "sigma": sigma, "df": df, "seeds": seeds, "variants": names,
+                           "unbalanced": {n: sorted(s for s in by_seed[n] if s in seeds) for n in names}}  # fmt: skip
+    out[f"vs_{reference}"] = {n: fitted_contrast(fit, [n, reference], [1, -1]) for n in names if n != reference}
+    out["pair_half_width"] = t_quantile_975(df) * sigma * (2 / len(seeds)) ** 0.5
+    parts = (joint, reference, *SEAD_COMPONENTS)
+    if all(p in names for p in parts):
+        out["interaction"] = fitted_contrast(fit, list(parts), [1, 2, -1, -1, -1])
     need = next((n for n in range(2, 1001) if t_quantile_975((len(names) - 1) * (n - 1)) * sigma * (2 / n) ** 0.5
                  <= half_width), None)
     out["seeds_for_half_width"] = {"half_width": half_width, "seeds": need}

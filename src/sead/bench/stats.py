@@ -7,6 +7,8 @@ interval is Student's t on the differences, ``mean(d) +- t_{0.975, n-1} * sd(d) 
 With few seeds that interval is wide (t_{0.975, 1} = 12.7): :func:`block_residual_sd` and :func:`contrast` read
 every variant's runs as one randomized block design (variants x seeds, additive model ``y_vs = mu + a_v + b_s + e``)
 and pool the residual variance over all variants, ``(V - 1)(S - 1)`` degrees of freedom instead of ``S - 1``.
+When variants ran different seeds (more seeds for the pair the question is about), :func:`additive_fit` fits the same
+model by least squares over the cells that exist, and :func:`fitted_contrast` reads contrasts off it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from collections.abc import Sequence
 
 __all__ = [
     "binomial_se",
+    "additive_fit",
     "block_residual_sd",
     "contrast",
+    "fitted_contrast",
     "interaction",
     "mean_sd",
     "paired_difference",
@@ -142,3 +146,45 @@ def contrast(means: Sequence[float], coefficients: Sequence[float], sigma: float
     value = sum(c * m for c, m in zip(coefficients, means))
     half = t_quantile_975(df) * sigma * math.sqrt(sum(c * c for c in coefficients) / n_seeds)
     return {"mean": value, "half_width": half, "ci_low": value - half, "ci_high": value + half, "df": df}
+
+
+def additive_fit(cells: dict[tuple[str, int], float]) -> dict:
+    """Least-squares fit of the additive model ``y_vs = a_v + b_s + e`` (``b`` of the first seed fixed at 0) over the
+    ``(variant, seed)`` cells that exist: an unbalanced randomized block design (some variants ran more seeds).
+    Returns ``{"variants", "seeds", "effects", "cov", "sigma", "df"}``: each variant's effect ``a_v`` (differences of
+    effects are seed-adjusted differences of means), ``cov`` the ``(X'X)^-1`` block of the effects (times
+    ``sigma^2`` their covariance), and the residual sd on ``N - rank(X)`` degrees of freedom. On a balanced table it
+    is :func:`block_residual_sd` and the plain means."""
+    import numpy as np
+
+    variants = list(dict.fromkeys(v for v, _ in cells))
+    seeds = sorted({s for _, s in cells})
+    X = np.zeros((len(cells), len(variants) + len(seeds) - 1))
+    y = np.zeros(len(cells))
+    for row, ((v, s), value) in enumerate(cells.items()):
+        X[row, variants.index(v)] = 1.0
+        if seeds.index(s):
+            X[row, len(variants) + seeds.index(s) - 1] = 1.0
+        y[row] = float(value)
+    rank = int(np.linalg.matrix_rank(X))
+    df = len(cells) - rank
+    if len(variants) < 2 or df < 1:
+        raise ValueError(f"an additive fit needs >= 2 variants and more cells than parameters; got {len(cells)} cells")
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    rss = float(((y - X @ coef) ** 2).sum())
+    inv = np.linalg.pinv(X.T @ X)
+    V = len(variants)
+    return {"variants": variants, "seeds": seeds, "effects": coef[:V].tolist(), "cov": inv[:V, :V].tolist(),
+            "sigma": math.sqrt(rss / df), "df": df}  # fmt: skip
+
+
+def fitted_contrast(fit: dict, names: Sequence[str], coefficients: Sequence[float]) -> dict:
+    """A contrast ``L = sum_i c_i a_{names_i}`` (coefficients summing to 0: estimable) of an :func:`additive_fit`,
+    with its 95% interval ``L +- t_{0.975, df} * sigma * sqrt(c' (X'X)^-1 c)``; the keys of :func:`contrast`."""
+    if len(names) != len(coefficients) or abs(sum(coefficients)) > 1e-9:
+        raise ValueError("a fitted contrast needs one coefficient per variant, summing to 0")
+    idx = [fit["variants"].index(n) for n in names]
+    value = sum(c * fit["effects"][i] for c, i in zip(coefficients, idx))
+    var = sum(ci * cj * fit["cov"][i][j] for ci, i in zip(coefficients, idx) for cj, j in zip(coefficients, idx))
+    half = t_quantile_975(fit["df"]) * fit["sigma"] * math.sqrt(max(var, 0.0))
+    return {"mean": value, "half_width": half, "ci_low": value - half, "ci_high": value + half, "df": fit["df"]}

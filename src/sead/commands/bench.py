@@ -1,4 +1,8 @@
-"""``sead bench loss|step|quality|lr|factorial|all [--quick] [--json FILE] [--update-results]``: measure, then record.
+"""``sead bench loss|step|quality|lr|factorial|teachers|all [--quick] [--json FILE] [--update-results]``: measure, then
+record.
+
+``teachers``: several teachers in one run (two partial teachers on sums, :mod:`sead.bench.teachers`), its results
+``benchmarks/results/teachers.json`` and their table ``teachers.md``, which the report includes.
 
 ``lr`` chooses each quality variant's learning rate on a validation set (``benchmarks/results/lr.json``);
 ``quality`` then runs every variant at the size's rate and, where its chosen rate differs, at that rate too
@@ -22,7 +26,7 @@ RESULTS_DIR = Path("benchmarks/results")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["loss", "step", "quality", "lr", "factorial", "all", "report"], help="which benchmark (report: only rebuild the report)")
+    parser.add_argument("what", choices=["loss", "step", "quality", "lr", "factorial", "teachers", "all", "report"], help="which benchmark (report: only rebuild the report)")
     parser.add_argument("--quick", action="store_true", help="small shapes / few runs (minutes)")
     parser.add_argument(
         "--json", type=Path, default=None,
@@ -103,6 +107,13 @@ def run(args: argparse.Namespace) -> int:
                 res = suite.tune_learning_rates(variants, _grid(args), steps=args.steps, jobs=args.jobs, task=args.task)
             except ValueError as err:
                 raise SeadError(f"sead bench lr: {err}") from err
+        elif what == "teachers":
+            from sead.bench.teachers import bench_teachers, teachers_markdown
+
+            res = bench_teachers(steps=args.steps)
+            res["command"] = "sead bench teachers" + (f" --steps {args.steps}" if args.steps else "")
+            if record:
+                (args.results_dir / "teachers.md").write_text(teachers_markdown(res))
         elif what == "factorial":
             variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
             try:
@@ -151,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
             if p.exists():
                 results[what] = json.loads(p.read_text())
         # hand-written sections kept through a regeneration: the analysis, the real checkpoints' measurements
-        parts = [args.results_dir / "analysis.md", args.results_dir / "real" / "real_checkpoints.md"]
+        parts = [args.results_dir / "analysis.md", args.results_dir / "teachers.md",
+                 args.results_dir / "real" / "real_checkpoints.md"]  # fmt: skip
         analysis = "\n\n".join(p.read_text().strip() for p in parts if p.exists())
         write_report(results, commands, args.report, analysis)
         print(f"[sead bench] wrote {args.report}")

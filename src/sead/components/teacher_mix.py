@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from trl.trainer.utils import pad
 
+from sead.components.teachers import TEACHER_INDEX_KEY
+
 __all__ = ["MixResult", "TeacherMix", "replace_logged", "splice_rollouts", "step_seed", "teacher_mix_picks"]
 
 #: ``sample(prompt_ids, prompt_mask, seed)``: ``G`` teacher rollouts per prompt, prompt-major, as token-id lists.
@@ -121,7 +123,10 @@ class TeacherMix:
         if not picks:  # the same on every rank (teacher_mix_picks): no rank generates alone
             return MixResult(output, correct, mixed, picks)
         prompt_ids, prompt_mask = output["prompt_ids"][picks], output["prompt_mask"][picks]
-        candidates = self.sample(prompt_ids, prompt_mask, step_seed(self.seed, step) + rank)
+        routes = output.get(TEACHER_INDEX_KEY)  # several teachers: each prompt's own samples its rollouts
+        seed = step_seed(self.seed, step) + rank
+        candidates = (self.sample(prompt_ids, prompt_mask, seed) if routes is None
+                      else self.sample(prompt_ids, prompt_mask, seed, routes=routes[picks]))  # fmt: skip
         verdicts = self.grade([inputs[i] for i in picks for _ in range(G)], self.decode(candidates))
         completions = [ids[m.bool()].tolist() for ids, m in zip(output["completion_ids"], output["completion_mask"])]
         for j, i in enumerate(picks):

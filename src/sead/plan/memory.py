@@ -90,6 +90,9 @@ class PlanInputs:
     teacher_served: bool = False  # teacher_server_url: no teacher on the training GPUs
     teacher_hidden_cache: bool = False  # SEAD's step zone pass keeps the teacher's hidden states (teacher_cache: device)
     teacher_server_top_k: int = 64
+    # several teachers (OPDConfig.teachers): the ones after `teacher`, each (facts, load bytes); every process holds all
+    other_teachers: tuple = ()
+    lora_params: int = 0  # a LoRA student: its trainable parameters (adapters, modules_to_save); 0: full fine-tuning
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -138,7 +141,34 @@ def fsdp2_unsharded_grad_bytes(inp: PlanInputs) -> int:
     if inp.grad_accum <= 1 or inp.sync_each_batch:
         return 0
     b = 2 if inp.mixed_precision else _student_bytes_per_param("fsdp2", inp)[1]
-    return inp.student.num_params * b
+    return _trained_params(inp) * b
+
+
+def _trained_params(inp: PlanInputs) -> int:
+    """The student's parameters that get gradients and optimizer states: all of them, or a LoRA student's adapters."""
+    return inp.lora_params or inp.student.num_params
+
+
+def _adapter_bytes_per_param(strategy: str, inp: PlanInputs) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer) bytes per trainable parameter of a LoRA student: DeepSpeed as for full
+    training (its bf16 module, fp32 master copy and moments; TRL keeps ZeRO-3's adapters in the base dtype); DDP and
+    FSDP2 fp32 (peft's ``autocast_adapter_dtype`` upcasts adapters of a bf16 / fp16 base)."""
+    if strategy in ("zero2", "zero3"):
+        return _student_bytes_per_param(strategy, inp)
+    return 4, 4, 2 if inp.optimizer_8bit else 8
+
+
+def _student_state(strategy: str, inp: PlanInputs, div: dict[str, int]) -> tuple[int, int, int]:
+    """Per-GPU bytes of the student's (weights, gradients, optimizer state) under ``strategy``. A LoRA student keeps its
+    whole base model frozen (held as the launcher holds frozen weights, :func:`frozen_bytes`) and trains the adapters
+    only."""
+    P = inp.student.num_params
+    if not inp.lora_params:
+        wb, gb, ob = _student_bytes_per_param(strategy, inp)
+        return P * wb // div["weights"], P * gb // div["grads"], P * ob // div["optim"]
+    A, (wb, gb, ob) = inp.lora_params, _adapter_bytes_per_param(strategy, inp)
+    frozen = frozen_bytes(strategy, P, inp.student_load_bytes, inp.gpus, inp.mixed_precision)
+    return frozen + A * wb // div["weights"], A * gb // div["grads"], A * ob // div["optim"]
 
 
 def _shards(strategy: str, n: int) -> dict[str, int]:
@@ -209,7 +239,8 @@ def teacher_hidden_cache_bytes(inp: PlanInputs) -> int:
     if not inp.teacher_hidden_cache or inp.teacher_served:
         return 0
     act_bytes = 2 if inp.mixed_precision else 4
-    return inp.local_generation_batch * inp.completion_tokens * inp.teacher.hidden_size * act_bytes
+    widest = max(f.hidden_size for f in (inp.teacher, *(f for f, _ in inp.other_teachers)))  # several: one tensor
+    return inp.local_generation_batch * inp.completion_tokens * widest * act_bytes
 
 
 def _student_activations(inp: PlanInputs) -> int:
@@ -230,8 +261,9 @@ def _frozen_forwards(inp: PlanInputs) -> tuple[int, int]:
     tokens, loss_rows = inp.per_device_batch * inp.seq_len, inp.per_device_batch * inp.completion_tokens
     if inp.teacher_served:
         teacher = loss_rows * (inp.teacher_server_top_k * 12 + 4)
-    else:
-        teacher = tokens * t.activation_elems_per_token * 2 + loss_rows * t.hidden_size * 2
+    else:  # several teachers run one at a time: the largest forward
+        teacher = max(tokens * f.activation_elems_per_token * 2 + loss_rows * f.hidden_size * 2
+                      for f in (t, *(f for f, _ in inp.other_teachers)))  # fmt: skip
     reference = (tokens * s.activation_elems_per_token * 2) if inp.reference_model else 0
     return teacher, reference
 
@@ -355,21 +387,27 @@ def _strategy_components(strategy: str, inp: PlanInputs, train: _TrainingWorking
     (sharded as the strategy shards them), the frozen models, the buffers of both phases."""
     n = max(int(inp.gpus), 1)
     div = _shards(strategy, n)
-    wb, gb, ob = _student_bytes_per_param(strategy, inp)
+    wb = _student_bytes_per_param(strategy, inp)[0]
     P, mixed = inp.student.num_params, inp.mixed_precision
+    weights, grads, optim = _student_state(strategy, inp, div)
+    # SG-OPD's reference: a frozen copy of the student; none for a LoRA student (its adapters off: sead.training.lora)
+    reference = 0
+    if inp.reference_model and not inp.lora_params:
+        reference = frozen_bytes(strategy, P, inp.student_load_bytes, n, mixed)
     teacher = 0
     if not inp.teacher_served:
         teacher = frozen_bytes(strategy, inp.teacher.num_params, inp.teacher_load_bytes, n, mixed)
+        teacher += sum(frozen_bytes(strategy, f.num_params, b, n, mixed) for f, b in inp.other_teachers)
     gen_extra = 0
     if strategy == "zero3" and not inp.use_vllm and inp.ds3_gather_for_generation:
         gen_extra = P * wb  # TRL gathers the whole student for HF generate under ZeRO-3
     return {
-        "student weights": P * wb // div["weights"],
-        "student gradients": P * gb // div["grads"],
+        "student weights": weights,
+        "student gradients": grads,
         "FSDP2 unsharded gradients (no_sync)": fsdp2_unsharded_grad_bytes(inp) if strategy == "fsdp2" else 0,
-        "optimizer (AdamW)": P * ob // div["optim"],
+        "optimizer (AdamW)": optim,
         "teacher weights": teacher,
-        "reference weights": frozen_bytes(strategy, P, inp.student_load_bytes, n, mixed) if inp.reference_model else 0,
+        "reference weights": reference,
         "sharding gather buffers": _sharding_gather(strategy, inp, wb),
         "runtime overhead": int(ASSUMPTIONS["runtime_overhead_gib"] * GiB),
         "vLLM colocate reservation": roll.vllm_reserved,
@@ -390,7 +428,7 @@ def _plan_strategy(strategy: str, inp: PlanInputs, train: _TrainingWorkingSet, r
     other; with vllm_enable_sleep_mode TRL puts the student's engine to sleep (level 2: weights and KV cache
     released) right after its generation, so SG-OPD's teacher rollouts that follow do not share the GPU with it."""
     c = _strategy_components(strategy, inp, train, roll)
-    wb, gb, ob = _student_bytes_per_param(strategy, inp)
+    wb, gb, ob = (_adapter_bytes_per_param if inp.lora_params else _student_bytes_per_param)(strategy, inp)  # trained
     vllm_in_train = 0 if inp.vllm_sleep_mode else roll.vllm_reserved
     student_gen = roll.vllm_reserved + roll.student_gen + c["ZeRO-3 student gathered for generate"]
     rollout_ws = max(student_gen, vllm_in_train + roll.teacher_kv)

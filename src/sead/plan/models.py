@@ -12,7 +12,7 @@ from typing import Any
 
 from sead.utils.errors import SeadError
 
-__all__ = ["KNOWN_MODELS", "ModelFacts", "builtin_facts", "facts_from_config", "lookup_model"]
+__all__ = ["KNOWN_MODELS", "ModelFacts", "builtin_facts", "facts_from_config", "lookup_model", "lora_trainable_params"]
 
 
 @dataclass(frozen=True)
@@ -199,3 +199,54 @@ def builtin_facts(task: str, quick: bool) -> tuple[ModelFacts, ModelFacts]:
         config["dtype"] = "float32"
         out.append(facts_from_config(config, name=f"{task} {role}", source="built-in task spec"))
     return out[0], out[1]
+
+
+#: peft's LoRA target modules when a config names none (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`` of the
+#: Llama and Qwen families; peft has no default for OLMo and refuses ``target_modules: None`` there).
+LORA_DEFAULT_TARGETS = ("q_proj", "v_proj")
+
+
+def _linear_shapes(s: ModelFacts) -> dict[str, tuple[int, int]]:
+    """``(in, out)`` features of each decoder layer's linear projections (a gated MLP)."""
+    h, q, kv, i = s.hidden_size, s.q_dim, s.kv_dim, s.intermediate_size
+    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}  # fmt: skip
+
+
+def lora_trainable_params(s: ModelFacts, r: int, target_modules=None, modules_to_save=None,
+                          use_dora: bool = False) -> tuple[int, list[str]]:
+    """``(trainable parameters, notes)`` of a LoRA student: ``r x (in + out)`` per targeted projection of every
+    layer (``all-linear``: the seven; ``None``: :data:`LORA_DEFAULT_TARGETS`), ``r x (V + H)`` for ``embed_tokens``,
+    plus ``out`` per projection with DoRA (its magnitudes), plus each module of ``modules_to_save`` trained whole
+    (``lm_head`` / ``embed_tokens``: ``V x H``). A name it cannot count, and ``lm_head`` (which the trainer refuses as
+    a target), is named in the notes."""
+    notes: list[str] = []
+    shapes = _linear_shapes(s)
+    if target_modules is None:
+        targets = list(LORA_DEFAULT_TARGETS)
+        notes.append(f"LoRA target_modules not set: peft's default for Llama / Qwen models assumed "
+                     f"({', '.join(targets)}); peft has none for OLMo (set lora_target_modules).")  # fmt: skip
+    elif target_modules == "all-linear" or list(target_modules) == ["all-linear"]:
+        targets = list(shapes)
+    else:
+        targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    total, uncounted = 0, []
+    for name in targets:
+        if name in shapes:
+            n_in, n_out = shapes[name]
+            total += s.num_layers * (r * (n_in + n_out) + (n_out if use_dora else 0))
+        elif name == "embed_tokens":
+            total += r * (s.vocab_size + s.hidden_size)
+        elif name == "lm_head":
+            notes.append("LoRA on lm_head: the trainer refuses it (the fused loss reads the head's weight); not "
+                         "counted. Train the whole head with lora_modules_to_save: [lm_head] instead.")  # fmt: skip
+        else:
+            uncounted.append(name)
+    for name in modules_to_save or []:
+        if name in ("lm_head", "embed_tokens"):
+            total += s.vocab_size * s.hidden_size
+        else:
+            uncounted.append(name)
+    if uncounted:
+        notes.append(f"LoRA: {', '.join(uncounted)} not counted (not a projection this planner knows).")
+    return total, notes

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sead.components.teachers import parse_teachers
 from sead.plan.memory import PlanInputs, plan_memory, uses_fused_loss
-from sead.plan.models import _dtype_bytes, builtin_facts, lookup_model
+from sead.plan.models import _dtype_bytes, builtin_facts, lookup_model, lora_trainable_params
 
 __all__ = ["plan_recipe"]
 
@@ -33,6 +34,34 @@ def _sync_each_batch(cfg) -> bool:
     return bool((kwargs or {}).get("sync_each_batch", False))
 
 
+def _lora_params(script, student, notes: list[str]) -> int:
+    """A LoRA student's trainable parameters from the recipe's TRL ``ModelConfig`` fields (``use_peft``, ``lora_*``;
+    0 without ``use_peft``), with its notes."""
+    if not getattr(script, "use_peft", False):
+        return 0
+    count, lora_notes = lora_trainable_params(student, script.lora_r, script.lora_target_modules,
+                                              script.lora_modules_to_save, script.use_dora)  # fmt: skip
+    notes += lora_notes
+    notes.append(
+        f"LoRA student (r={script.lora_r}): {count:,} trainable parameters ({100 * count / student.num_params:.2f}% of "
+        f"{student.num_params:,}); the base model is held frozen, gradients and AdamW states are the adapters' only, "
+        "and SG-OPD's reference is the student with its adapters off (no copy)."
+    )
+    return count
+
+
+def _other_teachers(cfg, student, notes: list[str]) -> tuple:
+    """Several teachers (``teachers``): every one after the first, as ``(facts, load bytes)``."""
+    out = []
+    for e in parse_teachers(cfg.teachers)[1:]:
+        facts = lookup_model(e.model, None, role=f"teacher {e.name}")
+        if facts.vocab_size != student.vocab_size:
+            notes.append(f"teacher {e.name}: vocab {facts.vocab_size} != the student's {student.vocab_size}.")
+        kwargs = cfg.teacher_model_init_kwargs if e.init_kwargs is None else e.init_kwargs
+        out.append((facts, _init_dtype_bytes(kwargs, facts.dtype_bytes, 4)))
+    return tuple(out)
+
+
 def plan_recipe(
     script,
     cfg,
@@ -52,6 +81,9 @@ def plan_recipe(
         student = lookup_model(script.model_name_or_path, model_config, role="model")
         # a served teacher: its served name is, by vLLM's default, the hub id it was started with
         teacher_name = cfg.teacher_model_name_or_path or cfg.teacher_server_model
+        entries = parse_teachers(cfg.teachers)  # several teachers: every one is held by every process
+        if entries:
+            teacher_name = entries[0].model
         teacher = lookup_model(teacher_name, teacher_config, role="teacher")
         default_prompt = 512
     if student.vocab_size != teacher.vocab_size:
@@ -67,7 +99,9 @@ def plan_recipe(
     student_bytes = _init_dtype_bytes(cfg.model_init_kwargs, student.dtype_bytes, 4)
     if script.builtin_task:
         student_bytes = 4
-    teacher_bytes = _init_dtype_bytes(cfg.teacher_model_init_kwargs, teacher.dtype_bytes, 4)
+    first = parse_teachers(cfg.teachers)[:1]  # several teachers: the first one's own init kwargs, if it has them
+    kwargs = first[0].init_kwargs if first and first[0].init_kwargs is not None else cfg.teacher_model_init_kwargs
+    teacher_bytes = _init_dtype_bytes(kwargs, teacher.dtype_bytes, 4)
     served = bool(cfg.teacher_server_url)
     if teacher_bytes == 4 and mixed and not script.builtin_task and not served:
         notes.append(
@@ -115,12 +149,15 @@ def plan_recipe(
         teacher_served=served,
         teacher_hidden_cache=bool(cfg.zones and cfg.zone_scope == "step" and cfg.teacher_cache == "device"),
         teacher_server_top_k=cfg.teacher_server_top_k,
+        lora_params=_lora_params(script, student, notes),
+        other_teachers=_other_teachers(cfg, student, notes),
         notes=notes,
     )
     out = plan_memory(inp)
     out["recipe"] = {
         "student": script.model_name_or_path or f"builtin:{script.builtin_task}",
         "teacher": cfg.teacher_model_name_or_path
+        or (", ".join(f"{e.name}: {e.model}" for e in parse_teachers(cfg.teachers)) or None)
         or (f"{cfg.teacher_server_model or '?'} served at {cfg.teacher_server_url}" if served else None)
         or f"builtin:{script.builtin_task}",
         "method": cfg.method,

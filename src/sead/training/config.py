@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from trl import DistillationConfig
 
+from sead.components.teachers import parse_teachers
 from sead.losses.spec import ESTIMATORS, GateSpec, LossSpec, ZoneSpec
 from sead.method.curriculum import THRESHOLD_MODES, CompetenceCurriculum
 from sead.method.schedules import StepSchedules
@@ -313,6 +316,21 @@ class OPDConfig(DistillationConfig):
             overlap measured slower (docs/scaling.md, "What a step costs"). Off: one request per micro-batch, in
             the zone pass.
 
+        > Several teachers (MOPD style; docs/recipes.md, "Several teachers")
+
+        teachers (`dict`, *optional*):
+            Several local teachers in one run: `{name: model}` or `{name: {model: ..., init_kwargs: {...}}}` (a hub
+            id or path, loaded as `teacher_model_name_or_path` is, with its own init kwargs or else
+            `teacher_model_init_kwargs`). Every teacher must share the student's tokenizer (refused by name
+            otherwise). Each row of the dataset names its teacher in `teacher_column`; each rollout is scored by its
+            own teacher only, and a teacher that serves no row of a micro-batch runs no forward for it. SEAD's zone
+            cuts are per teacher (each teacher's tokens split as SEAD splits one teacher's); SG-OPD's cold-start
+            rollouts come from the row's own teacher. Logged per teacher under `teacher/<name>/...`. Leave
+            `teacher_model_name_or_path` and `teacher_server_url` unset. One process or DDP (teachers sharded by
+            FSDP / ZeRO-3, and served teachers, are one per run in this version).
+        teacher_column (`str`, *optional*, defaults to `"teacher"`):
+            The dataset column naming each row's teacher (a key of `teachers`).
+
         > Prompts
 
         max_prompt_length (`int`, *optional*):
@@ -474,6 +492,11 @@ class OPDConfig(DistillationConfig):
         default=600.0, metadata={"help": "Seconds to wait for the server's /health at start."}
     )
 
+    teachers: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Several teachers: {name: model path or {model, init_kwargs}} (JSON on the CLI)."}
+    )
+    teacher_column: str = field(default="teacher", metadata={"help": "Dataset column naming each row's teacher."})
+
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Longest prompt in tokens; longer ones are dropped. None: context - completion."}
     )
@@ -600,6 +623,8 @@ class OPDConfig(DistillationConfig):
         self._check_choices()
         if self.teacher_server_url is not None:
             self._validate_served_teacher()
+        if self.teachers is not None:
+            self._validate_teachers()
         self._check_trainer_fields()
 
     def _check_loss_fields(self) -> None:
@@ -768,6 +793,20 @@ class OPDConfig(DistillationConfig):
             raise SeadError(f"teacher_server_max_retries must be >= 0; got {self.teacher_server_max_retries}.")
         if self.teacher_server_startup_timeout < 0:
             raise SeadError(f"teacher_server_startup_timeout must be >= 0; got {self.teacher_server_startup_timeout}.")
+
+    def _validate_teachers(self) -> None:
+        """``teachers`` parsed (JSON text from the command line) and checked against the single-teacher fields."""
+        if isinstance(self.teachers, str):
+            try:
+                self.teachers = json.loads(self.teachers)
+            except json.JSONDecodeError as err:
+                raise SeadError(f"teachers: not a JSON mapping of name -> model path ({err}); got {self.teachers!r}.") from err
+        parse_teachers(self.teachers)  # refuses a malformed entry by name
+        for name in ("teacher_model_name_or_path", "teacher_server_url"):
+            if getattr(self, name):
+                raise SeadError(f"teachers and {name} are both set: name every teacher in `teachers`, or use one teacher.")
+        if not str(self.teacher_column or "").strip():
+            raise SeadError("teacher_column must name the dataset column that picks each row's teacher.")
 
     @property
     def teacher_server_top_k(self) -> int:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from sead.components.served import SERVED_KEYS, ServedTeacher, served_from_batch, served_rows
+from sead.components.teachers import sub_batch, teacher_groups
 from sead.components.zone_cuts import ZONE_ENTROPIES_KEY
 from sead.losses.fused import LMHead, SparseTeacher
 from sead.method.logit_transforms import IDENTITY, LogitTransform, check_output_transform, logit_transform_of
@@ -33,6 +34,7 @@ __all__ = [
     "TEACHER_HIDDEN_KEY",
     "Heads",
     "ModelForwards",
+    "StepPart",
     "full_tensor",
     "keep_teacher_side",
     "one_masked_column",
@@ -79,7 +81,7 @@ def _lm_head(model, hidden: torch.Tensor, transform: LogitTransform, rows: int |
     rows only: the distribution over the shared vocabulary ``softmax(z[:rows])`` (docs/methods.md, "Padded
     vocabularies"). A slice is a view: a tied weight stays one tensor and its gradient reaches the whole matrix."""
     head = model.get_output_embeddings()
-    weight, bias = full_tensor(head.weight, hidden.dtype), full_tensor(head.bias)
+    weight, bias = full_tensor(head.weight, hidden.dtype), full_tensor(getattr(head, "bias", None))  # peft's wrappers
     if rows is not None and rows < weight.shape[0]:
         weight = weight[:rows]
         bias = None if bias is None else bias[:rows]
@@ -118,17 +120,38 @@ def _placed(hidden_BTH: torch.Tensor, cache: str) -> torch.Tensor | None:
     return hidden_BTH.detach().to("cpu") if cache == "cpu" else hidden_BTH.detach()
 
 
-def keep_teacher_side(output: dict[str, Any], parts: list[SparseTeacher | torch.Tensor | None]) -> None:
+def keep_teacher_side(output: dict[str, Any], parts: list[SparseTeacher | torch.Tensor | None],
+                      rows: list[torch.Tensor | None] | None = None) -> None:
     """Keep the step's teacher side in TRL's generation batch ``output`` (every micro-batch's part, in row order), so
     that each micro-batch's loss reads its rows instead of asking the teacher again: a served teacher's answers
     (:meth:`ServedTeacher.keep`), or a local teacher's hidden states under :data:`TEACHER_HIDDEN_KEY`. Nothing is
-    kept when a part is ``None`` (``teacher_cache: off``). Every rank keeps or none does: the setting is the run's."""
+    kept when a part is ``None`` (``teacher_cache: off``). Every rank keeps or none does: the setting is the run's.
+
+    ``rows``: with several teachers, the batch rows of each part (``None`` for none of them: the parts are the rows
+    in order). The parts are then placed at their rows in one ``[B, T, H_max]`` tensor (a teacher with a narrower
+    hidden size fills its first ``H`` columns: :meth:`ModelForwards.teacher_side` cuts them back)."""
     if not parts or any(p is None for p in parts):
         return
     if isinstance(parts[0], SparseTeacher):
         ServedTeacher.keep(output, parts)
-    else:
+    elif rows is None or all(r is None for r in rows):
         output[TEACHER_HIDDEN_KEY] = torch.cat(parts, dim=0)
+    else:
+        kept = parts[0].new_zeros((output["completion_ids"].shape[0], parts[0].shape[1], max(p.shape[-1] for p in parts)))
+        for part, at in zip(parts, rows):
+            kept[at.to(kept.device), :, : part.shape[-1]] = part
+        output[TEACHER_HIDDEN_KEY] = kept
+
+
+class StepPart(NamedTuple):
+    """One teacher's rows of one micro-batch in the step's zone pass (:meth:`ModelForwards.step_heads`): their
+    :class:`Heads`, the teacher's side as the loss can reuse it, the teacher's index and the rows (indices into the
+    generation batch; ``None``: the micro-batch's rows, one teacher)."""
+
+    heads: Heads
+    teacher_side: SparseTeacher | torch.Tensor | None
+    teacher: int
+    rows: torch.Tensor | None
 
 
 @dataclass
@@ -170,6 +193,7 @@ class ModelForwards:
         self.accelerator, self.redirect, self.last_hidden_state = accelerator, redirect, last_hidden_state
         self.shared_rows, self.pad_token_id = shared_rows, pad_token_id
         self.transforms = {"student": IDENTITY, "teacher": IDENTITY, "reference": IDENTITY}
+        self.teacher_transforms: list[LogitTransform] = [IDENTITY]  # several teachers: one each (the first's above)
 
     # ---- start-up ---------------------------------------------------------------------------------
     def _output_transform(self, model, role: str) -> LogitTransform:
@@ -192,13 +216,18 @@ class ModelForwards:
                 "distributions. Please report the model type."
             ) from err
 
-    def read_output_transforms(self, student, teacher) -> None:
+    def read_output_transforms(self, student, teacher, others: list | None = None) -> None:
         """Each model's output transform (before sharding: the check runs each model's forward); the reference is
-        the frozen initial student, so it has the student's."""
+        the frozen initial student, so it has the student's. ``others``: a run's further teachers."""
         unwrap = self.accelerator.unwrap_model
         self.transforms["student"] = self._output_transform(unwrap(student), "student")
         self.transforms["teacher"] = self._output_transform(None if teacher is None else unwrap(teacher), "teacher")
         self.transforms["reference"] = self.transforms["student"]
+        self.teacher_transforms = [self.transforms["teacher"]]
+        self.teacher_transforms += [self._output_transform(unwrap(t), f"teacher {i + 1}") for i, t in enumerate(others or [])]
+
+    def _teacher_transform(self, index: int) -> LogitTransform:
+        return self.transforms["teacher"] if index == 0 else self.teacher_transforms[index]
 
     # ---- one micro-batch ----------------------------------------------------------------------------
     def autocast(self):
@@ -267,54 +296,66 @@ class ModelForwards:
             if kept is None:
                 return self.hidden(teacher_model, *sequence)
             device = sequence[0].device  # a cache offloaded to the CPU comes back one micro-batch at a time
-            return self.accelerator.unwrap_model(teacher_model), kept.to(device, non_blocking=True)
+            teacher = self.accelerator.unwrap_model(teacher_model)
+            width = getattr(teacher.get_output_embeddings(), "in_features", None)
+            if width is not None and kept.shape[-1] > width:  # several teachers: the widest one's columns
+                kept = kept[..., :width]
+            return teacher, kept.to(device, non_blocking=True)
         return served_from_batch(inputs) or served.sparse(inputs)
 
     def step_heads(self, output: dict[str, Any], size: int, wrapped, teacher_model, served: ServedTeacher | None,
-                   cache: str = "device", student_hidden: torch.Tensor | None = None,
-                   ) -> Iterator[tuple[Heads, SparseTeacher | torch.Tensor | None]]:
+                   cache: str = "device", student_hidden: torch.Tensor | None = None) -> Iterator[StepPart]:
         """Each micro-batch of ``size`` rows of a generation batch as its loss will read it, without gradient (the
-        step's zone pass): its :class:`Heads` (readable while the consumer holds them), and the teacher's side as the
-        loss can reuse it: a served teacher's answers fetched for it, or a local teacher's last hidden states
-        ``[size, T, H]`` placed as ``cache`` says (``"device"``: where they are; ``"cpu"``: offloaded now, before the
-        next micro-batch's forward; ``"off"``: ``None``, the loss runs the teacher again). ``wrapped``: the student as
-        the launcher wraps it. ``student_hidden``: the student's hidden states at the batch's completion positions
-        as generation recorded them (:class:`~sead.engines.generation_hidden.GenerationHidden`), read instead of
-        its forward; ``None``: the forward runs."""
+        step's zone pass), one :class:`StepPart` per teacher that has rows in it: its :class:`Heads` (readable while
+        the consumer holds them), and the teacher's side as the loss can reuse it: a served teacher's answers
+        fetched for it, or a local teacher's last hidden states ``[rows, T, H]`` placed as ``cache`` says
+        (``"device"``: where they are; ``"cpu"``: offloaded now, before the next micro-batch's forward; ``"off"``:
+        ``None``, the loss runs the teacher again). ``wrapped``: the student as the launcher wraps it.
+        ``teacher_model``: the teacher, or a list of teachers (several teachers: each runs on the rows
+        :data:`~sead.components.teachers.TEACHER_INDEX_KEY` gives it, and on no other). ``student_hidden``: the
+        student's hidden states at the batch's completion positions as generation recorded them
+        (:class:`~sead.engines.generation_hidden.GenerationHidden`), read instead of its forward; ``None``: the
+        forward runs."""
         student = self.accelerator.unwrap_model(wrapped)
+        teachers = teacher_model if isinstance(teacher_model, list) else [teacher_model]
         whole = None if served is None else served.prefetched()  # the step's answers, asked for at generation
         for start in range(0, output["completion_ids"].shape[0], size):
             part = {k: v[start : start + size] for k, v in output.items() if isinstance(v, torch.Tensor) and v.ndim > 0}
             if part["completion_ids"].size(1) == 0:  # one masked column: every process runs the same forwards
                 part = one_masked_column(part, self.pad_token_id)
             sequence = self.sequences(part)
-            mask_BT = self.loss_mask(part)
             if student_hidden is not None:  # recorded while sampling: no student forward
                 # (a batch without completion tokens: one masked column of zeros)
                 h_s = to_width(student_hidden[start : start + size], sequence[2]).to(sequence[0].device)
             else:
                 _, h_s = self.hidden(wrapped, *sequence, frozen=False)  # the hidden states the loss will see
-            if whole is not None:
-                t_side = served_rows(whole, start, start + size, sequence[2])
-            else:
-                t_side = self.teacher_side(teacher_model, served, part, *sequence)
-            with self.heads(student, h_s, t_side, None, mask_BT, train=False) as heads:
-                yield heads, (t_side if isinstance(t_side, SparseTeacher) else _placed(t_side[1], cache))
+            for i, rows in teacher_groups(part, len(teachers)):
+                group = sub_batch(part, rows)
+                if whole is not None:
+                    t_side = served_rows(whole, start, start + size, sequence[2])
+                else:
+                    t_side = self.teacher_side(teachers[i], served, group, *self.sequences(group))
+                h_group = h_s if rows is None else h_s[rows.to(h_s.device)]
+                with self.heads(student, h_group, t_side, None, self.loss_mask(group), train=False, teacher_index=i) as heads:
+                    kept = t_side if isinstance(t_side, SparseTeacher) else _placed(t_side[1], cache)
+                    yield StepPart(heads, kept, i, None if rows is None else rows + start)
 
     @contextlib.contextmanager
-    def heads(self, student, h_s, teacher: Side, reference: Side, mask_BT, train: bool) -> Iterator[Heads]:
+    def heads(self, student, h_s, teacher: Side, reference: Side, mask_BT, train: bool,
+              teacher_index: int = 0) -> Iterator[Heads]:
         """The micro-batch's :class:`Heads`, readable for the loss inside the block: under DeepSpeed ZeRO-3 the heads'
         weights are empty outside their modules' forwards (:func:`sead.training.sharding.zero3_gathered`). Entered
         after every forward has run (a model's forward partitions its parameters again as it ends). ``train``: the
         student's head gets a gradient; the block then runs inside the student's forward, which owns the head
-        (gathered with it for the backward)."""
+        (gathered with it for the backward). ``teacher_index``: which of several teachers ``teacher`` is (its output
+        transform)."""
         params = []
         for model in (student, *(m[0] for m in (teacher, reference) if isinstance(m, tuple))):
             head = model.get_output_embeddings()
-            params += [head.weight, head.bias]
+            params += [head.weight, getattr(head, "bias", None)]  # peft's trainable-tokens head has no bias
         with zero3_gathered(params, owner=student if train else None):
             t, rows = self.transforms, self.shared_rows
             s_head = _lm_head(student, h_s, t["student"], rows)
-            t_head = teacher if not isinstance(teacher, tuple) else _lm_head(*teacher, t["teacher"], rows)
+            t_head = teacher if not isinstance(teacher, tuple) else _lm_head(*teacher, self._teacher_transform(teacher_index), rows)
             r_head = None if reference is None else _lm_head(*reference, t["reference"], rows)
             yield Heads(s_head, t_head, r_head, mask_BT.to(s_head.weight.device))

@@ -67,6 +67,29 @@ class ScriptArguments:
             trainer formats it with the tokenizer's chat template (and `chat_template_kwargs`), as it does for
             conversational prompts. Use it for chat/instruct/thinking models; `sead difficulty --chat-template`
             formats the pre-pass prompts the same way.
+
+        > LoRA student (TRL's `ModelConfig` fields and defaults; docs/recipes.md, "LoRA students")
+
+        use_peft (`bool`, *optional*, defaults to `False`):
+            Train a LoRA adapter on the frozen student (`peft`, built by TRL's `get_peft_config`) instead of every
+            weight. SG-OPD's reference is then the student with its adapters off (no copy); the saved model is the
+            adapter (`PeftModel.from_pretrained(base, output_dir)`).
+        lora_r (`int`, *optional*, defaults to `16`):
+            LoRA rank.
+        lora_alpha (`int`, *optional*, defaults to `32`):
+            LoRA alpha (the adapter's scale is `lora_alpha / lora_r`).
+        lora_dropout (`float`, *optional*, defaults to `0.05`):
+            LoRA dropout.
+        lora_target_modules (`list[str]`, *optional*):
+            The modules that get adapters, e.g. `[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]` or
+            `[all-linear]`; default: peft's for the model type. An adapter on the output head (`lm_head`) is refused:
+            the fused loss reads the head's weight (train it whole with `lora_modules_to_save` instead).
+        lora_modules_to_save (`list[str]`, *optional*):
+            Modules trained whole next to the adapters, e.g. `[lm_head]`.
+        use_rslora (`bool`, *optional*, defaults to `False`):
+            Rank-stabilised LoRA (scale `lora_alpha / sqrt(lora_r)`).
+        use_dora (`bool`, *optional*, defaults to `False`):
+            DoRA (weight-decomposed LoRA).
     """
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Student model id or path."})
@@ -89,6 +112,19 @@ class ScriptArguments:
         default=False,
         metadata={"help": "Wrap plain-string prompts as a user message so the chat template is applied."},
     )
+
+    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter on the frozen student (peft)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules that get LoRA adapters (not lm_head); default: peft's for the model."}
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained whole next to the adapters, e.g. lm_head."}
+    )
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA."})
+    use_dora: bool = field(default=False, metadata={"help": "DoRA (weight-decomposed LoRA)."})
 
     def __post_init__(self):
         if self.builtin_task in NO_BUILTIN_TASK:  # `--builtin_task none`: a recipe's built-in task switched off
@@ -159,9 +195,11 @@ def build_trainer(script: ScriptArguments, cfg: OPDConfig, callbacks=None, progr
     from transformers import AutoTokenizer
 
     from sead.tasks import TASKS
+    from sead.training.lora import peft_config_from
     from sead.training.trainer import OPDTrainer
 
     check_recipe(script, cfg, tuple(TASKS))
+    peft_config = peft_config_from(script)  # a LoRA student (use_peft, lora_*), or None
     if script.builtin_task is not None:
         prepared, ds = builtin_task_data(script, cfg, progress)
         student, tokenizer = prepared.load_student(), prepared.tokenizer
@@ -180,5 +218,6 @@ def build_trainer(script: ScriptArguments, cfg: OPDConfig, callbacks=None, progr
             check_teacher_tokenizer(cfg.teacher_model_name_or_path, tokenizer)
         student, teacher = script.model_name_or_path, cfg.teacher_model_name_or_path
     return OPDTrainer(
-        student, teacher, args=cfg, train_dataset=ds, processing_class=tokenizer, callbacks=callbacks
+        student, teacher, args=cfg, train_dataset=ds, processing_class=tokenizer, callbacks=callbacks,
+        peft_config=peft_config,
     )

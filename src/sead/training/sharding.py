@@ -347,15 +347,16 @@ def full_param_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def load_teacher_like_trl(teacher, args) -> torch.nn.Module:
+def load_teacher_like_trl(teacher, args, init_kwargs: dict | None = None) -> torch.nn.Module:
     """The teacher loaded as TRL's ``DistillationTrainer.__init__`` loads one given by name (``dtype`` from
     ``teacher_model_init_kwargs`` as a torch dtype, ``teacher_model_revision``, ``device_map=None`` under DDP /
-    DeepSpeed, ``trust_remote_code``); a loaded model is returned as it is."""
+    DeepSpeed, ``trust_remote_code``); a loaded model is returned as it is. ``init_kwargs``: instead of
+    ``teacher_model_init_kwargs`` (one of several teachers, with its own)."""
     if not isinstance(teacher, str):
         return teacher
     from trl.trainer.utils import create_model_from_path
 
-    kwargs = dict(args.teacher_model_init_kwargs or {})
+    kwargs = dict((args.teacher_model_init_kwargs if init_kwargs is None else init_kwargs) or {})
     dtype = kwargs.get("dtype")
     kwargs["dtype"] = dtype if dtype in ("auto", None) or not isinstance(dtype, str) else getattr(torch, dtype)
     if args.teacher_model_revision is not None:

@@ -18,15 +18,17 @@ config is made) and :func:`sead.training.inherited.check_inherited_fields`.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sead.components.teachers import parse_teachers
 from sead.engines.student_vllm import check_student_vllm
 from sead.grading.rewards import RewardFunc, default_reward
 from sead.grading.verifier import GradeCounter
 from sead.training.config import OPDConfig
 from sead.training.sharding import check_sharding
+from sead.training.teacher_set import check_teacher_set, teacher_entries
 from sead.utils.errors import SeadError
 
 __all__ = [
@@ -57,6 +59,7 @@ def _builtin_conflicts(script, cfg: OPDConfig) -> list[str]:
     named = [(name, getattr(script, name)) for name in ("model_name_or_path", "dataset_name", "dataset_config",
                                                          "answer_column_source")]  # fmt: skip
     named.append(("teacher_model_name_or_path", cfg.teacher_model_name_or_path))
+    named.append(("teachers", ", ".join(cfg.teachers) if cfg.teachers else None))
     named += [(name, getattr(script, name)) for name, default in defaults.items() if getattr(script, name) != default]
     return [f"{name}: {value}" for name, value in named if value not in (None, "")]
 
@@ -81,16 +84,18 @@ def check_recipe(script, cfg: OPDConfig, tasks: tuple[str, ...]) -> None:
         raise SeadError("builtin_quick only applies with builtin_task (which is not set): remove it, or set builtin_task.")
     if not script.model_name_or_path:
         raise SeadError("model_name_or_path (the student) is required unless builtin_task is set.")
-    if not cfg.teacher_model_name_or_path and not cfg.teacher_server_url:
+    if not cfg.teacher_model_name_or_path and not cfg.teacher_server_url and not cfg.teachers:
         raise SeadError(
-            "teacher_model_name_or_path (or teacher_server_url, a served teacher) is required unless builtin_task "
-            "is set."
+            "teacher_model_name_or_path (or teacher_server_url, a served teacher, or teachers, several) is required "
+            "unless builtin_task is set."
         )
     if not script.dataset_name:
         raise SeadError("dataset_name is required unless builtin_task is set.")
+    named = [(f"teachers.{e.name}", e.model) for e in parse_teachers(cfg.teachers) if isinstance(e.model, str)]
     for role, name in (
         ("model_name_or_path", script.model_name_or_path),
         ("teacher_model_name_or_path", cfg.teacher_model_name_or_path or ""),
+        *named,
     ):
         if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
             raise SeadError(f"{role}: the directory {name} does not exist.")
@@ -181,6 +186,8 @@ class CheckedInputs:
         shared_rows: the embedding rows both models have when their sizes differ (one tokenizer, a padded
             embedding matrix): the loss compares the distributions over rows ``0..shared_rows-1``. ``None``: the
             same size.
+        teachers: several teachers' :class:`~sead.components.teachers.TeacherEntry` list (``teacher_model`` is
+            then ``None``); ``[]``: one teacher.
     """
 
     teacher_model: Any
@@ -189,6 +196,7 @@ class CheckedInputs:
     grade_counter: GradeCounter
     model: Any = None
     shared_rows: int | None = None
+    teachers: list = field(default_factory=list)
 
 
 def resolve_gguf_inputs(model, teacher_model, args: OPDConfig):
@@ -234,6 +242,9 @@ def check_inputs(model, teacher_model, args, train_dataset, reward_funcs, proces
         reward_funcs = []
     funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
 
+    entries = teacher_entries(teacher_model, args)
+    if entries:
+        return _checked_teacher_set(model, entries, args, train_dataset, processing_class, funcs, grade_counter)
     if args.teacher_server_url and teacher_model is not None:
         raise SeadError(
             "teacher_server_url is set and a teacher_model was passed: the teacher is either served or local. "
@@ -260,6 +271,25 @@ def check_inputs(model, teacher_model, args, train_dataset, reward_funcs, proces
         else getattr(getattr(teacher_model, "config", None), "_name_or_path", None)
     )
     return CheckedInputs(teacher_model, teacher_source, funcs, grade_counter, model=model, shared_rows=shared_rows)
+
+
+def _checked_teacher_set(model, entries, args, dataset, processing_class, funcs, grade_counter) -> CheckedInputs:
+    """:func:`check_inputs` for several teachers (:func:`sead.training.teacher_set.check_teacher_set`)."""
+    # the student's tokenizer as saved with it (as `sead train` compares a teacher's), else the one passed
+    source = _tokenizer_source(model)
+    student_tok = (load_tokenizer(source) if source else None) or processing_class
+    student_tok = getattr(student_tok, "tokenizer", student_tok)
+    shared_rows = check_teacher_set(
+        model, entries, args, dataset,
+        check_vocab=lambda m, t: check_vocabularies(m, t, args, student_tok),
+        check_tokenizer=lambda path: None if student_tok is None else check_teacher_tokenizer(path, student_tok),
+    )  # fmt: skip
+    resolve_top_k_limits(args, shared_rows if shared_rows is not None else _vocab_size(model, args))
+    state = getattr(args, "distributed_state", None)
+    if state is not None:
+        check_sharding(args, state.distributed_type, final=False)
+    check_student_vllm(args)
+    return CheckedInputs(None, None, funcs, grade_counter, model=model, shared_rows=shared_rows, teachers=entries)
 
 
 def check_dataset(dataset, args: OPDConfig, needs_answer: bool) -> None:

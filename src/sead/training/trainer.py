@@ -20,7 +20,6 @@ and reference under FSDP2 / ZeRO-3) is :mod:`sead.training.sharding`; a served t
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import warnings
@@ -30,8 +29,13 @@ import torch
 from trl import DistillationTrainer
 
 from sead.components.served import ServedTeacher
-from sead.components.teacher_mix import MixResult, TeacherMix, replace_logged
-from sead.components.teacher_rollouts import RolloutSettings, TeacherRollouts, teacher_engine
+from sead.components.teacher_mix import MixResult, replace_logged
+from sead.components.teachers import (
+    TEACHER_INDEX_KEY,
+    row_teachers,
+    sub_batch,
+    teacher_groups,
+)
 from sead.components.verdicts import StepVerdicts
 from sead.components.zone_cuts import StepZoneCuts, kept_zone_entropies
 from sead.engines.generation_hidden import GenerationHidden
@@ -44,6 +48,7 @@ from sead.losses.output import loss_metrics
 from sead.losses.spec import LossSpec
 from sead.training.config import OPDConfig
 from sead.training.forwards import Heads, ModelForwards, keep_teacher_side
+from sead.training.lora import check_peft_inputs, copies_reference_first, reference_model, reference_side
 from sead.training.nonfinite import NonFiniteGuard
 from sead.training.run_state import (
     EpochSeededRepeatSampler,
@@ -57,10 +62,8 @@ from sead.training.sharding import (
     attach_teacher,
     check_sharding,
     frozen_copy,
-    is_partitioned,
     load_teacher_like_trl,
     prepare_frozen,
-    reload_model,
     reshard_fsdp2,
 )
 from sead.training.startup import (
@@ -69,6 +72,13 @@ from sead.training.startup import (
     check_prompt_lengths,
     check_tokenizer_fits,
     prompt_length_limit,
+)
+from sead.training.teacher_set import (
+    build_teacher_mix,
+    load_teacher_set,
+    pass_rates,
+    teacher_metrics,
+    teacher_sources,
 )
 from sead.utils.distributed import gather_rows
 from sead.utils.errors import NonFiniteError, SeadError, is_nonfinite
@@ -89,7 +99,8 @@ class OPDTrainer(DistillationTrainer):
         model, teacher_model, train_dataset, eval_dataset, processing_class, callbacks, optimizers,
         peft_config: as in ``trl.DistillationTrainer``. The dataset needs a ``prompt`` column; the
             verifier needs ``args.answer_column`` (default ``answer``); the curriculum needs
-            ``args.difficulty_column``.
+            ``args.difficulty_column``. A LoRA student (``peft_config``, or a ``PeftModel``): what the fused loss
+            reads exactly, what it refuses, SG-OPD's adapters-off reference: :mod:`sead.training.lora`.
         args: an :class:`OPDConfig`.
         reward_funcs: verifier rewards as in TRL's GRPO: callables ``f(prompts, completions, **columns)``
             returning one float per completion. A rollout is correct when their sum is at least
@@ -106,15 +117,16 @@ class OPDTrainer(DistillationTrainer):
         checked = check_inputs(model, teacher_model, args, train_dataset, reward_funcs, processing_class)
         model, teacher_model = checked.model, checked.teacher_model
         self.shared_rows = checked.shared_rows
-        own_teacher = None
+        self.teacher_names = [e.name for e in checked.teachers]  # several teachers (sead.components.teachers)
+        own_teachers = load_teacher_set(checked.teachers, args)
         if self.shared_rows is not None and teacher_model is not None:
             # TRL refuses different embedding sizes; sead compares the shared rows (one tokenizer, checked): the
             # teacher is loaded here as TRL would load it and prepared after TRL's __init__.
-            own_teacher, teacher_model = load_teacher_like_trl(teacher_model, args), None
+            own_teachers, teacher_model = [load_teacher_like_trl(teacher_model, args)], None
         self.grader = VerdictGrader(checked.reward_funcs, args.grader_timeout, args.correct_threshold)
-        # The frozen initial student (SG-OPD reference), copied before training changes anything.
-        ref = None
-        if args.sign_gate and args.use_reference_model and not isinstance(model, str) and not is_partitioned(model):
+        check_peft_inputs(model, peft_config)  # an adapter the fused loss cannot read exactly: refused by name
+        ref = None  # the frozen initial student (SG-OPD reference), copied before training changes anything
+        if args.sign_gate and args.use_reference_model and copies_reference_first(model, peft_config):
             ref = frozen_copy(model)
         try:
             super().__init__(model=model, teacher_model=teacher_model, args=args, train_dataset=train_dataset,
@@ -124,16 +136,17 @@ class OPDTrainer(DistillationTrainer):
             if isinstance(err, SeadError) or "vocab_size" not in str(err):
                 raise
             raise SeadError(" ".join(str(err).split())) from err
-        self._place_models(own_teacher, ref)
-        self._build_components(checked, teacher_source=checked.teacher_source)
+        self._place_models(own_teachers, ref)
+        self._build_components(checked, teacher_sources(checked))
 
     # ---- start-up -------------------------------------------------------------------------------
-    def _place_models(self, own_teacher, ref) -> None:
-        """The models after TRL's ``__init__``: a teacher sead loaded, vLLM's sampler log-probs, the start-up checks
+    def _place_models(self, own_teachers, ref) -> None:
+        """The models after TRL's ``__init__``: the teachers sead loaded, vLLM's sampler log-probs, the start-up checks
         that need the loaded student, each model's output transform, then the frozen models placed."""
         args = self.args
-        if own_teacher is not None:
-            self.teacher_model = attach_teacher(own_teacher, self.accelerator, self.is_deepspeed_enabled)
+        if own_teachers:
+            self.teacher_model = attach_teacher(own_teachers[0], self.accelerator, self.is_deepspeed_enabled)
+        self.teachers = [self.teacher_model] + [attach_teacher(t, self.accelerator, False) for t in own_teachers[1:]]
         self.sampler_logprobs = None  # the student's vLLM engine's q(y_t): importance weights in the loss (sampled)
         if args.use_vllm:
             enable_cpu_weight_sync(self.vllm_generation)  # vLLM's CPU backend: TRL's weight sync as vLLM reloads
@@ -148,7 +161,7 @@ class OPDTrainer(DistillationTrainer):
             self.accelerator, lambda *a: self._forward_redirection(*a), lambda *a: self._get_last_hidden_state(*a),
             shared_rows=self.shared_rows, pad_token_id=self._tokenizer.pad_token_id,
         )  # fmt: skip
-        self.forwards.read_output_transforms(self.model, self.teacher_model)  # before sharding: runs the forwards
+        self.forwards.read_output_transforms(self.model, self.teacher_model, self.teachers[1:])  # runs the forwards
         self._shard_frozen_models(ref)
 
     def _shard_frozen_models(self, ref) -> None:
@@ -159,15 +172,12 @@ class OPDTrainer(DistillationTrainer):
         check_sharding(args, self.accelerator.distributed_type,
                        plugin=getattr(self.accelerator.state, "fsdp_plugin", None))  # fmt: skip
         if self.teacher_model is not None and str(self.accelerator.distributed_type).endswith(FSDP):
-            self.teacher_model = prepare_frozen(self.teacher_model, self.accelerator)
+            self.teacher_model = self.teachers[0] = prepare_frozen(self.teacher_model, self.accelerator)
         self.ref_model = None
-        if args.sign_gate and args.use_reference_model:
-            if ref is None:
-                student = self.accelerator.unwrap_model(self.model)
-                ref = frozen_copy(student, load=lambda: reload_model(student, args))
-            self.ref_model = prepare_frozen(ref, self.accelerator)
+        if args.sign_gate and args.use_reference_model:  # a peft student's: its adapters off, no copy (training.lora)
+            self.ref_model = reference_model(self.accelerator.unwrap_model(self.model), ref, args, self.accelerator)
 
-    def _build_components(self, checked, teacher_source: str | None) -> None:
+    def _build_components(self, checked, sources: list[str | None]) -> None:
         """The method's components, built once from the config."""
         args = self.args
         self.schedules = args.schedules()
@@ -186,7 +196,7 @@ class OPDTrainer(DistillationTrainer):
             )  # fmt: skip
         self.spec = args.loss_spec(served_top_k=None if self.served is None else self.served.top_k)
         self.zone_cuts = StepZoneCuts(self.spec) if args.zones and args.zone_scope == "step" else None
-        self.teacher_mix = self._teacher_mix(teacher_source) if args.teacher_mixing else None
+        self.teacher_mix = build_teacher_mix(self, sources) if args.teacher_mixing else None
         recorded = args.zone_student_hidden == "generation" and not (args.use_vllm or self.teacher_mix or self.tools)
         self.generation_hidden = GenerationHidden() if self.zone_cuts is not None and recorded else None
         self.grade_counter = checked.grade_counter
@@ -197,31 +207,6 @@ class OPDTrainer(DistillationTrainer):
         if self.served is not None:
             self._step_end_snapshot = StepEndSnapshot(self)
             self.add_callback(self._step_end_snapshot)
-
-    def _teacher_mix(self, teacher_source: str | None) -> TeacherMix:
-        """SG-OPD's cold start: its teacher rollouts from the served teacher, a vLLM engine of the local teacher
-        (built once, from the teacher's path) or the local teacher's HF ``generate``."""
-        args, limit = self.args, self.prompt_length_limit()
-        engine = None
-        if self.served is None:
-            engine = teacher_engine(
-                teacher_source, args.teacher_generation_backend,
-                gpu_memory_utilization=args.teacher_vllm_gpu_memory_utilization,
-                num_processes=self.accelerator.num_processes, max_model_len=limit and limit + self.max_completion_length,
-                seed=args.seed + self.accelerator.process_index,
-            )  # fmt: skip
-        top_p, top_k = args.teacher_sampling_filters()
-        settings = RolloutSettings(args.teacher_num_generations, args.teacher_temperature, self.max_completion_length,
-                                   top_p, top_k)  # fmt: skip
-        rollouts = TeacherRollouts(
-            settings, eos_token_ids=self.eos_token_ids, pad_token_id=self._tokenizer.pad_token_id, served=self.served,
-            engine=engine, local_teacher=lambda: self.accelerator.unwrap_model(self.teacher_model),
-            batch_size=args.teacher_generation_batch_size, vocab_rows=self.shared_rows,
-        )  # fmt: skip
-        decode = functools.partial(self.processing_class.batch_decode, skip_special_tokens=True)
-        return TeacherMix(rollouts, self.grader.grade, decode, num_generations=args.teacher_num_generations,
-                          seed=args.seed, pad_token_id=self._tokenizer.pad_token_id,
-                          pad_to_multiple_of=self.pad_to_multiple_of)  # fmt: skip
 
     def prompt_length_limit(self) -> int | None:
         """Longest prompt a rollout can start from (:func:`sead.training.startup.prompt_length_limit`)."""
@@ -241,12 +226,13 @@ class OPDTrainer(DistillationTrainer):
     def total_steps(self) -> int:
         return max(int(self.state.max_steps or self.args.max_steps or 0), 0)
 
-    def step_spec(self) -> LossSpec:
-        """The loss's spec at the current step: the schedules' values and, in training, the step's zone cuts."""
+    def step_spec(self, teacher: int = 0) -> LossSpec:
+        """The loss's spec at the current step: the schedules' values and, in training, the step's zone cuts (the
+        ``teacher``'s: several teachers have their own)."""
         step, total = self.state.global_step, self.total_steps
         cuts = None
         if self.zone_cuts is not None and self.model.training:
-            cuts = self.zone_cuts.cuts_at(step)
+            cuts = self.zone_cuts.cuts_at(step, teacher)
         return self.spec.at_step(alpha=self.schedules.alpha(step, total),
                                  fkl_zone_alpha=self.schedules.fkl_zone_alpha(step, total), cuts=cuts)  # fmt: skip
 
@@ -283,6 +269,9 @@ class OPDTrainer(DistillationTrainer):
                                          else contextlib.nullcontext()):  # fmt: skip
             warnings.filterwarnings("ignore", message=_TRL_DEPRECATED_READS, category=FutureWarning)
             output = super()._generate_and_score_completions(inputs)
+        if len(self.teachers) > 1:  # each rollout's teacher, carried with its row through TRL's shuffle and split
+            names = row_teachers([x[self.args.teacher_column] for x in inputs], self.teacher_names, self.args.teacher_column)
+            output[TEACHER_INDEX_KEY] = torch.tensor(names, dtype=torch.long, device=self.accelerator.device)
         if self.sampler_logprobs is not None:
             q_BT = self.sampler_logprobs.take(output["completion_ids"].shape[1], output["completion_ids"].device)
             if q_BT is not None:
@@ -315,6 +304,8 @@ class OPDTrainer(DistillationTrainer):
         self.sead_counters["grader_errors"] += int(counts.grader_errors)
         if counts.pass_rate is not None:
             self._metrics[mode]["rollout/pass_rate"].append(counts.pass_rate)
+        for name, rate in pass_rates(correct, output.get(TEACHER_INDEX_KEY), self.teacher_names).items():
+            self._metrics[mode][f"teacher/{name}/pass_rate"].append(rate)
         if self.teacher_mix is not None:
             self._metrics[mode]["sgopd/teacher_mixed_frac"].append(counts.mixed_fraction)
             self._metrics[mode]["sgopd/rho"].append(self.schedules.rho(step, total))
@@ -363,17 +354,19 @@ class OPDTrainer(DistillationTrainer):
         self.zone_cuts.start(self.state.global_step)
         rows, width = output["completion_ids"].shape
         recorded = self.generation_hidden.take(rows, width) if self.generation_hidden is not None else None
-        for heads, teacher_side in self.forwards.step_heads(output, self.args.per_device_train_batch_size, wrapped,
-                                                            self.teacher_model, self.served, self.args.teacher_cache,
-                                                            recorded):  # fmt: skip
-            kept.append(teacher_side)
-            self.zone_cuts.add(heads.student, heads.teacher, heads.mask_BT)
+        teachers = self.teachers if len(self.teachers) > 1 else self.teacher_model
+        for part in self.forwards.step_heads(output, self.args.per_device_train_batch_size, wrapped, teachers,
+                                             self.served, self.args.teacher_cache, recorded):  # fmt: skip
+            kept.append((part.teacher_side, part.rows))
+            self.zone_cuts.add(part.heads.student, part.heads.teacher, part.heads.mask_BT, part.teacher, part.rows)
         result = self.zone_cuts.finish(self.accelerator.device, lambda rows: gather_rows(self.accelerator, rows),
-                                       keep_in=output)  # fmt: skip
+                                       keep_in=output, num_teachers=len(self.teachers))  # fmt: skip
         if result.tokens:
             self._metrics["train"]["sead/step_scope_tokens"].append(float(result.tokens))
             self._metrics["train"]["sead/step_frac_skip"].append(result.frac_skip)
-        keep_teacher_side(output, kept)  # every rank, also for empty completions: the loss's forwards are the same
+        for i, (_tokens, frac_skip) in result.by_teacher.items():
+            self._metrics["train"][f"teacher/{self.teacher_names[i]}/step_frac_skip"].append(frac_skip)
+        keep_teacher_side(output, [k for k, _ in kept], [r for _, r in kept])  # every rank, also for empty completions
 
     # ---- the loss -------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -388,27 +381,43 @@ class OPDTrainer(DistillationTrainer):
         f = self.forwards
         inputs = f.prepared(inputs)
         sequence = f.sequences(inputs)
-        mask_BT = f.loss_mask(inputs)
         with f.autocast():
             h_s = self._get_last_hidden_state(unwrapped_student, *sequence)
-        t_side = f.teacher_side(self.teacher_model, self.served, inputs, *sequence)
-        r_side = f.hidden(self.ref_model, *sequence) if self.args.sign_gate and self.ref_model is not None else None
-        spec = self.step_spec()
-        with f.heads(unwrapped_student, h_s, t_side, r_side, mask_BT, train=torch.is_grad_enabled()) as heads:
-            try:
-                heads.check_finite()
-                out = self._objective(spec, heads, inputs, spec.normaliser(num_items_in_batch))
-                if not torch.isfinite(out.loss.detach()):
-                    raise NonFiniteError(f"the loss is {out.loss.item()}")
-            except ValueError as err:
-                if not is_nonfinite(err):
-                    raise
-                return self.nonfinite.stand_in(str(err), h_s, unwrapped_student.get_output_embeddings(), heads.mask_BT)
-        metrics = loss_metrics(out.stats, zones=bool(self.args.zones), alpha=spec.alpha if self.args.anneal else None)
-        for name, value in metrics.items():
-            self._metrics["train" if self.model.training else "eval"][name].append(value)
-        mean_h_s_sum = torch.tensor(out.stats["mean_h_s"] * out.stats["num_valid"], device=h_s.device)
-        return out.loss, mean_h_s_sum, heads.mask_BT.sum()
+        r_side = reference_side(f, self.ref_model, sequence) if self.args.sign_gate and self.ref_model is not None else None
+        groups = teacher_groups(inputs, len(self.teachers))  # several teachers: each scores its own rows only
+        if num_items_in_batch is None and len(groups) > 1:  # evaluation: the groups share the micro-batch's count
+            num_items_in_batch = f.loss_mask(inputs).sum()
+        loss, mean_h_s_sum, total = 0.0, 0.0, f.loss_mask(inputs).sum()
+        for i, rows in groups:
+            group = sub_batch(inputs, rows)
+            h_group, r_group = (h_s, r_side) if rows is None else (h_s[rows], r_side and (r_side[0], r_side[1][rows]))
+            t_side = f.teacher_side(self.teachers[i], self.served, group, *f.sequences(group))
+            spec = self.step_spec(i)
+            with f.heads(unwrapped_student, h_group, t_side, r_group, f.loss_mask(group), train=torch.is_grad_enabled(),
+                         teacher_index=i) as heads:  # fmt: skip
+                try:
+                    heads.check_finite()
+                    out = self._objective(spec, heads, group, spec.normaliser(num_items_in_batch))
+                    if not torch.isfinite(out.loss.detach()):
+                        raise NonFiniteError(f"the loss is {out.loss.item()}")
+                except ValueError as err:
+                    if not is_nonfinite(err):
+                        raise
+                    return self.nonfinite.stand_in(str(err), h_s, unwrapped_student.get_output_embeddings(),
+                                                   f.loss_mask(inputs).to(heads.mask_BT.device))  # fmt: skip
+            self._log_loss(out, spec, i if rows is not None else None, heads.mask_BT.sum(), total)
+            loss = loss + out.loss
+            mean_h_s_sum = mean_h_s_sum + out.stats["mean_h_s"] * out.stats["num_valid"]
+        return loss, torch.tensor(mean_h_s_sum, device=h_s.device), total.to(h_s.device)
+
+    def _log_loss(self, out, spec: LossSpec, teacher: int | None, tokens, total) -> None:
+        """One loss call's metrics; with several teachers, also under ``teacher/<name>/``."""
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        for name, value in loss_metrics(out.stats, zones=bool(self.args.zones),
+                                        alpha=spec.alpha if self.args.anneal else None).items():  # fmt: skip
+            metrics[name].append(value)
+        if teacher is not None:
+            teacher_metrics(metrics, self.teacher_names[teacher], out.stats, float(tokens), float(total), float(out.loss.detach()))
 
     def _objective(self, spec: LossSpec, heads: Heads, inputs, num_items):
         """One call of the fused objective (or, with ``use_fused_loss: false``, the full-logits one)."""
