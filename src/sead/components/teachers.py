@@ -1,7 +1,7 @@
 """Several teachers in one run (MOPD style): each prompt is distilled from the teacher its dataset row names.
 
-A recipe names its teachers (``OPDConfig.teachers``: ``{name: model path}`` or ``{name: {model: ..., init_kwargs:
-{...}}}``), a dataset column (``teacher_column``) picks one per row. The step's rollouts carry each row's teacher
+A recipe names its teachers (``OPDConfig.teachers``: ``{name: model path}``, ``{name: {model: ..., init_kwargs:
+{...}}}``, or a vLLM server's address), a dataset column (``teacher_column``) picks one per row. The step's rollouts carry each row's teacher
 as an index (:data:`TEACHER_INDEX_KEY`, ``[B]``), so TRL's shuffle and split keep it with its row. Each micro-batch
 is then cut into one group of rows per teacher (:func:`teacher_groups`): the student's hidden states are computed
 once for the whole micro-batch and sliced, each teacher runs its forward on its own rows only (a teacher that serves
@@ -43,18 +43,25 @@ TEACHER_INDEX_KEY = "teacher_index"
 @dataclass(frozen=True)
 class TeacherEntry:
     """One named teacher of a run: ``model`` (a hub id, a local path, or a loaded model) and the keyword arguments
-    it is loaded with (``init_kwargs``; ``None``: the run's ``teacher_model_init_kwargs``)."""
+    it is loaded with (``init_kwargs``; ``None``: the run's ``teacher_model_init_kwargs``); or, served by vLLM,
+    ``url`` and the served model's name (``served_model``; ``None``: the only one the server serves)."""
 
     name: str
     model: Any
     init_kwargs: dict | None = field(default=None)
+    url: str | None = None
+    served_model: str | None = None
+
+    @property
+    def served(self) -> bool:
+        return self.url is not None
 
 
 def parse_teachers(value: Mapping[str, Any] | None) -> list[TeacherEntry]:
     """``OPDConfig.teachers`` (or a ``teacher_model`` dict) as a list of :class:`TeacherEntry`, in the order given
-    (the order of the indices in :data:`TEACHER_INDEX_KEY`). Each value is a model (path, hub id or loaded model)
-    or ``{"model": ..., "init_kwargs": {...}}``. Refuses, naming the entry, what is not one of these: an http(s)
-    address (a served teacher is one per run: ``teacher_server_url``), an empty name, unknown keys."""
+    (the order of the indices in :data:`TEACHER_INDEX_KEY`). Each value is a model (path, hub id or loaded model),
+    ``{"model": ..., "init_kwargs": {...}}``, a vLLM server's http(s) address, or ``{"url": ..., "served_model":
+    ...}``. Refuses, naming the entry, an empty name or model, unknown keys."""
     if value is None:
         return []
     if not isinstance(value, Mapping) or not value:
@@ -63,26 +70,25 @@ def parse_teachers(value: Mapping[str, Any] | None) -> list[TeacherEntry]:
     for name, spec in value.items():
         if not isinstance(name, str) or not name.strip():
             raise SeadError(f"teachers: every teacher needs a non-empty name; got {name!r}.")
-        kwargs = None
+        kwargs, served_model = None, None
         if isinstance(spec, Mapping):
-            unknown = sorted(set(spec) - {"model", "init_kwargs"})
-            if unknown or "model" not in spec:
+            unknown = sorted(set(spec) - {"model", "init_kwargs", "url", "served_model"})
+            if unknown or ("model" in spec) == ("url" in spec):
                 raise SeadError(
-                    f"teachers.{name}: expected a model path or {{model: ..., init_kwargs: {{...}}}}; got keys "
-                    f"{sorted(spec)}{' (unknown: ' + ', '.join(unknown) + ')' if unknown else ''}."
+                    f"teachers.{name}: expected a model path, {{model: ..., init_kwargs: {{...}}}} or {{url: ..., "
+                    f"served_model: ...}}; got keys {sorted(spec)}"
+                    f"{' (unknown: ' + ', '.join(unknown) + ')' if unknown else ''}."
                 )
-            kwargs = spec.get("init_kwargs")
+            kwargs, served_model = spec.get("init_kwargs"), spec.get("served_model")
             if kwargs is not None and not isinstance(kwargs, Mapping):
                 raise SeadError(f"teachers.{name}.init_kwargs must be a mapping; got {kwargs!r}.")
-            spec = spec["model"]
-        if isinstance(spec, str) and spec.startswith(("http://", "https://")):
-            raise SeadError(
-                f"teachers.{name} is a served address ({spec}): several teachers are local models in this version "
-                "(a served teacher is one per run, teacher_server_url). Load it here by path instead."
-            )
+            spec = spec["model"] if "model" in spec else spec["url"]
         if spec is None or (isinstance(spec, str) and not spec.strip()):
             raise SeadError(f"teachers.{name}: no model given.")
-        entries.append(TeacherEntry(name, spec, None if kwargs is None else dict(kwargs)))
+        if isinstance(spec, str) and spec.startswith(("http://", "https://")):
+            entries.append(TeacherEntry(name, None, url=spec, served_model=served_model))
+        else:
+            entries.append(TeacherEntry(name, spec, None if kwargs is None else dict(kwargs)))
     return entries
 
 

@@ -54,6 +54,9 @@ def _other_teachers(cfg, student, notes: list[str]) -> tuple:
     """Several teachers (``teachers``): every one after the first, as ``(facts, load bytes)``."""
     out = []
     for e in parse_teachers(cfg.teachers)[1:]:
+        if e.served:  # nothing of it on the training GPUs
+            notes.append(f"teacher {e.name} is served at {e.url}: its own GPUs are not counted here.")
+            continue
         facts = lookup_model(e.model, None, role=f"teacher {e.name}")
         if facts.vocab_size != student.vocab_size:
             notes.append(f"teacher {e.name}: vocab {facts.vocab_size} != the student's {student.vocab_size}.")
@@ -82,8 +85,8 @@ def plan_recipe(
         # a served teacher: its served name is, by vLLM's default, the hub id it was started with
         teacher_name = cfg.teacher_model_name_or_path or cfg.teacher_server_model
         entries = parse_teachers(cfg.teachers)  # several teachers: every one is held by every process
-        if entries:
-            teacher_name = entries[0].model
+        if entries:  # the first one's facts (a served one's: by its served name, as vLLM names it by default)
+            teacher_name = entries[0].served_model if entries[0].served else entries[0].model
         teacher = lookup_model(teacher_name, teacher_config, role="teacher")
         default_prompt = 512
     if student.vocab_size != teacher.vocab_size:
@@ -102,7 +105,7 @@ def plan_recipe(
     first = parse_teachers(cfg.teachers)[:1]  # several teachers: the first one's own init kwargs, if it has them
     kwargs = first[0].init_kwargs if first and first[0].init_kwargs is not None else cfg.teacher_model_init_kwargs
     teacher_bytes = _init_dtype_bytes(kwargs, teacher.dtype_bytes, 4)
-    served = bool(cfg.teacher_server_url)
+    served = bool(cfg.teacher_server_url) or any(e.served for e in parse_teachers(cfg.teachers)[:1])
     if teacher_bytes == 4 and mixed and not script.builtin_task and not served:
         notes.append(
             "the teacher loads in float32 (no dtype in teacher_model_init_kwargs): set teacher_model_init_kwargs: "

@@ -319,15 +319,16 @@ class OPDConfig(DistillationConfig):
         > Several teachers (MOPD style; docs/recipes.md, "Several teachers")
 
         teachers (`dict`, *optional*):
-            Several local teachers in one run: `{name: model}` or `{name: {model: ..., init_kwargs: {...}}}` (a hub
-            id or path, loaded as `teacher_model_name_or_path` is, with its own init kwargs or else
-            `teacher_model_init_kwargs`). Every teacher must share the student's tokenizer (refused by name
-            otherwise). Each row of the dataset names its teacher in `teacher_column`; each rollout is scored by its
+            Several teachers in one run: `{name: model}` or `{name: {model: ..., init_kwargs: {...}}}` (a hub id or
+            path, loaded as `teacher_model_name_or_path` is, with its own init kwargs or else
+            `teacher_model_init_kwargs`), or a vLLM server's address `{name: http://...}` / `{name: {url: ...,
+            served_model: ...}}` (checked and used as `teacher_server_url` is; one process). Every teacher must
+            share the student's tokenizer (refused by name otherwise). Each row of the dataset names its teacher in `teacher_column`; each rollout is scored by its
             own teacher only, and a teacher that serves no row of a micro-batch runs no forward for it. SEAD's zone
             cuts are per teacher (each teacher's tokens split as SEAD splits one teacher's); SG-OPD's cold-start
             rollouts come from the row's own teacher. Logged per teacher under `teacher/<name>/...`. Leave
             `teacher_model_name_or_path` and `teacher_server_url` unset. One process or DDP (teachers sharded by
-            FSDP / ZeRO-3, and served teachers, are one per run in this version).
+            FSDP / ZeRO-3 are one per run in this version; a served one among several runs in one process).
         teacher_column (`str`, *optional*, defaults to `"teacher"`):
             The dataset column naming each row's teacher (a key of `teachers`).
 
@@ -759,6 +760,17 @@ class OPDConfig(DistillationConfig):
             raise SeadError(
                 f"teacher_server_url must be an http(s) address such as http://127.0.0.1:8100; got {self.teacher_server_url!r}."
             )
+        self._check_served_loss()
+        if self.teacher_model_name_or_path:
+            raise SeadError(
+                "teacher_model_name_or_path and teacher_server_url are both set: the teacher is either loaded here or "
+                "served. Remove one."
+            )
+        self._check_server_client()
+
+    def _check_served_loss(self) -> None:
+        """The loss settings a teacher known only by its top-k log-probs cannot serve (one served teacher, or a
+        served one among several)."""
         if self.estimator == "full":
             raise SeadError(
                 "estimator: full needs the teacher's whole next-token distribution, but a teacher server returns only "
@@ -781,11 +793,9 @@ class OPDConfig(DistillationConfig):
                 "distribution (temperature 1) and cannot be rescaled from its top-k. Set temperature: 1.0 and sample "
                 "the rollouts at another temperature through generation_kwargs (as the recipes do)."
             )
-        if self.teacher_model_name_or_path:
-            raise SeadError(
-                "teacher_model_name_or_path and teacher_server_url are both set: the teacher is either loaded here or "
-                "served. Remove one."
-            )
+
+    def _check_server_client(self) -> None:
+        """The served teacher's client settings (timeouts, retries)."""
         for name in ("teacher_server_timeout", "teacher_server_backoff"):
             if not getattr(self, name) > 0:
                 raise SeadError(f"{name} must be > 0; got {getattr(self, name)}.")
@@ -801,7 +811,9 @@ class OPDConfig(DistillationConfig):
                 self.teachers = json.loads(self.teachers)
             except json.JSONDecodeError as err:
                 raise SeadError(f"teachers: not a JSON mapping of name -> model path ({err}); got {self.teachers!r}.") from err
-        parse_teachers(self.teachers)  # refuses a malformed entry by name
+        if any(e.served for e in parse_teachers(self.teachers)):  # refuses a malformed entry by name
+            self._check_served_loss()
+            self._check_server_client()
         for name in ("teacher_model_name_or_path", "teacher_server_url"):
             if getattr(self, name):
                 raise SeadError(f"teachers and {name} are both set: name every teacher in `teachers`, or use one teacher.")

@@ -58,6 +58,9 @@ MULTIMODAL_KEYS = (
 #: (``[B, T, H]``): TRL's shuffle and split keep each row's.
 TEACHER_HIDDEN_KEY = "teacher_hidden"
 
+#: A zone-pass part that keeps nothing on purpose (a served teacher among several: its loss asks the server again).
+SKIPPED = object()
+
 
 def _is_dtensor(x) -> bool:
     dtensor = getattr(getattr(torch.distributed, "tensor", None), "DTensor", None)
@@ -130,6 +133,9 @@ def keep_teacher_side(output: dict[str, Any], parts: list[SparseTeacher | torch.
     ``rows``: with several teachers, the batch rows of each part (``None`` for none of them: the parts are the rows
     in order). The parts are then placed at their rows in one ``[B, T, H_max]`` tensor (a teacher with a narrower
     hidden size fills its first ``H`` columns: :meth:`ModelForwards.teacher_side` cuts them back)."""
+    if rows is not None and any(r is not None for r in rows):  # several teachers: local hidden states only
+        rows = [r for p, r in zip(parts, rows) if p is not SKIPPED]
+        parts = [p for p in parts if p is not SKIPPED]
     if not parts or any(p is None for p in parts):
         return
     if isinstance(parts[0], SparseTeacher):
@@ -224,7 +230,8 @@ class ModelForwards:
         self.transforms["teacher"] = self._output_transform(None if teacher is None else unwrap(teacher), "teacher")
         self.transforms["reference"] = self.transforms["student"]
         self.teacher_transforms = [self.transforms["teacher"]]
-        self.teacher_transforms += [self._output_transform(unwrap(t), f"teacher {i + 1}") for i, t in enumerate(others or [])]
+        self.teacher_transforms += [self._output_transform(None if t is None else unwrap(t), f"teacher {i + 1}")
+                                    for i, t in enumerate(others or [])]  # fmt: skip
 
     def _teacher_transform(self, index: int) -> LogitTransform:
         return self.transforms["teacher"] if index == 0 else self.teacher_transforms[index]
@@ -318,7 +325,8 @@ class ModelForwards:
         forward runs."""
         student = self.accelerator.unwrap_model(wrapped)
         teachers = teacher_model if isinstance(teacher_model, list) else [teacher_model]
-        whole = None if served is None else served.prefetched()  # the step's answers, asked for at generation
+        servers = served if isinstance(served, list) else [served]  # several teachers: one client each, or None
+        whole = None if isinstance(served, list) or served is None else served.prefetched()  # asked for at generation
         for start in range(0, output["completion_ids"].shape[0], size):
             part = {k: v[start : start + size] for k, v in output.items() if isinstance(v, torch.Tensor) and v.ndim > 0}
             if part["completion_ids"].size(1) == 0:  # one masked column: every process runs the same forwards
@@ -334,10 +342,12 @@ class ModelForwards:
                 if whole is not None:
                     t_side = served_rows(whole, start, start + size, sequence[2])
                 else:
-                    t_side = self.teacher_side(teachers[i], served, group, *self.sequences(group))
+                    t_side = self.teacher_side(teachers[i], servers[i], group, *self.sequences(group))
                 h_group = h_s if rows is None else h_s[rows.to(h_s.device)]
                 with self.heads(student, h_group, t_side, None, self.loss_mask(group), train=False, teacher_index=i) as heads:
                     kept = t_side if isinstance(t_side, SparseTeacher) else _placed(t_side[1], cache)
+                    if rows is not None and isinstance(t_side, SparseTeacher):
+                        kept = SKIPPED  # several teachers: a served one's answers are asked for again by the loss
                     yield StepPart(heads, kept, i, None if rows is None else rows + start)
 
     @contextlib.contextmanager

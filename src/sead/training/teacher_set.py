@@ -7,12 +7,14 @@ The routing itself (which rows each teacher scores, SG-OPD's rollouts from the r
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from sead.components.served import ServedTeacher
 from sead.components.teacher_mix import TeacherMix
 from sead.components.teacher_rollouts import RolloutSettings, TeacherRollouts, teacher_engine
 from sead.components.teachers import RoutedRollouts, TeacherEntry, parse_teachers, row_teachers
@@ -23,6 +25,7 @@ from sead.utils.errors import SeadError
 __all__ = [
     "build_teacher_mix",
     "check_teacher_set",
+    "connect_served",
     "load_teacher_set",
     "pass_rates",
     "teacher_entries",
@@ -52,13 +55,21 @@ def check_teacher_set(model, entries: list[TeacherEntry], args: OPDConfig, datas
       ``check_tokenizer(path)``, the single-teacher checks, each refusal naming the teacher);
     - the dataset's ``teacher_column`` must exist and name a known teacher in every row;
     - FSDP / DeepSpeed ZeRO (sharded teachers run a collective forward: every process would have to run every
-      teacher on every micro-batch) and served teachers are one per run in this version."""
+      teacher on every micro-batch) are one per run in this version; a served teacher among several runs in one
+      process (each request is agreed over every process, which would need every process to ask every teacher for
+      every micro-batch). A served teacher's tokenizer is checked over HTTP when the trainer connects."""
     state = getattr(args, "distributed_state", None)
     kind = str(getattr(state, "distributed_type", ""))
     if kind.endswith((FSDP, DEEPSPEED)):
         raise SeadError(
             f"several teachers ({', '.join(e.name for e in entries)}) under {kind.split('.')[-1]}: sharded teachers "
             "are one per run in this version. Launch with DDP (each process holds every teacher) or one process."
+        )
+    served = [e.name for e in entries if e.served]
+    if served and int(getattr(state, "num_processes", 1) or 1) > 1:
+        raise SeadError(
+            f"served teacher(s) {', '.join(served)} among several teachers, in {state.num_processes} processes: this "
+            "version runs served teachers among several in one process. Load them locally, or launch one process."
         )
     columns = getattr(dataset, "column_names", None) or []
     if args.teacher_column not in columns:
@@ -69,7 +80,7 @@ def check_teacher_set(model, entries: list[TeacherEntry], args: OPDConfig, datas
     names = [e.name for e in entries]
     row_teachers(dataset[args.teacher_column], names, args.teacher_column)
     shared = []
-    for entry in entries:
+    for entry in (e for e in entries if not e.served):
         try:
             rows = check_vocab(model, entry.model)
             path = entry.model if isinstance(entry.model, str) else getattr(entry.model.config, "_name_or_path", None)
@@ -84,8 +95,9 @@ def check_teacher_set(model, entries: list[TeacherEntry], args: OPDConfig, datas
 
 def load_teacher_set(entries: list[TeacherEntry], args: OPDConfig) -> list[torch.nn.Module]:
     """Every teacher loaded as TRL loads one given by name, each with its own ``init_kwargs`` (else the run's
-    ``teacher_model_init_kwargs``); a loaded model is taken as it is."""
-    return [load_teacher_like_trl(e.model, args, init_kwargs=e.init_kwargs) for e in entries]
+    ``teacher_model_init_kwargs``); a loaded model is taken as it is; a served one is ``None`` (its client:
+    :func:`connect_served`)."""
+    return [None if e.served else load_teacher_like_trl(e.model, args, init_kwargs=e.init_kwargs) for e in entries]
 
 
 def teacher_metrics(metrics: dict[str, list[float]], name: str, stats: dict[str, Any], tokens: float,
@@ -105,8 +117,27 @@ def teacher_sources(checked) -> list[str | None]:
     the run's teacher order: the named teachers', or the one teacher's."""
     if not checked.teachers:
         return [checked.teacher_source]
-    return [e.model if isinstance(e.model, str) else getattr(e.model.config, "_name_or_path", None) or None
-            for e in checked.teachers]  # fmt: skip
+    return [None if e.served else e.model if isinstance(e.model, str)
+            else getattr(e.model.config, "_name_or_path", None) or None for e in checked.teachers]  # fmt: skip
+
+
+def connect_served(entries: list[TeacherEntry], args: OPDConfig, vocab: int, tokenizer, *, max_sequence_length=None,
+                   **kwargs) -> list[ServedTeacher | None]:
+    """Each served teacher's client, connected and checked before any step as a lone served teacher's is
+    (:meth:`~sead.components.served.ServedTeacher.connect`: it answers, serves the model, holds the sequence, returns
+    the log-probs the run needs, tokenizes like the student); ``None`` for a local teacher."""
+    out = []
+    for e in entries:
+        if not e.served:
+            out.append(None)
+            continue
+        one = copy.copy(args)  # the run's settings with this teacher's address
+        one.teacher_server_url, one.teacher_server_model = e.url, e.served_model
+        try:
+            out.append(ServedTeacher.connect(one, vocab, tokenizer, max_sequence_length, **kwargs))
+        except SeadError as err:
+            raise type(err)(f"teacher `{e.name}` ({e.url}): {err}") from err
+    return out
 
 
 def pass_rates(correct: list[bool], index_B: torch.Tensor | None, names: list[str]) -> dict[str, float]:
@@ -133,8 +164,8 @@ def build_teacher_mix(trainer, sources: list[str | None]) -> TeacherMix:
                                top_p, top_k)  # fmt: skip
     samplers = []
     for i, source in enumerate(sources):
-        engine = None
-        if trainer.served is None:
+        engine, served = None, trainer.served if len(sources) == 1 else trainer.served_by[i]
+        if served is None:
             engine = teacher_engine(
                 source, args.teacher_generation_backend,
                 gpu_memory_utilization=args.teacher_vllm_gpu_memory_utilization,
@@ -142,7 +173,7 @@ def build_teacher_mix(trainer, sources: list[str | None]) -> TeacherMix:
                 seed=args.seed + trainer.accelerator.process_index,
             )  # fmt: skip
         samplers.append(TeacherRollouts(
-            settings, eos_token_ids=trainer.eos_token_ids, pad_token_id=trainer._tokenizer.pad_token_id, served=trainer.served,
+            settings, eos_token_ids=trainer.eos_token_ids, pad_token_id=trainer._tokenizer.pad_token_id, served=served,
             engine=engine, local_teacher=lambda i=i: trainer.accelerator.unwrap_model(trainer.teachers[i]),
             batch_size=args.teacher_generation_batch_size, vocab_rows=trainer.shared_rows,
         ))  # fmt: skip

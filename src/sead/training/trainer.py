@@ -75,6 +75,7 @@ from sead.training.startup import (
 )
 from sead.training.teacher_set import (
     build_teacher_mix,
+    connect_served,
     load_teacher_set,
     pass_rates,
     teacher_metrics,
@@ -144,9 +145,10 @@ class OPDTrainer(DistillationTrainer):
         """The models after TRL's ``__init__``: the teachers sead loaded, vLLM's sampler log-probs, the start-up checks
         that need the loaded student, each model's output transform, then the frozen models placed."""
         args = self.args
-        if own_teachers:
-            self.teacher_model = attach_teacher(own_teachers[0], self.accelerator, self.is_deepspeed_enabled)
-        self.teachers = [self.teacher_model] + [attach_teacher(t, self.accelerator, False) for t in own_teachers[1:]]
+        attach = lambda t: None if t is None else attach_teacher(t, self.accelerator, self.is_deepspeed_enabled)  # noqa: E731
+        if own_teachers:  # sead loaded them (several teachers: a served one is None)
+            self.teacher_model = attach(own_teachers[0])
+        self.teachers = [self.teacher_model] + [attach(t) for t in own_teachers[1:]]
         self.sampler_logprobs = None  # the student's vLLM engine's q(y_t): importance weights in the loss (sampled)
         if args.use_vllm:
             enable_cpu_weight_sync(self.vllm_generation)  # vLLM's CPU backend: TRL's weight sync as vLLM reloads
@@ -186,15 +188,13 @@ class OPDTrainer(DistillationTrainer):
             self.curriculum = args.curriculum_of(self.train_dataset[args.difficulty_column], self.accelerator.num_processes)
             check_curriculum_opens(self.curriculum, self.planned_total_steps(), args.difficulty_column,
                                    args.curriculum_num_buckets)  # fmt: skip
-        self.served = None
-        if args.teacher_server_url:
-            limit = self.prompt_length_limit()
-            self.served = ServedTeacher.connect(
-                args, int(self.model.config.get_text_config().vocab_size), self._tokenizer,
-                None if limit is None else limit + int(self.max_completion_length or 0),
-                device=self.accelerator.device, eos_token_ids=self.eos_token_ids,
-            )  # fmt: skip
-        self.spec = args.loss_spec(served_top_k=None if self.served is None else self.served.top_k)
+        limit, vocab = self.prompt_length_limit(), int(self.model.config.get_text_config().vocab_size)
+        connect = dict(max_sequence_length=None if limit is None else limit + int(self.max_completion_length or 0),
+                       device=self.accelerator.device, eos_token_ids=self.eos_token_ids)  # fmt: skip
+        self.served = ServedTeacher.connect(args, vocab, self._tokenizer, **connect) if args.teacher_server_url else None
+        self.served_by = connect_served(checked.teachers, args, vocab, self._tokenizer, **connect)  # several teachers
+        top_ks = [t.top_k for t in (self.served, *self.served_by) if t is not None]
+        self.spec = args.loss_spec(served_top_k=min(top_ks) if top_ks else None)
         self.zone_cuts = StepZoneCuts(self.spec) if args.zones and args.zone_scope == "step" else None
         self.teacher_mix = build_teacher_mix(self, sources) if args.teacher_mixing else None
         recorded = args.zone_student_hidden == "generation" and not (args.use_vllm or self.teacher_mix or self.tools)
@@ -204,7 +204,7 @@ class OPDTrainer(DistillationTrainer):
         self.nonfinite = NonFiniteGuard(self)
         self.add_callback(self.nonfinite)
         self._step_end_snapshot = None
-        if self.served is not None:
+        if self.served is not None or any(self.served_by):
             self._step_end_snapshot = StepEndSnapshot(self)
             self.add_callback(self._step_end_snapshot)
 
@@ -354,9 +354,10 @@ class OPDTrainer(DistillationTrainer):
         self.zone_cuts.start(self.state.global_step)
         rows, width = output["completion_ids"].shape
         recorded = self.generation_hidden.take(rows, width) if self.generation_hidden is not None else None
-        teachers = self.teachers if len(self.teachers) > 1 else self.teacher_model
+        several = len(self.teachers) > 1
+        teachers, served = (self.teachers, self.served_by) if several else (self.teacher_model, self.served)
         for part in self.forwards.step_heads(output, self.args.per_device_train_batch_size, wrapped, teachers,
-                                             self.served, self.args.teacher_cache, recorded):  # fmt: skip
+                                             served, self.args.teacher_cache, recorded):  # fmt: skip
             kept.append((part.teacher_side, part.rows))
             self.zone_cuts.add(part.heads.student, part.heads.teacher, part.heads.mask_BT, part.teacher, part.rows)
         result = self.zone_cuts.finish(self.accelerator.device, lambda rows: gather_rows(self.accelerator, rows),
@@ -391,7 +392,8 @@ class OPDTrainer(DistillationTrainer):
         for i, rows in groups:
             group = sub_batch(inputs, rows)
             h_group, r_group = (h_s, r_side) if rows is None else (h_s[rows], r_side and (r_side[0], r_side[1][rows]))
-            t_side = f.teacher_side(self.teachers[i], self.served, group, *f.sequences(group))
+            served = self.served_by[i] if rows is not None else self.served
+            t_side = f.teacher_side(self.teachers[i], served, group, *f.sequences(group))
             spec = self.step_spec(i)
             with f.heads(unwrapped_student, h_group, t_side, r_group, f.loss_mask(group), train=torch.is_grad_enabled(),
                          teacher_index=i) as heads:  # fmt: skip
