@@ -109,7 +109,9 @@ def test_report_ratios_and_verdicts_are_hand_computed(tmp_path):
     # a pair's half-width t(3) * sigma * sqrt(2 / 2) = 3.182 * 0.008165 = 0.0260; 2 points would take 3 seeds
     # (df 6: 2.447 * 0.008165 * sqrt(2 / 3) = 0.0163)
     assert "| sead | 57.0 ± 0.0 | +6.0 [-6.7, +18.7] | +6.0 [+3.4, +8.6] |" in text
-    assert "residual sd of final accuracy is 0.8 points and a paired difference's 95% half-width 2.6 points" in text
+    assert ("residual sd of final accuracy is 0.8 points and a paired difference's 95% half-width (a pair over all 2 "
+            "seeds) 2.6 points") in text
+    assert "(4 variants x 2 seeds, additive variant + seed model, 3 degrees of freedom" in text
     assert "would take 3 seeds per variant" in text
     # gap closed with start 40% and teacher 90%: opd (51 - 40) / 50 = 22%, sead (57 - 40) / 50 = 34%
     assert "opd 22%" in text and "sead 34%" in text
@@ -388,3 +390,12 @@ def test_the_report_shows_the_rate_search_and_the_tuned_table(tmp_path):
     assert "+10.0 [+10.0, +10.0]" in tuned_row
     assert q["summary_tuned"]["sead"]["lr"] == 2e-3 and q["summary"]["sead"]["lr"] == 1e-3
     assert q["summary_tuned"]["sead"]["accuracy_vs_opd_pooled"]["mean"] == pytest.approx(0.10)
+
+
+def test_an_unbalanced_design_says_which_variants_ran_which_seeds():
+    from sead.bench.report import _design_size
+
+    runs = {"opd": [0, 1, 2], "sead": [0, 1, 2], "zones": [0, 1]}
+    assert _design_size({"unbalanced": runs, "variants": list(runs), "seeds": [0, 1, 2]}) == (
+        "8 runs: opd, sead over 3 seeds; zones over 2 seeds")
+    assert _design_size({"variants": ["a", "b"], "seeds": [0, 1]}) == "2 variants x 2 seeds"

@@ -378,6 +378,20 @@ def _gap_lines(summary: dict, curves: dict, start: float, teacher: float | None)
     return [line, ""]
 
 
+
+def _design_size(pooled: dict) -> str:
+    """How many runs a pooled design read: ``V variants x S seeds``, or per seed count when variants ran different
+    seeds (``unbalanced``)."""
+    runs = pooled.get("unbalanced")
+    if not runs:
+        return f"{len(pooled['variants'])} variants x {len(pooled['seeds'])} seeds"
+    by_count: dict[int, list[str]] = {}
+    for name, seeds in runs.items():
+        by_count.setdefault(len(seeds), []).append(name)
+    parts = [f"{', '.join(names)} over {n} seeds" if len(names) < 4 else f"{len(names)} variants over {n} seeds"
+             for n, names in sorted(by_count.items(), reverse=True)]  # fmt: skip
+    return f"{sum(len(s) for s in runs.values())} runs: " + "; ".join(parts)
+
 def _power_lines(res: dict, pooled: dict) -> list[str]:
     """What the design can resolve: the evaluation's standard error next to the seed sd, the half-widths of the
     paired intervals, the seeds a 2-point half-width would take (``pooled``: the design's pooled intervals of
@@ -409,9 +423,11 @@ def _power_lines(res: dict, pooled: dict) -> list[str]:
     if pooled:
         need = pooled["seeds_for_half_width"]["seeds"]
         lines.append(
-            f"Pooled over the design ({len(pooled['variants'])} variants x {len(pooled['seeds'])} seeds, additive "
-            f"variant + seed model, {pooled['df']} degrees of freedom; column `vs opd, pooled sd`): the residual sd of "
-            f"final accuracy is {100 * pooled['sigma']:.1f} points and a paired difference's 95% half-width "
+            f"Pooled over the design ({_design_size(pooled)}, additive variant + seed model"
+            + (", fitted by least squares" if pooled.get("unbalanced") else "")
+            + f", {pooled['df']} degrees of freedom; column `vs opd, pooled sd`): the residual sd of "
+            f"final accuracy is {100 * pooled['sigma']:.1f} points and a paired difference's 95% half-width (a pair "
+            f"over all {len(pooled['seeds'])} seeds) "
             f"{100 * pooled['pair_half_width']:.1f} points; a half-width of 2 points would take "
             + (f"{need} seeds per variant at this sd." if need else "more than 1000 seeds.")
             + (f" SEAD's interaction on this pooled sd: {_interval(pooled['interaction'])}." if pooled.get("interaction") else "")
