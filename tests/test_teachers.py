@@ -295,7 +295,8 @@ def test_the_demonstrations_table_shows_every_teacher_and_run():
            "student_start": {"accuracy": 0.3, "accuracy_by_level": {"1": 0.5, "2": 0.3, "3": 0.2, "4": 0.2}},
            "runs": {"both": {"accuracy": 0.555, "accuracy_by_level": {"1": 0.9, "2": 0.7, "3": 0.4, "4": 0.22},
                              "train_seconds": 321.4}}}  # fmt: skip
-    text = teachers_markdown(res)
+    text = teachers_markdown(res, "bench_teachers.png")
+    assert text.rstrip().endswith("![several teachers](bench_teachers.png)")
     assert "| teacher `low` (trained on levels 1, 2) | 50.0 | 90.0 | 80.0 | 20.0 | 10.0 | - |" in text
     assert "| student after opd from both | 55.5 | 90.0 | 70.0 | 40.0 | 22.0 | 321 |" in text
     assert "`sead bench teachers` (500 steps, seed 0, test cpu; 10 minutes," in text
@@ -341,3 +342,14 @@ def test_a_served_teacher_among_several_gives_the_all_local_loss(tmp_path):
     with pytest.raises(SeadError, match="teachers.b: expected"):
         parse_teachers({"a": "x", "b": {"url": "http://h:1", "model": "y"}})
     assert parse_teachers({"b": {"url": "http://h:1", "served_model": "m"}})[0].served_model == "m"
+
+
+def test_the_demonstrations_plot_is_a_png(tmp_path):
+    import json
+
+    from _tiny import REPO
+    from sead.bench.teachers import plot_teachers
+
+    res = json.loads((REPO / "benchmarks" / "results" / "teachers.json").read_text())
+    png = plot_teachers(res, tmp_path / "t.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

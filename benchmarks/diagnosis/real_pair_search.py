@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -126,13 +127,19 @@ def evaluate(model_dir: str, data: str, batch: int = 64, limit: int | None = Non
     from sead.grading.verifier import grade
 
     rows = _rows(data, limit)
-    tok = tok or AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    if tok is None:  # a trainer checkpoint may lack the tokenizer files: fall back to the run's output dir
+        tdir = model_dir if (Path(model_dir) / "tokenizer_config.json").exists() else str(Path(model_dir).parent)
+        tdir = tdir if (Path(tdir) / "tokenizer_config.json").exists() else "/work/results/real31/teacher"
+        tok = AutoTokenizer.from_pretrained(tdir, padding_side="left")
     tok.padding_side = "left"
     model = model or AutoModelForCausalLM.from_pretrained(model_dir).eval()
     t0 = time.perf_counter()
     texts = greedy(model, tok, [r["prompt"] for r in rows], max_new_tokens, batch)
     secs = time.perf_counter() - t0
     ok = [bool(grade(t, r["answer"]).correct) for t, r in zip(texts, rows)]
+    # strict: a closed \boxed{} holding exactly the answer (the verifier above falls back to the last number)
+    strict = [re.search(r"\\boxed\{\s*(-?\d+)\s*\}", t) is not None
+              and re.search(r"\\boxed\{\s*(-?\d+)\s*\}", t).group(1) == r["answer"] for t, r in zip(texts, rows)]
     by = {}
     for key in ("op", "split"):
         for v in sorted({r[key] for r in rows}):
@@ -140,7 +147,8 @@ def evaluate(model_dir: str, data: str, batch: int = 64, limit: int | None = Non
             by[f"{key}={v}"] = round(sum(ok[i] for i in idx) / len(idx), 4)
     wrong = [(rows[i]["prompt"][-1]["content"], texts[i]) for i in range(len(rows)) if not ok[i]][:4]
     right = [(rows[i]["prompt"][-1]["content"], texts[i]) for i in range(len(rows)) if ok[i]][:2]
-    return {"model": model_dir, "data": data, "n": len(rows), "accuracy": sum(ok) / len(rows), "by": by,
+    return {"model": model_dir, "data": data, "n": len(rows), "accuracy": sum(ok) / len(rows),
+            "strict_boxed_accuracy": sum(strict) / len(rows), "by": by, "texts": texts,
             "seconds": round(secs, 1), "batch": batch, "threads": torch.get_num_threads(),
             "wrong_examples": wrong, "right_examples": right}  # fmt: skip
 
@@ -193,7 +201,7 @@ def heal(student: str, teacher: str, data: str, out: str, steps: int = 60, batch
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     model.save_pretrained(out)
     tok.padding_side = "left"
@@ -243,7 +251,7 @@ def main(argv=None) -> int:
     elif a.what == "eval":
         res = [evaluate(m, a.data, a.batch, a.limit) for m in a.model]
         for x in res:
-            print(json.dumps({k: x[k] for k in ("model", "n", "accuracy", "by", "seconds")}), flush=True)
+            print(json.dumps({k: x[k] for k in ("model", "n", "accuracy", "strict_boxed_accuracy", "by", "seconds")}), flush=True)
         res = res if len(res) > 1 else res[0]
     elif a.what == "heal":
         res = heal(a.student, a.teacher, a.data, a.out, a.steps, a.batch, a.lr)

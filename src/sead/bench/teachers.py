@@ -18,7 +18,7 @@ from typing import Any
 
 from sead.bench.common import machine_facts
 
-__all__ = ["LEVEL_SPLIT", "bench_teachers", "partial_teacher", "teachers_markdown"]
+__all__ = ["LEVEL_SPLIT", "bench_teachers", "partial_teacher", "plot_teachers", "teachers_markdown"]
 
 #: Which levels each partial teacher is trained on (the built-in sums task has levels 1-4).
 LEVEL_SPLIT = {"low": (1, 2), "high": (3, 4)}
@@ -104,9 +104,24 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def teachers_markdown(res: dict[str, Any]) -> str:
+def plot_teachers(res: dict[str, Any], path: str | Path) -> Path:
+    """Held-out greedy accuracy per level: each teacher, the student before, and after each run (a PNG)."""
+    from sead.experiments.plots import plot_grouped_bars
+
+    groups = {f"teacher {n}": m for n, m in res["teachers"].items()}
+    if res.get("student_start"):
+        groups["student before"] = res["student_start"]
+    groups.update({f"student from {label}": m for label, m in res["runs"].items()})
+    levels = sorted({lv for m in groups.values() for lv in (m.get("accuracy_by_level") or {})}, key=int)
+    bars = {label: {f"level {lv}": 100 * v for lv, v in (m.get("accuracy_by_level") or {}).items()}
+            for label, m in groups.items()}  # fmt: skip
+    return plot_grouped_bars(bars, path, title="Several teachers on sums: held-out greedy accuracy by level",
+                             ylabel="accuracy (%)", categories=[f"level {lv}" for lv in levels])  # fmt: skip
+
+
+def teachers_markdown(res: dict[str, Any], plot: str | None = None) -> str:
     """The demonstration's section of BENCHMARKS.md: each teacher's and each run's held-out greedy accuracy, overall
-    and per level, with the command and the machine."""
+    and per level, with the command and the machine; ``plot``: the PNG's file name, shown under the table."""
     levels = sorted({lv for r in res["runs"].values() for lv in (r.get("accuracy_by_level") or {})}, key=int)
     head = "| | accuracy | " + " | ".join(f"level {lv}" for lv in levels) + " | training (s) |"
     rows = [head, "|" + "---|" * (len(levels) + 3)]
@@ -144,5 +159,6 @@ def teachers_markdown(res: dict[str, Any]) -> str:
         "",
         *rows,
         *verdict,
+        *(["", f"![several teachers]({plot})"] if plot else []),
         "",
     ])

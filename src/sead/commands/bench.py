@@ -108,12 +108,13 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as err:
                 raise SeadError(f"sead bench lr: {err}") from err
         elif what == "teachers":
-            from sead.bench.teachers import bench_teachers, teachers_markdown
+            from sead.bench.teachers import bench_teachers, plot_teachers, teachers_markdown
 
             res = bench_teachers(steps=args.steps)
             res["command"] = "sead bench teachers" + (f" --steps {args.steps}" if args.steps else "")
             if record:
-                (args.results_dir / "teachers.md").write_text(teachers_markdown(res))
+                png = plot_teachers(res, args.report.parent / "bench_teachers.png")
+                (args.results_dir / "teachers.md").write_text(teachers_markdown(res, png.name))
         elif what == "factorial":
             variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
             try:

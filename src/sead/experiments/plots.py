@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plot_accuracy_curves", "plot_series", "plot_entropy_histogram"]
+__all__ = ["plot_accuracy_curves", "plot_entropy_histogram", "plot_grouped_bars", "plot_series"]
 
 
 def plot_accuracy_curves(
@@ -107,3 +107,24 @@ def plot_entropy_histogram(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_grouped_bars(groups: Mapping[str, Mapping[str, float]], path: str | Path, *, title: str, ylabel: str,
+                      categories: Sequence[str]) -> Path:
+    """One group of bars per entry of ``groups`` (``{label: {category: value}}``), one bar per category (a missing
+    value: no bar); written to ``path``."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    width = 0.8 / max(len(groups), 1)
+    for i, (label, values) in enumerate(groups.items()):
+        xs = [j + (i - (len(groups) - 1) / 2) * width for j in range(len(categories))]
+        ax.bar(xs, [values.get(c, float("nan")) for c in categories], width=width, label=label)
+    ax.set_xticks(range(len(categories)), list(categories))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
