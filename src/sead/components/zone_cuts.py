@@ -75,7 +75,9 @@ class StepZoneCuts:
     def cuts_at(self, step: int, key: int = 0) -> ZoneThresholds | None:
         """The cuts of optimizer step ``step`` (teacher ``key``'s), or ``None`` when they were not taken for it (the
         loss then takes its micro-batch's own percentiles)."""
-        return self.cuts_by.get(int(key)) if self.step == int(step) else None
+        if self.step != int(step):
+            return None
+        return self.cuts if int(key) == 0 else self.cuts_by.get(int(key))  # the first teacher's: :attr:`cuts`
 
     def add(self, student: LMHead, teacher: LMHead | SparseTeacher, mask_BT: torch.Tensor, key: int = 0,
             rows: torch.Tensor | None = None) -> bool:
