@@ -231,3 +231,39 @@ def test_registry_and_task_object():
 
     with pytest.raises(SeadError, match="unknown built-in task"):
         get_task("nope")
+
+
+def test_the_background_teacher_taking_a_second_thread_trains_the_same_model():
+    # sead demo lends the waiting parent's core to the teacher's SFT (sead.tasks.prepare.lend_core): the cached
+    # teacher must not depend on when that happened, or the demo and the benchmarks would share a cache entry
+    # holding different models.
+    import dataclasses
+
+    import torch
+
+    from sead.tasks.sft import build_model, train_sft
+
+    teacher_recipe, _ = S.TASK.recipes(False)
+    settings = dataclasses.replace(teacher_recipe.sft, steps=24, stop_at_accuracy=None)
+    tokenizer = S.TASK.build_tokenizer()
+    before = torch.get_num_threads()
+    runs, seen = [], []
+    try:
+        for switch_at in (None, 8):
+            torch.set_num_threads(1)
+
+            def on_step(step, switch_at=switch_at):
+                seen.append(step)
+                if step == switch_at:
+                    torch.set_num_threads(2)
+
+            model = build_model(teacher_recipe.model, tokenizer, seed=0)
+            losses = train_sft(model, tokenizer, settings, S.TASK.draw_example, S.TASK.sft_levels(teacher_recipe),
+                               seed=0, progress=False, on_step=on_step)  # fmt: skip
+            runs.append((losses, [p.detach().clone() for p in model.parameters()]))
+        assert torch.get_num_threads() == 2  # the switch happened
+    finally:
+        torch.set_num_threads(before)
+    assert seen == list(range(24)) * 2
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))

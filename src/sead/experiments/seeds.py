@@ -54,7 +54,13 @@ def prepare_demo(
     from pathlib import Path as _Path
 
     from sead.data.difficulty import estimate_difficulty
-    from sead.tasks.prepare import default_cache_dir, join_background, prepare_in_background, read_metrics
+    from sead.tasks.prepare import (
+        default_cache_dir,
+        join_background,
+        lend_core,
+        prepare_in_background,
+        read_metrics,
+    )
 
     task = task_of(size)
     cache = _Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -88,6 +94,7 @@ def prepare_demo(
     validation = validation_dataset(task, size["num_validation"], levels, train) if size.get("num_validation") else None
     curve = test.select(range(min(size["num_curve"], len(test))))
     if child is not None:
+        lend_core(child)  # this process only waits from here: the teacher's SFT takes a second thread
         join_background(child, f"{task.name} teacher")
     prepared = task.prepare_models(cache_dir=cache, quick=quick, seed=0, progress=progress)
     return DemoData(prepared, train, test, curve, validation)

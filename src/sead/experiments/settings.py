@@ -32,7 +32,7 @@ TASK_SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "num_prompts": 1024,
             "num_test": 1000,
             "num_curve": 300,
-            "steps": 300,
+            "steps": 250,
             "batch": 64,
             # OPD's learning rate for every variant: a warm-up of 25 steps, then a cosine to 0 (docs/task.md, "Why
             # distillation moved the student so little": 1.5e-3 and more dip below the start first).

@@ -36,6 +36,7 @@ __all__ = [
     "Recipe",
     "check_target",
     "default_cache_dir",
+    "lend_core",
     "prepare_in_background",
     "save_atomically",
 ]
@@ -169,26 +170,41 @@ def save_atomically(model, tokenizer, metrics: dict, target: Path, progress: boo
     return metrics
 
 
-def _prepare_role(task_module: str, role: str, quick: bool, seed: int, cache_dir: str, num_threads: int) -> None:
+def _prepare_role(task_module: str, role: str, quick: bool, seed: int, cache_dir: str, num_threads: int, spare_core) -> None:
     """Child process of :func:`prepare_in_background`: train and cache one model of the task that ``task_module``
-    defines (its ``TASK``)."""
+    defines (its ``TASK``); from the step after ``spare_core`` (an event) is set, with one more torch thread."""
     import importlib
 
     torch.set_num_threads(num_threads)
     task = importlib.import_module(task_module).TASK
     recipe = dict(zip(("teacher", "student"), task.recipes(quick)))[role]
-    task.prepare_one(recipe, task.build_tokenizer(), seed, Path(cache_dir), progress=False)
+
+    def take_spare_core(step: int) -> None:
+        if spare_core.is_set() and torch.get_num_threads() == num_threads:
+            torch.set_num_threads(num_threads + 1)
+
+    task.prepare_one(recipe, task.build_tokenizer(), seed, Path(cache_dir), progress=False, on_step=take_spare_core)
 
 
 def prepare_in_background(task: BuiltinTask, role: str, quick: bool, seed: int, cache_dir: Path, num_threads: int = 1):
     """Train and cache the ``role`` model (``"teacher"`` or ``"student"``) of ``task`` in a second process;
-    returns the started :class:`multiprocessing.Process` (``join`` it, then check ``exitcode``)."""
+    returns the started :class:`multiprocessing.Process` (``join`` it, then check ``exitcode``). Once this process
+    has nothing else to do but wait, :func:`lend_core` gives the child one more thread (the sums teacher's SFT steps
+    take 0.19 s instead of 0.29 s with two threads on this project's 2-core CPU)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    child = ctx.Process(target=_prepare_role, args=(type(task).__module__, role, quick, seed, str(cache_dir), num_threads), daemon=True)
+    spare_core = ctx.Event()
+    args = (type(task).__module__, role, quick, seed, str(cache_dir), num_threads, spare_core)
+    child = ctx.Process(target=_prepare_role, args=args, daemon=True)
     child.start()
+    child.spare_core = spare_core
     return child
+
+
+def lend_core(child) -> None:
+    """Tell a :func:`prepare_in_background` process that this one is idle: it takes one more torch thread."""
+    child.spare_core.set()
 
 
 def join_background(child, what: str) -> None:
@@ -292,21 +308,25 @@ class BuiltinTask:
     def entry_dir(self, recipe: Recipe, seed: int, cache_dir: Path) -> Path:
         return cache_dir / f"{self.name}-{recipe.role}-{self.cache_key(recipe, seed)}"
 
-    def train(self, recipe: Recipe, tokenizer, seed: int, progress: bool | str = False):
-        """A model trained per ``recipe`` (not saved) and its per-step SFT losses."""
+    def train(self, recipe: Recipe, tokenizer, seed: int, progress: bool | str = False, on_step=None):
+        """A model trained per ``recipe`` (not saved) and its per-step SFT losses (``on_step``: see
+        :func:`sead.tasks.sft.train_sft`)."""
         levels = self.sft_levels(recipe)
         model = sft.build_model(recipe.model, tokenizer, seed=seed)
         probe = None
         if recipe.sft.stop_at_accuracy is not None:
             probe = self.probe(tokenizer, levels, recipe.sft.probe_size, seed + 1)
         losses = sft.train_sft(
-            model, tokenizer, recipe.sft, self.draw_example, levels, seed=seed, progress=progress, probe=probe
+            model, tokenizer, recipe.sft, self.draw_example, levels, seed=seed, progress=progress, probe=probe,
+            on_step=on_step,
         )
         return model, losses
 
-    def _train_and_save(self, recipe: Recipe, tokenizer, seed: int, target: Path, progress: bool) -> dict:
+    def _train_and_save(self, recipe: Recipe, tokenizer, seed: int, target: Path, progress: bool, on_step=None) -> dict:
         start = time.perf_counter()
-        model, losses = self.train(recipe, tokenizer, seed, progress=f"SFT {recipe.role}" if progress else False)
+        model, losses = self.train(
+            recipe, tokenizer, seed, progress=f"SFT {recipe.role}" if progress else False, on_step=on_step
+        )
         train_seconds = time.perf_counter() - start
         eval_set = self.make_dataset(recipe.eval_size, levels=self.eval_levels(recipe), seed=self.eval_seed, split="test")
         scores = scoring.evaluate_accuracy(
@@ -335,8 +355,11 @@ class BuiltinTask:
         check_target(recipe, metrics)
         return save_atomically(model, tokenizer, metrics, target, progress, self.metrics_file)
 
-    def prepare_one(self, recipe: Recipe, tokenizer, seed: int, cache_dir: Path, progress: bool) -> tuple[Path, dict, bool]:
-        """``(entry directory, metrics, cache hit)`` for one model, training it when it is not cached."""
+    def prepare_one(
+        self, recipe: Recipe, tokenizer, seed: int, cache_dir: Path, progress: bool, on_step=None
+    ) -> tuple[Path, dict, bool]:
+        """``(entry directory, metrics, cache hit)`` for one model, training it when it is not cached (``on_step``:
+        see :func:`sead.tasks.sft.train_sft`)."""
         target = self.entry_dir(recipe, seed, cache_dir)
         metrics = read_metrics(target, self.metrics_file)
         if metrics is not None:
@@ -346,7 +369,7 @@ class BuiltinTask:
                 f"{target} exists but has no readable {self.metrics_file}; it is not a finished cache entry. "
                 "Delete it and run again."
             )
-        return target, self._train_and_save(recipe, tokenizer, seed, target, progress), False
+        return target, self._train_and_save(recipe, tokenizer, seed, target, progress, on_step), False
 
     def prepare_models(
         self,

@@ -201,6 +201,7 @@ def train_sft(
     seed: int = 0,
     progress: bool | str = True,
     probe: Callable | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Supervised fine-tuning of ``model`` in place on examples from ``draw``.
 
@@ -208,7 +209,9 @@ def train_sft(
     ``settings.level_weights`` (equal by default), then ``draw(level, rng)``. The loss is the mean
     cross-entropy over completion tokens (EOS included). With ``settings.stop_at_accuracy``, training
     stops once ``probe(model)`` (an accuracy in [0, 1], checked every ``check_every`` steps) reaches
-    it; ``probe`` defaults to :func:`teacher_forced_probe`. Returns the per-step losses.
+    it; ``probe`` defaults to :func:`teacher_forced_probe`. ``on_step(step)``, when given, is called before each
+    step (the background trainer uses it to take a second thread once its parent is idle). Returns the per-step
+    losses.
     """
     levels = tuple(levels)
     weights = _check_settings(settings, levels)
@@ -228,6 +231,8 @@ def train_sft(
         unit="step",
     )
     for step in bar:
+        if on_step is not None:
+            on_step(step)
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * _lr_factor(step, settings)
         chosen = rng.choices(levels, weights=weights, k=settings.batch_size)
