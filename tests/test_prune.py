@@ -41,8 +41,15 @@ def test_layers_to_keep():
     assert layers_to_keep(30, keep=[29, 0, 3, 3]) == [0, 3, 29]
     with pytest.raises(SeadError, match="layer 30 does not exist"):
         layers_to_keep(30, keep=[0, 30])
-    with pytest.raises(SeadError, match="either by index"):
+    assert layers_to_keep(30, drop=[27, 26]) == [*range(26), 28, 29]
+    with pytest.raises(SeadError, match="exactly one of the three"):
         layers_to_keep(30)
+    with pytest.raises(SeadError, match="exactly one of the three"):
+        layers_to_keep(30, keep=[0], drop=[1])
+    with pytest.raises(SeadError, match="drop: layer 31 does not exist"):
+        layers_to_keep(30, drop=[31])
+    with pytest.raises(SeadError, match="no layer would be left"):
+        layers_to_keep(2, drop=[0, 1])
     with pytest.raises(SeadError, match="keep-every must be >= 1"):
         layers_to_keep(30, every=0)
 

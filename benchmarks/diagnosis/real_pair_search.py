@@ -30,16 +30,9 @@ from pathlib import Path
 
 import torch
 
-EXAMPLES = {
-    "+": [
-        {"role": "user", "content": "What is 2 + 2?"},
-        {"role": "assistant", "content": "2 + 2 = 4. The answer is \\boxed{4}."},
-    ],
-    "*": [
-        {"role": "user", "content": "What is 2 * 3?"},
-        {"role": "assistant", "content": "2 * 3 = 6. The answer is \\boxed{6}."},
-    ],
-}
+# the worked examples (the first search used them without a system message)
+from sead.data.phrasings import EXAMPLES
+
 # 8 phrasings per operation; the last 3 of each are held out (never trained on).
 TEMPLATES = {
     "+": [

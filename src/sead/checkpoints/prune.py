@@ -18,21 +18,28 @@ from sead.utils.errors import SeadError
 __all__ = ["layers_to_keep", "prune_layers"]
 
 
-def layers_to_keep(num_layers: int, keep: list[int] | None = None, every: int | None = None) -> list[int]:
-    """The layer indices a pruned copy keeps: ``keep`` (sorted, checked against ``num_layers``), or every
-    ``every``-th layer starting at 0 (``[0, every, 2 every, ...]``). Exactly one of the two."""
-    if (keep is None) == (every is None):
-        raise SeadError("give the layers to keep either by index (--keep 0,3,6) or as every k-th (--keep-every 3).")
+def layers_to_keep(
+    num_layers: int, keep: list[int] | None = None, every: int | None = None, drop: list[int] | None = None
+) -> list[int]:
+    """The layer indices a pruned copy keeps: ``keep`` (sorted, checked against ``num_layers``), every ``every``-th
+    layer starting at 0 (``[0, every, 2 every, ...]``), or every layer but ``drop``. Exactly one of the three."""
+    if sum(x is not None for x in (keep, every, drop)) != 1:
+        raise SeadError(
+            "give the layers to keep by index (--keep 0,3,6), as every k-th (--keep-every 3), or the layers to drop "
+            "(--drop 26,27): exactly one of the three."
+        )
     if every is not None:
         if every < 1:
             raise SeadError(f"keep-every must be >= 1; got {every}.")
         return list(range(0, num_layers, every))
-    kept = sorted(set(int(i) for i in keep))
-    if not kept:
-        raise SeadError("keep: no layer given; a model needs at least one layer.")
-    bad = [i for i in kept if not 0 <= i < num_layers]
+    option, given = ("drop", drop) if drop is not None else ("keep", keep)
+    chosen = sorted(set(int(i) for i in given))
+    bad = [i for i in chosen if not 0 <= i < num_layers]
     if bad:
-        raise SeadError(f"keep: layer {bad[0]} does not exist; the model has layers 0..{num_layers - 1}.")
+        raise SeadError(f"{option}: layer {bad[0]} does not exist; the model has layers 0..{num_layers - 1}.")
+    kept = chosen if drop is None else [i for i in range(num_layers) if i not in chosen]
+    if not kept:
+        raise SeadError(f"{option}: no layer would be left; a model needs at least one layer.")
     return kept
 
 
@@ -84,10 +91,16 @@ def prune_layers(model, keep: list[int]):
 
 
 def prune_checkpoint(
-    source: str, out: str, keep: list[int] | None = None, every: int | None = None, gguf_file: str | None = None
+    source: str,
+    out: str,
+    keep: list[int] | None = None,
+    every: int | None = None,
+    gguf_file: str | None = None,
+    drop: list[int] | None = None,
 ) -> list[int]:
     """Load the checkpoint ``source`` (a directory or hub id; with ``gguf_file``, a GGUF file in that directory,
-    converted once by :func:`sead.checkpoints.gguf.resolve_gguf`), keep the layers ``keep`` (or every ``every``-th),
+    converted once by :func:`sead.checkpoints.gguf.resolve_gguf`), keep the layers ``keep`` (or every ``every``-th, or
+    all but ``drop``),
     and save the pruned model with the source's tokenizer (chat template included) to ``out``. Returns the kept
     layers' indices in the source."""
     from pathlib import Path
@@ -100,7 +113,7 @@ def prune_checkpoint(
         source = resolve_gguf(source, gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
     tokenizer = AutoTokenizer.from_pretrained(source)
-    kept = layers_to_keep(int(model.config.get_text_config().num_hidden_layers), keep=keep, every=every)
+    kept = layers_to_keep(int(model.config.get_text_config().num_hidden_layers), keep=keep, every=every, drop=drop)
     pruned = prune_layers(model, kept)
     Path(out).mkdir(parents=True, exist_ok=True)
     pruned.save_pretrained(out)

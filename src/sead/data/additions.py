@@ -1,7 +1,8 @@
 """Chat prompts for a real instruct model: one-digit additions, one worked example, the answer in ``\\boxed{}``.
 
-The prune-then-distill recipe (recipes/smollm2-prune-distill.yaml) trains on them. Each prompt is a conversation
-(the trainer applies the tokenizer's chat template): the worked example "What is 2 + 2?" -> "2 + 2 = 4. The answer
+The real-model tests use them (tests/_real.py, tests/_vllm_real.py); the prune-then-distill recipe trained on
+them until 2026-12-07 and now uses :mod:`sead.data.phrasings` (more surface variety, held-out phrasings). Each
+prompt is a conversation (the trainer applies the tokenizer's chat template): the worked example "What is 2 + 2?" -> "2 + 2 = 4. The answer
 is \\boxed{4}.", then the question "What is a + b?" (``a, b`` in 1..9). SmolLM2-135M-Instruct follows the example's
 format and answers all 64 test prompts right, greedy (BENCHMARKS.md, "Real checkpoints"); a copy keeping every third
 of its layers answers none. Of the 81 pairs ``(a, b)``, :data:`HELD_OUT` (16, drawn once with a fixed seed) are never in the
