@@ -49,8 +49,12 @@ def test_recipes_data_holds_the_generated_files(tmp_path):
         assert written.read_text() == (REPO / "recipes" / "data" / written.name).read_text(), written.name
 
 
-def test_strict_correct_needs_a_closed_box_holding_the_answer():
-    from sead.bench.real_pair import strict_correct
+def test_the_strict_score_needs_a_closed_box_holding_the_answer():
+    # sead.bench.real_pair's strict_accuracy: the verifier's "boxed" mode, without the bare-number fallback
+    from sead.grading.verifier import grade
+
+    def strict_correct(text: str, answer: str) -> bool:
+        return bool(grade(text, answer, mode="boxed").correct)
 
     assert strict_correct("7 * 8 = 56. The answer is \\boxed{56}.", "56")
     assert strict_correct("\\boxed{5} no, \\boxed{56}", "56")  # the last box counts

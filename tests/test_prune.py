@@ -90,6 +90,7 @@ def test_pruned_checkpoint_reloads_and_generates(tmp_path):
 
     args = Args()
     args.model, args.gguf_file, args.keep, args.keep_every, args.out = str(src), None, None, 2, str(tmp_path / "out")
+    args.drop = None
     assert run(args) == 0
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert loaded.config.num_hidden_layers == 2

@@ -8,7 +8,7 @@
     49,152-token vocabulary, fp32) over the completion tokens, EOS included.
 ``python -m sead.bench.real_pair curve --run DIR --data FILE.jsonl --start DIR --teacher DIR --out FILE.json``
     the same greedy accuracy for ``--start`` (the student before training), every ``checkpoint-N`` of the training
-    run ``--run`` and its final model, and ``--teacher``; each checkpoint's wall time is its directory's time less the
+    run ``--run`` (save the last step as a checkpoint too: the final model is not evaluated apart), and ``--teacher``; each checkpoint's wall time is its directory's time less the
     run's start (``--started``, a Unix time; default: the time of the run's first file); writes the results and
     ``FILE.png`` (accuracy against step and against training time, the teacher and the half-way line drawn).
 ``python -m sead.bench.real_pair step --student DIR --teacher DIR --data FILE.jsonl --rollouts hf|vllm --out FILE``
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import resource
 import sys
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["accuracy_curve", "evaluate_pair", "plot_curve", "step_time", "strict_correct"]
+__all__ = ["accuracy_curve", "evaluate_pair", "plot_curve", "step_time"]
 
 
 def _rows(path: str, limit: int | None = None) -> list[dict]:
@@ -38,16 +37,10 @@ def _rows(path: str, limit: int | None = None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
-def strict_correct(text: str, answer: str) -> bool:
-    """The last closed ``\\boxed{N}`` of ``text`` is the answer (the project verifier also takes a last bare number)."""
-    found = re.findall(r"\\boxed\{(-?\d+)\}", text)
-    return bool(found) and found[-1] == str(answer).strip()
-
-
 def evaluate_pair(model_dir: str, teacher_dir: str | None, data: str, max_new_tokens: int = 24, batch: int = 64,
                   limit: int | None = None) -> dict:  # fmt: skip
-    """Greedy accuracy of ``model_dir`` on ``data`` (the project verifier; ``strict_accuracy``: a closed ``\\boxed{}``
-    holding the answer), per value of the rows' ``split`` and ``op`` columns when present, and, when ``teacher_dir``
+    """Greedy accuracy of ``model_dir`` on ``data`` (the project verifier; ``strict_accuracy``: its ``boxed`` mode, the
+    last closed ``\\boxed{}`` holding the answer, no fallback to a bare number), per value of the rows' ``split`` and ``op`` columns when present, and, when ``teacher_dir``
     is given, its reverse KL to the teacher (see the module doc). Batched (left padding, KV cache)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -61,7 +54,7 @@ def evaluate_pair(model_dir: str, teacher_dir: str | None, data: str, max_new_to
         same = Path(teacher_dir).resolve() == Path(model_dir).resolve()
         teacher = model if same else AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
     eos, pad = tok.eos_token_id, tok.pad_token_id
-    kl_sum, kl_tokens, texts, correct, strict = 0.0, 0, [], [], []
+    kl_sum, tokens, texts, correct, strict = 0.0, 0, [], [], []
     t0 = time.perf_counter()
     with torch.no_grad():
         for start in range(0, len(rows), batch):
@@ -76,7 +69,7 @@ def evaluate_pair(model_dir: str, teacher_dir: str | None, data: str, max_new_to
             is_eos = comp == eos
             after = (is_eos.cumsum(1) - is_eos.long()) > 0
             mask_BT = (~after).long()
-            kl_tokens += int(mask_BT.sum())
+            tokens += int(mask_BT.sum())
             if teacher is not None:
                 attn = torch.cat([enc["attention_mask"], mask_BT], 1)
                 z_s = model(input_ids=out, attention_mask=attn).logits[:, P - 1 : -1].float()
@@ -88,7 +81,7 @@ def evaluate_pair(model_dir: str, teacher_dir: str | None, data: str, max_new_to
                 text = tok.decode(ids[m.bool()], skip_special_tokens=True)
                 texts.append(text)
                 correct.append(bool(grade(text, row["answer"]).correct))
-                strict.append(strict_correct(text, row["answer"]))
+                strict.append(bool(grade(text, row["answer"], mode="boxed").correct))
     by: dict[str, list[bool]] = {}
     for row, ok in zip(rows, correct):
         for key in ("split", "op"):
@@ -98,16 +91,16 @@ def evaluate_pair(model_dir: str, teacher_dir: str | None, data: str, max_new_to
         "model": model_dir, "teacher": teacher_dir, "data": data, "n": len(rows),
         "greedy_accuracy": sum(correct) / len(rows), "strict_accuracy": sum(strict) / len(rows),
         "accuracy_by": {k: sum(v) / len(v) for k, v in sorted(by.items())},
-        "reverse_kl": kl_sum / kl_tokens if teacher is not None and kl_tokens else None,
-        "completion_tokens": kl_tokens,
+        "reverse_kl": kl_sum / tokens if teacher is not None and tokens else None,
+        "completion_tokens": tokens,
         "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(), "examples": texts[:4],
     }  # fmt: skip
 
 
 def accuracy_curve(run_dir: str, data: str, start: str, teacher: str, started: float | None = None,
                    limit: int | None = None) -> dict:  # fmt: skip
-    """Greedy accuracy (:func:`evaluate_pair`) of ``start``, of each ``checkpoint-N`` in ``run_dir`` and its final
-    model, and of ``teacher``, with each checkpoint's step and wall seconds since ``started`` (module doc)."""
+    """Greedy accuracy (:func:`evaluate_pair`) of ``start``, of each ``checkpoint-N`` in ``run_dir`` and of
+    ``teacher``, with each checkpoint's step and wall seconds since ``started`` (module doc)."""
     run = Path(run_dir)
     checkpoints = sorted((int(p.name.split("-")[1]), p) for p in run.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
     if not checkpoints:

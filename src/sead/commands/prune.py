@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from sead.checkpoints.prune import prune_checkpoint
 
     keep = _indices(args.keep, "--keep") if args.keep is not None else None
-    drop = _indices(args.drop, "--drop") if getattr(args, "drop", None) is not None else None
+    drop = _indices(args.drop, "--drop") if args.drop is not None else None
     kept = prune_checkpoint(args.model, args.out, keep=keep, every=args.keep_every, gguf_file=args.gguf_file, drop=drop)
     print(f"sead prune: kept {len(kept)} layers ({','.join(map(str, kept))}); saved to {args.out}")
     return 0
