@@ -18,7 +18,7 @@ CPU_ENGINE_WHEELS := $(VENV)/cpu-engine-wheels
 DS_SETUPTOOLS := setuptools==75.8.0
 DS_WHEELS     := $(VENV)/deepspeed-wheel
 
-.PHONY: install models test lint demo demo-quick bench bench-quick architecture gpu-check gpu-check-wheels clean
+.PHONY: install models test lint demo demo-quick bench bench-quick bench-real architecture gpu-check gpu-check-wheels clean
 
 install: $(STAMP)
 
@@ -86,6 +86,10 @@ bench: install
 
 bench-quick: install
 	$(BIN)/sead bench all --quick
+
+# The methods on real pretrained weights (SmolLM2-135M-Instruct and its pruned copy; about 45 minutes on 2 cores)
+bench-real: install models
+	$(BIN)/sead bench real
 
 # The device check (sead/bench/gpu_check.py, docs/scaling.md): on a GPU machine without network, from the working
 # tree and the wheels `make gpu-check-wheels` packs here (TRL and accelerate, for TRL's loss), no `make install`.

@@ -151,6 +151,8 @@ def heal(student: str, teacher: str, data: str, out: str, steps: int = 60, batch
     """SFT of ``student`` on ``teacher``'s greedy answers to the training prompts (only completion tokens count)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from sead.bench.real.worker import sft_batch
+
     torch.manual_seed(seed)
     rows = _rows(data)
     rng = random.Random(seed)
@@ -175,22 +177,7 @@ def heal(student: str, teacher: str, data: str, out: str, steps: int = 60, batch
     for s in range(steps):
         part = picked[s * batch : (s + 1) * batch]
         ans = answers[s * batch : (s + 1) * batch]
-        ids, labels = [], []
-        for r, a in zip(part, ans):
-            p = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
-            p = list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p)
-            c = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            ids.append(p + c)
-            labels.append([-100] * len(p) + c)
-        L = max(map(len, ids))
-        inp = torch.full((len(ids), L), tok.pad_token_id)
-        lab = torch.full((len(ids), L), -100)
-        att = torch.zeros((len(ids), L), dtype=torch.long)
-        for i, (x, y) in enumerate(zip(ids, labels)):
-            inp[i, : len(x)] = torch.tensor(x)
-            lab[i, : len(y)] = torch.tensor(y)
-            att[i, : len(x)] = 1
-        loss = model(input_ids=inp, attention_mask=att, labels=lab).loss
+        loss = model(**sft_batch(tok, [r["prompt"] for r in part], ans)).loss
         loss.backward()
         opt.step()
         opt.zero_grad()

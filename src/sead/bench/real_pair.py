@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["accuracy_curve", "evaluate_pair", "plot_curve", "step_time"]
+__all__ = ["accuracy_curve", "evaluate_pair", "plot_curve", "reference_lines", "step_time"]
 
 
 def _rows(path: str, limit: int | None = None) -> list[dict]:
@@ -92,7 +92,7 @@ def evaluate_pair(model_dir: str, teacher_dir: str | None, data: str, max_new_to
         "greedy_accuracy": sum(correct) / len(rows), "strict_accuracy": sum(strict) / len(rows),
         "accuracy_by": {k: sum(v) / len(v) for k, v in sorted(by.items())},
         "reverse_kl": kl_sum / tokens if teacher is not None and tokens else None,
-        "completion_tokens": tokens,
+        "completion_tokens": tokens, "correct": [int(c) for c in correct],
         "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(), "examples": texts[:4],
     }  # fmt: skip
 
@@ -124,6 +124,15 @@ def _brief(result: dict) -> dict:
             "accuracy_by": result["accuracy_by"], "eval_seconds": result["seconds"], "examples": result["examples"]}  # fmt: skip
 
 
+def reference_lines(ax, start: float, teacher: float) -> None:
+    """The teacher's accuracy (dashed) and half-way from ``start`` to it (dotted), labelled, and a light grid."""
+    ax.axhline(100 * teacher, ls="--", color="gray", lw=1)
+    ax.text(0, 100 * teacher, " teacher", va="bottom", color="gray", fontsize=8)
+    ax.axhline(100 * (start + teacher) / 2, ls=":", color="gray", lw=1)
+    ax.text(0, 100 * (start + teacher) / 2, " half-way", va="bottom", color="gray", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def plot_curve(curve: dict, path: str) -> None:
     """Accuracy against step and against training time, side by side (teacher and the half-way line dashed)."""
     import matplotlib
@@ -136,12 +145,8 @@ def plot_curve(curve: dict, path: str) -> None:
     for ax, key, label in ((axes[0], "step", "optimizer step"), (axes[1], "seconds", "training time (min)")):
         xs = [p[key] / (60 if key == "seconds" else 1) for p in points]
         ax.plot(xs, [100 * p["accuracy"] for p in points], marker="o", label="student (vanilla OPD)")
-        ax.axhline(100 * teacher, ls="--", color="gray", lw=1)
-        ax.text(0, 100 * teacher, " teacher", va="bottom", color="gray", fontsize=8)
-        ax.axhline(100 * (start + teacher) / 2, ls=":", color="gray", lw=1)
-        ax.text(0, 100 * (start + teacher) / 2, " half-way", va="bottom", color="gray", fontsize=8)
+        reference_lines(ax, start, teacher)
         ax.set_xlabel(label)
-        ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"greedy accuracy (%), {points[0]['n']} held-out prompts")
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle("Prune, then distill: SmolLM2-135M-Instruct (30 layers) -> 28 layers")

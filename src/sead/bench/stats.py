@@ -25,6 +25,7 @@ __all__ = [
     "fitted_contrast",
     "interaction",
     "mean_sd",
+    "paired_by_prompt",
     "paired_difference",
     "seeds_for_half_width",
     "t_quantile_975",
@@ -188,3 +189,17 @@ def fitted_contrast(fit: dict, names: Sequence[str], coefficients: Sequence[floa
     var = sum(ci * cj * fit["cov"][i][j] for ci, i in zip(coefficients, idx) for cj, j in zip(coefficients, idx))
     half = t_quantile_975(fit["df"]) * fit["sigma"] * math.sqrt(max(var, 0.0))
     return {"mean": value, "half_width": half, "ci_low": value - half, "ci_high": value + half, "df": fit["df"]}
+
+
+def paired_by_prompt(x_SN: Sequence[Sequence[float]], y_SN: Sequence[Sequence[float]]) -> dict[str, float | int | None]:
+    """Paired ``x - y`` over ``N`` held-out prompts, each prompt's difference averaged over the ``S`` seeds:
+    ``d_n = mean_s (x_sn - y_sn)``, then ``mean(d) +- t_{0.975, N-1} * sd(d) / sqrt(N)`` (``{"mean", "sd", "n",
+    "ci_low", "ci_high"}``). It measures how much the verdicts on this test set say (the prompts' sampling noise),
+    not how much another seed would change them (:func:`paired_difference`)."""
+    if len(x_SN) != len(y_SN) or not x_SN:
+        raise ValueError(f"paired samples need the same seeds: {len(x_SN)} vs {len(y_SN)} rows")
+    n = len(x_SN[0])
+    if any(len(row) != n for row in (*x_SN, *y_SN)):
+        raise ValueError("paired samples need the same prompts in every row")
+    d = [statistics.mean(float(x[i]) - float(y[i]) for x, y in zip(x_SN, y_SN)) for i in range(n)]
+    return paired_difference(d, [0.0] * n)

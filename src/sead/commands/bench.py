@@ -4,6 +4,10 @@ record.
 ``teachers``: several teachers in one run (two partial teachers on sums, :mod:`sead.bench.teachers`), its results
 ``benchmarks/results/teachers.json`` and their table ``teachers.md``, which the report includes.
 
+``real``: the methods on real pretrained weights (the pair of recipes/smollm2-prune-distill.yaml, :mod:`sead.bench.real`):
+opd, sead, sgopd and SFT on the teacher's samples, ``--seeds`` (default 2) seeds of ``--steps`` (default 16) steps; its
+results ``benchmarks/results/real_quality.json``, its plot ``bench_real.png`` and its section ``real_quality.md``.
+
 ``lr`` chooses each quality variant's learning rate on a validation set (``benchmarks/results/lr.json``);
 ``quality`` then runs every variant at the size's rate and, where its chosen rate differs, at that rate too
 (``--same-rate``: the size's rate only). ``factorial`` is the full design (docs/evaluation.md): the rate search,
@@ -26,7 +30,7 @@ RESULTS_DIR = Path("benchmarks/results")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["loss", "step", "quality", "lr", "factorial", "teachers", "all", "report"], help="which benchmark (report: only rebuild the report)")
+    parser.add_argument("what", choices=["loss", "step", "quality", "lr", "factorial", "teachers", "real", "all", "report"], help="which benchmark (report: only rebuild the report)")
     parser.add_argument("--quick", action="store_true", help="small shapes / few runs (minutes)")
     parser.add_argument(
         "--json", type=Path, default=None,
@@ -38,11 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--report", type=Path, default=Path("BENCHMARKS.md"), help="report to regenerate")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where JSON results are kept")
-    parser.add_argument("--seeds", type=int, default=None, help="quality: number of seeds (default 2: what fits in make bench's 90 minutes; quick 1)")
+    parser.add_argument("--seeds", type=int, default=None, help="quality, real: number of seeds (default 2: what fits in make bench's 90 minutes, and real's 45; quick 1)")
     parser.add_argument("--task", default=None, help="quality: built-in task (default sums; docs/task.md)")
     parser.add_argument("--jobs", type=int, default=2, help="quality: runs at a time (one process, one thread each)")
     parser.add_argument("--variants", default=None, help="quality: comma-separated variants (default: the full factorial)")
-    parser.add_argument("--steps", type=int, default=None, help="quality: optimizer steps per run")
+    parser.add_argument("--steps", type=int, default=None, help="quality, real: optimizer steps per run (real: default 20)")
     parser.add_argument("--threads", type=int, default=2, help="loss: torch threads")
     parser.add_argument("--shapes", default=None, help="loss: NxV list, e.g. 4096x32768,1024x131072 (default: by size); "
                         "step: shape names, tiny,large (default: both; --quick: tiny)")
@@ -115,6 +119,18 @@ def run(args: argparse.Namespace) -> int:
             if record:
                 png = plot_teachers(res, args.report.parent / "bench_teachers.png")
                 (args.results_dir / "teachers.md").write_text(teachers_markdown(res, png.name))
+        elif what == "real":
+            from sead.bench.real import DEFAULT_STEPS, bench_real, plot_real, real_markdown
+
+            try:
+                res = bench_real(steps=args.steps or DEFAULT_STEPS, seeds=args.seeds or 2, jobs=args.jobs)
+            except ValueError as err:
+                raise SeadError(f"sead bench real: {err}") from err
+            res["command"] = "sead bench real" + "".join(
+                f" {flag} {value}" for flag, value in (("--steps", args.steps), ("--seeds", args.seeds)) if value)
+            if record:
+                png = plot_real(res, args.report.parent / "bench_real.png")
+                (args.results_dir / "real_quality.md").write_text(real_markdown(res, png.name) + "\n")
         elif what == "factorial":
             variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
             try:
@@ -133,14 +149,15 @@ def run(args: argparse.Namespace) -> int:
                 )
             except ValueError as err:
                 raise SeadError(f"sead bench quality: {err}") from err
-        res["command"] = f"sead bench {what}{quick}" + (f" --shapes {args.shapes}" if what in ("loss", "step") and args.shapes else "")
+        res.setdefault("command", f"sead bench {what}{quick}")
+        res["command"] = res["command"] + (f" --shapes {args.shapes}" if what in ("loss", "step") and args.shapes else "")
         if what in ("quality", "lr", "factorial"):
             for flag, value in (("--task", args.task), ("--seeds", args.seeds), ("--steps", args.steps),
                                 ("--variants", args.variants), ("--tune", args.tune), ("--lr-grid", args.lr_grid)):  # fmt: skip
                 if value is not None:
                     res["command"] += f" {flag} {value}"
         if record:
-            name = "quality" if what == "factorial" else what  # the full design's results are the quality results
+            name = {"factorial": "quality", "real": "real_quality"}.get(what, what)  # the full design's results are the quality results
             suite.save_json(res, args.results_dir / f"{name}{'_quick' if args.quick else ''}.json")
             if what == "factorial" and res.get("lr_search"):
                 suite.save_json({"benchmark": "lr", "command": res["command"], **res["lr_search"]},
@@ -164,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
                 results[what] = json.loads(p.read_text())
         # hand-written sections kept through a regeneration: the analysis, the real checkpoints' measurements
         parts = [args.results_dir / "analysis.md", args.results_dir / "teachers.md",
-                 args.results_dir / "real" / "real_checkpoints.md"]  # fmt: skip
+                 args.results_dir / "real" / "real_checkpoints.md", args.results_dir / "real_quality.md",
+                 args.results_dir / "real" / "real_methods.md"]  # fmt: skip
         analysis = "\n\n".join(p.read_text().strip() for p in parts if p.exists())
         write_report(results, commands, args.report, analysis)
         print(f"[sead bench] wrote {args.report}")

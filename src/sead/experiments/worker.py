@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RESULT_PREFIX", "build_parser", "dispatch", "main", "serve"]
+__all__ = ["RESULT_PREFIX", "build_parser", "dispatch", "main", "serve", "worker_main"]
 
 #: The line prefix of a job's result in a worker's output (libraries may print too).
 RESULT_PREFIX = "@sead-result "
@@ -71,13 +71,17 @@ def serve(parser, dispatch) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    p = build_parser()
-    a = p.parse_args(argv)
+def worker_main(parser, dispatch, argv=None) -> int:
+    """A worker module's ``main``: ``serve`` (:func:`serve`), or run the one job ``argv`` names and print its result."""
+    a = parser.parse_args(argv)
     if a.what == "serve":
-        return serve(p, dispatch)
+        return serve(parser, dispatch)
     print(json.dumps(dispatch(a)))
     return 0
+
+
+def main(argv=None) -> int:
+    return worker_main(build_parser(), dispatch, argv)
 
 
 if __name__ == "__main__":
