@@ -4,10 +4,12 @@
 API lives in ``sead.losses``. The package's layers: docs/architecture.md.
 """
 
+from sead.utils.cpu_numerics import strict_cpu_gemm
 from sead.utils.deepspeed_env import choose_cpu_for_deepspeed
 from sead.utils.version import __version__
 
 choose_cpu_for_deepspeed()  # before accelerate imports DeepSpeed: no accelerator warning on a CPU-only torch
+strict_cpu_gemm()  # before MKL's first GEMM: CPU products round the same with any number of threads
 
 __all__ = ["OPDConfig", "OPDTrainer", "__version__"]
 
