@@ -29,11 +29,13 @@ from pathlib import Path
 
 import torch
 
+from sead.utils.jsonl import read_jsonl
+
 __all__ = ["accuracy_curve", "evaluate_pair", "plot_curve", "reference_lines", "step_time"]
 
 
 def _rows(path: str, limit: int | None = None) -> list[dict]:
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = read_jsonl(path)
     return rows[:limit] if limit else rows
 
 

@@ -44,9 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where JSON results are kept")
     parser.add_argument("--seeds", type=int, default=None, help="quality, real: number of seeds (default 2: what fits in make bench's 90 minutes, and real's 45; quick 1)")
     parser.add_argument("--task", default=None, help="quality: built-in task (default sums; docs/task.md)")
-    parser.add_argument("--jobs", type=int, default=2, help="quality: runs at a time (one process, one thread each)")
+    parser.add_argument("--jobs", type=int, default=2, help="quality, real: runs at a time (one process, one thread each)")
     parser.add_argument("--variants", default=None, help="quality: comma-separated variants (default: the full factorial)")
-    parser.add_argument("--steps", type=int, default=None, help="quality, real: optimizer steps per run (real: default 20)")
+    parser.add_argument("--steps", type=int, default=None, help="quality, real: optimizer steps per run (real: default 16)")
     parser.add_argument("--threads", type=int, default=2, help="loss: torch threads")
     parser.add_argument("--shapes", default=None, help="loss: NxV list, e.g. 4096x32768,1024x131072 (default: by size); "
                         "step: shape names, tiny,large (default: both; --quick: tiny)")
@@ -126,8 +126,6 @@ def run(args: argparse.Namespace) -> int:
                 res = bench_real(steps=args.steps or DEFAULT_STEPS, seeds=args.seeds or 2, jobs=args.jobs)
             except ValueError as err:
                 raise SeadError(f"sead bench real: {err}") from err
-            res["command"] = "sead bench real" + "".join(
-                f" {flag} {value}" for flag, value in (("--steps", args.steps), ("--seeds", args.seeds)) if value)
             if record:
                 png = plot_real(res, args.report.parent / "bench_real.png")
                 (args.results_dir / "real_quality.md").write_text(real_markdown(res, png.name) + "\n")
@@ -149,9 +147,8 @@ def run(args: argparse.Namespace) -> int:
                 )
             except ValueError as err:
                 raise SeadError(f"sead bench quality: {err}") from err
-        res.setdefault("command", f"sead bench {what}{quick}")
-        res["command"] = res["command"] + (f" --shapes {args.shapes}" if what in ("loss", "step") and args.shapes else "")
-        if what in ("quality", "lr", "factorial"):
+        res["command"] = f"sead bench {what}{quick}" + (f" --shapes {args.shapes}" if what in ("loss", "step") and args.shapes else "")
+        if what in ("quality", "lr", "factorial", "real"):
             for flag, value in (("--task", args.task), ("--seeds", args.seeds), ("--steps", args.steps),
                                 ("--variants", args.variants), ("--tune", args.tune), ("--lr-grid", args.lr_grid)):  # fmt: skip
                 if value is not None:

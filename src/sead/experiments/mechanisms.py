@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from sead.method.divergences import zone_entropies
+from sead.method.gates import consensus as gate_consensus
 from sead.method.zones import FKL, RKL, SKIP, sead_zones
 
 __all__ = ["FORK_MIN_PROB", "RolloutScores", "format_summary", "measure", "score_rollouts", "summarize"]
@@ -227,8 +228,7 @@ def summarize(s: RolloutScores, entropy_bins: int = 24) -> dict:
     out["disagree_rate"] = _share(disagree, m)
     out["forks_in_fkl_zone"] = _share(m & (s.zones_BT == FKL), fork)
     # SG-OPD's gate
-    v_B1 = torch.where(s.correct_B, 1.0, -1.0).unsqueeze(1)
-    consensus = m & (s.d_BT * v_B1 > 0)
+    consensus = m & gate_consensus(s.d_BT, torch.where(s.correct_B, 1.0, -1.0).unsqueeze(1))
     conflict = m & ~consensus
     judged = m & s.on_path_BT
     oracle_dir = s.oracle_logp_BT - s.student_logp_BT  # -inf at an error token

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gate_lambda", "sign_gate_lambda", "sign_gated_advantage"]
+__all__ = ["consensus", "gate_lambda", "sign_gate_lambda", "sign_gated_advantage"]
 
 
 def _check(teacher_logp, student_logp, correct, lambda_consensus, lambda_conflict, ref_logp=None):
@@ -25,14 +25,19 @@ def _check(teacher_logp, student_logp, correct, lambda_consensus, lambda_conflic
             raise ValueError(f"{name} must be > 0, got {lam}")
 
 
+def consensus(d: torch.Tensor, verdict_sign: torch.Tensor) -> torch.Tensor:
+    """Where the teacher's direction sides with the verifier: ``d_t * v > 0`` (``d_t = 0`` is a conflict), with
+    ``d_t = log pi_T(y_t) - log pi_S(y_t)`` and ``v`` +1 for an accepted rollout, -1 otherwise, broadcast against ``d``."""
+    return d * verdict_sign > 0
+
+
 def gate_lambda(
     d: torch.Tensor, verdict_sign: torch.Tensor, lambda_consensus: float, lambda_conflict: float
 ) -> torch.Tensor:
     """The gate's rule, per token: ``lambda_t = lambda_consensus`` where ``d_t * v > 0``, else ``lambda_conflict``
     (``d_t = 0`` is a conflict). ``d_t = log pi_T(y_t) - log pi_S(y_t)``; ``v`` is +1 for an accepted rollout and -1
     otherwise, broadcast against ``d``. No checks: :func:`sign_gate_lambda` is the checked form over ``[B, T]``."""
-    consensus = d * verdict_sign > 0
-    return torch.full_like(d, lambda_conflict).masked_fill_(consensus, lambda_consensus)
+    return torch.full_like(d, lambda_conflict).masked_fill_(consensus(d, verdict_sign), lambda_consensus)
 
 
 def sign_gate_lambda(

@@ -17,14 +17,14 @@ the answer) or a **text** token (the template around them: "The answer is", ``\\
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
 import torch
 
 from sead.method.divergences import zone_entropies
+from sead.method.gates import consensus
 from sead.method.zones import FKL, RKL, SKIP, sead_zones
+from sead.utils.jsonl import read_jsonl
 
 __all__ = ["gate_consensus", "measure_real", "zone_contents"]
 
@@ -40,8 +40,7 @@ def _mean(x: torch.Tensor, sel: torch.Tensor) -> float | None:
 def gate_consensus(d_BT: torch.Tensor, passed_B: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
     """SG-OPD's consensus per token: ``d_t * v > 0`` with ``v = +1`` on a passed rollout, ``-1`` on a failed one
     (METHODS.md 2); ``False`` on padding."""
-    v_B1 = torch.where(passed_B, 1.0, -1.0).unsqueeze(1)
-    return mask_BT & (d_BT * v_B1 > 0)
+    return mask_BT & consensus(d_BT, torch.where(passed_B, 1.0, -1.0).unsqueeze(1))
 
 
 def zone_contents(zones_BT, strings_BT: list[list[str]], digit_BT, disagree_BT, h_t_BT, mask_BT, top: int = 8) -> dict:
@@ -72,7 +71,7 @@ def measure_real(student: str, teacher: str, data: str, num_prompts: int = 128, 
     from sead.training.config import OPDConfig
 
     defaults = {f: OPDConfig.__dataclass_fields__[f].default for f in ("teacher_quantile", "skip_fraction", "entropy_top_k", "entropy_support")}
-    rows = [json.loads(line) for line in Path(data).read_text().splitlines() if line.strip()][:num_prompts]
+    rows = read_jsonl(data)[:num_prompts]
     tok = AutoTokenizer.from_pretrained(student, padding_side="left")
     s_model = AutoModelForCausalLM.from_pretrained(student).eval()
     t_model = AutoModelForCausalLM.from_pretrained(teacher).eval()

@@ -20,14 +20,14 @@ parent (:mod:`sead.bench.real.compare`) runs two at a time, one torch thread eac
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import random
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from sead.utils.jsonl import read_jsonl
 
 __all__ = ["LR", "METHOD_OVERRIDES", "build_parser", "dispatch", "main", "sft_batch", "sft_runs", "train_method"]
 
@@ -36,10 +36,6 @@ LR = 1e-4
 #: SEAD without its curriculum: the curriculum needs a difficulty pre-pass of the student (``sead difficulty``:
 #: 8 rollouts per prompt), which would cost more than a short run's training here; the zones and the anneal are on.
 METHOD_OVERRIDES = {"opd": {}, "sead": {"curriculum": False}, "sgopd": {}}
-
-
-def _rows(path: str) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def train_method(method: str, seed: int, steps: int, student: str, teacher: str, data: str, out: str,
@@ -126,12 +122,13 @@ def sft_batch(tok, prompts: list, answers: list[str]) -> dict:
 
 def _sft(student: str, tok, prompts: list, answers: list[str], steps: int, seed: int, out: Path) -> dict:
     """``steps`` AdamW steps of batch 8 over the pool (reshuffled each epoch), lr cosine from :data:`LR` to 0."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(student)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(opt, num_warmup_steps=0, num_training_steps=steps)
     order, rng, losses, times = [], random.Random(seed), [], []
     t0 = time.perf_counter()
     for step in range(steps):
@@ -140,13 +137,12 @@ def _sft(student: str, tok, prompts: list, answers: list[str], steps: int, seed:
             rng.shuffle(epoch)
             order += epoch
         pick, order = order[:8], order[8:]
-        for group in opt.param_groups:
-            group["lr"] = LR * 0.5 * (1 + math.cos(math.pi * step / steps))
         loss = model(**sft_batch(tok, [prompts[i] for i in pick], [answers[i] for i in pick])).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"SFT loss is {float(loss)} at step {step}: stopping (the learning rate is too high?)")
         loss.backward()
         opt.step()
+        schedule.step()
         opt.zero_grad()
         losses.append(float(loss.detach()))
         times.append(time.perf_counter() - t0)
@@ -161,7 +157,7 @@ def sft_runs(seed: int, steps: int, seconds: float, pool: int, student: str, tea
     """The SFT baseline at equal steps (``steps``) and at equal time (``seconds``, generation included)."""
     from transformers import AutoTokenizer
 
-    rows = _rows(data)
+    rows = read_jsonl(data)
     random.Random(seed).shuffle(rows)
     prompts = [r["prompt"] for r in rows[:pool]]
     t0 = time.perf_counter()
